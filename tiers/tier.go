@@ -1,0 +1,154 @@
+package tiers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/flechefs/flechefs/digest"
+)
+
+// Sentinel errors. Test with errors.Is: every error a tier returns wraps one
+// of these when it means one of these things, inside an *Error that names the
+// tier, the operation and the key.
+var (
+	// ErrNotFound: the tier has no entry under the key.
+	ErrNotFound = errors.New("not found")
+	// ErrExist: Put of a key the tier already holds. First writer wins; the
+	// existing entry is left as it is.
+	ErrExist = errors.New("already exists")
+	// ErrCorrupt: bytes do not match the size or hash they were stored or
+	// announced with. A tier that detects it on read keeps no bad copy served.
+	ErrCorrupt = errors.New("content does not match its hash")
+	// ErrReadOnly: the tier is configured read-only.
+	ErrReadOnly = errors.New("tier is read-only")
+	// ErrUnavailable: the tier cannot be reached now (remote down, timeout).
+	ErrUnavailable = errors.New("tier unavailable")
+	// ErrNoSpace: the value does not fit (larger than the tier admits, or the
+	// disk under it is full).
+	ErrNoSpace = errors.New("no space left in tier")
+	// ErrClosed: the tier was closed.
+	ErrClosed = errors.New("tier closed")
+)
+
+// Error is the error type of tier operations.
+type Error struct {
+	Tier string     // tier name, e.g. "ram", "bolt", "sftp"
+	Op   string     // "stat", "open", "read", "put", "delete", "list"
+	Key  digest.Key // zero for operations without a key
+	Err  error
+}
+
+func (e *Error) Error() string {
+	if e.Key.IsZero() {
+		return fmt.Sprintf("%s: %s: %v", e.Tier, e.Op, e.Err)
+	}
+	return fmt.Sprintf("%s: %s %s: %v", e.Tier, e.Op, e.Key, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Wrap wraps err for tier, op and key; nil stays nil and an *Error is not
+// wrapped twice.
+func Wrap(tier, op string, key digest.Key, err error) error {
+	if err == nil {
+		return nil
+	}
+	var te *Error
+	if errors.As(err, &te) && te.Tier == tier {
+		return err
+	}
+	return &Error{Tier: tier, Op: op, Key: key, Err: err}
+}
+
+// Info describes one stored entry.
+type Info struct {
+	Key     digest.Key
+	Size    int64
+	Sum     digest.Sum // SHA-256 of the content; zero if the tier does not know it
+	Created time.Time  // publish time
+}
+
+// Meta is what the writer of a Put knows in advance. Put checks the content
+// against every field that is set and fails with ErrCorrupt, storing nothing,
+// when it differs.
+type Meta struct {
+	Size    int64      // -1: unknown
+	Sum     digest.Sum // zero: unknown; the tier computes it
+	Created time.Time  // zero: now
+	// Pending asks a tier that implements Queue to record the entry as
+	// waiting for upload in the same commit that publishes it, and to pin it
+	// (never evict it) until Uploaded. Other tiers ignore it.
+	Pending bool
+}
+
+// UnknownMeta is the Meta of a stream of unknown size and hash.
+var UnknownMeta = Meta{Size: -1}
+
+// Reader reads one entry at any offset. It stays valid after the entry is
+// deleted or evicted from its tier (it reads the value it opened, or fails
+// with ErrNotFound/ErrCorrupt, never other bytes). ReadAt may be called
+// concurrently. ReadAt at or past Size returns 0, io.EOF.
+type Reader interface {
+	io.ReaderAt
+	io.Closer
+	Info() Info
+}
+
+// Tier is one level of the stack. All methods are safe for concurrent use.
+// Errors are *Error values wrapping the sentinels above where they apply.
+type Tier interface {
+	// Name is a short name for logs, stats and xattrs ("ram", "bolt", "sftp").
+	Name() string
+	// Stat returns the entry's info or ErrNotFound.
+	Stat(ctx context.Context, k digest.Key) (Info, error)
+	// Open opens the entry for reading at offsets.
+	Open(ctx context.Context, k digest.Key) (Reader, error)
+	// Put stores the bytes read from r until EOF under k, atomically: the
+	// entry becomes visible complete or not at all; a failure (r's error, a
+	// dropped connection, a size or hash that differs from m) leaves no entry
+	// and no partial data visible. A key that exists gives ErrExist.
+	Put(ctx context.Context, k digest.Key, r io.Reader, m Meta) (Info, error)
+	// Delete removes the entry; ErrNotFound if it was not there.
+	Delete(ctx context.Context, k digest.Key) error
+	// List calls fn for every entry, in no particular order, until fn
+	// returns an error (which List returns).
+	List(ctx context.Context, fn func(Info) error) error
+	// Close releases the tier. Open Readers may fail after it.
+	Close() error
+}
+
+// Usage is a tier's fill, for status and stats.
+type Usage struct {
+	Entries   int64
+	Bytes     int64 // logical bytes of the values held
+	Limit     int64 // 0: unbounded
+	Evictions int64
+	DiskBytes int64 // bytes on disk, where there is a disk
+}
+
+// UsageReporter is implemented by tiers that know their fill.
+type UsageReporter interface {
+	Usage() Usage
+}
+
+// Queue is implemented by a persistent tier that keeps the durable upload
+// queue: entries Put with Meta.Pending are recorded (in the same commit) as
+// waiting for upload and are never evicted until Uploaded.
+type Queue interface {
+	// Pending returns the keys waiting for upload, oldest first.
+	Pending(ctx context.Context) ([]digest.Key, error)
+	// IsPending reports whether k waits for upload.
+	IsPending(k digest.Key) bool
+	// Uploaded removes k from the queue and unpins it. No error if k is not
+	// queued.
+	Uploaded(ctx context.Context, k digest.Key) error
+}
+
+// Syncer is implemented by tiers whose Put may return before the data is on
+// stable storage. Sync returns when everything Put before it is durable.
+type Syncer interface {
+	Sync() error
+}
