@@ -1,0 +1,572 @@
+package tiers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/flechefs/flechefs/digest"
+)
+
+// layer is a Layer with its counters.
+type layer struct {
+	Layer
+	idx  int
+	name string
+
+	hits, misses, bytesIn, bytesOut atomic.Int64
+	promotions, corruptions, errs   atomic.Int64
+	unavailable                     atomic.Bool
+}
+
+func (l *layer) writable() bool { return !l.ReadOnly }
+
+// Stack is the ordered stack of tiers (fleche's CacheStack). See doc.go.
+type Stack struct {
+	opt    StackOptions
+	log    *slog.Logger
+	layers []*layer
+	// persist is the first writable local tier after tier 0 that keeps the
+	// durable upload queue, or nil.
+	persist *layer
+	queue   Queue
+	remotes []*layer
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // background goroutines
+
+	mu        sync.Mutex
+	closed    bool
+	pending   map[digest.Key]*pub  // published, not yet persisted
+	fills     map[digest.Key]*fill // remote fetches in progress
+	promoting map[digest.Key]bool  // local promotions in progress
+	up        uploadQueue
+	changed   chan struct{} // closed and replaced when the queue or pending set shrinks
+
+	persistCh  chan *pub
+	persistWG  sync.WaitGroup
+	publishing sync.WaitGroup // Publish calls between the closed check and the persist queue
+
+	list listCache
+
+	uploaded, uploadedBytes, uploadErrors atomic.Int64
+	conflicts, dropped                    atomic.Int64
+	lastUploadErr                         atomic.Value // string
+}
+
+// NewStack builds a stack over layers, fastest first, and resumes the upload queue.
+func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
+	if len(layers) == 0 {
+		return nil, errors.New("stack: no tiers")
+	}
+	switch opt.Promote {
+	case "":
+		opt.Promote = PromoteAll
+	case PromoteAll, PromoteBase:
+	default:
+		return nil, fmt.Errorf("stack: promote %q: want %q or %q", opt.Promote, PromoteAll, PromoteBase)
+	}
+	if opt.RemoteTimeout <= 0 {
+		opt.RemoteTimeout = 10 * time.Second
+	}
+	if opt.ListTTL <= 0 {
+		opt.ListTTL = 30 * time.Second
+	}
+	if opt.SpoolDir == "" {
+		opt.SpoolDir = os.TempDir()
+	}
+	if opt.UploadWorkers <= 0 {
+		opt.UploadWorkers = 2
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(opt.SpoolDir, 0o700); err != nil {
+		return nil, fmt.Errorf("stack: spool dir: %w", err)
+	}
+	s := &Stack{
+		opt: opt, log: opt.Logger,
+		pending: map[digest.Key]*pub{}, fills: map[digest.Key]*fill{}, promoting: map[digest.Key]bool{},
+		changed:   make(chan struct{}),
+		persistCh: make(chan *pub, 1024),
+	}
+	s.up.init()
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	for i, l := range layers {
+		if l.Tier == nil {
+			return nil, fmt.Errorf("stack: tier %d is nil", i)
+		}
+		ly := &layer{Layer: l, idx: i, name: l.Tier.Name()}
+		s.layers = append(s.layers, ly)
+		if l.Remote {
+			s.remotes = append(s.remotes, ly)
+			continue
+		}
+		if q, ok := l.Tier.(Queue); ok && s.persist == nil && !l.ReadOnly && i > 0 {
+			s.persist, s.queue = ly, q
+		}
+		if q, ok := l.Tier.(Queue); ok && s.persist == nil && !l.ReadOnly && i == 0 && len(layers) == 1 {
+			s.persist, s.queue = ly, q
+		}
+	}
+	if s.persist == nil {
+		// A persistent tier at index 0 is fine too.
+		for _, ly := range s.layers {
+			if q, ok := ly.Tier.(Queue); ok && !ly.Remote && !ly.ReadOnly {
+				s.persist, s.queue = ly, q
+				break
+			}
+		}
+	}
+	if s.queue != nil && s.hasWritableRemote() {
+		keys, err := s.queue.Pending(s.ctx)
+		if err != nil {
+			return nil, fmt.Errorf("stack: reading the upload queue: %w", err)
+		}
+		for _, k := range keys {
+			s.up.add(k)
+		}
+		if len(keys) > 0 {
+			s.log.Info("resuming upload queue", "entries", len(keys))
+		}
+	}
+	for range 4 {
+		s.persistWG.Add(1)
+		go s.persister()
+	}
+	if s.hasWritableRemote() {
+		for range opt.UploadWorkers {
+			s.wg.Add(1)
+			go s.uploader()
+		}
+	}
+	return s, nil
+}
+
+func (s *Stack) hasWritableRemote() bool {
+	for _, r := range s.remotes {
+		if r.writable() {
+			return true
+		}
+	}
+	return false
+}
+
+// Stat finds k in the first tier (or the unpersisted publishes) that holds it.
+// A miss everywhere is ErrNotFound, also when a remote tier was unavailable.
+func (s *Stack) Stat(ctx context.Context, k digest.Key) (Info, error) {
+	s.mu.Lock()
+	if p, ok := s.pending[k]; ok {
+		s.mu.Unlock()
+		return p.info, nil
+	}
+	s.mu.Unlock()
+	for _, l := range s.layers {
+		info, err := s.statLayer(ctx, l, k)
+		if err == nil {
+			return info, nil
+		}
+	}
+	return Info{}, Wrap("stack", "stat", k, ErrNotFound)
+}
+
+func (s *Stack) statLayer(ctx context.Context, l *layer, k digest.Key) (Info, error) {
+	if l.Remote {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.opt.RemoteTimeout)
+		defer cancel()
+	}
+	info, err := l.Tier.Stat(ctx, k)
+	s.noteErr(l, err)
+	return info, err
+}
+
+// noteErr counts and logs unexpected errors of a layer and tracks availability.
+func (s *Stack) noteErr(l *layer, err error) {
+	if err == nil || errors.Is(err, ErrNotFound) {
+		if l.unavailable.Swap(false) {
+			s.log.Info("tier available again", "tier", l.name)
+		}
+		return
+	}
+	l.errs.Add(1)
+	if errors.Is(err, ErrUnavailable) {
+		if !l.unavailable.Swap(true) {
+			s.log.Warn("tier unavailable; serving from the other tiers", "tier", l.name, "err", err)
+		}
+		return
+	}
+	if errors.Is(err, context.Canceled) {
+		return
+	}
+	s.log.Warn("tier error", "tier", l.name, "err", err)
+}
+
+// Open opens k from the fastest tier that holds it, promoting a hit from a
+// slower tier. A remote hit streams: ReadAt returns data as soon as it has
+// arrived; the last byte is held back until the whole value has matched its
+// hash, so a reader never reaches EOF on a bad value (it gets ErrCorrupt).
+func (s *Stack) Open(ctx context.Context, k digest.Key) (Reader, error) {
+	s.mu.Lock()
+	if p, ok := s.pending[k]; ok {
+		p.refs++
+		s.mu.Unlock()
+		return &pubReader{p: p, s: s}, nil
+	}
+	s.mu.Unlock()
+	r, err := s.openFrom(ctx, k, 0, digest.Sum{})
+	return r, err
+}
+
+// openFrom opens k from the first layer at index ≥ from that holds a copy
+// whose hash is want (or any copy when want is zero).
+func (s *Stack) openFrom(ctx context.Context, k digest.Key, from int, want digest.Sum) (Reader, error) {
+	unavailable := false
+	for _, l := range s.layers[from:] {
+		if l.Remote {
+			r, err := s.openRemote(ctx, l, k, want)
+			if err == nil {
+				return r, nil
+			}
+			if !errors.Is(err, ErrNotFound) {
+				unavailable = true
+			}
+			continue
+		}
+		r, err := l.Tier.Open(ctx, k)
+		s.noteErr(l, err)
+		if err != nil {
+			l.misses.Add(1)
+			continue
+		}
+		info := r.Info()
+		if !want.IsZero() && !info.Sum.IsZero() && info.Sum != want {
+			r.Close()
+			continue
+		}
+		l.hits.Add(1)
+		if targets := s.promoteTargets(l.idx); len(targets) > 0 {
+			s.promoteLocal(l, k, targets)
+		}
+		return &stackReader{s: s, l: l, k: k, r: r}, nil
+	}
+	if unavailable {
+		return nil, Wrap("stack", "open", k, ErrUnavailable)
+	}
+	return nil, Wrap("stack", "open", k, ErrNotFound)
+}
+
+// promoteTargets are the writable local layers a hit at index i is copied to.
+func (s *Stack) promoteTargets(i int) []*layer {
+	var out []*layer
+	for _, l := range s.layers[:i] {
+		if l.Remote || !l.writable() {
+			continue
+		}
+		if s.opt.Promote == PromoteBase && l.idx != 0 {
+			continue
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// promoteLocal copies k from src to targets in the background, one copy at
+// a time per key. Every copy is checked against the hash by the target's Put.
+func (s *Stack) promoteLocal(src *layer, k digest.Key, targets []*layer) {
+	s.mu.Lock()
+	if s.promoting[k] || s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.promoting[k] = true
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		defer func() {
+			s.mu.Lock()
+			delete(s.promoting, k)
+			s.mu.Unlock()
+		}()
+		r, err := src.Tier.Open(s.ctx, k)
+		if err != nil {
+			return
+		}
+		defer r.Close()
+		s.copyTo(src, r, targets)
+	}()
+}
+
+// copyTo puts the value of r (read from layer src, which may be nil for a
+// spool) into every target. A hash mismatch blames the source.
+func (s *Stack) copyTo(src *layer, r Reader, targets []*layer) {
+	info := r.Info()
+	for _, t := range targets {
+		_, err := t.Tier.Put(s.ctx, info.Key, &countingReader{r: SectionReader(r), n: &t.bytesIn}, Meta{Size: info.Size, Sum: info.Sum, Created: info.Created})
+		switch {
+		case err == nil:
+			t.promotions.Add(1)
+		case errors.Is(err, ErrExist), errors.Is(err, ErrNoSpace), errors.Is(err, context.Canceled):
+		case errors.Is(err, ErrCorrupt) && src != nil:
+			s.corrupt(src, info.Key, err)
+			return
+		default:
+			s.noteErr(t, err)
+		}
+	}
+}
+
+// corrupt counts and logs a bad copy in l and removes it.
+func (s *Stack) corrupt(l *layer, k digest.Key, err error) {
+	l.corruptions.Add(1)
+	s.log.Error("corrupt copy detected; not served, removing it", "tier", l.name, "key", k.String(), "err", err)
+	if l.writable() {
+		ctx, cancel := context.WithTimeout(s.ctx, s.opt.RemoteTimeout)
+		defer cancel()
+		if derr := l.Tier.Delete(ctx, k); derr != nil && !errors.Is(derr, ErrNotFound) {
+			s.log.Warn("could not remove corrupt copy", "tier", l.name, "key", k.String(), "err", derr)
+		}
+	}
+}
+
+// Delete removes k from every writable tier (remote ones too unless
+// KeepRemoteOnDelete) and cancels its pending upload. ErrNotFound if no tier held it.
+func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
+	found := false
+	s.mu.Lock()
+	if p, ok := s.pending[k]; ok {
+		p.deleted = true
+		delete(s.pending, k)
+		s.unrefLocked(p)
+		found = true
+	}
+	s.up.remove(k)
+	s.broadcastLocked()
+	s.mu.Unlock()
+	s.list.forget(k)
+	var firstErr error
+	for _, l := range s.layers {
+		if !l.writable() || (l.Remote && s.opt.KeepRemoteOnDelete) {
+			continue
+		}
+		dctx := ctx
+		var cancel context.CancelFunc = func() {}
+		if l.Remote {
+			dctx, cancel = context.WithTimeout(ctx, s.opt.RemoteTimeout)
+		}
+		err := l.Tier.Delete(dctx, k)
+		cancel()
+		switch {
+		case err == nil:
+			found = true
+		case errors.Is(err, ErrNotFound):
+		default:
+			s.noteErr(l, err)
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+	}
+	if firstErr != nil {
+		return firstErr
+	}
+	if !found {
+		return Wrap("stack", "delete", k, ErrNotFound)
+	}
+	return nil
+}
+
+// Where returns the names of the tiers that hold k, fastest first.
+func (s *Stack) Where(ctx context.Context, k digest.Key) []string {
+	var out []string
+	s.mu.Lock()
+	_, pend := s.pending[k]
+	s.mu.Unlock()
+	if pend {
+		out = append(out, "unpersisted")
+	}
+	for _, l := range s.layers {
+		if _, err := s.statLayer(ctx, l, k); err == nil {
+			out = append(out, l.name)
+		}
+	}
+	return out
+}
+
+// UploadState says whether k waits for upload.
+func (s *Stack) UploadState(k digest.Key) UploadState {
+	if !s.hasWritableRemote() {
+		return UploadNone
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.up.has(k) {
+		return UploadPending
+	}
+	if p, ok := s.pending[k]; ok && p.upload {
+		return UploadPending
+	}
+	return UploadDone
+}
+
+// Sync waits until every published entry is persisted and every queued
+// upload has reached the remote, calling progress (if not nil) with the
+// number of entries still waiting as it changes.
+func (s *Stack) Sync(ctx context.Context, progress func(queued int64)) error {
+	last := int64(-1)
+	for {
+		s.mu.Lock()
+		n := int64(s.up.len() + s.unpersistedLocked())
+		ch := s.changed
+		s.mu.Unlock()
+		if progress != nil && n != last {
+			progress(n)
+			last = n
+		}
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			msg, _ := s.lastUploadErr.Load().(string)
+			if msg != "" {
+				return fmt.Errorf("%d entries still waiting for upload (last error: %s): %w", n, msg, ctx.Err())
+			}
+			return fmt.Errorf("%d entries still waiting for upload: %w", n, ctx.Err())
+		}
+	}
+}
+
+func (s *Stack) broadcastLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// Stats returns the counters.
+func (s *Stack) Stats() Stats {
+	st := Stats{
+		Uploaded: s.uploaded.Load(), UploadedBytes: s.uploadedBytes.Load(), UploadErrors: s.uploadErrors.Load(),
+		Conflicts: s.conflicts.Load(), DroppedPublishes: s.dropped.Load(),
+	}
+	st.LastUploadError, _ = s.lastUploadErr.Load().(string)
+	s.mu.Lock()
+	st.Queue = int64(s.up.len())
+	st.Unpersisted = int64(s.unpersistedLocked())
+	st.Fetching = int64(len(s.fills))
+	s.mu.Unlock()
+	for _, l := range s.layers {
+		ts := TierStats{
+			Name: l.name, Remote: l.Remote, ReadOnly: l.ReadOnly, Available: !l.unavailable.Load(),
+			Hits: l.hits.Load(), Misses: l.misses.Load(), BytesIn: l.bytesIn.Load(), BytesOut: l.bytesOut.Load(),
+			Promotions: l.promotions.Load(), Corruptions: l.corruptions.Load(), Errors: l.errs.Load(),
+		}
+		if u, ok := l.Tier.(UsageReporter); ok {
+			us := u.Usage()
+			ts.Entries, ts.Bytes, ts.Limit, ts.Evictions, ts.DiskBytes = us.Entries, us.Bytes, us.Limit, us.Evictions, us.DiskBytes
+		}
+		st.Tiers = append(st.Tiers, ts)
+	}
+	return st
+}
+
+// Close finishes the persistence of every published entry, stops uploads
+// and fetches (the durable queue resumes at the next start) and closes
+// every tier.
+func (s *Stack) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	s.publishing.Wait()
+	close(s.persistCh)
+	s.persistWG.Wait()
+	s.cancel()
+	s.wg.Wait()
+	var errs []error
+	for _, l := range s.layers {
+		if err := l.Tier.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// stackReader serves a local tier's reader and fails over to the next tier
+// holding the same value when a read detects corruption.
+type stackReader struct {
+	s  *Stack
+	k  digest.Key
+	mu sync.Mutex
+	l  *layer
+	r  Reader
+}
+
+func (r *stackReader) Info() Info {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.r.Info()
+}
+
+func (r *stackReader) ReadAt(p []byte, off int64) (int, error) {
+	for {
+		r.mu.Lock()
+		cur, l := r.r, r.l
+		r.mu.Unlock()
+		n, err := cur.ReadAt(p, off)
+		if l != nil {
+			l.bytesOut.Add(int64(n))
+		}
+		if l == nil || !errors.Is(err, ErrCorrupt) {
+			return n, err
+		}
+		// A bad copy: remove it and continue from the next tier holding
+		// the same value.
+		r.s.corrupt(l, r.k, err)
+		next, oerr := r.s.openFrom(r.s.ctx, r.k, l.idx+1, cur.Info().Sum)
+		if oerr != nil {
+			return 0, err
+		}
+		var nl *layer
+		if sr, ok := next.(*stackReader); ok {
+			next, nl = sr.r, sr.l
+		}
+		r.mu.Lock()
+		if r.r == cur {
+			cur.Close()
+			r.r, r.l = next, nl
+		} else {
+			next.Close()
+		}
+		r.mu.Unlock()
+	}
+}
+
+func (r *stackReader) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.r.Close()
+}
+
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}

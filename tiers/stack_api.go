@@ -1,0 +1,99 @@
+package tiers
+
+import (
+	"io"
+	"log/slog"
+	"time"
+)
+
+// Layer is one tier of a Stack with its role.
+type Layer struct {
+	Tier Tier
+	// ReadOnly: the stack never writes to, promotes into or deletes from it.
+	ReadOnly bool
+	// Remote: a shared, slow tier. Puts reach it through the upload queue
+	// (or synchronously with WriteThrough); its listing is cached.
+	Remote bool
+}
+
+// Promote says which faster tiers a hit is copied into.
+type Promote string
+
+const (
+	PromoteAll  Promote = "all"  // every writable tier faster than the hit (default)
+	PromoteBase Promote = "base" // tier 0 only, as fleche's CacheStack does
+)
+
+// StackOptions configure a Stack. The zero value is usable.
+type StackOptions struct {
+	Promote Promote
+	// WriteThrough: Publish returns only once the value is on every remote
+	// tier. Default is write-back through the durable upload queue.
+	WriteThrough bool
+	// KeepRemoteOnDelete: Delete leaves remote tiers alone.
+	KeepRemoteOnDelete bool
+	// RemoteTimeout bounds a remote lookup (default 10s).
+	RemoteTimeout time.Duration
+	// ListTTL is how long a remote listing is reused (default 30s).
+	ListTTL time.Duration
+	// SpoolDir holds values being fetched from a remote tier (default os.TempDir()).
+	SpoolDir string
+	// UploadWorkers is the number of concurrent uploads (default 2).
+	UploadWorkers int
+	Logger        *slog.Logger
+}
+
+// Blob is a complete value handed to Publish. The stack reads it at any
+// offset until it calls Release, exactly once, when it no longer needs it.
+type Blob interface {
+	io.ReaderAt
+	Size() int64
+	Release()
+}
+
+// UploadState of an entry, for the user.flechefs.upload xattr.
+type UploadState string
+
+const (
+	UploadNone    UploadState = "none"    // no remote tier configured
+	UploadPending UploadState = "pending" // waiting in the upload queue
+	UploadDone    UploadState = "done"    // on the remote (or not queued)
+)
+
+// TierStats are one tier's counters.
+type TierStats struct {
+	Name        string `json:"name"`
+	Remote      bool   `json:"remote,omitempty"`
+	ReadOnly    bool   `json:"read_only,omitempty"`
+	Available   bool   `json:"available"`
+	Hits        int64  `json:"hits"`
+	Misses      int64  `json:"misses"`
+	BytesIn     int64  `json:"bytes_in"`
+	BytesOut    int64  `json:"bytes_out"`
+	Promotions  int64  `json:"promotions"`
+	Evictions   int64  `json:"evictions"`
+	Corruptions int64  `json:"corruptions"`
+	Errors      int64  `json:"errors"`
+	Entries     int64  `json:"entries"`
+	Bytes       int64  `json:"bytes"`
+	Limit       int64  `json:"limit"`
+	DiskBytes   int64  `json:"disk_bytes,omitempty"`
+}
+
+// Stats are the stack's counters (the JSON of .flechefs/stats).
+type Stats struct {
+	Tiers []TierStats `json:"tiers"`
+	// Queue is the number of entries waiting for upload.
+	Queue           int64  `json:"queue"`
+	Uploaded        int64  `json:"uploaded"`
+	UploadedBytes   int64  `json:"uploaded_bytes"`
+	UploadErrors    int64  `json:"upload_errors"`
+	LastUploadError string `json:"last_upload_error,omitempty"`
+	// Conflicts: uploads refused because the remote held another value.
+	Conflicts int64 `json:"conflicts"`
+	// DroppedPublishes: publishes of a key that already existed (first writer won).
+	DroppedPublishes int64 `json:"dropped_publishes"`
+	// Unpersisted is the number of published entries not yet in a persistent tier.
+	Unpersisted int64 `json:"unpersisted"`
+	Fetching    int64 `json:"fetching"`
+}

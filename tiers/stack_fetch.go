@@ -1,0 +1,247 @@
+package tiers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+
+	"github.com/flechefs/flechefs/digest"
+)
+
+// fill fetches one value from a remote tier into an unlinked spool file.
+// Readers join it and read what has arrived; the last byte is released only
+// after the whole value matched its hash. On success the spool is copied
+// into the faster tiers; either way it is removed when the last reader and
+// the fetch are done.
+type fill struct {
+	s    *Stack
+	l    *layer
+	info Info
+	f    *os.File
+
+	mu      sync.Mutex
+	written int64
+	done    bool
+	err     error
+	changed chan struct{}
+	refs    int
+	hasher  *digest.Hasher
+
+	ready   chan struct{} // closed once the remote copy is open (or failed to)
+	openErr error         // set before ready is closed
+}
+
+// openRemote opens k from remote layer l. Concurrent opens of one key share
+// one fetch: the first registers the fill before it talks to the remote,
+// the others wait for it to be opened.
+func (s *Stack) openRemote(ctx context.Context, l *layer, k digest.Key, want digest.Sum) (Reader, error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, Wrap("stack", "open", k, ErrClosed)
+	}
+	if f, ok := s.fills[k]; ok && f.l == l {
+		f.mu.Lock()
+		f.refs++
+		f.mu.Unlock()
+		s.mu.Unlock()
+		select {
+		case <-f.ready:
+		case <-ctx.Done():
+			f.unref()
+			return nil, ctx.Err()
+		}
+		if f.openErr != nil || (!want.IsZero() && f.info.Sum != want) || f.failed() {
+			f.unref()
+			if f.openErr != nil {
+				return nil, f.openErr
+			}
+			return nil, Wrap(l.name, "open", k, ErrNotFound)
+		}
+		return &fillReader{f: f}, nil
+	}
+	f := &fill{s: s, l: l, changed: make(chan struct{}), ready: make(chan struct{}), refs: 2, hasher: digest.NewHasher()}
+	s.fills[k] = f
+	s.wg.Add(1)
+	s.mu.Unlock()
+
+	r, err := s.startFill(ctx, f, k, want)
+	if err != nil {
+		f.openErr = err
+		s.mu.Lock()
+		delete(s.fills, k)
+		s.mu.Unlock()
+		close(f.ready)
+		s.wg.Done()
+		return nil, err
+	}
+	close(f.ready)
+	go f.run(r)
+	return &fillReader{f: f}, nil
+}
+
+// startFill opens the remote copy and the spool for f.
+func (s *Stack) startFill(ctx context.Context, f *fill, k digest.Key, want digest.Sum) (Reader, error) {
+	l := f.l
+	octx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
+	r, err := l.Tier.Open(octx, k)
+	cancel()
+	s.noteErr(l, err)
+	if err != nil {
+		l.misses.Add(1)
+		return nil, err
+	}
+	info := r.Info()
+	if info.Sum.IsZero() {
+		r.Close()
+		s.corrupt(l, k, fmt.Errorf("%w: the remote copy has no checksum, so it cannot be verified", ErrCorrupt))
+		return nil, Wrap(l.name, "open", k, ErrNotFound)
+	}
+	if !want.IsZero() && info.Sum != want {
+		r.Close()
+		return nil, Wrap(l.name, "open", k, ErrNotFound)
+	}
+	sp, err := os.CreateTemp(s.opt.SpoolDir, "fetch-*")
+	if err != nil {
+		r.Close()
+		return nil, Wrap("stack", "open", k, fmt.Errorf("spool: %w", err))
+	}
+	os.Remove(sp.Name()) // unlinked: gone with the last close, even after a crash
+	l.hits.Add(1)
+	f.info, f.f = info, sp
+	return r, nil
+}
+
+func (f *fill) failed() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.done && f.err != nil
+}
+
+// Write appends fetched bytes to the spool (io.Writer for WriterTo).
+func (f *fill) Write(p []byte) (int, error) {
+	if f.s.ctx.Err() != nil {
+		return 0, f.s.ctx.Err()
+	}
+	f.mu.Lock()
+	off := f.written
+	f.mu.Unlock()
+	if off+int64(len(p)) > f.info.Size {
+		return 0, fmt.Errorf("%w: remote sent more than the %d bytes announced", ErrCorrupt, f.info.Size)
+	}
+	n, err := f.f.WriteAt(p, off)
+	f.hasher.Write(p[:n])
+	f.l.bytesOut.Add(int64(n))
+	f.mu.Lock()
+	f.written += int64(n)
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+	return n, err
+}
+
+func (f *fill) run(r Reader) {
+	defer f.s.wg.Done()
+	k := f.info.Key
+	var err error
+	if wt, ok := r.(io.WriterTo); ok {
+		_, err = wt.WriteTo(f)
+	} else {
+		buf := make([]byte, 1<<20)
+		_, err = io.CopyBuffer(f, io.NewSectionReader(r, 0, f.info.Size), buf)
+	}
+	r.Close()
+	if err == nil && f.hasher.Size() != f.info.Size {
+		err = fmt.Errorf("%w: got %d bytes, the remote announced %d", ErrCorrupt, f.hasher.Size(), f.info.Size)
+	}
+	if err == nil && f.hasher.Sum() != f.info.Sum {
+		err = fmt.Errorf("%w: sha256 %s, the remote's checksum says %s", ErrCorrupt, f.hasher.Sum(), f.info.Sum)
+	}
+	if err != nil {
+		if errors.Is(err, ErrCorrupt) {
+			f.s.corrupt(f.l, k, err)
+		} else {
+			f.s.noteErr(f.l, err)
+			f.s.log.Warn("remote fetch failed", "tier", f.l.name, "key", k.String(), "err", err)
+		}
+		err = Wrap(f.l.name, "read", k, err)
+	}
+	f.mu.Lock()
+	f.done, f.err = true, err
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+
+	if err == nil {
+		// Promote from the verified spool; readers go on reading it meanwhile.
+		f.s.copyTo(nil, &spoolReader{f: f}, f.s.promoteTargets(f.l.idx))
+	}
+	f.s.mu.Lock()
+	if f.s.fills[k] == f {
+		delete(f.s.fills, k)
+	}
+	f.s.mu.Unlock()
+	f.unref()
+}
+
+func (f *fill) unref() {
+	f.mu.Lock()
+	f.refs--
+	last := f.refs == 0
+	f.mu.Unlock()
+	if last && f.f != nil {
+		f.f.Close()
+	}
+}
+
+// readAt serves p at off once the bytes are there (and, for the last byte,
+// verified), or fails with the fetch's error.
+func (f *fill) readAt(p []byte, off int64) (int, error) {
+	size := f.info.Size
+	if off >= size {
+		return 0, io.EOF
+	}
+	need := min(off+int64(len(p)), size)
+	for {
+		f.mu.Lock()
+		avail, done, err, ch := f.written, f.done, f.err, f.changed
+		f.mu.Unlock()
+		if err != nil {
+			return 0, err
+		}
+		if !done && avail == size {
+			avail = size - 1 // the tail waits for the hash
+		}
+		if need <= avail {
+			n, rerr := f.f.ReadAt(p[:need-off], off)
+			if rerr == nil && need == size && int64(len(p)) > need-off {
+				rerr = io.EOF
+			}
+			return n, rerr
+		}
+		select {
+		case <-ch:
+		case <-f.s.ctx.Done():
+			return 0, Wrap("stack", "read", f.info.Key, ErrClosed)
+		}
+	}
+}
+
+type fillReader struct {
+	f    *fill
+	once sync.Once
+}
+
+func (r *fillReader) Info() Info                              { return r.f.info }
+func (r *fillReader) ReadAt(p []byte, off int64) (int, error) { return r.f.readAt(p, off) }
+func (r *fillReader) Close() error                            { r.once.Do(r.f.unref); return nil }
+
+// spoolReader reads the verified spool for promotion.
+type spoolReader struct{ f *fill }
+
+func (r *spoolReader) Info() Info                              { return r.f.info }
+func (r *spoolReader) ReadAt(p []byte, off int64) (int, error) { return r.f.f.ReadAt(p, off) }
+func (r *spoolReader) Close() error                            { return nil }

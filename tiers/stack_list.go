@@ -1,0 +1,136 @@
+package tiers
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/flechefs/flechefs/digest"
+)
+
+// listCache keeps the remote tiers' listing. It is refreshed in the
+// background when older than ListTTL, so List never waits on a slow or dead
+// remote longer than a short first-time bound.
+type listCache struct {
+	mu         sync.Mutex
+	entries    map[digest.Key]Info
+	at         time.Time
+	refreshing chan struct{} // non-nil while a refresh runs; closed at its end
+}
+
+func (c *listCache) add(info Info) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.entries != nil {
+		c.entries[info.Key] = info
+	}
+}
+
+func (c *listCache) forget(k digest.Key) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.entries, k)
+}
+
+// remoteListing returns the cached remote listing, starting a refresh when
+// stale. The first call waits up to wait for it.
+func (s *Stack) remoteListing(wait time.Duration) map[digest.Key]Info {
+	c := &s.list
+	c.mu.Lock()
+	if time.Since(c.at) > s.opt.ListTTL && c.refreshing == nil && !s.isClosed() {
+		done := make(chan struct{})
+		c.refreshing = done
+		s.wg.Add(1)
+		go s.refreshList(done)
+	}
+	first, ch := c.entries == nil, c.refreshing
+	c.mu.Unlock()
+	if first && ch != nil {
+		select {
+		case <-ch:
+		case <-time.After(wait):
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[digest.Key]Info, len(c.entries))
+	for k, v := range c.entries {
+		out[k] = v
+	}
+	return out
+}
+
+func (s *Stack) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+func (s *Stack) refreshList(done chan struct{}) {
+	defer s.wg.Done()
+	fresh := map[digest.Key]Info{}
+	ok := true
+	for _, l := range s.remotes {
+		ctx, cancel := context.WithTimeout(s.ctx, s.opt.RemoteTimeout)
+		err := l.Tier.List(ctx, func(in Info) error { fresh[in.Key] = in; return nil })
+		cancel()
+		s.noteErr(l, err)
+		if err != nil {
+			ok = false
+		}
+	}
+	c := &s.list
+	c.mu.Lock()
+	if ok || c.entries == nil {
+		c.entries = fresh
+	}
+	if ok {
+		c.at = time.Now()
+	} else {
+		// Try again after a short while, not at every readdir.
+		c.at = time.Now().Add(-s.opt.ListTTL + min(s.opt.ListTTL, 5*time.Second))
+	}
+	c.refreshing = nil
+	c.mu.Unlock()
+	close(done)
+}
+
+// List calls fn once per key held by any tier. Remote listings come from a
+// cache refreshed in the background; List never waits long on a remote.
+func (s *Stack) List(ctx context.Context, fn func(Info) error) error {
+	seen := map[digest.Key]bool{}
+	emit := func(in Info) error {
+		if seen[in.Key] {
+			return nil
+		}
+		seen[in.Key] = true
+		return fn(in)
+	}
+	s.mu.Lock()
+	pend := make([]Info, 0, len(s.pending))
+	for _, p := range s.pending {
+		pend = append(pend, p.info)
+	}
+	s.mu.Unlock()
+	for _, in := range pend {
+		if err := emit(in); err != nil {
+			return err
+		}
+	}
+	for _, l := range s.layers {
+		if l.Remote {
+			continue
+		}
+		if err := l.Tier.List(ctx, emit); err != nil {
+			return err
+		}
+	}
+	if len(s.remotes) > 0 {
+		for _, in := range s.remoteListing(min(2*time.Second, s.opt.RemoteTimeout)) {
+			if err := emit(in); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

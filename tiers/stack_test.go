@@ -1,0 +1,398 @@
+package tiers_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/flechefs/flechefs/digest"
+	"github.com/flechefs/flechefs/tiers"
+	"github.com/flechefs/flechefs/tiers/memory"
+	"github.com/flechefs/flechefs/tiers/tiertest"
+)
+
+// faultTier wraps a tier with injectable faults (restic's mock backend style).
+type faultTier struct {
+	tiers.Tier
+	name   string
+	down   atomic.Bool  // every call fails with ErrUnavailable
+	flip   atomic.Bool  // readers return flipped bytes
+	opens  atomic.Int64 // Open calls
+	putErr func() error
+}
+
+func (f *faultTier) Name() string { return f.name }
+
+func (f *faultTier) check(op string, k digest.Key) error {
+	if f.down.Load() {
+		return tiers.Wrap(f.name, op, k, tiers.ErrUnavailable)
+	}
+	return nil
+}
+
+func (f *faultTier) Stat(ctx context.Context, k digest.Key) (tiers.Info, error) {
+	if err := f.check("stat", k); err != nil {
+		return tiers.Info{}, err
+	}
+	return f.Tier.Stat(ctx, k)
+}
+
+func (f *faultTier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
+	f.opens.Add(1)
+	if err := f.check("open", k); err != nil {
+		return nil, err
+	}
+	r, err := f.Tier.Open(ctx, k)
+	if err != nil {
+		return nil, err
+	}
+	return &faultReader{Reader: r, f: f}, nil
+}
+
+func (f *faultTier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta) (tiers.Info, error) {
+	if err := f.check("put", k); err != nil {
+		return tiers.Info{}, err
+	}
+	if f.putErr != nil {
+		if err := f.putErr(); err != nil {
+			return tiers.Info{}, err
+		}
+	}
+	return f.Tier.Put(ctx, k, r, m)
+}
+
+func (f *faultTier) Delete(ctx context.Context, k digest.Key) error {
+	if err := f.check("delete", k); err != nil {
+		return err
+	}
+	return f.Tier.Delete(ctx, k)
+}
+
+func (f *faultTier) List(ctx context.Context, fn func(tiers.Info) error) error {
+	if err := f.check("list", digest.Key{}); err != nil {
+		return err
+	}
+	return f.Tier.List(ctx, fn)
+}
+
+type faultReader struct {
+	tiers.Reader
+	f *faultTier
+}
+
+func (r *faultReader) ReadAt(p []byte, off int64) (int, error) {
+	if err := r.f.check("read", r.Info().Key); err != nil {
+		return 0, err
+	}
+	n, err := r.Reader.ReadAt(p, off)
+	if r.f.flip.Load() && n > 0 {
+		p[n/2] ^= 0xff
+	}
+	return n, err
+}
+
+func mem(t testing.TB, name string, limit int64) *faultTier {
+	m, err := memory.New(memory.Options{Name: name, Limit: limit, MaxEntry: limit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &faultTier{Tier: m, name: name}
+}
+
+type blob struct {
+	*bytes.Reader
+	released atomic.Int32
+}
+
+func (b *blob) Release() { b.released.Add(1) }
+
+func newBlob(b []byte) *blob { return &blob{Reader: bytes.NewReader(b)} }
+
+func read(t *testing.T, s *tiers.Stack, k digest.Key) ([]byte, error) {
+	t.Helper()
+	r, err := s.Open(context.Background(), k)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return tiers.ReadAll(r)
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func has(tr tiers.Tier, k digest.Key) bool {
+	_, err := tr.Stat(context.Background(), k)
+	return err == nil
+}
+
+func newStack(t *testing.T, opt tiers.StackOptions, layers ...tiers.Layer) *tiers.Stack {
+	t.Helper()
+	opt.SpoolDir = t.TempDir()
+	s, err := tiers.NewStack(layers, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestPromoteFromLocal(t *testing.T) {
+	for _, mode := range []tiers.Promote{tiers.PromoteAll, tiers.PromoteBase} {
+		t.Run(string(mode), func(t *testing.T) {
+			a, b, c := mem(t, "a", 64<<20), mem(t, "b", 64<<20), mem(t, "c", 64<<20)
+			s := newStack(t, tiers.StackOptions{Promote: mode}, tiers.Layer{Tier: a}, tiers.Layer{Tier: b}, tiers.Layer{Tier: c})
+			k, v := tiertest.Key("x"), tiertest.Data(1, 3<<20)
+			tiertest.Put(t, c, k, v)
+			got, err := read(t, s, k)
+			if err != nil || !bytes.Equal(got, v) {
+				t.Fatalf("read: %v", err)
+			}
+			eventually(t, "promotion to tier 0", func() bool { return has(a, k) })
+			if mode == tiers.PromoteAll {
+				eventually(t, "promotion to tier 1", func() bool { return has(b, k) })
+			} else {
+				time.Sleep(50 * time.Millisecond)
+				if has(b, k) {
+					t.Fatal("promote=base copied into tier 1")
+				}
+			}
+			st := s.Stats()
+			if st.Tiers[2].Hits != 1 || st.Tiers[0].Promotions != 1 {
+				t.Fatalf("stats %+v", st.Tiers)
+			}
+		})
+	}
+}
+
+func TestRemoteFetchStreamsAndPromotes(t *testing.T) {
+	ram, local, remote := mem(t, "ram", 256<<20), mem(t, "local", 256<<20), mem(t, "remote", 256<<20)
+	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: local}, tiers.Layer{Tier: remote, Remote: true})
+	k, v := tiertest.Key("remote"), tiertest.Data(2, 40<<20+3)
+	tiertest.Put(t, remote, k, v)
+
+	// Many concurrent readers share one fetch.
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, err := read(t, s, k)
+			if err != nil || !bytes.Equal(got, v) {
+				t.Errorf("reader %d: %v, equal=%v", i, err, bytes.Equal(got, v))
+			}
+		}()
+	}
+	wg.Wait()
+	if n := remote.opens.Load(); n != 1 {
+		t.Errorf("remote opened %d times for 8 concurrent readers, want 1", n)
+	}
+	eventually(t, "promotion into ram and local", func() bool { return has(ram, k) && has(local, k) })
+	if n := s.Stats().Fetching; n != 0 {
+		t.Fatalf("%d fetches still registered", n)
+	}
+	// Now served from RAM: no new remote open.
+	if _, err := read(t, s, k); err != nil {
+		t.Fatal(err)
+	}
+	if n := remote.opens.Load(); n != 1 {
+		t.Fatalf("remote opened again after promotion")
+	}
+}
+
+func TestRemoteCorruptionNeverServed(t *testing.T) {
+	ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
+	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
+	k, v := tiertest.Key("bad"), tiertest.Data(3, 5<<20)
+	tiertest.Put(t, remote, k, v)
+	remote.flip.Store(true)
+	r, err := s.Open(context.Background(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(io.NewSectionReader(r, 0, int64(len(v))))
+	r.Close()
+	if !errors.Is(err, tiers.ErrCorrupt) {
+		t.Fatalf("read of a corrupt remote value: %v (got %d bytes), want ErrCorrupt", err, len(got))
+	}
+	if len(got) == len(v) {
+		t.Fatal("reader reached the end of a corrupt value")
+	}
+	time.Sleep(50 * time.Millisecond)
+	if has(ram, k) {
+		t.Fatal("corrupt value was promoted")
+	}
+	if c := s.Stats().Tiers[1].Corruptions; c != 1 {
+		t.Fatalf("corruptions = %d, want 1", c)
+	}
+	if has(remote, k) {
+		t.Fatal("bad remote copy was not removed")
+	}
+}
+
+func TestLocalCorruptionFailsOver(t *testing.T) {
+	a, b := mem(t, "a", 64<<20), mem(t, "b", 64<<20)
+	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: a}, tiers.Layer{Tier: b})
+	k, v := tiertest.Key("fo"), tiertest.Data(4, 100000)
+	tiertest.Put(t, a, k, v)
+	tiertest.Put(t, b, k, v)
+	a.Tier = corruptOnRead{a.Tier}
+	got, err := read(t, s, k)
+	if err != nil || !bytes.Equal(got, v) {
+		t.Fatalf("failover read: %v", err)
+	}
+	if has(a, k) {
+		t.Fatal("corrupt copy kept")
+	}
+	if s.Stats().Tiers[0].Corruptions != 1 {
+		t.Fatal("corruption not counted")
+	}
+}
+
+type corruptOnRead struct{ tiers.Tier }
+
+func (c corruptOnRead) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
+	r, err := c.Tier.Open(ctx, k)
+	if err != nil {
+		return nil, err
+	}
+	return badReader{r}, nil
+}
+
+type badReader struct{ tiers.Reader }
+
+func (badReader) ReadAt([]byte, int64) (int, error) {
+	return 0, fmt.Errorf("chunk 0: %w", tiers.ErrCorrupt)
+}
+
+func TestPublishUploadDelete(t *testing.T) {
+	ram, local, remote := mem(t, "ram", 64<<20), mem(t, "local", 64<<20), mem(t, "remote", 64<<20)
+	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: local}, tiers.Layer{Tier: remote, Remote: true})
+	k, v := tiertest.Key("pub"), tiertest.Data(5, 2<<20)
+	b := newBlob(v)
+	if _, err := s.Publish(context.Background(), k, b, digest.Of(v)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := read(t, s, k); err != nil || !bytes.Equal(got, v) {
+		t.Fatalf("read after publish: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Sync(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !has(local, k) || !has(remote, k) {
+		t.Fatal("not persisted and uploaded after Sync")
+	}
+	eventually(t, "blob release", func() bool { return b.released.Load() == 1 })
+	if st := s.UploadState(k); st != tiers.UploadDone {
+		t.Fatalf("upload state %s", st)
+	}
+	// Second publish of the same key: first writer wins.
+	b2 := newBlob(tiertest.Data(6, 10))
+	if _, err := s.Publish(context.Background(), k, b2, digest.Of(tiertest.Data(6, 10))); !errors.Is(err, tiers.ErrExist) {
+		t.Fatalf("second publish: %v", err)
+	}
+	if b2.released.Load() != 1 || s.Stats().DroppedPublishes != 1 {
+		t.Fatal("dropped publish not released or not counted")
+	}
+	if err := s.Delete(context.Background(), k); err != nil {
+		t.Fatal(err)
+	}
+	for _, tr := range []tiers.Tier{ram, local, remote} {
+		if has(tr, k) {
+			t.Fatalf("%s still holds the deleted key", tr.Name())
+		}
+	}
+	if _, err := s.Stat(context.Background(), k); !errors.Is(err, tiers.ErrNotFound) {
+		t.Fatalf("stat after delete: %v", err)
+	}
+	if err := s.Delete(context.Background(), k); !errors.Is(err, tiers.ErrNotFound) {
+		t.Fatalf("second delete: %v", err)
+	}
+}
+
+func TestRemoteDown(t *testing.T) {
+	ram, local, remote := mem(t, "ram", 64<<20), mem(t, "local", 64<<20), mem(t, "remote", 64<<20)
+	s := newStack(t, tiers.StackOptions{RemoteTimeout: time.Second}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: local}, tiers.Layer{Tier: remote, Remote: true})
+	kl, vl := tiertest.Key("local"), tiertest.Data(7, 1000)
+	tiertest.Put(t, local, kl, vl)
+	kr := tiertest.Key("remote-only")
+	tiertest.Put(t, remote, kr, tiertest.Data(8, 1000))
+	remote.down.Store(true)
+
+	if got, err := read(t, s, kl); err != nil || !bytes.Equal(got, vl) {
+		t.Fatalf("local hit with the remote down: %v", err)
+	}
+	if _, err := read(t, s, kr); !errors.Is(err, tiers.ErrUnavailable) {
+		t.Fatalf("remote-only read with the remote down: %v, want ErrUnavailable", err)
+	}
+	kp, vp := tiertest.Key("new"), tiertest.Data(9, 5000)
+	if _, err := s.Publish(context.Background(), kp, newBlob(vp), digest.Of(vp)); err != nil {
+		t.Fatalf("publish with the remote down: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	err := s.Sync(ctx, nil)
+	cancel()
+	if err == nil {
+		t.Fatal("sync succeeded with the remote down")
+	}
+	if st := s.Stats(); st.Tiers[2].Available || st.Queue != 1 {
+		t.Fatalf("stats with remote down: available=%v queue=%d", st.Tiers[2].Available, st.Queue)
+	}
+	remote.down.Store(false)
+	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := s.Sync(ctx, nil); err != nil {
+		t.Fatalf("sync after the remote came back: %v", err)
+	}
+	if !has(remote, kp) {
+		t.Fatal("queued upload did not reach the remote")
+	}
+}
+
+func TestListUnion(t *testing.T) {
+	ram, local, remote := mem(t, "ram", 64<<20), mem(t, "local", 64<<20), mem(t, "remote", 64<<20)
+	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: local}, tiers.Layer{Tier: remote, Remote: true})
+	want := map[digest.Key]bool{}
+	for i, tr := range []*faultTier{ram, local, remote, remote} {
+		k := tiertest.Key(fmt.Sprint("l", i))
+		tiertest.Put(t, tr, k, []byte{byte(i)})
+		want[k] = true
+	}
+	tiertest.Put(t, local, tiertest.Key("l0"), []byte{0}) // a duplicate
+	got := map[digest.Key]int{}
+	if err := s.List(context.Background(), func(in tiers.Info) error { got[in.Key]++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("listed %d keys, want %d", len(got), len(want))
+	}
+	for k, n := range got {
+		if !want[k] || n != 1 {
+			t.Fatalf("key %s listed %d times", k, n)
+		}
+	}
+	// With the remote down, List still answers promptly from the cache.
+	remote.down.Store(true)
+	start := time.Now()
+	n := 0
+	s.List(context.Background(), func(tiers.Info) error { n++; return nil })
+	if time.Since(start) > time.Second || n != len(want) {
+		t.Fatalf("list with remote down: %d entries in %v", n, time.Since(start))
+	}
+}

@@ -1,0 +1,447 @@
+package tiers
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"time"
+
+	"github.com/flechefs/flechefs/digest"
+)
+
+// pub is a published entry that is not yet in the persistent tier (or, with
+// no persistent tier, not yet uploaded). It is served from its blob.
+type pub struct {
+	info      Info
+	blob      Blob
+	refs      int           // the pending map's reference plus open readers
+	upload    bool          // to be queued for upload once persisted
+	persisted chan struct{} // closed when the persistence attempt ended
+	err       error         // its result, readable after persisted is closed
+	deleted   bool
+	inTier0   bool // tier 0 took a copy at publish
+}
+
+// Publish makes b the value of k: visible to Stat/Open when it returns,
+// persisted to the local persistent tier and uploaded in the background.
+// The stack takes ownership of b and Releases it. sum is b's SHA-256.
+// ErrExist if k already exists (first writer wins; b is released).
+func (s *Stack) Publish(ctx context.Context, k digest.Key, b Blob, sum digest.Sum) (Info, error) {
+	info := Info{Key: k, Size: b.Size(), Sum: sum, Created: time.Now()}
+	if _, err := s.Stat(ctx, k); err == nil {
+		s.dropped.Add(1)
+		b.Release()
+		return Info{}, Wrap("stack", "publish", k, ErrExist)
+	}
+	p := &pub{info: info, blob: b, refs: 1, persisted: make(chan struct{}),
+		upload: s.hasWritableRemote() && !s.opt.WriteThrough}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		b.Release()
+		return Info{}, Wrap("stack", "publish", k, ErrClosed)
+	}
+	if _, ok := s.pending[k]; ok {
+		s.mu.Unlock()
+		s.dropped.Add(1)
+		b.Release()
+		return Info{}, Wrap("stack", "publish", k, ErrExist)
+	}
+	s.pending[k] = p
+	p.refs++ // the persister's
+	s.publishing.Add(1)
+	s.mu.Unlock()
+	defer s.publishing.Done()
+	s.list.add(info)
+
+	// Tier 0 at once when it is RAM-fast and not the persistent tier; the
+	// rest in the background.
+	if l := s.layers[0]; !l.Remote && l.writable() && l != s.persist {
+		p.inTier0 = s.putLayer(l, p) == nil
+	}
+	s.persistCh <- p
+
+	if s.opt.WriteThrough && len(s.remotes) > 0 {
+		if err := s.WaitDurable(ctx, k); err != nil {
+			return info, err
+		}
+		for _, r := range s.remotes {
+			if !r.writable() {
+				continue
+			}
+			if err := s.uploadTo(ctx, r, p.info, p.blob); err != nil {
+				return info, Wrap("stack", "publish", k, err)
+			}
+		}
+	}
+	return info, nil
+}
+
+// putLayer copies a published value into l.
+func (s *Stack) putLayer(l *layer, p *pub) error {
+	r := &countingReader{r: io.NewSectionReader(p.blob, 0, p.info.Size), n: &l.bytesIn}
+	_, err := l.Tier.Put(s.ctx, p.info.Key, r, Meta{Size: p.info.Size, Sum: p.info.Sum, Created: p.info.Created,
+		Pending: p.upload && l == s.persist})
+	if err != nil && !errors.Is(err, ErrExist) && !errors.Is(err, ErrNoSpace) {
+		s.noteErr(l, err)
+	}
+	return err
+}
+
+// persister writes published entries to the local tiers after tier 0 and
+// records their uploads, in the tier's own commit.
+func (s *Stack) persister() {
+	defer s.persistWG.Done()
+	for p := range s.persistCh {
+		s.persistOne(p)
+	}
+}
+
+func (s *Stack) persistOne(p *pub) {
+	k := p.info.Key
+	var perr error
+	persisted := false
+	for _, l := range s.layers[1:] {
+		if l.Remote || !l.writable() {
+			continue
+		}
+		err := s.putLayer(l, p)
+		if l == s.persist {
+			switch {
+			case err == nil:
+				persisted = true
+			case errors.Is(err, ErrExist):
+				persisted = true
+				if p.upload {
+					// The tier held the key already (promoted from the remote):
+					// nothing new to upload.
+					p.upload = false
+				}
+			default:
+				perr = err
+				s.log.Error("could not persist entry; it stays in memory until restart", "key", k.String(), "tier", l.name, "err", err)
+			}
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p.err = perr
+	close(p.persisted)
+	switch {
+	case p.deleted:
+		// Deleted while we wrote it: take it back out.
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			for _, l := range s.layers {
+				if !l.Remote && l.writable() {
+					l.Tier.Delete(context.Background(), k)
+				}
+			}
+		}()
+	case persisted:
+		if p.upload {
+			s.up.add(k)
+		}
+		s.dropPendingLocked(p)
+	default:
+		// No persistent tier, or it failed: the blob keeps serving the
+		// entry. With a remote, the (in-memory) queue uploads it from the
+		// blob and drops it then; without, it stays unless tier 0 took it.
+		if p.upload {
+			s.up.add(k)
+		} else if p.inTier0 {
+			s.dropPendingLocked(p)
+		}
+	}
+	s.unrefLocked(p) // the persister's reference
+	s.broadcastLocked()
+}
+
+// dropPendingLocked removes p from the pending map once a tier serves it.
+func (s *Stack) dropPendingLocked(p *pub) {
+	if s.pending[p.info.Key] == p {
+		delete(s.pending, p.info.Key)
+		s.unrefLocked(p)
+	}
+}
+
+func (s *Stack) unrefLocked(p *pub) {
+	p.refs--
+	if p.refs == 0 {
+		p.blob.Release()
+	}
+}
+
+func (s *Stack) unpersistedLocked() int {
+	n := 0
+	for _, p := range s.pending {
+		if !isClosed(p.persisted) {
+			n++
+		}
+	}
+	return n
+}
+
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// WaitDurable returns when k (if published here) is in the persistent local tier.
+func (s *Stack) WaitDurable(ctx context.Context, k digest.Key) error {
+	s.mu.Lock()
+	p, ok := s.pending[k]
+	s.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	select {
+	case <-p.persisted:
+		if p.err != nil {
+			return Wrap("stack", "fsync", k, p.err)
+		}
+		if s.persist != nil {
+			if sy, ok := s.persist.Tier.(Syncer); ok {
+				return sy.Sync()
+			}
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// pubReader reads a published entry from its blob.
+type pubReader struct {
+	s      *Stack
+	p      *pub
+	closed bool
+}
+
+func (r *pubReader) Info() Info { return r.p.info }
+
+func (r *pubReader) ReadAt(b []byte, off int64) (int, error) {
+	if off >= r.p.info.Size {
+		return 0, io.EOF
+	}
+	n, err := r.p.blob.ReadAt(b, off)
+	if err == nil && off+int64(n) >= r.p.info.Size && n < len(b) {
+		err = io.EOF
+	}
+	return n, err
+}
+
+func (r *pubReader) Close() error {
+	r.s.mu.Lock()
+	defer r.s.mu.Unlock()
+	if !r.closed {
+		r.closed = true
+		r.s.unrefLocked(r.p)
+	}
+	return nil
+}
+
+// uploadQueue is the in-memory mirror of the durable queue: keys in order,
+// with per-key retry times.
+type uploadQueue struct {
+	order    []digest.Key
+	set      map[digest.Key]*upItem
+	inflight map[digest.Key]context.CancelFunc
+	kick     chan struct{}
+}
+
+type upItem struct {
+	next     time.Time
+	attempts int
+}
+
+func (q *uploadQueue) init() {
+	q.set = map[digest.Key]*upItem{}
+	q.inflight = map[digest.Key]context.CancelFunc{}
+	q.kick = make(chan struct{}, 1)
+}
+
+func (q *uploadQueue) add(k digest.Key) {
+	if _, ok := q.set[k]; ok {
+		return
+	}
+	q.set[k] = &upItem{}
+	q.order = append(q.order, k)
+	select {
+	case q.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (q *uploadQueue) has(k digest.Key) bool { _, ok := q.set[k]; return ok }
+func (q *uploadQueue) len() int              { return len(q.set) }
+
+func (q *uploadQueue) remove(k digest.Key) {
+	if _, ok := q.set[k]; !ok {
+		return
+	}
+	delete(q.set, k)
+	if cancel, ok := q.inflight[k]; ok {
+		cancel()
+	}
+	for i, o := range q.order {
+		if o == k {
+			q.order = append(q.order[:i], q.order[i+1:]...)
+			break
+		}
+	}
+}
+
+// next returns the first key due for upload, or the time to wait.
+func (q *uploadQueue) next(now time.Time) (digest.Key, time.Duration, bool) {
+	wait := time.Minute
+	for _, k := range q.order {
+		if _, busy := q.inflight[k]; busy {
+			continue
+		}
+		it := q.set[k]
+		if d := it.next.Sub(now); d > 0 {
+			wait = min(wait, d)
+			continue
+		}
+		return k, 0, true
+	}
+	return digest.Key{}, wait, false
+}
+
+func (s *Stack) uploader() {
+	defer s.wg.Done()
+	for {
+		s.mu.Lock()
+		k, wait, ok := s.up.next(time.Now())
+		var ctx context.Context
+		if ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithCancel(s.ctx)
+			s.up.inflight[k] = cancel
+		}
+		s.mu.Unlock()
+		if !ok {
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-s.up.kick:
+			case <-time.After(wait):
+			}
+			continue
+		}
+		err := s.uploadOne(ctx, k)
+		s.mu.Lock()
+		if c := s.up.inflight[k]; c != nil {
+			c()
+		}
+		delete(s.up.inflight, k)
+		if it, ok := s.up.set[k]; ok {
+			if err == nil {
+				s.up.remove(k)
+				if p, ok := s.pending[k]; ok && isClosed(p.persisted) {
+					s.dropPendingLocked(p)
+				}
+			} else {
+				it.attempts++
+				backoff := min(time.Duration(1<<min(it.attempts, 6))*time.Second/2, time.Minute)
+				it.next = time.Now().Add(backoff/2 + rand.N(backoff/2+1))
+			}
+		}
+		s.broadcastLocked()
+		s.mu.Unlock()
+		select { // wake another worker if more is due
+		case s.up.kick <- struct{}{}:
+		default:
+		}
+		if s.ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// uploadOne copies k from the local tiers to every writable remote and
+// takes it out of the durable queue.
+func (s *Stack) uploadOne(ctx context.Context, k digest.Key) error {
+	var src Reader
+	s.mu.Lock()
+	if p, ok := s.pending[k]; ok {
+		p.refs++
+		src = &pubReader{s: s, p: p}
+	}
+	s.mu.Unlock()
+	if src == nil {
+		for _, l := range s.layers {
+			if l.Remote {
+				continue
+			}
+			if r, err := l.Tier.Open(ctx, k); err == nil {
+				src = r
+				break
+			}
+		}
+	}
+	if src == nil {
+		// Deleted, or lost: nothing to upload.
+		s.log.Warn("queued upload has no local copy; dropping it", "key", k.String())
+		return s.dequeue(k)
+	}
+	defer src.Close()
+	for _, r := range s.remotes {
+		if !r.writable() {
+			continue
+		}
+		if err := s.uploadTo(ctx, r, src.Info(), src); err != nil {
+			if ctx.Err() != nil && s.ctx.Err() == nil {
+				return nil // cancelled by Delete
+			}
+			s.uploadErrors.Add(1)
+			s.lastUploadErr.Store(err.Error())
+			s.log.Warn("upload failed; will retry", "key", k.String(), "err", err)
+			return err
+		}
+	}
+	s.lastUploadErr.Store("")
+	return s.dequeue(k)
+}
+
+func (s *Stack) dequeue(k digest.Key) error {
+	if s.queue != nil {
+		if err := s.queue.Uploaded(s.ctx, k); err != nil {
+			s.log.Error("could not take entry out of the upload queue", "key", k.String(), "err", err)
+			return err
+		}
+	}
+	return nil
+}
+
+// uploadTo puts one value on remote r. A remote that already holds the key
+// is success when its hash matches; otherwise it is a conflict, counted and
+// logged: first writer wins, the remote keeps its value.
+func (s *Stack) uploadTo(ctx context.Context, r *layer, info Info, src io.ReaderAt) error {
+	_, err := r.Tier.Put(ctx, info.Key, &countingReader{r: io.NewSectionReader(src, 0, info.Size), n: &r.bytesIn},
+		Meta{Size: info.Size, Sum: info.Sum, Created: info.Created})
+	if errors.Is(err, ErrExist) {
+		sctx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
+		defer cancel()
+		if rinfo, serr := r.Tier.Stat(sctx, info.Key); serr == nil && rinfo.Sum != info.Sum {
+			s.conflicts.Add(1)
+			s.log.Warn("remote already holds another value for this key; keeping the remote's (first writer wins)",
+				"key", info.Key.String(), "tier", r.name, "local_sha256", info.Sum.String(), "remote_sha256", rinfo.Sum.String())
+		}
+		err = nil
+	}
+	s.noteErr(r, err)
+	if err == nil {
+		s.uploaded.Add(1)
+		s.uploadedBytes.Add(info.Size)
+		s.list.add(info)
+	}
+	return err
+}
