@@ -248,18 +248,21 @@ func TestLocalCorruptionFailsOver(t *testing.T) {
 	a, b := mem(t, "a", 64<<20), mem(t, "b", 64<<20)
 	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: a}, tiers.Layer{Tier: b})
 	k, v := tiertest.Key("fo"), tiertest.Data(4, 100000)
-	tiertest.Put(t, a, k, v)
 	tiertest.Put(t, b, k, v)
-	a.Tier = corruptOnRead{a.Tier}
+	inner := a.Tier
+	tiertest.Put(t, inner, k, v)
+	a.Tier = corruptOnRead{inner}
 	got, err := read(t, s, k)
 	if err != nil || !bytes.Equal(got, v) {
 		t.Fatalf("failover read: %v", err)
 	}
-	if has(a, k) {
-		t.Fatal("corrupt copy kept")
-	}
 	if s.Stats().Tiers[0].Corruptions != 1 {
 		t.Fatal("corruption not counted")
+	}
+	// The bad copy was removed and repaired from tier b by promotion.
+	eventually(t, "repair of tier a", func() bool { return s.Stats().Tiers[0].Promotions == 1 })
+	if !bytes.Equal(tiertest.Get(t, inner, k), v) {
+		t.Fatal("repaired copy differs")
 	}
 }
 
