@@ -1,0 +1,88 @@
+// Package tiers stores cache entries in an ordered stack of tiers, fastest
+// first, the way fleche's CacheStack does: a RAM tier (tiers/memory), a
+// local bbolt tier (tiers/bolt) and a remote SFTP tier shared by many
+// machines (tiers/sftp).
+//
+// # The Tier contract
+//
+// A Tier maps keys (digest.Key) to immutable byte values.
+//
+//   - Put is atomic: the value becomes visible complete or not at all. A
+//     failure midway (the reader's error, a dropped connection, a size or
+//     SHA-256 that differs from what Meta announced) leaves no entry. Put of
+//     a key that exists fails with ErrExist and leaves the entry alone: the
+//     first writer wins.
+//   - Open returns a Reader for any offset, safe for concurrent ReadAt. A
+//     Reader opened before a Delete or an eviction reads the old value or
+//     fails; it never returns other bytes.
+//   - Stat, Delete and List do what they say; a missing key is ErrNotFound.
+//   - Every error is an *Error naming the tier, the operation and the key,
+//     and wraps one of the sentinels (ErrNotFound, ErrExist, ErrCorrupt,
+//     ErrReadOnly, ErrUnavailable, ErrNoSpace, ErrClosed) where one applies;
+//     test with errors.Is.
+//   - Optional abilities are separate interfaces found by type assertion:
+//     UsageReporter (fill and evictions), Queue (the durable upload queue),
+//     Syncer (Put may return before data is on stable storage).
+//
+// The conformance suite in tiers/tiertest checks all of this for every tier.
+//
+// # The Stack
+//
+// Lookup (Stat, Open) walks the tiers in order. A hit at tier i > 0 is
+// copied up: with Promote "all" (the default) to every writable local tier
+// faster than i, with "base" to tier 0 only. Copies run in the background,
+// one per key at a time, and every copy is checked against the value's
+// SHA-256 by the receiving tier's Put: a mismatch is never stored, it is
+// counted as a corruption of the source, logged, and the bad copy deleted.
+//
+// A remote hit streams: one fetch per key (concurrent readers share it)
+// writes into an unlinked spool file in SpoolDir, readers read what has
+// arrived, and the last byte is held back until the whole value matched the
+// checksum the remote keeps beside it. A reader therefore never reaches EOF
+// on bad bytes: it gets ErrCorrupt (EIO at the mount). A remote copy without
+// a checksum cannot be verified and is treated as corrupt. Only a verified
+// spool is promoted.
+//
+// A local read that hits ErrCorrupt (the bbolt tier checks a CRC-32C per
+// chunk) removes the bad copy and continues from the next tier holding the
+// same value; the promotion of that hit repairs the faster tier.
+//
+// # Publishing, durability and the upload queue
+//
+// Publish makes a value visible to this stack as soon as it returns: it is
+// served from the writer's spool (the Blob) until a tier holds it. It is
+// copied into tier 0 at once and into the persistent local tier (the first
+// tier implementing Queue, the bbolt tier) in the background; WaitDurable
+// returns once that commit (with fsync) is done. The same commit records
+// the key in the durable upload queue when a writable remote tier exists:
+// entries waiting for upload are never evicted, survive a restart and are
+// uploaded by UploadWorkers goroutines with exponential backoff (0.5 s
+// doubling to 1 min, jittered) until the remote has them. Sync returns when
+// the queue is empty. WriteThrough makes Publish wait for the remote
+// instead. A remote that already holds the key with another value keeps it
+// (first writer wins); the conflict is counted and logged.
+//
+// Delete removes the key from every writable tier, the remote ones too
+// unless KeepRemoteOnDelete, and cancels its pending upload.
+//
+// # Failure
+//
+// One tier failing does not fail the stack. With the remote unreachable,
+// local hits are served; Stat of a key held nowhere else is ErrNotFound and
+// Open is ErrUnavailable, both within RemoteTimeout; publishes queue. List
+// serves the remote listing from a cache refreshed in the background at most
+// every ListTTL, waiting at most 2 s the first time.
+//
+// # Concurrency
+//
+// All Stack methods are safe for concurrent use. Stack.mu guards the pending
+// publishes, the fetches in progress and the in-memory mirror of the upload
+// queue; no tier I/O happens under it. Each fetch has its own lock.
+//
+// # Caveats
+//
+//   - Without a persistent tier, published values that tier 0 refused (too
+//     large) stay in their spool files until restart, and the upload queue
+//     lives in memory only.
+//   - The stack trusts a tier's Stat for existence; only reads are verified.
+package tiers
