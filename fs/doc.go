@@ -1,0 +1,201 @@
+// Package fs is the flechefs mount: a FUSE filesystem (go-fuse v2) that
+// shows a tiers.Stack as one flat directory of immutable entries named by
+// their keys (digest.Key: lowercase hex, optionally one suffix).
+//
+//	srv, err := fs.Mount("/cache", stack, fs.Options{SpoolDir: "/var/tmp/flechefs"})
+//	...
+//	srv.Wait()
+//
+// A program stores a computed result by creating the file under its key and
+// closing it; any program reads it back by opening that name. Nothing else
+// is possible: an entry is never modified, only deleted.
+//
+// # Visibility and publishing
+//
+// open(O_CREAT) of a valid, absent name returns a write descriptor. Until
+// the value is published, the name does not exist for anybody, the writer
+// included: lookups of it (stat, open, ls) miss on this mount and the
+// writer's descriptor is the only way to the data. The descriptor supports
+// write and pwrite at any offset, ftruncate, fstat (the current size) and
+// reading back what was written (O_RDWR).
+//
+// The value is published by the first close(2) of a descriptor of that
+// open file after at least one write or ftruncate: the close sends FLUSH,
+// the daemon hands the bytes to Stack.Publish, and close returns when the
+// stack has accepted them. When close returns 0 the entry is visible, with
+// its complete value, to every process on this mount (other mounts of the
+// same stack see it within their NegativeTTL, at most 2 s). A later write
+// through another descriptor of the same open file (a dup, an inherited
+// descriptor) fails with EIO.
+//
+// A close before any write publishes nothing. This is the shell's
+// redirection, "cmd > f": the shell opens f, dup2s it onto stdout and
+// closes the original before cmd runs; the value is published when cmd's
+// stdout is closed (at the latest when cmd exits). A file that is never
+// written (": > f", touch) is published, empty, when its last descriptor is
+// released; RELEASE reaches the daemon just after close returns, so an empty
+// entry appears slightly after close. Consequences:
+//
+//   - "{ cmd1; cmd2; } > f" with two external commands publishes cmd1's
+//     output when cmd1 exits; cmd2's writes fail with EIO. Likewise a writer
+//     whose forked children close an inherited copy of the descriptor.
+//   - A process that is killed by a signal while it holds the descriptor
+//     publishes nothing: the close made by its death is recognised (the
+//     task is exiting with a signal status, read from /proc/<pid>/stat) and
+//     the value is dropped, so a cache never keeps a result cut short. The
+//     exit status of a normal exit is not looked at.
+//
+// If Publish fails, that close returns the error (ENOSPC, EROFS, EIO...),
+// nothing is published and the name stays absent. If another writer
+// published the same key first (Stack.Publish says ErrExist), the value is
+// dropped (the stack counts it in dropped_publishes) and close returns 0:
+// the name exists with a complete value, just not this writer's. Several
+// processes may write the same absent name at once; the first to close
+// wins. A writer that opens after the winner published gets EACCES (open for
+// writing of an entry) or EEXIST (O_EXCL).
+//
+// # Durability
+//
+// Publishing makes an entry visible, not durable: the stack persists it in
+// the background. fsync(2) of a write descriptor before the publishing
+// close makes that close wait until the entry is in the persistent local
+// tier (Stack.WaitDurable); fsync after it, fsync of a read descriptor and
+// fsync of the root directory (every entry this mount published) wait
+// likewise. A publishing close is not interrupted by signals (the publish
+// and its durability wait run without the request's cancellation); fsync is.
+//
+// # Errors
+//
+// Every error from the stack or the spool goes through ToErrno:
+//
+//	tiers.ErrNotFound          ENOENT
+//	tiers.ErrExist             EEXIST
+//	digest.ErrInvalid          EINVAL
+//	tiers.ErrReadOnly          EROFS   (no writable tier: the reason, not a permission)
+//	tiers.ErrNoSpace           ENOSPC
+//	tiers.ErrCorrupt           EIO     (logged; the stack never serves bad bytes)
+//	tiers.ErrUnavailable       EIO     (logged)
+//	tiers.ErrClosed            EIO     (logged)
+//	context.Canceled           EINTR   (the caller was interrupted)
+//	context.DeadlineExceeded   EIO     (logged)
+//	a syscall.Errno            itself, also wrapped in *os.PathError (a full spool disk is ENOSPC)
+//	fs.ErrPermission           EACCES
+//	anything else              EIO     (logged; never ENOTSUP)
+//
+// What the mount answers by itself:
+//
+//	lookup of a name that is not a key              ENOENT
+//	create of a name that is not a key              EINVAL
+//	create of an existing entry                     EEXIST
+//	open of an entry for writing, O_TRUNC, O_APPEND EACCES
+//	mkdir, mknod, symlink, link, rename, rmdir      EPERM
+//	chmod, chown, utimes, truncate of an entry      EPERM
+//	chmod, chown of a file being written            EPERM (utimes is accepted and ignored:
+//	                                                an entry's mtime is its publish time)
+//	setxattr, removexattr                           EPERM
+//	getxattr of an unknown name                     ENODATA
+//	unlink of an absent or invalid name             ENOENT
+//	write after the value was published             EIO
+//	open of a writer's inode by another path        EACCES (/proc/self/fd/N)
+//	create, mkdir... in .flechefs; write to its files  EACCES; unlink, rename there: EPERM
+//
+// unlink(2) deletes the entry from the stack (Stack.Delete); descriptors
+// opened before keep reading the old value.
+//
+// # Entries, directory, xattrs, .flechefs
+//
+// An entry is a regular file, mode 0444, owned by the mounting user, nlink
+// 1, mtime (and atime, ctime) the publish time, st_blksize 1 MiB, and an
+// inode number derived from the key (the first 63 bits of SHA-256 of the
+// name; the same on every mount). readdir lists ".flechefs" and the keys of
+// Stack.List, sorted; names being written are not listed. Each entry has
+// the extended attributes user.flechefs.tiers (the tiers holding it, fastest
+// first, comma-separated; "unpersisted" first while the stack has not
+// copied it yet), user.flechefs.sha256 (hex) and user.flechefs.upload
+// (none, pending or done).
+//
+// .flechefs is a read-only directory (0555) with "stats", the JSON of
+// Stack.Stats generated at each open, and "version". Both are served with
+// FOPEN_DIRECT_IO and report size 0, like /proc files: read them to EOF.
+//
+// # Kernel caching
+//
+// Entries are immutable, so the kernel is told to cache them:
+//
+//   - Entry and attribute timeouts of published entries are EntryTTL
+//     (default 1 h); entries learnt from READDIRPLUS get 1 s, since a
+//     remote listing may be slightly stale, and are confirmed by a lookup
+//     after that.
+//   - Reads use the page cache with FOPEN_KEEP_CACHE: a second open of the
+//     same value reuses the cached pages. The daemon remembers which value
+//     (size, sha256, publish time) an inode's pages belong to; an open of a
+//     different value under the same key (deleted and published again) is
+//     done without KEEP_CACHE, which makes the kernel drop the old pages.
+//   - READ and WRITE requests are up to 1 MiB (MaxWrite), and after
+//     mounting, as root, /sys/class/bdi/<dev>/read_ahead_kb is raised to
+//     ReadAheadKB (default 1024; the kernel starts a FUSE mount at 128).
+//   - A miss is cached NegativeTTL (default 1 s, at most 2 s) by the
+//     daemon (a bounded map) and by the kernel (the negative entry timeout
+//     of the reply, never longer than the daemon's remaining time). A
+//     publish through this mount forgets the daemon's miss; the kernel has
+//     none: the writer's create replaced it, and lookups during the write
+//     are answered with timeout 0. A miss that raced with a publish is not
+//     cached. The timeouts are set in each reply rather than in
+//     fs.Options, because go-fuse would replace the zero timeouts of the
+//     writer's inode with the mount-wide ones.
+//   - The writer's inode is not the entry's: Create returns a fresh inode
+//     (go-fuse's automatic numbers, 2^63 and up) with zero entry and
+//     attribute timeouts and FOPEN_DIRECT_IO, so no other process can reach
+//     it through the name and its page cache, which could hold a losing
+//     writer's bytes, is never read by anyone. After the publish, the next
+//     lookup of the name revalidates the writer's dentry, finds the entry's
+//     inode and the kernel switches to it.
+//
+// # Spool
+//
+// A write handle keeps up to SpoolThreshold bytes (default 1 MiB) in
+// memory; beyond that it moves them to a temporary file in SpoolDir that is
+// unlinked at once, so a 10 GiB result needs 10 GiB of SpoolDir, not RAM,
+// and a crash leaves nothing behind. The SHA-256 is computed while the
+// writes are sequential appends; a write elsewhere or a truncate makes
+// publish hash the spool again. At publish the spool becomes the
+// tiers.Blob the stack owns and releases (closing the file) when a tier
+// holds the value. Memory: at most SpoolThreshold per open write handle.
+//
+// # Concurrency and locks
+//
+// go-fuse serves requests concurrently. The locks, none held across a call
+// into the kernel:
+//
+//   - root.mu guards the names being written, the negative cache, the
+//     epoch counter, the inode-number map and the set of entries not yet
+//     durable. It is never held during stack I/O.
+//   - writeHandle.mu serialises a handle's writes, truncates, flushes and
+//     release; it is held while that handle publishes (a concurrent write
+//     waits, then gets EIO).
+//   - entryNode.mu guards the identity of the cached value.
+//
+// The mount never sends notifications (NotifyEntry...) to the kernel: an
+// INVAL_ENTRY takes the directory's lock, which a concurrent create,
+// lookup or unlink of the directory holds while it waits for the daemon.
+// Visibility after close relies on the zero timeouts above instead.
+//
+// # Caveats
+//
+//   - Programs that chmod, chown or rename their output (install -m,
+//     Python's shutil.copy, rsync without --inplace, editors' write-then-
+//     rename) fail: write the result with plain open/write/close.
+//   - The value a writer's descriptor reads back before close is its own;
+//     after close, reads through that descriptor fail (EIO).
+//   - A file being written cannot be mapped shared and writable (its
+//     descriptor uses direct I/O); published entries can be mapped for
+//     reading.
+//   - Another user of the same Stack that publishes a key this mount has
+//     just missed (another process of the daemon, another mount) is seen
+//     here within NegativeTTL, not at once.
+//   - Attributes come from Stat or List when the kernel looks a name up; a
+//     key deleted and published again with another size elsewhere can show
+//     the old size until the entry timeout (1 s for READDIRPLUS entries).
+//   - statfs reports no capacity (the stack's tiers have their own limits;
+//     see .flechefs/stats).
+package fs

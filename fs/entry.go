@@ -1,0 +1,162 @@
+package fs
+
+import (
+	"context"
+	"io"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/flechefs/flechefs/digest"
+	"github.com/flechefs/flechefs/tiers"
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// Extended attributes of a published entry.
+const (
+	xattrTiers  = "user.flechefs.tiers"
+	xattrSHA256 = "user.flechefs.sha256"
+	xattrUpload = "user.flechefs.upload"
+)
+
+var xattrList = []byte(xattrTiers + "\x00" + xattrSHA256 + "\x00" + xattrUpload + "\x00")
+
+// entryNode is a published entry: read-only, immutable.
+type entryNode struct {
+	fusefs.Inode
+	r   *root
+	key digest.Key
+	ino uint64 // stable inode number, 0 if automatic
+
+	mu sync.Mutex
+	// cached identifies the value whose pages the kernel may hold for this
+	// inode: an open of the same value keeps them (FOPEN_KEEP_CACHE), an
+	// open of another value (the key was deleted and published again) has
+	// the kernel drop them.
+	cached valueID
+}
+
+type valueID struct {
+	size    int64
+	sum     digest.Sum
+	created int64
+}
+
+func idOf(i tiers.Info) valueID {
+	return valueID{size: i.Size, sum: i.Sum, created: i.Created.UnixNano()}
+}
+
+func (n *entryNode) OnForget() { n.r.forgetIno(n.ino, n.key) }
+
+func (n *entryNode) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	var info tiers.Info
+	if h, ok := f.(*readHandle); ok {
+		info = h.rd.Info()
+	} else {
+		var err error
+		if info, err = n.r.st.Stat(ctx, n.key); err != nil {
+			return n.r.errno(err)
+		}
+	}
+	n.r.fillEntryAttr(&out.Attr, info)
+	out.SetTimeout(n.r.opt.EntryTTL)
+	return 0
+}
+
+// Open opens the entry for reading. Any intent to write is EACCES.
+func (n *entryNode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&(syscall.O_TRUNC|syscall.O_APPEND) != 0 {
+		return nil, 0, syscall.EACCES
+	}
+	rd, err := n.r.st.Open(ctx, n.key)
+	if err != nil {
+		return nil, 0, n.r.errno(err)
+	}
+	id := idOf(rd.Info())
+	n.mu.Lock()
+	keep := n.cached == id
+	n.cached = id
+	n.mu.Unlock()
+	var fl uint32
+	if keep {
+		fl = fuse.FOPEN_KEEP_CACHE
+	}
+	return &readHandle{r: n.r, key: n.key, rd: rd}, fl, 0
+}
+
+// Setattr: a published entry never changes.
+func (n *entryNode) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	return syscall.EPERM
+}
+
+// Fsync waits until the entry is in the persistent local tier.
+func (n *entryNode) Fsync(ctx context.Context, f fusefs.FileHandle, flags uint32) syscall.Errno {
+	return n.r.errno(n.r.st.WaitDurable(ctx, n.key))
+}
+
+func (n *entryNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	var val string
+	switch attr {
+	case xattrTiers:
+		val = strings.Join(n.r.st.Where(ctx, n.key), ",")
+	case xattrSHA256:
+		info, err := n.r.st.Stat(ctx, n.key)
+		if err != nil {
+			return 0, n.r.errno(err)
+		}
+		if info.Sum.IsZero() {
+			return 0, syscall.ENODATA
+		}
+		val = info.Sum.String()
+	case xattrUpload:
+		val = string(n.r.st.UploadState(n.key))
+	default:
+		return 0, syscall.ENODATA
+	}
+	return xattrReply(dest, []byte(val))
+}
+
+func (n *entryNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	return xattrReply(dest, xattrList)
+}
+
+// xattrReply copies val into dest, or says how large dest must be.
+func xattrReply(dest, val []byte) (uint32, syscall.Errno) {
+	if len(dest) < len(val) {
+		return uint32(len(val)), syscall.ERANGE
+	}
+	return uint32(copy(dest, val)), 0
+}
+
+func (n *entryNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	return syscall.EPERM
+}
+
+func (n *entryNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	return syscall.EPERM
+}
+
+// readHandle reads a published entry through a tiers.Reader.
+type readHandle struct {
+	r   *root
+	key digest.Key
+	rd  tiers.Reader
+}
+
+// Read reads straight into dest, the buffer go-fuse took from its pool for
+// this request and sends from: the read path allocates nothing.
+func (h *readHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n, err := h.rd.ReadAt(dest, off)
+	if err != nil && err != io.EOF {
+		return nil, h.r.errno(err)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (h *readHandle) Release(ctx context.Context) syscall.Errno {
+	if err := h.rd.Close(); err != nil {
+		h.r.log.Debug("flechefs: closing a reader", "key", h.key, "err", err)
+	}
+	return 0
+}

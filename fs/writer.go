@@ -1,0 +1,281 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/flechefs/flechefs/digest"
+	"github.com/flechefs/flechefs/tiers"
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// writerNode is the inode of one value being written, created by Create
+// and used only through the creator's file descriptor: lookups of the name
+// miss until the value is published, and then find the entry's own inode.
+type writerNode struct {
+	fusefs.Inode
+	h *writeHandle
+}
+
+func (n *writerNode) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.h.mu.Lock()
+	n.h.attr(&out.Attr)
+	n.h.mu.Unlock()
+	out.SetTimeout(0)
+	return 0
+}
+
+// Setattr applies ftruncate to the value being written. Times are accepted
+// and ignored (an entry's mtime is its publish time, so touch(1) works);
+// mode and owner changes are EPERM.
+func (n *writerNode) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if in.Valid&(fuse.FATTR_MODE|fuse.FATTR_UID|fuse.FATTR_GID) != 0 {
+		return syscall.EPERM
+	}
+	h := n.h
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if size, ok := in.GetSize(); ok {
+		if errno := h.truncateLocked(int64(size)); errno != 0 {
+			return errno
+		}
+	}
+	h.attr(&out.Attr)
+	out.SetTimeout(0)
+	return 0
+}
+
+// Open of the writer's inode by another path (/proc/self/fd/N) is refused:
+// only the creator's descriptor works.
+func (n *writerNode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
+	return nil, 0, syscall.EACCES
+}
+
+func (n *writerNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	return 0, syscall.ENODATA
+}
+
+func (n *writerNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) { return 0, 0 }
+
+func (n *writerNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	return syscall.EPERM
+}
+
+func (n *writerNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	return syscall.EPERM
+}
+
+type writeState int
+
+const (
+	stateWriting   writeState = iota
+	statePublished            // handed to the stack (or dropped: another writer won)
+	stateFailed               // publishing failed or was refused; nothing published
+)
+
+// writeHandle spools one value and publishes it at the first close after a
+// write (see doc.go).
+type writeHandle struct {
+	r      *root
+	key    digest.Key
+	opened time.Time
+
+	mu    sync.Mutex
+	state writeState
+	errno syscall.Errno // stateFailed: what close reports
+	sp    *spool        // nil once published or failed
+	size  int64         // the value's size, kept after sp is handed over
+	// hash is the running SHA-256 while every write appended at the end;
+	// nil once a write went elsewhere or the size was changed, and the
+	// value is hashed again at publish.
+	hash        *digest.Hasher
+	written     bool // a write or truncate happened since open
+	wantDurable bool // fsync came before the publish: close waits for durability
+}
+
+func newWriteHandle(r *root, k digest.Key) *writeHandle {
+	return &writeHandle{
+		r: r, key: k, opened: time.Now(),
+		sp:   newSpool(r.opt.SpoolDir, r.opt.SpoolThreshold),
+		hash: digest.NewHasher(),
+	}
+}
+
+// attr fills the writer inode's attributes; h.mu held.
+func (h *writeHandle) attr(a *fuse.Attr) {
+	a.Mode = syscall.S_IFREG | 0o644
+	a.Size = uint64(h.size)
+	a.Blocks = (a.Size + 511) / 512
+	a.Blksize = maxIO
+	a.Nlink = 1
+	a.Owner = h.r.owner
+	a.SetTimes(&h.opened, &h.opened, &h.opened)
+}
+
+func (h *writeHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.state != stateWriting {
+		return 0, syscall.EIO
+	}
+	if off < 0 {
+		return 0, syscall.EINVAL
+	}
+	appending := h.hash != nil && off == h.sp.size
+	if err := h.sp.writeAt(data, off); err != nil {
+		h.hash = nil // the spool may hold part of data
+		return 0, h.r.errno(err)
+	}
+	if appending {
+		h.hash.Write(data)
+	} else {
+		h.hash = nil
+	}
+	h.size = h.sp.size
+	h.written = true
+	return uint32(len(data)), 0
+}
+
+// truncateLocked changes the size of the value being written.
+func (h *writeHandle) truncateLocked(size int64) syscall.Errno {
+	if h.state != stateWriting {
+		return syscall.EIO
+	}
+	if size != h.sp.size {
+		if err := h.sp.truncate(size); err != nil {
+			h.hash = nil
+			return h.r.errno(err)
+		}
+		h.hash = nil
+	}
+	h.size = size
+	h.written = true
+	return 0
+}
+
+// Read lets an O_RDWR writer read back what it wrote so far.
+func (h *writeHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.state != stateWriting {
+		return nil, syscall.EIO
+	}
+	n, err := h.sp.readAt(dest, off)
+	if err != nil && n == 0 && off < h.sp.size {
+		return nil, h.r.errno(err)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+// Flush is close(2) of one descriptor of the handle. The first Flush after a
+// write publishes; a Flush before any write (the shell's close after dup2)
+// does nothing. A publish, once begun, is not cancelled by an interrupt:
+// close either publishes or reports why not.
+func (h *writeHandle) Flush(ctx context.Context) syscall.Errno {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch h.state {
+	case stateFailed:
+		return h.errno
+	case statePublished:
+		if h.wantDurable {
+			return h.r.errno(h.r.st.WaitDurable(context.WithoutCancel(ctx), h.key))
+		}
+		return 0
+	}
+	if pid, ok := callerPid(ctx); ok && killedBySignal(pid) {
+		// A process holding the value is dying of a signal: what it
+		// wrote (or did not write yet) is likely cut short, and a cache
+		// must not keep a partial result, nor an empty one at release.
+		h.r.log.Info("flechefs: writer killed by a signal, value dropped", "key", h.key, "pid", pid)
+		h.failLocked(syscall.EIO)
+		return syscall.EIO
+	}
+	if !h.written {
+		return 0
+	}
+	return h.publishLocked(ctx)
+}
+
+// Fsync before the publish asks the publishing close to wait until the
+// value is durable; after it, it waits now.
+func (h *writeHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	h.mu.Lock()
+	switch h.state {
+	case stateFailed:
+		defer h.mu.Unlock()
+		return h.errno
+	case stateWriting:
+		defer h.mu.Unlock()
+		h.wantDurable = true
+		return 0
+	}
+	h.mu.Unlock()
+	return h.r.errno(h.r.st.WaitDurable(ctx, h.key))
+}
+
+// Release is the last close of the handle. A handle that was never flushed
+// after a write (no write at all: touch, ": > f") publishes here, so an
+// empty entry appears slightly after close returns.
+func (h *writeHandle) Release(ctx context.Context) syscall.Errno {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.state == stateWriting {
+		if errno := h.publishLocked(ctx); errno != 0 {
+			h.r.log.Warn("flechefs: publish at release failed", "key", h.key, "errno", errno)
+		}
+	}
+	return 0
+}
+
+// publishLocked hands the spool to the stack. ErrExist (another writer
+// published the key first) counts as success: the name holds a complete
+// value, and the stack counts the dropped one.
+func (h *writeHandle) publishLocked(ctx context.Context) syscall.Errno {
+	var sum digest.Sum
+	if h.hash != nil {
+		sum = h.hash.Sum()
+	} else {
+		var err error
+		if sum, err = h.sp.sum(); err != nil {
+			errno := h.r.errno(err)
+			h.failLocked(errno)
+			return errno
+		}
+	}
+	b := h.sp.blob()
+	h.sp, h.hash = nil, nil
+	_, err := h.r.st.Publish(context.WithoutCancel(ctx), h.key, b, sum)
+	switch {
+	case err == nil:
+		h.state = statePublished
+		h.r.doneWriting(h.key, true)
+	case errors.Is(err, tiers.ErrExist):
+		h.state = statePublished
+		h.r.doneWriting(h.key, false)
+		h.r.log.Debug("flechefs: key published by another writer first, value dropped", "key", h.key)
+	default:
+		errno := h.r.errno(err)
+		h.failLocked(errno)
+		return errno
+	}
+	if h.wantDurable {
+		return h.r.errno(h.r.st.WaitDurable(context.WithoutCancel(ctx), h.key))
+	}
+	return 0
+}
+
+// failLocked ends the handle without publishing.
+func (h *writeHandle) failLocked(errno syscall.Errno) {
+	if h.sp != nil {
+		h.sp.close()
+		h.sp = nil
+	}
+	h.hash = nil
+	h.state, h.errno = stateFailed, errno
+	h.r.doneWriting(h.key, false)
+}
