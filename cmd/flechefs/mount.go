@@ -1,0 +1,399 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/debug"
+	"runtime/pprof"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/flechefs/flechefs/digest"
+	"github.com/flechefs/flechefs/fs"
+	"github.com/flechefs/flechefs/internal/config"
+	"github.com/flechefs/flechefs/tiers"
+	"github.com/flechefs/flechefs/tiers/bolt"
+	"github.com/flechefs/flechefs/tiers/memory"
+	"github.com/flechefs/flechefs/tiers/sftp"
+)
+
+var mountCommand = &command{
+	name:    "mount",
+	summary: "mount a cache on a directory (in the foreground)",
+	usage: `
+Usage: flechefs mount [--config FILE] [flags] MOUNTPOINT
+
+Mounts the tiered cache on MOUNTPOINT and serves it until it is unmounted
+(flechefs umount, fusermount3 -u) or the process gets SIGINT, SIGTERM or
+SIGHUP.
+It runs in the foreground and logs to the standard error; when the mount
+is ready it prints one line:
+
+  flechefs: mounted MOUNTPOINT (tiers: ram 256MiB, bolt 10GiB, ...)
+
+The tiers come from the configuration (--config FILE, else
+$XDG_CONFIG_HOME/flechefs/config.toml if it exists, else a RAM tier of
+256MiB over a bbolt file of 10GiB in $XDG_CACHE_HOME/flechefs; see
+'flechefs config --default'); the flags below override it. A remote tier
+connects when first needed: if it is down, the mount works from the local
+tiers and new entries wait in the upload queue.
+
+On a signal it unmounts (waiting up to 5s for a busy mount, then
+detaching it lazily), finishes writing new entries to the local tiers,
+closes the database and exits 0. Entries not yet uploaded are uploaded at
+the next mount; run 'flechefs sync' first to upload them now. A second
+signal exits at once.
+
+Examples:
+  flechefs mount /mnt/cache
+  flechefs mount --remote sftp://me@nas.example.org/srv/flechefs /mnt/cache
+  flechefs mount --ram 1GiB --bolt /scratch/cache.db --bolt-size 200GiB /mnt/cache
+  flechefs mount --config ./ci.toml --debug /mnt/cache
+`,
+	interspersed: true,
+	setup: func(fs *flagSet) func(c *cli, args []string) int {
+		cf := addConfigFlags(fs)
+		debug := fs.boolFlag("debug", "log at debug level")
+		debugFUSE := fs.boolFlag("debug-fuse", "log every FUSE request and reply (very verbose)")
+		logJSON := fs.boolFlag("log-json", "log JSON lines instead of text")
+		// Hidden (not in --help): a CPU profile of the whole mount, for
+		// the benchmark (bench/README.md).
+		cpuProfile := fs.String("cpuprofile", "", "")
+		return func(c *cli, args []string) int {
+			if len(args) != 1 {
+				return c.usageError("want one MOUNTPOINT, got %d arguments", len(args))
+			}
+			cfg, code := cf.load(c)
+			if cfg == nil {
+				return code
+			}
+			level := slog.LevelInfo
+			if *debug || *debugFUSE {
+				level = slog.LevelDebug
+			}
+			hopt := &slog.HandlerOptions{Level: level}
+			var h slog.Handler = slog.NewTextHandler(c.stderr, hopt)
+			if *logJSON {
+				h = slog.NewJSONHandler(c.stderr, hopt)
+			}
+			m := &mounter{cli: c, cfg: cfg, log: slog.New(h), debugFUSE: *debugFUSE}
+			if *cpuProfile != "" {
+				f, err := os.Create(*cpuProfile)
+				if err != nil {
+					return m.fail("--cpuprofile: %v", err)
+				}
+				if err := pprof.StartCPUProfile(f); err != nil {
+					f.Close()
+					return m.fail("--cpuprofile: %v", err)
+				}
+				defer f.Close()
+				defer pprof.StopCPUProfile()
+			}
+			return m.run(args[0])
+		}
+	},
+}
+
+// mounter runs one mount.
+type mounter struct {
+	*cli
+	cfg       *config.Config
+	log       *slog.Logger
+	debugFUSE bool
+}
+
+func (m *mounter) run(dir string) int {
+	mnt, err := filepath.Abs(dir)
+	if err != nil {
+		return m.fail("%v", err)
+	}
+	if err := checkMountpoint(mnt); err != nil {
+		return m.fail("%v", err)
+	}
+	// From now on a signal stops the mount cleanly: one that arrives
+	// while the tiers open is handled once the mount is up.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	m.log.Info("flechefs: starting", "version", versionString(), "config", m.cfg.File, "mountpoint", mnt)
+	for _, w := range m.cfg.Warnings {
+		m.log.Warn("flechefs: config: " + w)
+	}
+
+	m.limitMemory()
+	st, remotes, err := m.openStack()
+	if err != nil {
+		return m.fail("%v", err)
+	}
+	srv, err := fs.Mount(mnt, st, m.fsOptions())
+	if err != nil {
+		m.closeStack(st)
+		return m.fail("%v", err)
+	}
+	fmt.Fprintf(m.stderr, "flechefs: mounted %s (tiers: %s)\n", mnt, m.cfg.Describe())
+	for _, r := range remotes {
+		go m.probe(r)
+	}
+
+	done := make(chan struct{})
+	go func() { srv.Wait(); close(done) }()
+
+	select {
+	case <-done:
+		m.log.Info("flechefs: unmounted from outside", "mountpoint", mnt)
+	case sig := <-sigs:
+		m.log.Info("flechefs: unmounting", "signal", sig.String(), "mountpoint", mnt)
+		if !m.unmount(srv, mnt, done, sigs) {
+			return exitFail
+		}
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- m.closeStack(st) }()
+	slow := time.AfterFunc(2*time.Second, func() {
+		m.log.Info("flechefs: finishing writes to the local tiers (signal again to exit now)")
+	})
+	defer slow.Stop()
+	select {
+	case err := <-closed:
+		if err != nil {
+			return exitFail
+		}
+	case sig := <-sigs:
+		m.log.Error("flechefs: second signal: exiting before the tiers are closed; new entries may not be on disk", "signal", sig.String())
+		return exitFail
+	}
+	fmt.Fprintf(m.stderr, "flechefs: unmounted %s\n", mnt)
+	return exitOK
+}
+
+// memoryHeadroom is what the daemon may use besides its memory tiers
+// before the garbage collector works harder: FUSE buffers, in-memory
+// spools, copies between tiers.
+const memoryHeadroom = 64 << 20
+
+// limitMemory sets a soft memory limit of the memory tiers' sizes plus
+// memoryHeadroom, unless GOMEMLIMIT is set. Without it the collector lets
+// the heap grow to twice what is live, and a full RAM tier of 128 MiB made
+// a daemon of 350 MiB.
+func (m *mounter) limitMemory() {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	var ram int64
+	for _, t := range m.cfg.Tiers {
+		if t.Kind == config.Memory {
+			ram += t.Size
+		}
+	}
+	if ram > math.MaxInt64-memoryHeadroom {
+		return
+	}
+	debug.SetMemoryLimit(ram + memoryHeadroom)
+	m.log.Debug("flechefs: soft memory limit", "bytes", ram+memoryHeadroom)
+}
+
+// checkMountpoint fails early, with a clear message, on a mount point that
+// cannot be mounted on.
+func checkMountpoint(mnt string) error {
+	fi, err := os.Stat(mnt)
+	switch {
+	case errors.Is(err, syscall.ENOTCONN):
+		return fmt.Errorf("%s is a FUSE mount whose process has died: unmount it first (flechefs umount %s)", mnt, mnt)
+	case err != nil:
+		return err
+	case !fi.IsDir():
+		return fmt.Errorf("%s is not a directory", mnt)
+	}
+	if e, ok, err := findMount(mnt); err == nil && ok && e.FSType == flechefsFSType {
+		return fmt.Errorf("%s is already a flechefs mount", mnt)
+	}
+	return nil
+}
+
+func (m *mounter) fsOptions() fs.Options {
+	neg := m.cfg.NegativeTTL
+	if neg == 0 {
+		neg = -1 // fs: negative disables, 0 is the default
+	}
+	return fs.Options{
+		SpoolDir:    m.cfg.SpoolDir,
+		NegativeTTL: neg,
+		AllowOther:  m.cfg.AllowOther,
+		Debug:       m.debugFUSE,
+		Logger:      m.log,
+	}
+}
+
+// openStack opens the tiers and builds the stack. It returns the remote
+// tiers to probe.
+func (m *mounter) openStack() (*tiers.Stack, []tiers.Tier, error) {
+	cfg := m.cfg
+	if err := os.MkdirAll(cfg.SpoolDir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("spool_dir: %w", err)
+	}
+	var layers []tiers.Layer
+	var remotes []tiers.Tier
+	closeAll := func() {
+		for _, l := range layers {
+			l.Tier.Close()
+		}
+	}
+	for i, t := range cfg.Tiers {
+		tr, err := m.openTier(t)
+		if err != nil {
+			closeAll()
+			where := ""
+			if cfg.File != config.DefaultName {
+				where = ", " + t.At
+			}
+			return nil, nil, fmt.Errorf("tier %d (%s%s): %w", i+1, t.Kind, where, err)
+		}
+		layers = append(layers, tiers.Layer{Tier: tr, ReadOnly: t.ReadOnly, Remote: t.Kind.Remote()})
+		if t.Kind.Remote() {
+			remotes = append(remotes, tr)
+		}
+	}
+	st, err := tiers.NewStack(layers, tiers.StackOptions{
+		Promote:            tiers.Promote(cfg.Promote),
+		WriteThrough:       cfg.WriteThrough,
+		KeepRemoteOnDelete: !cfg.DeleteRemote,
+		RemoteTimeout:      cfg.RemoteTimeout,
+		ListTTL:            cfg.ListTTL,
+		SpoolDir:           cfg.SpoolDir,
+		UploadWorkers:      cfg.UploadWorkers,
+		Logger:             m.log,
+	})
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	return st, remotes, nil
+}
+
+func (m *mounter) openTier(t config.Tier) (tiers.Tier, error) {
+	switch t.Kind {
+	case config.Memory:
+		return memory.New(memory.Options{Name: t.Name, Limit: t.Size, MaxEntry: t.MaxEntry, ReadOnly: t.ReadOnly})
+	case config.Bolt:
+		if !t.ReadOnly {
+			if err := os.MkdirAll(filepath.Dir(t.Path), 0o700); err != nil {
+				return nil, err
+			}
+		}
+		return bolt.Open(t.Path, bolt.Options{Name: t.Name, Limit: t.Size, ReadOnly: t.ReadOnly, Logger: m.log})
+	case config.SFTP:
+		return sftp.Open(context.Background(), sftp.Options{
+			Name: t.Name, URL: t.URL, IdentityFiles: t.Identity, KnownHosts: t.KnownHosts,
+			UseAgent: t.Agent, Timeout: t.Timeout, ReadOnly: t.ReadOnly,
+			Concurrency: t.Concurrency, Ciphers: t.Ciphers, Logger: m.log, Lazy: true,
+		})
+	}
+	return nil, fmt.Errorf("unknown kind %q", t.Kind)
+}
+
+// probeKey is a key no entry has; a Stat of it tells whether a remote
+// answers.
+var probeKey = digest.MustParse("0000000000000000")
+
+// probe connects a lazy remote tier once after mounting, so that the log
+// says at once whether it is reachable rather than at the first miss.
+func (m *mounter) probe(t tiers.Tier) {
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.RemoteTimeout+time.Second)
+	defer cancel()
+	_, err := t.Stat(ctx, probeKey)
+	switch {
+	case err == nil || errors.Is(err, tiers.ErrNotFound):
+		m.log.Info("flechefs: remote tier connected", "tier", t.Name())
+	case errors.Is(err, tiers.ErrClosed), errors.Is(err, context.Canceled):
+	default:
+		m.log.Warn("flechefs: remote tier unavailable: serving from the local tiers, uploads wait in the queue", "tier", t.Name(), "err", err)
+	}
+}
+
+// unmount unmounts after a signal: it retries a busy mount for 5s, then
+// detaches it lazily and waits for the last file to be closed. A second
+// signal gives up. It reports whether the stack may be closed.
+func (m *mounter) unmount(srv *fs.Server, mnt string, done <-chan struct{}, sigs <-chan os.Signal) bool {
+	deadline := time.Now().Add(5 * time.Second)
+	busyLogged := false
+	for {
+		err := srv.Unmount()
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EBUSY) && !isBusy(err) {
+			m.log.Error("flechefs: unmount failed; detaching lazily", "mountpoint", mnt, "err", err)
+			if m.detach(mnt) {
+				m.log.Warn("flechefs: detached lazily; flechefs exits when the last file is closed (signal again to exit now)", "mountpoint", mnt)
+			}
+			break
+		}
+		if !busyLogged {
+			m.log.Warn("flechefs: mount point busy: a process has a file open or its working directory inside; retrying for 5s", "mountpoint", mnt)
+			busyLogged = true
+		}
+		if time.Now().After(deadline) {
+			if m.detach(mnt) {
+				m.log.Warn("flechefs: still busy: detached lazily; flechefs exits when the last file is closed (signal again to exit now)", "mountpoint", mnt)
+			}
+			break
+		}
+		select {
+		case <-done:
+			return true
+		case sig := <-sigs:
+			m.log.Error("flechefs: second signal: detaching and exiting now; open files in the mount fail from now on", "signal", sig.String(), "mountpoint", mnt)
+			m.detach(mnt)
+			return false
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	select {
+	case <-done:
+		return true
+	case sig := <-sigs:
+		m.log.Error("flechefs: second signal: exiting before the last file was closed; new entries may not be on disk", "signal", sig.String(), "mountpoint", mnt)
+		return false
+	}
+}
+
+// isBusy recognizes fusermount3's "Device or resource busy" when the
+// error does not wrap EBUSY.
+func isBusy(err error) bool {
+	return err != nil && strings.Contains(strings.ToLower(err.Error()), "busy")
+}
+
+// detach unmounts lazily: the mount disappears from the namespace now,
+// and the kernel ends the session when the last file is closed.
+func (m *mounter) detach(mnt string) bool {
+	var err error
+	if os.Geteuid() == 0 {
+		err = syscall.Unmount(mnt, syscall.MNT_DETACH)
+	} else {
+		err = fusermountUnmount(mnt, mnt, true)
+	}
+	if err != nil {
+		m.log.Error("flechefs: lazy unmount failed; still mounted, waiting for an unmount (signal again to exit now)", "mountpoint", mnt, "err", err)
+		return false
+	}
+	return true
+}
+
+// closeStack finishes in-flight writes and closes the tiers.
+func (m *mounter) closeStack(st *tiers.Stack) error {
+	start := time.Now()
+	err := st.Close()
+	if err != nil {
+		m.log.Error("flechefs: closing the tiers", "err", err)
+		return err
+	}
+	m.log.Debug("flechefs: tiers closed", "took", time.Since(start))
+	return nil
+}

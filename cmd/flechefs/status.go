@@ -1,0 +1,144 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/flechefs/flechefs/internal/config"
+	"github.com/flechefs/flechefs/tiers"
+)
+
+// statsFile is the control file a mount serves its counters in.
+const statsFile = ".flechefs/stats"
+
+var statusCommand = &command{
+	name:    "status",
+	summary: "show the tiers, hit rates and upload queue of a mount",
+	usage: `
+Usage: flechefs status [--json] MOUNTPOINT
+
+Shows, for each tier of the mount: the entries and bytes it holds against
+its limit, hits, misses and hit rate, promotions into it, evictions,
+corrupt copies found, errors and whether it is available; then the upload
+queue: entries waiting, entries uploaded and the last upload error. The
+numbers come from MOUNTPOINT/.flechefs/stats and count since the mount.
+
+Examples:
+  flechefs status /mnt/cache
+  flechefs status --json /mnt/cache | jq .queue
+`,
+	interspersed: true,
+	setup: func(fs *flagSet) func(c *cli, args []string) int {
+		asJSON := fs.boolFlag("json", "print the raw JSON of .flechefs/stats")
+		return func(c *cli, args []string) int {
+			if len(args) != 1 {
+				return c.usageError("want one MOUNTPOINT, got %d arguments", len(args))
+			}
+			raw, st, err := readStats(args[0])
+			if err != nil {
+				return c.fail("%v", err)
+			}
+			if *asJSON {
+				c.stdout.Write(raw)
+				if len(raw) > 0 && raw[len(raw)-1] != '\n' {
+					fmt.Fprintln(c.stdout)
+				}
+				return exitOK
+			}
+			printStatus(c.stdout, st)
+			return exitOK
+		}
+	},
+}
+
+// readStats reads and decodes MOUNTPOINT/.flechefs/stats.
+func readStats(mountpoint string) ([]byte, *tiers.Stats, error) {
+	p := filepath.Join(mountpoint, statsFile)
+	raw, err := os.ReadFile(p)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			if _, statErr := os.Stat(mountpoint); statErr != nil {
+				return nil, nil, statErr
+			}
+			return nil, nil, fmt.Errorf("%s is not a flechefs mount (it has no %s)", mountpoint, statsFile)
+		}
+		return nil, nil, err
+	}
+	var st tiers.Stats
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return nil, nil, fmt.Errorf("%s: %v", p, err)
+	}
+	return raw, &st, nil
+}
+
+func printStatus(w io.Writer, st *tiers.Stats) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIER\tWHERE\tENTRIES\tUSED\tLIMIT\tFILL\tHITS\tMISSES\tHIT RATE\tPROMOTED\tEVICTED\tCORRUPT\tERRORS\tSTATE")
+	for _, t := range st.Tiers {
+		where := "local"
+		if t.Remote {
+			where = "remote"
+		}
+		if t.ReadOnly {
+			where += ",ro"
+		}
+		limit, fill := "-", "-"
+		if t.Limit > 0 {
+			limit = config.FormatSize(t.Limit)
+			fill = percent(t.Bytes, t.Limit)
+		}
+		used := config.FormatSize(t.Bytes)
+		entries := strconv.FormatInt(t.Entries, 10)
+		if t.Remote && t.Entries == 0 && t.Bytes == 0 {
+			used, entries = "-", "-" // not counted for remote tiers
+		}
+		state := "ok"
+		if !t.Available {
+			state = "UNAVAILABLE"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%d\t%d\t%d\t%d\t%s\n",
+			t.Name, where, entries, used, limit, fill, t.Hits, t.Misses,
+			percent(t.Hits, t.Hits+t.Misses), t.Promotions, t.Evictions, t.Corruptions, t.Errors, state)
+	}
+	tw.Flush()
+
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
+	fmt.Fprintf(tw, "upload queue:\t%d waiting", st.Queue)
+	if st.Unpersisted > 0 {
+		fmt.Fprintf(tw, ", %d not yet on local disk", st.Unpersisted)
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintf(tw, "uploaded:\t%d (%s), %d failed attempts, %d conflicts\n",
+		st.Uploaded, config.FormatSize(st.UploadedBytes), st.UploadErrors, st.Conflicts)
+	if st.LastUploadError != "" {
+		fmt.Fprintf(tw, "last upload error:\t%s\n", oneLine(st.LastUploadError))
+	}
+	if st.DroppedPublishes > 0 {
+		fmt.Fprintf(tw, "dropped publishes:\t%d (the key existed: first writer wins)\n", st.DroppedPublishes)
+	}
+	if st.Fetching > 0 {
+		fmt.Fprintf(tw, "fetching:\t%d from remote tiers\n", st.Fetching)
+	}
+	tw.Flush()
+}
+
+// percent formats n/d as "12.5%", or "-" when d is 0.
+func percent(n, d int64) string {
+	if d <= 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(100*float64(n)/float64(d), 'f', 1, 64) + "%"
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}

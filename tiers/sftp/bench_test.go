@@ -1,0 +1,270 @@
+package sftp
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flechefs/flechefs/digest"
+	"github.com/flechefs/flechefs/internal/sshdtest"
+	"github.com/flechefs/flechefs/tiers"
+	"github.com/flechefs/flechefs/tiers/tiertest"
+)
+
+// Benchmarks against a real sshd on loopback. Each runs once per cipher:
+// both ends of the SSH connection encrypt, so the cipher sets the pace.
+//
+//	go test -run '^$' -bench . -benchtime 3x ./tiers/sftp/
+
+const benchSize = 256 << 20
+
+var benchCiphers = []string{"aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"}
+
+func benchTier(b *testing.B, s *sshdtest.Server, cipher string) *Tier {
+	opt := options(s)
+	opt.Ciphers = []string{cipher}
+	return open(b, opt)
+}
+
+var benchData = func() func() []byte {
+	var d []byte
+	return func() []byte {
+		if d == nil {
+			d = tiertest.Data(42, benchSize)
+		}
+		return d
+	}
+}()
+
+// fetch reads k whole with WriteTo into io.Discard.
+func fetch(b *testing.B, tr *Tier, k digest.Key) {
+	r, err := tr.Open(context.Background(), k)
+	if err != nil {
+		b.Fatal(err)
+	}
+	n, err := r.(io.WriterTo).WriteTo(io.Discard)
+	r.Close()
+	if err != nil || n != benchSize {
+		b.Fatalf("WriteTo = %d, %v", n, err)
+	}
+}
+
+func BenchmarkFetch(b *testing.B) {
+	s := sshdtest.Start(b)
+	for _, cipher := range benchCiphers {
+		b.Run(cipher, func(b *testing.B) {
+			tr := benchTier(b, s, cipher)
+			k := tiertest.Key("bench fetch")
+			tiertest.Put(b, tr, k, benchData())
+			b.SetBytes(benchSize)
+			b.ResetTimer()
+			cpu := selfCPU()
+			for b.Loop() {
+				fetch(b, tr, k)
+			}
+			reportCPU(b, selfCPU()-cpu)
+		})
+	}
+	// The packet size every server accepts, for comparison.
+	b.Run(benchCiphers[0]+"/packet=32KiB", func(b *testing.B) {
+		opt := options(s)
+		opt.Ciphers = benchCiphers[:1]
+		opt.PacketSize = 32 << 10
+		tr := open(b, opt)
+		k := tiertest.Key("bench fetch")
+		tiertest.Put(b, tr, k, benchData())
+		b.SetBytes(benchSize)
+		b.ResetTimer()
+		for b.Loop() {
+			fetch(b, tr, k)
+		}
+	})
+}
+
+func BenchmarkPut(b *testing.B) {
+	s := sshdtest.Start(b)
+	data := benchData()
+	m := tiers.Meta{Size: benchSize, Sum: digest.Of(data)}
+	for _, cipher := range benchCiphers {
+		b.Run(cipher, func(b *testing.B) {
+			tr := benchTier(b, s, cipher)
+			b.SetBytes(benchSize)
+			i := 0
+			for b.Loop() {
+				i++
+				k := tiertest.Key(fmt.Sprint("bench put ", i))
+				if _, err := tr.Put(context.Background(), k, bytes.NewReader(data), m); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				tr.Delete(context.Background(), k)
+				b.StartTimer()
+			}
+		})
+	}
+}
+
+// openSSH runs OpenSSH's sftp client with a batch and returns how long it
+// took.
+func openSSH(b *testing.B, s *sshdtest.Server, cipher, batch string) time.Duration {
+	d, _ := openSSHCPU(b, s, cipher, batch)
+	return d
+}
+
+// openSSHCPU is openSSH that also returns the CPU time of sftp and the ssh
+// it runs.
+func openSSHCPU(b *testing.B, s *sshdtest.Server, cipher, batch string) (time.Duration, time.Duration) {
+	cmd := exec.Command("sftp", "-q", "-b", "-", "-i", s.IdentityFile,
+		"-o", "UserKnownHostsFile="+s.KnownHosts, "-o", "StrictHostKeyChecking=yes",
+		"-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "Ciphers="+cipher,
+		"-P", strconv.Itoa(s.Port), s.User+"@127.0.0.1")
+	cmd.Stdin = strings.NewReader(batch)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		b.Fatalf("sftp: %v\n%s", err, out)
+	}
+	return time.Since(start), cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+}
+
+// selfCPU is the CPU time this process has used (all threads; not sshd).
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// reportCPU reports this process's CPU time per GiB moved: a measure of the
+// client's cost that load from other processes disturbs less than rates.
+func reportCPU(b *testing.B, cpu time.Duration) {
+	b.ReportMetric(cpu.Seconds()/(float64(b.N)*benchSize/(1<<30)), "cpu-s/GiB")
+}
+
+func mibps(n int64, d time.Duration) float64 { return float64(n) / (1 << 20) / d.Seconds() }
+
+// BenchmarkVsOpenSSH fetches and uploads the same 256 MiB file with the
+// tier and with OpenSSH's sftp get/put, in adjacent pairs (the order
+// alternating), and reports the median rates and the median of the pairs'
+// ratios (ours / OpenSSH, above 1 is faster), which resists load from other
+// processes better than totals. sftp's connection setup, measured with an
+// empty batch, is subtracted from its times.
+func BenchmarkVsOpenSSH(b *testing.B) {
+	s := sshdtest.Start(b)
+	data := benchData()
+	local := filepath.Join(b.TempDir(), "upload")
+	if err := os.WriteFile(local, data, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	for _, cipher := range benchCiphers {
+		b.Run(cipher, func(b *testing.B) {
+			tr := benchTier(b, s, cipher)
+			k := tiertest.Key("bench vs")
+			tiertest.Put(b, tr, k, data)
+			remote := path.Join(tr.rem.root, k.String())
+			remoteUp := path.Join(tr.rem.root, "openssh-upload")
+			setup, setupCPU := time.Duration(1<<62), time.Duration(1<<62)
+			for range 3 {
+				d, c := openSSHCPU(b, s, cipher, "pwd\n")
+				setup, setupCPU = min(setup, d), min(setupCPU, c)
+			}
+			var ourCPU, theirCPU time.Duration
+			ourGet := func() time.Duration {
+				start, cpu := time.Now(), selfCPU()
+				fetch(b, tr, k)
+				ourCPU += selfCPU() - cpu
+				return time.Since(start)
+			}
+			theirGet := func() time.Duration {
+				d, c := openSSHCPU(b, s, cipher, "get "+remote+" /dev/null\n")
+				theirCPU += c - setupCPU
+				return d - setup
+			}
+			i := 0
+			ourPut := func() time.Duration {
+				i++
+				pk := tiertest.Key(fmt.Sprint("bench vs put ", i))
+				start := time.Now()
+				if _, err := tr.Put(context.Background(), pk, bytes.NewReader(data), tiers.Meta{Size: benchSize}); err != nil {
+					b.Fatal(err)
+				}
+				d := time.Since(start)
+				tr.Delete(context.Background(), pk)
+				return d
+			}
+			theirPut := func() time.Duration {
+				d := openSSH(b, s, cipher, "put "+local+" "+remoteUp+"\n") - setup
+				os.Remove(localPath(tr, "openssh-upload"))
+				return d
+			}
+			var get, put pairs
+			for b.Loop() {
+				get.add(ourGet, theirGet)
+				put.add(ourPut, theirPut)
+			}
+			get.report(b, "get")
+			gib := float64(b.N) * benchSize / (1 << 30)
+			b.ReportMetric(ourCPU.Seconds()/gib, "get-cpu-s/GiB")
+			b.ReportMetric(theirCPU.Seconds()/gib, "sftp-get-cpu-s/GiB")
+			put.report(b, "put")
+		})
+	}
+}
+
+// pairs collects timings of two ways to do the same transfer.
+type pairs struct {
+	ours, theirs, ratio []float64
+}
+
+// add times ours and theirs back to back, alternating which goes first.
+func (p *pairs) add(ours, theirs func() time.Duration) {
+	var o, t time.Duration
+	if len(p.ratio)%2 == 0 {
+		o, t = ours(), theirs()
+	} else {
+		t, o = theirs(), ours()
+	}
+	p.ours = append(p.ours, mibps(benchSize, o))
+	p.theirs = append(p.theirs, mibps(benchSize, t))
+	p.ratio = append(p.ratio, t.Seconds()/o.Seconds())
+}
+
+func (p *pairs) report(b *testing.B, what string) {
+	b.ReportMetric(median(p.ours), what+"-MiB/s")
+	b.ReportMetric(median(p.theirs), "sftp-"+what+"-MiB/s")
+	b.ReportMetric(median(p.ratio), what+"-ratio")
+	b.Logf("%s ratios (ours/OpenSSH): %.2f", what, p.ratio)
+}
+
+func median(v []float64) float64 {
+	v = slices.Clone(v)
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+// BenchmarkStat measures a hit: the data file's stat and the sum file's
+// open and read go out together.
+func BenchmarkStat(b *testing.B) {
+	s := sshdtest.Start(b)
+	tr := open(b, options(s))
+	k := tiertest.Key("bench stat")
+	tiertest.Put(b, tr, k, []byte("v"))
+	for b.Loop() {
+		if _, err := tr.Stat(context.Background(), k); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,476 @@
+package sftp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"path"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	xsftp "github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/flechefs/flechefs/tiers"
+)
+
+// Reconnect backoff after a failed dial: callers in the window fail at once
+// with the last dial error instead of hammering a dead server.
+const (
+	minBackoff = 250 * time.Millisecond
+	maxBackoff = 15 * time.Second
+	// keepaliveEvery: an idle connection sends keepalive@openssh.com this
+	// often (or every Timeout if that is longer) to find a dead peer.
+	keepaliveEvery = 15 * time.Second
+	// staleTemp: temp files in .flechefs/tmp untouched this long belong to
+	// writers that died; the first connection sweeps them.
+	staleTemp = time.Hour
+)
+
+// conn is one SSH connection with its SFTP session. It never comes back to
+// life: once dead, Tier.conn dials a new one.
+type conn struct {
+	t    *Tier
+	ssh  *ssh.Client
+	sftp *xsftp.Client
+	// packet is the SFTP payload size in use on this connection.
+	packet int
+
+	dead     chan struct{} // closed by kill
+	deadOnce sync.Once
+	deadErr  error // why it died; set before dead is closed
+
+	lastRecv atomic.Int64 // unix nanos of the last bytes from the server
+}
+
+func (c *conn) ok() bool {
+	select {
+	case <-c.dead:
+		return false
+	default:
+		return true
+	}
+}
+
+// cause says why the connection died.
+func (c *conn) cause() error {
+	<-c.dead
+	return c.deadErr
+}
+
+// kill marks the connection dead and closes it, which fails every request
+// waiting on it.
+func (c *conn) kill(err error) {
+	c.deadOnce.Do(func() {
+		if err == nil {
+			err = errors.New("connection closed")
+		}
+		c.deadErr = err
+		close(c.dead)
+		// The SSH connection first: closing SFTP waits for its reader,
+		// which only ends when the connection does.
+		c.ssh.Close()
+		if c.sftp != nil {
+			go c.sftp.Close()
+		}
+		if !errors.Is(err, tiers.ErrClosed) {
+			c.t.log.Warn("sftp connection lost", "tier", c.t.opt.Name, "addr", c.t.rem.addr, "err", err)
+		}
+	})
+}
+
+func (c *conn) touch() { c.lastRecv.Store(time.Now().UnixNano()) }
+
+// touchReader notes every read of server data as a sign of life.
+type touchReader struct {
+	r io.Reader
+	c *conn
+}
+
+func (r touchReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 {
+		r.c.touch()
+	}
+	return n, err
+}
+
+// watch is the watchdog of one operation: if the server sends nothing for
+// Timeout while the operation waits on it, the connection is killed, which
+// makes the operation (and every other one on the connection) fail at once.
+// While the operation waits on its caller (pause), the clock does not run.
+type watch struct {
+	c       *conn
+	timeout time.Duration
+	mark    atomic.Int64 // unix nanos of start or last resume
+	paused  atomic.Bool
+	stopped atomic.Bool
+	mu      sync.Mutex // orders the timer's creation before its use in check
+	timer   *time.Timer
+}
+
+func (c *conn) watch() *watch {
+	w := &watch{c: c, timeout: c.t.opt.Timeout}
+	w.mark.Store(time.Now().UnixNano())
+	w.mu.Lock()
+	w.timer = time.AfterFunc(w.timeout, w.check)
+	w.mu.Unlock()
+	return w
+}
+
+func (w *watch) check() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped.Load() || !w.c.ok() {
+		return
+	}
+	if w.paused.Load() {
+		w.timer.Reset(w.timeout)
+		return
+	}
+	last := max(w.mark.Load(), w.c.lastRecv.Load())
+	idle := time.Duration(time.Now().UnixNano() - last)
+	if idle >= w.timeout {
+		w.c.kill(fmt.Errorf("no answer from %s for %v", w.c.t.rem.addr, w.timeout.Round(time.Millisecond)))
+		return
+	}
+	w.timer.Reset(w.timeout - idle)
+}
+
+func (w *watch) pause() { w.paused.Store(true) }
+
+func (w *watch) resume() {
+	w.mark.Store(time.Now().UnixNano())
+	w.paused.Store(false)
+}
+
+func (w *watch) stop() {
+	w.stopped.Store(true)
+	w.mu.Lock()
+	w.timer.Stop()
+	w.mu.Unlock()
+}
+
+// dialAttempt is one dial in progress; err is set before done is closed.
+type dialAttempt struct {
+	done chan struct{}
+	c    *conn
+	err  error
+}
+
+// conn returns a live connection, dialing if there is none. Concurrent
+// callers share one dial. After a failed dial, callers fail at once until
+// the backoff has passed.
+func (t *Tier) conn(ctx context.Context) (*conn, error) {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil, tiers.ErrClosed
+	}
+	if c := t.cur; c != nil && c.ok() {
+		t.mu.Unlock()
+		return c, nil
+	}
+	a := t.dialing
+	if a == nil {
+		if wait := time.Until(t.retryAt); t.dialErr != nil && wait > 0 {
+			err := t.dialErr
+			t.mu.Unlock()
+			return nil, fmt.Errorf("%w (next attempt in %v)", err, wait.Round(time.Millisecond))
+		}
+		a = &dialAttempt{done: make(chan struct{})}
+		t.dialing = a
+		go t.redial(a)
+	}
+	t.mu.Unlock()
+	select {
+	case <-a.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	// A connection that died right after the dial is returned all the
+	// same: the operation fails, and the next one dials again.
+	return a.c, a.err
+}
+
+func (t *Tier) redial(a *dialAttempt) {
+	c, err := t.dial()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	defer close(a.done)
+	t.dialing = nil
+	if err == nil && t.closed {
+		c.kill(tiers.ErrClosed)
+		err = tiers.ErrClosed
+	}
+	if err != nil {
+		if !errors.Is(err, tiers.ErrClosed) {
+			err = unavailable(t.rem.addr, err)
+		}
+		a.err = err
+		t.backoff = min(max(2*t.backoff, minBackoff), maxBackoff)
+		t.retryAt = time.Now().Add(t.backoff)
+		t.dialErr = err
+		if !t.closed {
+			t.log.Warn("sftp connect failed", "tier", t.opt.Name, "addr", t.rem.addr, "err", err, "retry_in", t.backoff)
+		}
+		return
+	}
+	a.c = c
+	t.cur, t.dialErr, t.backoff = c, nil, 0
+	t.dials++
+	t.log.Info("sftp connected", "tier", t.opt.Name, "addr", t.rem.addr, "root", t.rem.root, "packet", c.packet, "connections", t.dials)
+	orphans := t.orphans
+	t.orphans = nil
+	sweep := !t.swept && !t.opt.ReadOnly
+	t.swept = true
+	go t.cleanup(c, orphans, sweep)
+}
+
+// dial connects, authenticates, starts SFTP and creates the layout, all
+// within Timeout.
+func (t *Tier) dial() (*conn, error) {
+	stage := "connect"
+	c, err := t.dialStages(&stage)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return nil, fmt.Errorf("no answer from %s within %v (%s)", t.rem.addr, t.opt.Timeout, stage)
+	}
+	if err != nil && stage != "connect" && stage != "host key" && stage != "login" {
+		return nil, fmt.Errorf("%s: %w", stage, err)
+	}
+	return c, err
+}
+
+func (t *Tier) dialStages(stage *string) (*conn, error) {
+	deadline := time.Now().Add(t.opt.Timeout)
+	d := net.Dialer{
+		Deadline:        deadline,
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3},
+	}
+	nc, err := d.DialContext(t.ctx, "tcp", t.rem.addr)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			nc.Close()
+		}
+	}()
+	nc.SetDeadline(deadline)
+
+	hostKey, algos, err := t.hostKeys(nc.RemoteAddr())
+	if err != nil {
+		return nil, err
+	}
+	auth, authDone, err := t.authMethod()
+	if err != nil {
+		return nil, err
+	}
+	defer authDone()
+	cfg := &ssh.ClientConfig{
+		User:              t.rem.user,
+		Auth:              []ssh.AuthMethod{auth},
+		HostKeyCallback:   hostKey,
+		HostKeyAlgorithms: algos,
+		Timeout:           t.opt.Timeout,
+	}
+	cfg.Ciphers = t.opt.Ciphers
+	*stage = "SSH handshake"
+	sc, chans, reqs, err := ssh.NewClientConn(nc, t.rem.addr, cfg)
+	if err != nil {
+		var he *HostKeyError
+		if errors.As(err, &he) {
+			*stage = "host key"
+			return nil, he
+		}
+		if strings.Contains(err.Error(), "unable to authenticate") {
+			*stage = "login"
+			return nil, fmt.Errorf("login as %s refused by %s: none of the keys offered is authorized (%s)",
+				t.rem.user, t.rem.addr, t.keysOffered())
+		}
+		return nil, err
+	}
+	c := &conn{t: t, ssh: ssh.NewClient(sc, chans, reqs), dead: make(chan struct{})}
+	c.touch()
+
+	*stage = "SFTP start"
+	packet := t.opt.PacketSize
+	if packet == 0 {
+		packet = openSSHPacket
+	}
+	sc2, err := c.startSFTP(packet)
+	if err == nil && t.opt.PacketSize == 0 {
+		if _, ok := sc2.HasExtension("limits@openssh.com"); !ok {
+			// Not a recent OpenSSH: large reads may come back short.
+			sc2.Close()
+			packet = minPacket
+			sc2, err = c.startSFTP(packet)
+		}
+	}
+	if err != nil {
+		c.ssh.Close()
+		return nil, err
+	}
+	c.sftp, c.packet = sc2, packet
+
+	*stage = "remote directory " + t.rem.root
+	if t.opt.ReadOnly {
+		_, err = c.sftp.Stat(t.rem.root)
+	} else {
+		err = t.mkdirs(c)
+	}
+	if err != nil {
+		c.ssh.Close()
+		return nil, err
+	}
+	nc.SetDeadline(time.Time{})
+	ok = true
+
+	go func() { c.kill(lost(c.ssh.Wait())) }()
+	go func() { c.kill(lost(c.sftp.Wait())) }()
+	go c.keepalive()
+	return c, nil
+}
+
+func (t *Tier) keysOffered() string {
+	var parts []string
+	if len(t.opt.IdentityFiles) > 0 {
+		parts = append(parts, "identity files "+strings.Join(t.opt.IdentityFiles, ", "))
+	}
+	if t.opt.UseAgent {
+		parts = append(parts, "ssh-agent keys")
+	}
+	if len(parts) == 0 {
+		return "no keys"
+	}
+	return strings.Join(parts, " and ")
+}
+
+func (c *conn) startSFTP(packet int) (*xsftp.Client, error) {
+	s, err := c.ssh.NewSession()
+	if err != nil {
+		return nil, err
+	}
+	w, err := s.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	r, err := s.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.RequestSubsystem("sftp"); err != nil {
+		return nil, err
+	}
+	return xsftp.NewClientPipe(touchReader{r, c}, w,
+		xsftp.MaxPacketUnchecked(packet),
+		xsftp.MaxConcurrentRequestsPerFile(c.t.opt.Concurrency),
+		xsftp.UseConcurrentWrites(true),
+		xsftp.UseFstat(true),
+	)
+}
+
+// keepalive sends keepalive@openssh.com when the connection has been idle,
+// so that a dead peer is found before the next operation needs it.
+func (c *conn) keepalive() {
+	every := max(keepaliveEvery, c.t.opt.Timeout)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-c.dead:
+			return
+		case <-tick.C:
+		}
+		if time.Since(time.Unix(0, c.lastRecv.Load())) < every {
+			continue
+		}
+		w := c.watch()
+		_, _, err := c.ssh.SendRequest("keepalive@openssh.com", true, nil)
+		w.stop()
+		if err != nil {
+			c.kill(fmt.Errorf("keepalive: %w", err))
+			return
+		}
+		c.touch()
+	}
+}
+
+// cleanup removes temp files of failed puts that could not be removed when
+// they failed, and on the first connection, temp files that any writer
+// abandoned long ago.
+func (t *Tier) cleanup(c *conn, orphans []string, sweep bool) {
+	w := c.watch()
+	defer w.stop()
+	t.removeTemps(c, orphans...)
+	if !sweep {
+		return
+	}
+	ents, err := c.sftp.ReadDir(t.tmpDir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if e.Mode().IsRegular() && time.Since(e.ModTime()) > staleTemp {
+			p := path.Join(t.tmpDir, e.Name())
+			if err := c.sftp.Remove(p); err == nil {
+				t.log.Info("removed abandoned temp file", "tier", t.opt.Name, "path", p)
+			}
+		}
+	}
+}
+
+func lost(err error) error {
+	if err == nil {
+		return errors.New("connection closed by the server")
+	}
+	return fmt.Errorf("connection lost: %w", err)
+}
+
+// isConnErr reports errors that mean the connection is gone. io.EOF is one
+// only where end of file is not a possible answer.
+func isConnErr(err error) bool {
+	var ne net.Error
+	return errors.Is(err, xsftp.ErrSSHFxConnectionLost) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.As(err, &ne)
+}
+
+// failure turns an error from a remote operation on c into what the tier
+// returns: sentinel errors and the context's errors pass; a broken
+// connection (which it kills, so the next call redials) becomes
+// ErrUnavailable with the reason.
+func (t *Tier) failure(c *conn, err error) error {
+	if err == nil {
+		return nil
+	}
+	for _, s := range []error{tiers.ErrNotFound, tiers.ErrExist, tiers.ErrCorrupt, tiers.ErrReadOnly,
+		tiers.ErrUnavailable, tiers.ErrNoSpace, tiers.ErrClosed, context.Canceled, context.DeadlineExceeded} {
+		if errors.Is(err, s) {
+			return err
+		}
+	}
+	if c == nil {
+		return err
+	}
+	if c.ok() && !isConnErr(err) {
+		return err
+	}
+	c.kill(lost(err))
+	cause := c.cause()
+	t.mu.Lock()
+	closed := t.closed
+	t.mu.Unlock()
+	if closed {
+		return tiers.ErrClosed
+	}
+	return fmt.Errorf("%w: %s: %v", tiers.ErrUnavailable, t.rem.addr, cause)
+}

@@ -1,0 +1,116 @@
+// Package sftp is the remote tier: a directory on an SSH server, shared by
+// many machines, reached with SFTP (github.com/pkg/sftp over
+// golang.org/x/crypto/ssh). It is tested against OpenSSH's sshd and relies
+// on how OpenSSH's sftp-server renames; see Caveats.
+//
+// # Remote layout
+//
+//	<root>/<key>                    the value's raw bytes, one file per key
+//	<root>/.flechefs/sums/<key>     "sha256 <hex>\nsize <n>\ncreated <RFC 3339>\n"
+//	<root>/.flechefs/tmp/           uploads in progress
+//
+// Values are plain files named by their key, so other tools (or fleche's
+// PickleFile) can read the directory directly. The sum file records what the
+// writer uploaded; Stat and Open report it as Info.Sum. Open creates the
+// .flechefs directories when it connects (not when ReadOnly).
+//
+// # Publish protocol and first writer wins
+//
+// Put refuses early (ErrExist) if <root>/<key> exists. Otherwise it
+//
+//  1. uploads to .flechefs/tmp/<key>.<random> with concurrent writes,
+//     hashing and counting the bytes as they stream;
+//  2. checks size and hash against Meta (ErrCorrupt on a difference);
+//  3. writes the sum file to .flechefs/tmp/<key>.<random>.sum;
+//  4. renames the data to <root>/<key> with a plain SFTP rename. OpenSSH's
+//     sftp-server implements it with link(2) then unlink(2), so it fails
+//     when the name exists: of concurrent writers exactly one wins, the
+//     others see the name exist and get ErrExist;
+//  5. renames the sum file into .flechefs/sums/<key> with
+//     posix-rename@openssh.com, replacing a stale sum file left by a data
+//     file someone removed by hand. Only the winner of step 4 gets here.
+//
+// A deferred cleanup keyed on a success flag removes the temp files on every
+// failure path; temp files it cannot remove because the connection died are
+// removed after the next connect, and temp files of any writer untouched for
+// an hour are removed at the first connect.
+//
+// Why data before sum: the data file only ever appears complete (it is
+// renamed into place), and only the writer that placed it writes the sum
+// file. A reader can therefore see a data file without a sum file (for one
+// round trip during a Put, or for good if the writer died between steps 4
+// and 5, or if someone copied a file in by hand); Info.Sum is then zero,
+// which the stack treats as unverifiable. Writing the sum first would let
+// two concurrent writers with different bytes leave the loser's sum next to
+// the winner's data.
+//
+// Delete removes the sum file, then the data file, so an interrupted Delete
+// also leaves a valid entry without sum, never a sum claiming missing data.
+//
+// # Verification
+//
+// Names from the server are never trusted: List keeps only regular files
+// whose names parse as keys. Stat and Open compare the data file's size with
+// the sum file's and fail with ErrCorrupt when they differ; a garbled sum
+// file is ErrCorrupt too. Readers check that the file is as long as
+// recorded and fail with ErrCorrupt when it is shorter (ReadAt, WriteTo) or
+// longer (WriteTo). The tier does not hash on read: the stack checks the
+// fetched bytes against Info.Sum. A corrupt entry is reported, not deleted;
+// the stack deletes it and puts it again.
+//
+// # Timeouts
+//
+// No call hangs on a dead server. Dialing (TCP, SSH handshake, SFTP start,
+// directory creation) is bounded by Options.Timeout. Every operation runs
+// under a watchdog: when the server has sent nothing for Timeout while the
+// operation waits on it, the connection is closed, which fails every request
+// on it at once with ErrUnavailable ("no answer from HOST for 10s"). Time
+// spent in the caller's reader (Put) or writer (WriteTo) does not count, so
+// a large transfer may take as long as it needs while data flows. Idle
+// connections send keepalive@openssh.com every 15s (or Timeout, if longer)
+// under the same watchdog, and TCP keepalive is on. A caller's context is
+// checked before an operation and between the chunks of an upload; an
+// operation already waiting on the server finishes or times out.
+//
+// # Reconnect
+//
+// The tier keeps one SSH connection with one SFTP session behind a mutex.
+// When it breaks (EOF, connection lost, network error, watchdog), it is
+// marked dead and the next operation dials again; concurrent callers share
+// one dial. A failed dial makes callers fail at once with the dial's error
+// for a backoff of 250ms, doubling to 15s, so a dead server is not
+// hammered; a successful dial resets it. Readers are tied to the connection
+// they were opened on and fail with ErrUnavailable when it drops (the caller
+// opens again). With Options.Lazy, Open does not connect, so a mount can
+// start while the server is down.
+//
+// # Host keys and authentication
+//
+// The host key must be in the known_hosts file (Options.KnownHosts); there
+// is no option to skip the check. Unknown and changed keys give a
+// *HostKeyError naming the host, the file and the line. The client asks the
+// server for the key types known_hosts holds for the host. Keys come from
+// identity files and, with UseAgent, from ssh-agent; encrypted identity
+// files are only usable through the agent. Errors and logs never contain
+// key material or passphrases.
+//
+// # Transfers
+//
+// Reads and writes use up to Options.Concurrency requests in flight.
+// OpenSSH's sftp-server (8.7 and later, which announce limits@openssh.com)
+// accepts 261120-byte reads and writes, and the tier uses that size; a
+// full 256 KiB write exceeds its 256 KiB message limit and makes it drop the
+// connection. Other servers get 32 KiB. The Reader implements io.WriterTo
+// for whole-value fetches with reads in flight and writes in order.
+//
+// # Caveats
+//
+//   - First writer wins needs a server whose plain rename refuses to
+//     replace (OpenSSH's sftp-server on a filesystem with hard links).
+//     pkg/sftp's own server and OpenSSH on a filesystem without hard links
+//     fall back to a check-then-rename that two writers can race.
+//   - Full disks are reported as the server reports them: SFTP version 3
+//     has no "no space" code, so it is a plain failure, not ErrNoSpace.
+//   - One connection carries all traffic; one sshd process (one core on the
+//     server) serves it.
+package sftp

@@ -1,0 +1,299 @@
+package sftp
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flechefs/flechefs/digest"
+	"github.com/flechefs/flechefs/internal/sshdtest"
+	"github.com/flechefs/flechefs/tiers"
+	"github.com/flechefs/flechefs/tiers/tiertest"
+)
+
+const (
+	faultTimeout = 2 * time.Second
+	// slack is what a failure may take beyond the bound it is tested
+	// against, on a loaded 2-core machine under the race detector.
+	slack = 1500 * time.Millisecond
+)
+
+var block = tiertest.Data(99, 1<<20)
+
+// hookReader yields n bytes and calls hook once when at bytes have been read.
+type hookReader struct {
+	n, at, pos int64
+	hook       func()
+	once       sync.Once
+}
+
+func (h *hookReader) Read(p []byte) (int, error) {
+	if h.pos >= h.n {
+		return 0, io.EOF
+	}
+	if h.pos >= h.at {
+		h.once.Do(h.hook)
+	}
+	p = p[:min(int64(len(p)), h.n-h.pos)]
+	for i := 0; i < len(p); {
+		i += copy(p[i:], block[(h.pos+int64(i))%int64(len(block)):])
+	}
+	h.pos += int64(len(p))
+	return len(p), nil
+}
+
+// hookWriter calls hook once when at bytes have been written.
+type hookWriter struct {
+	at, n int64
+	hook  func()
+	once  sync.Once
+}
+
+func (h *hookWriter) Write(p []byte) (int, error) {
+	h.n += int64(len(p))
+	if h.n >= h.at {
+		h.once.Do(h.hook)
+	}
+	return len(p), nil
+}
+
+func faultTier(t *testing.T, s *sshdtest.Server) *Tier {
+	opt := options(s)
+	opt.Timeout = faultTimeout
+	return open(t, opt)
+}
+
+// within fails the test unless err wraps ErrUnavailable and the failure came
+// no later than bound after since.
+func within(t *testing.T, what string, err error, since time.Time, bound time.Duration) {
+	t.Helper()
+	el := time.Since(since)
+	if !errors.Is(err, tiers.ErrUnavailable) {
+		t.Fatalf("%s: %v, want ErrUnavailable", what, err)
+	}
+	if el > bound+slack {
+		t.Fatalf("%s failed after %v, bound %v", what, el, bound)
+	}
+	t.Logf("%s failed after %v: %v", what, el.Round(time.Millisecond), err)
+}
+
+// noEntry checks that nothing is published under k, locally and through tr.
+func noEntry(t *testing.T, tr *Tier, k digest.Key) {
+	t.Helper()
+	if _, err := os.Lstat(localPath(tr, k.String())); !os.IsNotExist(err) {
+		t.Fatalf("data file under the key's name: %v", err)
+	}
+	if _, err := tr.Stat(context.Background(), k); !errors.Is(err, tiers.ErrNotFound) {
+		t.Fatalf("stat after failed put: %v", err)
+	}
+	ents, _ := os.ReadDir(localPath(tr))
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), k.String()) {
+			t.Fatalf("file %s in the root", e.Name())
+		}
+	}
+}
+
+// eventuallyNoTemps waits for the temp files of failed puts to be removed
+// after the reconnect.
+func eventuallyNoTemps(t *testing.T, tr *Tier) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ents, err := os.ReadDir(localPath(tr, ".flechefs", "tmp"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ents) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("temp files left after reconnect: %d, first %s", len(ents), ents[0].Name())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// works checks that the tier reconnects and serves a put and a get.
+func works(t *testing.T, tr *Tier, name string) {
+	t.Helper()
+	k := tiertest.Key(name)
+	b := tiertest.Data(7, 5<<20)
+	tiertest.Put(t, tr, k, b)
+	if !bytes.Equal(tiertest.Get(t, tr, k), b) {
+		t.Fatal("read back differs")
+	}
+}
+
+func TestKillDuringPut(t *testing.T) {
+	s := sshdtest.Start(t)
+	tr := faultTier(t, s)
+	works(t, tr, "before")
+	k := tiertest.Key("killed put")
+	var killed time.Time
+	r := &hookReader{n: 4 << 30, at: 48 << 20, hook: func() { s.Kill(); killed = time.Now() }}
+	_, err := tr.Put(context.Background(), k, r, tiers.UnknownMeta)
+	within(t, "put", err, killed, faultTimeout)
+	if err := s.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	noEntry(t, tr, k)
+	eventuallyNoTemps(t, tr)
+	works(t, tr, "after")
+}
+
+func TestFreezeDuringPut(t *testing.T) {
+	s := sshdtest.Start(t)
+	tr := faultTier(t, s)
+	k := tiertest.Key("frozen put")
+	var frozen time.Time
+	r := &hookReader{n: 4 << 30, at: 48 << 20, hook: func() { s.Freeze(); frozen = time.Now() }}
+	_, err := tr.Put(context.Background(), k, r, tiers.UnknownMeta)
+	within(t, "put", err, frozen, faultTimeout)
+	if !strings.Contains(err.Error(), "no answer") {
+		t.Errorf("error does not say the server stopped answering: %v", err)
+	}
+	s.Thaw()
+	noEntry(t, tr, k)
+	eventuallyNoTemps(t, tr)
+	works(t, tr, "after")
+}
+
+func TestKillDuringWriteTo(t *testing.T) {
+	s := sshdtest.Start(t)
+	tr := faultTier(t, s)
+	k := tiertest.Key("fetch")
+	b := tiertest.Data(3, 64<<20)
+	tiertest.Put(t, tr, k, b)
+	r, err := tr.Open(context.Background(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var killed time.Time
+	_, err = r.(io.WriterTo).WriteTo(&hookWriter{at: 8 << 20, hook: func() { s.Kill(); killed = time.Now() }})
+	within(t, "WriteTo", err, killed, faultTimeout)
+	// The reader stays failed; the tier reconnects.
+	if _, err := r.ReadAt(make([]byte, 10), 0); !errors.Is(err, tiers.ErrUnavailable) {
+		t.Fatalf("ReadAt on the old connection: %v", err)
+	}
+	if err := s.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(tiertest.Get(t, tr, k), b) {
+		t.Fatal("read after restart differs")
+	}
+}
+
+func TestFreezeDuringRead(t *testing.T) {
+	s := sshdtest.Start(t)
+	tr := faultTier(t, s)
+	k := tiertest.Key("fetch")
+	b := tiertest.Data(3, 16<<20)
+	tiertest.Put(t, tr, k, b)
+	r, err := tr.Open(context.Background(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	s.Freeze()
+	start := time.Now()
+	_, err = r.ReadAt(make([]byte, len(b)), 0)
+	within(t, "ReadAt", err, start, faultTimeout)
+	// A WriteTo on a new reader of a frozen server fails the same way.
+	start = time.Now()
+	_, err = tr.Open(context.Background(), k)
+	within(t, "open", err, start, faultTimeout)
+	s.Thaw()
+	// The failed dial set a backoff; the tier is back after it.
+	eventually(t, tr)
+	if !bytes.Equal(tiertest.Get(t, tr, k), b) {
+		t.Fatal("read after thaw differs")
+	}
+}
+
+// eventually waits until tr reaches the server again.
+func eventually(t *testing.T, tr *Tier) {
+	t.Helper()
+	deadline := time.Now().Add(maxBackoff + time.Second)
+	for {
+		_, err := tr.Stat(context.Background(), tiertest.Key("probe"))
+		if errors.Is(err, tiers.ErrNotFound) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no reconnect: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestFrozenStatAndDial(t *testing.T) {
+	s := sshdtest.Start(t)
+	tr := faultTier(t, s)
+	s.Freeze()
+	defer s.Thaw()
+	start := time.Now()
+	_, err := tr.Stat(context.Background(), tiertest.Key("x"))
+	within(t, "stat on a frozen server", err, start, faultTimeout)
+	// The handshake with a frozen server times out too.
+	opt := options(s)
+	opt.Timeout = faultTimeout
+	start = time.Now()
+	_, err = Open(context.Background(), opt)
+	within(t, "open on a frozen server", err, start, faultTimeout)
+}
+
+func TestStoppedServer(t *testing.T) {
+	s := sshdtest.Start(t)
+	tr := faultTier(t, s)
+	works(t, tr, "before")
+	s.Stop()
+	start := time.Now()
+	_, err := tr.Stat(context.Background(), tiertest.Key("x"))
+	within(t, "stat on a stopped server", err, start, faultTimeout)
+	// A lazy tier opens while the server is down (degraded mode).
+	opt := options(s)
+	opt.Timeout = faultTimeout
+	opt.Lazy = true
+	lazy := open(t, opt)
+	start = time.Now()
+	_, err = lazy.Stat(context.Background(), tiertest.Key("x"))
+	within(t, "lazy stat on a stopped server", err, start, faultTimeout)
+	opt.Lazy = false
+	if _, err := Open(context.Background(), opt); !errors.Is(err, tiers.ErrUnavailable) {
+		t.Fatalf("open of a stopped server: %v", err)
+	}
+	if err := s.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	// Both come back once the backoff has passed.
+	eventually(t, tr)
+	eventually(t, lazy)
+	works(t, lazy, "after")
+}
+
+func TestClosed(t *testing.T) {
+	s := sshdtest.Start(t)
+	tr := faultTier(t, s)
+	k := tiertest.Key("c")
+	tiertest.Put(t, tr, k, []byte("abc"))
+	r, err := tr.Open(context.Background(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.Close()
+	if _, err := tr.Stat(context.Background(), k); !errors.Is(err, tiers.ErrClosed) {
+		t.Fatalf("stat after close: %v", err)
+	}
+	if _, err := r.ReadAt(make([]byte, 3), 0); err == nil {
+		t.Fatal("reader works after close")
+	}
+	r.Close()
+}

@@ -1,0 +1,175 @@
+package sftp
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/user"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Options configure Open. Only URL is required.
+type Options struct {
+	// Name of the tier in errors, logs and stats. Default "sftp".
+	Name string
+	// URL is sftp://[user@]host[:port]/absolute/path. The port defaults to
+	// 22 and the user to the current user.
+	URL string
+	// IdentityFiles are private keys in OpenSSH or PEM format. Default: the
+	// ones of ~/.ssh/id_ed25519, id_ecdsa, id_rsa that exist. Encrypted keys
+	// are only usable through the agent (UseAgent): flechefs never asks for
+	// or stores a passphrase.
+	IdentityFiles []string
+	// KnownHosts is the known_hosts file the host key must be in. Default
+	// ~/.ssh/known_hosts. There is no way to turn host key checking off.
+	KnownHosts string
+	// UseAgent also offers the keys of the ssh-agent at $SSH_AUTH_SOCK.
+	UseAgent bool
+	// Timeout bounds dialing and every remote operation: an operation that
+	// hears nothing from the server for this long drops the connection and
+	// fails with tiers.ErrUnavailable. Transfers may take longer in total as
+	// long as data keeps flowing. Default 10s.
+	Timeout time.Duration
+	// ReadOnly refuses Put and Delete with tiers.ErrReadOnly and creates no
+	// directories on the server.
+	ReadOnly bool
+	// Concurrency is the number of SFTP requests in flight per transfer.
+	// Default 64.
+	Concurrency int
+	// PacketSize is the payload of one SFTP read or write request. Default:
+	// 255 KiB when the server announces OpenSSH's limits@openssh.com
+	// extension (OpenSSH 8.7 and later serve 261120-byte reads and writes),
+	// else 32 KiB, which every server must accept.
+	PacketSize int
+	// Ciphers, if set, restricts the SSH ciphers offered (for example
+	// "aes128-gcm@openssh.com", the fastest with AES-NI).
+	Ciphers []string
+	// Logger receives connection events. Default slog.Default().
+	Logger *slog.Logger
+	// Lazy makes Open succeed without contacting the server; the first
+	// operation connects. A mount starts in degraded mode this way when the
+	// server is down.
+	Lazy bool
+}
+
+const (
+	defaultTimeout     = 10 * time.Second
+	defaultConcurrency = 64
+	// openSSHPacket is OpenSSH's SFTP_MAX_READ_LENGTH (256 KiB - 1024): its
+	// sftp-server answers a larger read with this many bytes, which
+	// pkg/sftp's concurrent WriteTo would take for end of file.
+	openSSHPacket = 256<<10 - 1024
+	minPacket     = 32 << 10
+)
+
+// remote is the parsed URL.
+type remote struct {
+	user string
+	host string // without port
+	port int
+	addr string // host:port, for dialing and known_hosts
+	root string // absolute, clean
+}
+
+func parseURL(raw string) (remote, error) {
+	var r remote
+	if raw == "" {
+		return r, errors.New("no URL: want sftp://[user@]host[:port]/path")
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return r, fmt.Errorf("URL %q: %w", raw, err)
+	}
+	if u.Scheme != "sftp" {
+		return r, fmt.Errorf("URL %q: scheme must be sftp", raw)
+	}
+	if u.Opaque != "" || u.RawQuery != "" || u.Fragment != "" {
+		return r, fmt.Errorf("URL %q: want sftp://[user@]host[:port]/path", raw)
+	}
+	if _, hasPass := u.User.Password(); hasPass {
+		return r, fmt.Errorf("URL %q: passwords are not supported; use keys", u.Redacted())
+	}
+	r.host = u.Hostname()
+	if r.host == "" {
+		return r, fmt.Errorf("URL %q: no host", raw)
+	}
+	r.port = 22
+	if p := u.Port(); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return r, fmt.Errorf("URL %q: bad port %q", raw, p)
+		}
+		r.port = n
+	}
+	r.addr = net.JoinHostPort(r.host, strconv.Itoa(r.port))
+	r.user = u.User.Username()
+	if r.user == "" {
+		cur, err := user.Current()
+		if err != nil {
+			return r, fmt.Errorf("URL %q has no user and the current user is unknown: %w", raw, err)
+		}
+		r.user = cur.Username
+	}
+	if !path.IsAbs(u.Path) {
+		return r, fmt.Errorf("URL %q: the path must be absolute, as in sftp://host/srv/cache", raw)
+	}
+	r.root = path.Clean(u.Path)
+	return r, nil
+}
+
+func (o *Options) setDefaults() error {
+	if o.Name == "" {
+		o.Name = "sftp"
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = defaultTimeout
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = defaultConcurrency
+	}
+	if o.PacketSize < 0 || (o.PacketSize > 0 && o.PacketSize < 512) {
+		return fmt.Errorf("packet size %d is too small", o.PacketSize)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	home, _ := os.UserHomeDir()
+	if o.KnownHosts == "" {
+		if home == "" {
+			return errors.New("no KnownHosts file and no home directory to find ~/.ssh/known_hosts")
+		}
+		o.KnownHosts = filepath.Join(home, ".ssh", "known_hosts")
+	}
+	o.KnownHosts = expandHome(o.KnownHosts, home)
+	if o.IdentityFiles != nil {
+		files := make([]string, len(o.IdentityFiles))
+		for i, f := range o.IdentityFiles {
+			files[i] = expandHome(f, home)
+		}
+		o.IdentityFiles = files
+	}
+	if o.IdentityFiles == nil && home != "" {
+		for _, n := range []string{"id_ed25519", "id_ecdsa", "id_rsa"} {
+			p := filepath.Join(home, ".ssh", n)
+			if _, err := os.Stat(p); err == nil {
+				o.IdentityFiles = append(o.IdentityFiles, p)
+			}
+		}
+	}
+	return nil
+}
+
+// expandHome expands a leading "~/" as a shell would.
+func expandHome(p, home string) string {
+	if home != "" && strings.HasPrefix(p, "~/") {
+		return filepath.Join(home, p[2:])
+	}
+	return p
+}

@@ -1,0 +1,533 @@
+package sftp
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/flechefs/flechefs/digest"
+	"github.com/flechefs/flechefs/tiers"
+)
+
+// Tier is the SFTP tier. It is safe for concurrent use.
+type Tier struct {
+	opt     Options
+	rem     remote
+	sumDir  string // <root>/.flechefs/sums
+	tmpDir  string // <root>/.flechefs/tmp
+	signers []ssh.Signer
+	log     *slog.Logger
+	ctx     context.Context // canceled by Close; bounds dials
+	cancel  context.CancelFunc
+
+	mu      sync.Mutex
+	closed  bool
+	cur     *conn
+	dialing *dialAttempt // non-nil while a dial runs
+	dialErr error        // last dial failure, until retryAt
+	retryAt time.Time
+	backoff time.Duration
+	dials   int
+	orphans []string // temp files to remove once connected again
+	swept   bool
+}
+
+var _ tiers.Tier = (*Tier)(nil)
+
+// Open returns the tier for opt.URL. Unless opt.Lazy is set it connects
+// first and fails when it cannot (the error wraps tiers.ErrUnavailable and
+// says why: refused, host key, login, directory).
+func Open(ctx context.Context, opt Options) (*Tier, error) {
+	if err := opt.setDefaults(); err != nil {
+		return nil, fmt.Errorf("sftp tier: %w", err)
+	}
+	rem, err := parseURL(opt.URL)
+	if err != nil {
+		return nil, fmt.Errorf("%s tier: %w", opt.Name, err)
+	}
+	signers, err := loadSigners(opt.IdentityFiles, opt.UseAgent)
+	if err != nil {
+		return nil, fmt.Errorf("%s tier: %w", opt.Name, err)
+	}
+	if len(signers) == 0 && !opt.UseAgent {
+		return nil, fmt.Errorf("%s tier: no identity: set IdentityFiles or UseAgent", opt.Name)
+	}
+	t := &Tier{
+		opt:     opt,
+		rem:     rem,
+		sumDir:  path.Join(rem.root, ".flechefs", "sums"),
+		tmpDir:  path.Join(rem.root, ".flechefs", "tmp"),
+		signers: signers,
+		log:     opt.Logger,
+	}
+	t.ctx, t.cancel = context.WithCancel(context.Background())
+	if !opt.Lazy {
+		if _, err := t.conn(ctx); err != nil {
+			t.Close()
+			return nil, tiers.Wrap(opt.Name, "open", digest.Key{}, unavailable(rem.addr, err))
+		}
+	}
+	return t, nil
+}
+
+// unavailable wraps err, a failure to reach addr, in tiers.ErrUnavailable.
+func unavailable(addr string, err error) error {
+	if errors.Is(err, tiers.ErrUnavailable) || errors.Is(err, tiers.ErrClosed) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	if strings.Contains(err.Error(), addr) {
+		return fmt.Errorf("%w: %w", tiers.ErrUnavailable, err)
+	}
+	return fmt.Errorf("%w: %s: %w", tiers.ErrUnavailable, addr, err)
+}
+
+// Name returns Options.Name.
+func (t *Tier) Name() string { return t.opt.Name }
+
+// Close drops the connection. Readers fail after it.
+func (t *Tier) Close() error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	c := t.cur
+	t.cur = nil
+	t.mu.Unlock()
+	t.cancel()
+	if c != nil {
+		c.kill(tiers.ErrClosed)
+	}
+	return nil
+}
+
+func (t *Tier) dataPath(k digest.Key) string { return path.Join(t.rem.root, k.String()) }
+func (t *Tier) sumPath(k digest.Key) string  { return path.Join(t.sumDir, k.String()) }
+
+func (t *Tier) wrap(op string, k digest.Key, err error) error {
+	return tiers.Wrap(t.opt.Name, op, k, err)
+}
+
+// begin checks the key and returns a live connection with a watchdog
+// running. The caller stops the watch.
+func (t *Tier) begin(ctx context.Context, k digest.Key) (*conn, *watch, error) {
+	if k.IsZero() {
+		return nil, nil, fmt.Errorf("%w: zero key", digest.ErrInvalid)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	c, err := t.conn(ctx)
+	if err != nil {
+		return nil, nil, unavailable(t.rem.addr, err)
+	}
+	return c, c.watch(), nil
+}
+
+// Stat returns the entry's info. Size, Sum and Created come from the sum
+// file; an entry without one (written by hand, or its writer died between
+// the two renames) has a zero Sum, which the stack treats as unverifiable,
+// and the data file's size and mtime. A data file whose size differs from
+// its sum file gives ErrCorrupt.
+func (t *Tier) Stat(ctx context.Context, k digest.Key) (tiers.Info, error) {
+	c, w, err := t.begin(ctx, k)
+	if err != nil {
+		return tiers.Info{}, t.wrap("stat", k, err)
+	}
+	defer w.stop()
+	sumc := t.readSumAsync(c, k)
+	fi, err := c.sftp.Stat(t.dataPath(k))
+	sf := <-sumc
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			err = tiers.ErrNotFound
+		}
+		return tiers.Info{}, t.wrap("stat", k, t.failure(c, err))
+	}
+	info, err := t.info(c, k, fi, sf)
+	return info, t.wrap("stat", k, err)
+}
+
+var sumBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+type sumResult struct {
+	s     sumFile
+	found bool
+	err   error
+}
+
+// readSumAsync reads the sum file of k in parallel with the caller's own
+// request, saving a round trip.
+func (t *Tier) readSumAsync(c *conn, k digest.Key) <-chan sumResult {
+	ch := make(chan sumResult, 1)
+	go func() { ch <- t.readSum(c, k) }()
+	return ch
+}
+
+func (t *Tier) readSum(c *conn, k digest.Key) sumResult {
+	f, err := c.sftp.Open(t.sumPath(k))
+	if errors.Is(err, os.ErrNotExist) {
+		return sumResult{}
+	}
+	if err != nil {
+		return sumResult{err: err}
+	}
+	// The close needs no answer before we go on.
+	defer func() { go f.Close() }()
+	// A buffer longer than one packet makes pkg/sftp send two reads at
+	// once and take a short answer for end of file: one round trip, where
+	// a smaller buffer costs a second read to see the end.
+	bp := sumBufs.Get().(*[]byte)
+	defer sumBufs.Put(bp)
+	if cap(*bp) < c.packet+1 {
+		*bp = make([]byte, c.packet+1)
+	}
+	buf := (*bp)[:c.packet+1]
+	n, err := f.ReadAt(buf, 0)
+	if err != nil && err != io.EOF {
+		return sumResult{err: err}
+	}
+	if n > maxSumFile {
+		return sumResult{found: true, err: fmt.Errorf("%w: sum file %s is %d bytes or more, not a sum file", tiers.ErrCorrupt, t.sumPath(k), n)}
+	}
+	s, err := parseSumFile(buf[:n])
+	if err != nil {
+		return sumResult{found: true, err: fmt.Errorf("%w: sum file %s: %v", tiers.ErrCorrupt, t.sumPath(k), err)}
+	}
+	return sumResult{s: s, found: true}
+}
+
+// info combines the data file's attributes and the sum file.
+func (t *Tier) info(c *conn, k digest.Key, fi os.FileInfo, sf sumResult) (tiers.Info, error) {
+	if sf.err != nil {
+		return tiers.Info{}, t.failure(c, sf.err)
+	}
+	if !fi.Mode().IsRegular() {
+		return tiers.Info{}, fmt.Errorf("%w: %s is not a regular file (%v)", tiers.ErrCorrupt, t.dataPath(k), fi.Mode().Type())
+	}
+	info := tiers.Info{Key: k, Size: fi.Size(), Created: fi.ModTime()}
+	if !sf.found {
+		return info, nil
+	}
+	if sf.s.size != fi.Size() {
+		t.log.Warn("sftp entry has the wrong size", "tier", t.opt.Name, "key", k, "size", fi.Size(), "recorded", sf.s.size)
+		return tiers.Info{}, fmt.Errorf("%w: remote file has %d bytes, its sum file records %d", tiers.ErrCorrupt, fi.Size(), sf.s.size)
+	}
+	info.Sum = sf.s.sum
+	if !sf.s.created.IsZero() {
+		info.Created = sf.s.created
+	}
+	return info, nil
+}
+
+// Open opens the entry. The Reader reads through the connection that was
+// current at Open; if that connection drops, the Reader fails with
+// ErrUnavailable and the caller opens again.
+func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
+	c, w, err := t.begin(ctx, k)
+	if err != nil {
+		return nil, t.wrap("open", k, err)
+	}
+	defer w.stop()
+	sumc := t.readSumAsync(c, k)
+	f, err := c.sftp.Open(t.dataPath(k))
+	var fi os.FileInfo
+	if err == nil {
+		if fi, err = f.Stat(); err != nil {
+			go f.Close()
+		}
+	}
+	sf := <-sumc
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			err = tiers.ErrNotFound
+		}
+		return nil, t.wrap("open", k, t.failure(c, err))
+	}
+	info, err := t.info(c, k, fi, sf)
+	if err != nil {
+		go f.Close()
+		return nil, t.wrap("open", k, err)
+	}
+	return &reader{t: t, c: c, f: f, info: info}, nil
+}
+
+// Put uploads to a temp file, checks it against m, writes the sum file to
+// a temp name, then publishes with a plain SFTP rename, which OpenSSH
+// refuses when the name exists: the first writer wins and a loser gets
+// ErrExist. Then the sum file is renamed into place, replacing any stale one.
+// See the package documentation for why this order is safe.
+func (t *Tier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta) (tiers.Info, error) {
+	if t.opt.ReadOnly {
+		return tiers.Info{}, t.wrap("put", k, tiers.ErrReadOnly)
+	}
+	c, w, err := t.begin(ctx, k)
+	if err != nil {
+		return tiers.Info{}, t.wrap("put", k, err)
+	}
+	defer w.stop()
+	info, err := t.put(ctx, c, w, k, r, m)
+	return info, t.wrap("put", k, err)
+}
+
+var errTooLong = errors.New("longer than announced")
+
+// putSource feeds the upload: it hashes, enforces the announced size,
+// checks the context, and pauses the watchdog while the caller's reader
+// runs. pkg/sftp calls it from one goroutine at a time.
+type putSource struct {
+	ctx context.Context
+	r   io.Reader
+	h   *digest.Hasher
+	max int64 // -1: unknown
+	w   *watch
+	err error // the caller's, the context's, or errTooLong
+}
+
+func (s *putSource) Read(p []byte) (int, error) {
+	if err := s.ctx.Err(); err != nil {
+		s.err = err
+		return 0, err
+	}
+	s.w.pause()
+	n, err := s.r.Read(p)
+	s.w.resume()
+	s.h.Write(p[:n])
+	if s.max >= 0 && s.h.Size() > s.max {
+		s.err = errTooLong
+		return n, errTooLong
+	}
+	if err != nil && err != io.EOF {
+		s.err = err
+	}
+	return n, err
+}
+
+func randomSuffix() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func (t *Tier) put(ctx context.Context, c *conn, w *watch, k digest.Key, r io.Reader, m tiers.Meta) (tiers.Info, error) {
+	dst := t.dataPath(k)
+	// Do not upload what is there already.
+	if _, err := c.sftp.Lstat(dst); err == nil {
+		return tiers.Info{}, tiers.ErrExist
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return tiers.Info{}, t.failure(c, err)
+	}
+
+	tmp := path.Join(t.tmpDir, k.String()+"."+randomSuffix())
+	tmpSum := tmp + ".sum"
+	var leftovers []string // temp files to remove on failure
+	success := false
+	defer func() {
+		if !success {
+			t.removeTemps(c, leftovers...)
+		}
+	}()
+
+	leftovers = append(leftovers, tmp)
+	f, err := c.sftp.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	if errors.Is(err, os.ErrNotExist) {
+		// Someone removed .flechefs since we connected.
+		if err = t.mkdirs(c); err == nil {
+			f, err = c.sftp.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+		}
+	}
+	if err != nil {
+		return tiers.Info{}, t.failure(c, err)
+	}
+	src := &putSource{ctx: ctx, r: r, h: digest.NewHasher(), max: -1, w: w}
+	if m.Size >= 0 {
+		src.max = m.Size
+	}
+	_, err = f.ReadFromWithConcurrency(src, t.opt.Concurrency)
+	if err != nil || src.err != nil {
+		f.Close()
+		switch {
+		case src.err == errTooLong:
+			return tiers.Info{}, fmt.Errorf("%w: value is longer than the announced %d bytes", tiers.ErrCorrupt, m.Size)
+		case src.err != nil:
+			return tiers.Info{}, src.err
+		}
+		return tiers.Info{}, t.failure(c, err)
+	}
+	if err := f.Close(); err != nil {
+		return tiers.Info{}, t.failure(c, err)
+	}
+	size, sum := src.h.Size(), src.h.Sum()
+	if m.Size >= 0 && size != m.Size {
+		return tiers.Info{}, fmt.Errorf("%w: value has %d bytes, announced %d", tiers.ErrCorrupt, size, m.Size)
+	}
+	if !m.Sum.IsZero() && sum != m.Sum {
+		return tiers.Info{}, fmt.Errorf("%w: value has sha256 %s, announced %s", tiers.ErrCorrupt, sum, m.Sum)
+	}
+	created := m.Created
+	if created.IsZero() {
+		created = time.Now()
+	}
+	info := tiers.Info{Key: k, Size: size, Sum: sum, Created: created}
+
+	leftovers = append(leftovers, tmpSum)
+	if err := t.writeFile(c, tmpSum, sumFile{sum: sum, size: size, created: created}.marshal()); err != nil {
+		return tiers.Info{}, t.failure(c, err)
+	}
+
+	// Publish. OpenSSH's sftp-server renames with link(2)+unlink(2): an
+	// existing name makes it fail, atomically.
+	if err := c.sftp.Rename(tmp, dst); err != nil {
+		if _, serr := c.sftp.Lstat(dst); serr == nil {
+			return tiers.Info{}, tiers.ErrExist
+		}
+		return tiers.Info{}, t.failure(c, err)
+	}
+	success = true
+	// We own the key now; our sum file replaces any stale one. If this
+	// fails the entry stays valid, only unverifiable.
+	err = t.replace(c, tmpSum, t.sumPath(k))
+	if errors.Is(err, os.ErrNotExist) {
+		if err = t.mkdirs(c); err == nil {
+			err = t.replace(c, tmpSum, t.sumPath(k))
+		}
+	}
+	if err != nil {
+		t.removeTemps(c, tmpSum)
+		t.log.Warn("sftp entry published without its sum file", "tier", t.opt.Name, "key", k, "err", err)
+	}
+	return info, nil
+}
+
+// mkdirs creates the root and the .flechefs directories.
+func (t *Tier) mkdirs(c *conn) error {
+	for _, d := range []string{t.rem.root, t.sumDir, t.tmpDir} {
+		if err := c.sftp.MkdirAll(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *Tier) writeFile(c *conn, p string, b []byte) error {
+	f, err := c.sftp.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// replace renames src over dst.
+func (t *Tier) replace(c *conn, src, dst string) error {
+	if _, ok := c.sftp.HasExtension("posix-rename@openssh.com"); ok {
+		return c.sftp.PosixRename(src, dst)
+	}
+	if err := c.sftp.Remove(dst); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return c.sftp.Rename(src, dst)
+}
+
+// removeTemps removes temp files now, or after the next connect if c is
+// dead.
+func (t *Tier) removeTemps(c *conn, paths ...string) {
+	for _, p := range paths {
+		if c.ok() {
+			err := c.sftp.Remove(p)
+			if err == nil || errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if c.ok() && !isConnErr(err) {
+				t.log.Warn("cannot remove temp file", "tier", t.opt.Name, "path", p, "err", err)
+				continue
+			}
+		}
+		t.mu.Lock()
+		t.orphans = append(t.orphans, p)
+		t.mu.Unlock()
+	}
+}
+
+// Delete removes the sum file, then the data file: an interrupted Delete
+// leaves a valid entry without sum, never a sum without its data.
+func (t *Tier) Delete(ctx context.Context, k digest.Key) error {
+	if t.opt.ReadOnly {
+		return t.wrap("delete", k, tiers.ErrReadOnly)
+	}
+	c, w, err := t.begin(ctx, k)
+	if err != nil {
+		return t.wrap("delete", k, err)
+	}
+	defer w.stop()
+	if err := c.sftp.Remove(t.sumPath(k)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return t.wrap("delete", k, t.failure(c, err))
+	}
+	if err := c.sftp.Remove(t.dataPath(k)); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			err = tiers.ErrNotFound
+		}
+		return t.wrap("delete", k, t.failure(c, err))
+	}
+	return nil
+}
+
+// List reports every regular file in the root whose name parses as a key,
+// with its size and mtime, and a zero Sum (reading every sum file would cost
+// a round trip each). Other names — temp files, .flechefs, junk — are
+// skipped: listing names come from the server and are never trusted.
+func (t *Tier) List(ctx context.Context, fn func(tiers.Info) error) error {
+	if err := ctx.Err(); err != nil {
+		return t.wrap("list", digest.Key{}, err)
+	}
+	c, err := t.conn(ctx)
+	if err != nil {
+		return t.wrap("list", digest.Key{}, unavailable(t.rem.addr, err))
+	}
+	w := c.watch()
+	ents, err := c.sftp.ReadDirContext(ctx, t.rem.root)
+	w.stop()
+	if err != nil {
+		return t.wrap("list", digest.Key{}, t.failure(c, err))
+	}
+	for _, e := range ents {
+		if !e.Mode().IsRegular() {
+			continue
+		}
+		k, err := digest.Parse(e.Name())
+		if err != nil {
+			continue
+		}
+		if err := fn(tiers.Info{Key: k, Size: e.Size(), Created: e.ModTime()}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// packetSize reports the SFTP payload size of the current connection, 0 if
+// none.
+func (t *Tier) packetSize() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.cur == nil || !t.cur.ok() {
+		return 0
+	}
+	return t.cur.packet
+}
