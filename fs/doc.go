@@ -46,7 +46,10 @@
 //     exit status of a normal exit is not looked at.
 //
 // If Publish fails, that close returns the error (ENOSPC, EROFS, EIO...),
-// nothing is published and the name stays absent. If another writer
+// nothing is published and the name stays absent. So it is when a write or
+// ftruncate failed (ENOSPC from a full SpoolDir, EIO): the writer was told
+// its value is incomplete, so the handle is finished unpublished, later
+// writes fail with EIO and close returns the first error. If another writer
 // published the same key first (Stack.Publish says ErrExist), the value is
 // dropped (the stack counts it in dropped_publishes) and close returns 0:
 // the name exists with a complete value, just not this writer's. Several
@@ -63,6 +66,14 @@
 // fsync of the root directory (every entry this mount published) wait
 // likewise. A publishing close is not interrupted by signals (the publish
 // and its durability wait run without the request's cancellation); fsync is.
+// Lookups and opens are not interrupted either (a signal to a process
+// waiting in stat or open, a Go program's preemption signal included, would
+// otherwise make it fail with EINTR, which SA_RESTART does not restart):
+// the stack bounds them by its remote timeout.
+// When the persistence fails (ENOSPC: the disk under the persistent tier is
+// full), that close or fsync returns the error but the entry stays
+// published, complete, served from memory or its spool until it is evicted
+// or the mount stops (a second write of the name finds it existing).
 //
 // # Errors
 //
@@ -87,7 +98,7 @@
 //	lookup of a name that is not a key              ENOENT
 //	create of a name that is not a key              EINVAL
 //	create of an existing entry                     EEXIST
-//	open of an entry for writing, O_TRUNC, O_APPEND EACCES
+//	open of an entry for writing, O_TRUNC, O_APPEND EACCES (O_RDONLY|O_TRUNC: EPERM, the kernel's truncate)
 //	mkdir, mknod, symlink, link, rename, rmdir      EPERM
 //	chmod, chown, utimes, truncate of an entry      EPERM
 //	chmod, chown of a file being written            EPERM (utimes is accepted and ignored:
@@ -99,10 +110,17 @@
 //	open of a writer's inode by another path        EACCES (/proc/self/fd/N)
 //	create, mkdir... in .flechefs; write to its files  EACCES; unlink, rename there: EPERM
 //
-// unlink(2) deletes the entry from the stack (Stack.Delete); descriptors
-// opened before keep reading the old value.
+// unlink(2) deletes the entry from the stack (Stack.Delete). Descriptors
+// opened before keep reading the old value from the RAM tier, the spool or
+// the page cache; one that reads from the bbolt tier fails with ENOENT at
+// its next read past the cached pages (the chunks are gone), never
+// returning other bytes.
 //
 // # Entries, directory, xattrs, .flechefs
+//
+// Only the mounting user can use the mount unless Options.AllowOther; with
+// it, the kernel checks the modes (default_permissions), so other users
+// list and read entries but cannot create or delete them.
 //
 // An entry is a regular file, mode 0444, owned by the mounting user, nlink
 // 1, mtime (and atime, ctime) the publish time, st_blksize 1 MiB, and an
@@ -131,6 +149,14 @@
 //     (size, sha256, publish time) an inode's pages belong to; an open of a
 //     different value under the same key (deleted and published again) is
 //     done without KEEP_CACHE, which makes the kernel drop the old pages.
+//   - Each value of a key is an inode of its own: st_ino comes from the key,
+//     the inode generation from the value's SHA-256. A key deleted and
+//     published again with other bytes is a new inode, so descriptors still
+//     open on the old value, whose GETATTR and reads report the old size,
+//     never change the size the kernel holds for the new one (it would
+//     clip reads of the new value short). An open through a name the
+//     kernel still maps to the old value is answered ESTALE, on which the
+//     kernel looks the name up again and opens the new one.
 //   - READ and WRITE requests are up to 1 MiB (MaxWrite), and after
 //     mounting, as root, /sys/class/bdi/<dev>/read_ahead_kb is raised to
 //     ReadAheadKB (default 1024; the kernel starts a FUSE mount at 128).

@@ -28,6 +28,9 @@ type entryNode struct {
 	r   *root
 	key digest.Key
 	ino uint64 // stable inode number, 0 if automatic
+	// info is the value this inode was made for; its generation is
+	// valueGen(info). Another value of the key gets another inode.
+	info tiers.Info
 
 	mu sync.Mutex
 	// cached identifies the value whose pages the kernel may hold for this
@@ -55,8 +58,14 @@ func (n *entryNode) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.
 		info = h.rd.Info()
 	} else {
 		var err error
-		if info, err = n.r.st.Stat(ctx, n.key); err != nil {
+		if info, err = n.r.st.Stat(uninterrupted(ctx), n.key); err != nil {
 			return n.r.errno(err)
+		}
+		if valueGen(info) != n.StableAttr().Gen {
+			// The key holds another value now; this inode (open
+			// descriptors, a dentry not yet revalidated) is the old one,
+			// and its size must stay the old value's.
+			info = n.info
 		}
 	}
 	n.r.fillEntryAttr(&out.Attr, info)
@@ -69,9 +78,16 @@ func (n *entryNode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, 
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&(syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return nil, 0, syscall.EACCES
 	}
-	rd, err := n.r.st.Open(ctx, n.key)
+	rd, err := n.r.st.Open(uninterrupted(ctx), n.key)
 	if err != nil {
 		return nil, 0, n.r.errno(err)
+	}
+	if valueGen(rd.Info()) != n.StableAttr().Gen {
+		// The key was deleted and published again since the lookup: the
+		// kernel's size for this inode is the old value's. ESTALE makes it
+		// look the name up again (LOOKUP_REVAL) and open the new inode.
+		rd.Close()
+		return nil, 0, syscall.ESTALE
 	}
 	id := idOf(rd.Info())
 	n.mu.Lock()

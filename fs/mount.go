@@ -48,7 +48,9 @@ type Options struct {
 	// EntryTTL is the kernel's entry and attribute timeout for published
 	// entries (default 1h; entries are immutable).
 	EntryTTL time.Duration
-	// AllowOther lets users other than the mounting one use the mount.
+	// AllowOther lets users other than the mounting one read and list the
+	// mount; the kernel then checks the modes (default_permissions), so
+	// only the mounting user (and root) can create and delete entries.
 	AllowOther bool
 	// Debug logs every FUSE request (go-fuse's trace) to Logger, at level
 	// Info.
@@ -142,8 +144,17 @@ func mount(mountpoint string, st stack, opt Options) (*Server, error) {
 	}
 	r := newRoot(st, opt)
 	log := opt.Logger
+	var mountOpts []string
+	if opt.AllowOther {
+		// The kernel enforces the modes the mount reports (root directory
+		// 0755, entries 0444): other users read and list, only the
+		// mounting user creates and deletes. Without it the daemon, which
+		// does not check the caller, would let anybody do both.
+		mountOpts = append(mountOpts, "default_permissions")
+	}
 	fopt := &fusefs.Options{
 		MountOptions: fuse.MountOptions{
+			Options:      mountOpts,
 			AllowOther:   opt.AllowOther,
 			MaxWrite:     maxIO,
 			MaxReadAhead: maxIO,

@@ -158,8 +158,22 @@ func (r *root) entryInode(ctx context.Context, k digest.Key, info tiers.Info, ou
 	r.fillEntryAttr(&out.Attr, info)
 	out.SetEntryTimeout(ttl)
 	out.SetAttrTimeout(ttl)
-	// go-fuse returns the inode it already has for this number, if any.
-	return r.NewInode(ctx, &entryNode{r: r, key: k, ino: ino}, fusefs.StableAttr{Mode: syscall.S_IFREG, Ino: ino})
+	// go-fuse returns the inode it already has for this number and
+	// generation, if any. The generation comes from the value: a key
+	// deleted and published again with other bytes gets a new inode (the
+	// same st_ino), so a descriptor still open on the old value, whose
+	// GETATTR and short reads report the old size, cannot shrink or grow
+	// the size the kernel holds for the new one.
+	return r.NewInode(ctx, &entryNode{r: r, key: k, ino: ino, info: info}, fusefs.StableAttr{Mode: syscall.S_IFREG, Ino: ino, Gen: valueGen(info)})
+}
+
+// valueGen is the inode generation of a value: the first 64 bits of its
+// SHA-256 (its size when the sum is unknown).
+func valueGen(info tiers.Info) uint64 {
+	if info.Sum.IsZero() {
+		return uint64(info.Size)
+	}
+	return binary.BigEndian.Uint64(info.Sum[:8])
 }
 
 // forgetIno is called when the kernel forgot an entry inode.
@@ -199,7 +213,8 @@ func (r *root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fu
 	}
 	r.mu.Unlock()
 
-	info, err := r.st.Stat(ctx, k)
+	// Not interrupted by signals (see uninterrupted).
+	info, err := r.st.Stat(uninterrupted(ctx), k)
 	if err == nil {
 		return r.entryInode(ctx, k, info, out, r.opt.EntryTTL), 0
 	}
@@ -209,6 +224,14 @@ func (r *root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fu
 	out.SetEntryTimeout(r.missed(k, epoch))
 	return nil, syscall.ENOENT
 }
+
+// uninterrupted detaches a lookup or an open from the request's
+// cancellation. The kernel sends FUSE_INTERRUPT for any signal the caller
+// gets while it waits, a Go program's preemption signal (SIGURG) included;
+// a lookup given up then would answer EINTR from stat(2) or open(2), which
+// few programs retry (SA_RESTART does not restart it). Lookups and opens
+// are bounded by the stack's RemoteTimeout instead.
+func uninterrupted(ctx context.Context) context.Context { return context.WithoutCancel(ctx) }
 
 // missed records that a lookup begun at epoch did not find k and returns
 // the kernel's negative timeout for it. A name being written, or any miss
@@ -264,7 +287,7 @@ func (r *root) Create(ctx context.Context, name string, flags uint32, mode uint3
 	recentMiss := ok && time.Now().Before(exp)
 	r.mu.Unlock()
 	if !recentMiss {
-		if _, err := r.st.Stat(ctx, k); err == nil {
+		if _, err := r.st.Stat(uninterrupted(ctx), k); err == nil {
 			return nil, nil, 0, syscall.EEXIST
 		} else if !errors.Is(err, tiers.ErrNotFound) {
 			return nil, nil, 0, r.errno(err)

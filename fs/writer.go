@@ -127,8 +127,11 @@ func (h *writeHandle) Write(ctx context.Context, data []byte, off int64) (uint32
 	}
 	appending := h.hash != nil && off == h.sp.size
 	if err := h.sp.writeAt(data, off); err != nil {
-		h.hash = nil // the spool may hold part of data
-		return 0, h.r.errno(err)
+		// The spool may hold part of data and the writer was told its
+		// value is incomplete: it is never published (see doc.go).
+		errno := h.r.errno(err)
+		h.failLocked(errno)
+		return 0, errno
 	}
 	if appending {
 		h.hash.Write(data)
@@ -147,8 +150,9 @@ func (h *writeHandle) truncateLocked(size int64) syscall.Errno {
 	}
 	if size != h.sp.size {
 		if err := h.sp.truncate(size); err != nil {
-			h.hash = nil
-			return h.r.errno(err)
+			errno := h.r.errno(err)
+			h.failLocked(errno)
+			return errno
 		}
 		h.hash = nil
 	}

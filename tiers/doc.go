@@ -36,7 +36,8 @@
 // counted as a corruption of the source, logged, and the bad copy deleted.
 //
 // A remote hit streams: one fetch per key (concurrent readers share it)
-// writes into an unlinked spool file in SpoolDir, readers read what has
+// writes into an unlinked spool file in SpoolDir (into memory for a value
+// of at most 1 MiB, fetched with one read request), readers read what has
 // arrived, and the last byte is held back until the whole value matched the
 // checksum the remote keeps beside it. A reader therefore never reaches EOF
 // on bad bytes: it gets ErrCorrupt (EIO at the mount). A remote copy without
@@ -60,10 +61,17 @@
 // doubling to 1 min, jittered) until the remote has them. Sync returns when
 // the queue is empty. WriteThrough makes Publish wait for the remote
 // instead. A remote that already holds the key with another value keeps it
-// (first writer wins); the conflict is counted and logged.
+// (first writer wins); the conflict is counted and logged. A remote copy
+// that is not valid (corrupt, or without its checksum because its writer
+// died between its two renames) is removed and replaced by the upload.
 //
 // Delete removes the key from every writable tier, the remote ones too
-// unless KeepRemoteOnDelete, and cancels its pending upload.
+// unless KeepRemoteOnDelete, and cancels its pending upload. Whatever could
+// write the old value back after the deletes is waited for first (its
+// persistence, a copy into a faster tier, an upload in progress) or kept
+// from starting (promotions, including that of a fetch in progress), so a
+// deleted value never comes back and a value published again after the
+// Delete is never removed by a late cleanup of the old one.
 //
 // # Failure
 //

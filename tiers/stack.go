@@ -44,9 +44,11 @@ type Stack struct {
 
 	mu        sync.Mutex
 	closed    bool
-	pending   map[digest.Key]*pub  // published, not yet persisted
-	fills     map[digest.Key]*fill // remote fetches in progress
-	promoting map[digest.Key]bool  // local promotions in progress
+	pending   map[digest.Key]*pub          // published, not yet persisted
+	fills     map[digest.Key]*fill         // remote fetches in progress
+	promoting map[digest.Key]chan struct{} // copies into faster tiers in progress, closed when done
+	deleting  map[digest.Key]int           // Deletes in progress: no copy of the key starts
+	settled   uint64                       // counts entries that left pending for the tiers (see Publish)
 	up        uploadQueue
 	changed   chan struct{} // closed and replaced when the queue or pending set shrinks
 
@@ -93,7 +95,8 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 	}
 	s := &Stack{
 		opt: opt, log: opt.Logger,
-		pending: map[digest.Key]*pub{}, fills: map[digest.Key]*fill{}, promoting: map[digest.Key]bool{},
+		pending: map[digest.Key]*pub{}, fills: map[digest.Key]*fill{}, promoting: map[digest.Key]chan struct{}{},
+		deleting:  map[digest.Key]int{},
 		changed:   make(chan struct{}),
 		persistCh: make(chan *pub, 1024),
 	}
@@ -174,6 +177,10 @@ func (s *Stack) Stat(ctx context.Context, k digest.Key) (Info, error) {
 			return info, nil
 		}
 	}
+	if err := ctx.Err(); err != nil {
+		// Cancelled by the caller: not a miss, which would be cached.
+		return Info{}, Wrap("stack", "stat", k, err)
+	}
 	return Info{}, Wrap("stack", "stat", k, ErrNotFound)
 }
 
@@ -184,6 +191,13 @@ func (s *Stack) statLayer(ctx context.Context, l *layer, k digest.Key) (Info, er
 		defer cancel()
 	}
 	info, err := l.Tier.Stat(ctx, k)
+	if errors.Is(err, ErrCorrupt) {
+		// A copy found bad before any read (a remote data file whose size
+		// differs from its sum file, a garbled sum file) is a corruption
+		// like one found by reading: counted, logged, removed.
+		s.corrupt(l, k, err)
+		return info, err
+	}
 	s.noteErr(l, err)
 	return info, err
 }
@@ -257,6 +271,9 @@ func (s *Stack) openFrom(ctx context.Context, k digest.Key, from int, want diges
 		}
 		return &stackReader{s: s, l: l, k: k, r: r}, nil
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, Wrap("stack", "open", k, err)
+	}
 	if unavailable {
 		return nil, Wrap("stack", "open", k, ErrUnavailable)
 	}
@@ -281,21 +298,14 @@ func (s *Stack) promoteTargets(i int) []*layer {
 // promoteLocal copies k from src to targets in the background, one copy at
 // a time per key. Every copy is checked against the hash by the target's Put.
 func (s *Stack) promoteLocal(src *layer, k digest.Key, targets []*layer) {
-	s.mu.Lock()
-	if s.promoting[k] || s.closed {
-		s.mu.Unlock()
+	done := s.startPromotion(k)
+	if done == nil {
 		return
 	}
-	s.promoting[k] = true
 	s.wg.Add(1)
-	s.mu.Unlock()
 	go func() {
 		defer s.wg.Done()
-		defer func() {
-			s.mu.Lock()
-			delete(s.promoting, k)
-			s.mu.Unlock()
-		}()
+		defer s.endPromotion(k, done)
 		r, err := src.Tier.Open(s.ctx, k)
 		if err != nil {
 			return
@@ -303,6 +313,30 @@ func (s *Stack) promoteLocal(src *layer, k digest.Key, targets []*layer) {
 		defer r.Close()
 		s.copyTo(src, r, targets)
 	}()
+}
+
+// startPromotion registers a copy of k into faster tiers. It returns nil,
+// and the copy must not be made, when one is running already, when a
+// Delete of k is (it would put back what the Delete removes) or when the
+// stack is closed. Delete waits for the copies registered before it.
+func (s *Stack) startPromotion(k digest.Key) chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.promoting[k] != nil || s.deleting[k] > 0 || s.closed {
+		return nil
+	}
+	done := make(chan struct{})
+	s.promoting[k] = done
+	return done
+}
+
+func (s *Stack) endPromotion(k digest.Key, done chan struct{}) {
+	s.mu.Lock()
+	if s.promoting[k] == done {
+		delete(s.promoting, k)
+	}
+	s.mu.Unlock()
+	close(done)
 }
 
 // copyTo puts the value of r (read from layer src, which may be nil for a
@@ -342,15 +376,44 @@ func (s *Stack) corrupt(l *layer, k digest.Key, err error) {
 func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
 	found := false
 	s.mu.Lock()
-	if p, ok := s.pending[k]; ok {
+	p, pend := s.pending[k]
+	if pend {
 		p.deleted = true
 		delete(s.pending, k)
 		s.unrefLocked(p)
 		found = true
 	}
+	// No copy of k into a faster tier starts until the deletes below are
+	// done, a fetch in progress will not promote what it fetched, and the
+	// copies and the upload already running are waited for: each of them
+	// could put back, after the deletes, the value being deleted.
+	s.deleting[k]++
+	if f := s.fills[k]; f != nil {
+		f.deleted = true
+	}
+	promoting, uploading := s.promoting[k], s.up.uploading[k]
 	s.up.remove(k)
 	s.broadcastLocked()
 	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		if s.deleting[k]--; s.deleting[k] <= 0 {
+			delete(s.deleting, k)
+		}
+		s.mu.Unlock()
+	}()
+	if pend {
+		// Let its persistence finish, so that the deletes below remove
+		// what it wrote. Removing it later, in the background, could
+		// remove a value published again meanwhile.
+		<-p.persisted
+	}
+	if promoting != nil {
+		<-promoting
+	}
+	if uploading != nil {
+		<-uploading // cancelled by up.remove; it may have put the value already
+	}
 	s.list.forget(k)
 	var firstErr error
 	for _, l := range s.layers {
@@ -529,12 +592,17 @@ func (r *stackReader) ReadAt(p []byte, off int64) (int, error) {
 		if l != nil {
 			l.bytesOut.Add(int64(n))
 		}
-		if l == nil || !errors.Is(err, ErrCorrupt) {
+		corrupt := errors.Is(err, ErrCorrupt)
+		if l == nil || !corrupt && !errors.Is(err, ErrNotFound) {
 			return n, err
 		}
 		// A bad copy: remove it and continue from the next tier holding
-		// the same value.
-		r.s.corrupt(l, r.k, err)
+		// the same value. A copy that vanished under the reader (another
+		// reader or a promotion found it corrupt and removed it, or it was
+		// evicted) is continued likewise: the next copy has the same sum.
+		if corrupt {
+			r.s.corrupt(l, r.k, err)
+		}
 		next, oerr := r.s.openFrom(r.s.ctx, r.k, l.idx+1, cur.Info().Sum)
 		if oerr != nil {
 			return 0, err

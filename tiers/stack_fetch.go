@@ -11,16 +11,17 @@ import (
 	"github.com/flechefs/flechefs/digest"
 )
 
-// fill fetches one value from a remote tier into an unlinked spool file.
-// Readers join it and read what has arrived; the last byte is released only
-// after the whole value matched its hash. On success the spool is copied
-// into the faster tiers; either way it is removed when the last reader and
-// the fetch are done.
+// fill fetches one value from a remote tier into an unlinked spool file, or
+// into memory when it is at most memFill bytes. Readers join it and read
+// what has arrived; the last byte is released only after the whole value
+// matched its hash. On success the spool is copied into the faster tiers;
+// either way it is removed when the last reader and the fetch are done.
 type fill struct {
 	s    *Stack
 	l    *layer
 	info Info
-	f    *os.File
+	f    *os.File // the spool file, or nil
+	mem  []byte   // the spool of a small value, or nil
 
 	mu      sync.Mutex
 	written int64
@@ -32,7 +33,16 @@ type fill struct {
 
 	ready   chan struct{} // closed once the remote copy is open (or failed to)
 	openErr error         // set before ready is closed
+
+	deleted bool // a Delete of the key ran during the fetch: no promotion; guarded by s.mu
 }
+
+// memFill is the largest value a fetch keeps in memory rather than in a
+// spool file (the size the mount keeps in memory for a value being
+// written). A small value then costs one read request and no file: on this
+// project's test machines creating a file costs 0.7 ms, several times the
+// transfer of a 16 KiB value.
+const memFill = 1 << 20
 
 // openRemote opens k from remote layer l. Concurrent opens of one key share
 // one fetch: the first registers the fill before it talks to the remote,
@@ -63,7 +73,8 @@ func (s *Stack) openRemote(ctx context.Context, l *layer, k digest.Key, want dig
 		}
 		return &fillReader{f: f}, nil
 	}
-	f := &fill{s: s, l: l, changed: make(chan struct{}), ready: make(chan struct{}), refs: 2, hasher: digest.NewHasher()}
+	f := &fill{s: s, l: l, changed: make(chan struct{}), ready: make(chan struct{}), refs: 2, hasher: digest.NewHasher(),
+		deleted: s.deleting[k] > 0}
 	s.fills[k] = f
 	s.wg.Add(1)
 	s.mu.Unlock()
@@ -89,7 +100,11 @@ func (s *Stack) startFill(ctx context.Context, f *fill, k digest.Key, want diges
 	octx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
 	r, err := l.Tier.Open(octx, k)
 	cancel()
-	s.noteErr(l, err)
+	if errors.Is(err, ErrCorrupt) {
+		s.corrupt(l, k, err) // counted, logged and removed, as after a read
+	} else {
+		s.noteErr(l, err)
+	}
 	if err != nil {
 		l.misses.Add(1)
 		return nil, err
@@ -103,6 +118,11 @@ func (s *Stack) startFill(ctx context.Context, f *fill, k digest.Key, want diges
 	if !want.IsZero() && info.Sum != want {
 		r.Close()
 		return nil, Wrap(l.name, "open", k, ErrNotFound)
+	}
+	if info.Size <= memFill {
+		l.hits.Add(1)
+		f.info, f.mem = info, make([]byte, info.Size)
+		return r, nil
 	}
 	sp, err := os.CreateTemp(s.opt.SpoolDir, "fetch-*")
 	if err != nil {
@@ -132,7 +152,13 @@ func (f *fill) Write(p []byte) (int, error) {
 	if off+int64(len(p)) > f.info.Size {
 		return 0, fmt.Errorf("%w: remote sent more than the %d bytes announced", ErrCorrupt, f.info.Size)
 	}
-	n, err := f.f.WriteAt(p, off)
+	var n int
+	var err error
+	if f.mem != nil {
+		n = copy(f.mem[off:], p)
+	} else {
+		n, err = f.f.WriteAt(p, off)
+	}
 	f.hasher.Write(p[:n])
 	f.l.bytesOut.Add(int64(n))
 	f.mu.Lock()
@@ -147,13 +173,14 @@ func (f *fill) run(r Reader) {
 	defer f.s.wg.Done()
 	k := f.info.Key
 	var err error
-	if wt, ok := r.(io.WriterTo); ok {
+	if wt, ok := r.(io.WriterTo); f.mem != nil {
+		err = f.fetchSmall(r)
+	} else if ok {
 		_, err = wt.WriteTo(f)
 	} else {
 		buf := make([]byte, 1<<20)
 		_, err = io.CopyBuffer(f, io.NewSectionReader(r, 0, f.info.Size), buf)
 	}
-	r.Close()
 	if err == nil && f.hasher.Size() != f.info.Size {
 		err = fmt.Errorf("%w: got %d bytes, the remote announced %d", ErrCorrupt, f.hasher.Size(), f.info.Size)
 	}
@@ -174,10 +201,21 @@ func (f *fill) run(r Reader) {
 	close(f.changed)
 	f.changed = make(chan struct{})
 	f.mu.Unlock()
+	// Readers have the value: closing a remote handle costs a round trip.
+	r.Close()
 
 	if err == nil {
-		// Promote from the verified spool; readers go on reading it meanwhile.
-		f.s.copyTo(nil, &spoolReader{f: f}, f.s.promoteTargets(f.l.idx))
+		// Promote from the verified spool; readers go on reading it
+		// meanwhile. Not if the key was deleted during the fetch.
+		f.s.mu.Lock()
+		deleted := f.deleted
+		f.s.mu.Unlock()
+		if done := f.s.startPromotion(k); done != nil && !deleted {
+			f.s.copyTo(nil, &spoolReader{f: f}, f.s.promoteTargets(f.l.idx))
+			f.s.endPromotion(k, done)
+		} else if done != nil {
+			f.s.endPromotion(k, done)
+		}
 	}
 	f.s.mu.Lock()
 	if f.s.fills[k] == f {
@@ -185,6 +223,23 @@ func (f *fill) run(r Reader) {
 	}
 	f.s.mu.Unlock()
 	f.unref()
+}
+
+// fetchSmall reads a value that fits in memory with one ReadAt: one round
+// trip, where a remote WriterTo asks for the size first.
+func (f *fill) fetchSmall(r Reader) error {
+	n, err := r.ReadAt(f.mem, 0)
+	if err == io.EOF && n == len(f.mem) {
+		err = nil
+	}
+	f.hasher.Write(f.mem[:n])
+	f.l.bytesOut.Add(int64(n))
+	f.mu.Lock()
+	f.written = int64(n)
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+	return err
 }
 
 func (f *fill) unref() {
@@ -216,7 +271,7 @@ func (f *fill) readAt(p []byte, off int64) (int, error) {
 			avail = size - 1 // the tail waits for the hash
 		}
 		if need <= avail {
-			n, rerr := f.f.ReadAt(p[:need-off], off)
+			n, rerr := f.readSpool(p[:need-off], off)
 			if rerr == nil && need == size && int64(len(p)) > need-off {
 				rerr = io.EOF
 			}
@@ -243,5 +298,20 @@ func (r *fillReader) Close() error                            { r.once.Do(r.f.un
 type spoolReader struct{ f *fill }
 
 func (r *spoolReader) Info() Info                              { return r.f.info }
-func (r *spoolReader) ReadAt(p []byte, off int64) (int, error) { return r.f.f.ReadAt(p, off) }
+func (r *spoolReader) ReadAt(p []byte, off int64) (int, error) { return r.f.readSpool(p, off) }
+
+// readSpool reads the spool like io.ReaderAt.
+func (f *fill) readSpool(p []byte, off int64) (int, error) {
+	if f.mem == nil {
+		return f.f.ReadAt(p, off)
+	}
+	if off >= int64(len(f.mem)) {
+		return 0, io.EOF
+	}
+	n := copy(p, f.mem[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
 func (r *spoolReader) Close() error                            { return nil }

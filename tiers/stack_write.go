@@ -29,6 +29,9 @@ type pub struct {
 // ErrExist if k already exists (first writer wins; b is released).
 func (s *Stack) Publish(ctx context.Context, k digest.Key, b Blob, sum digest.Sum) (Info, error) {
 	info := Info{Key: k, Size: b.Size(), Sum: sum, Created: time.Now()}
+	s.mu.Lock()
+	settled := s.settled
+	s.mu.Unlock()
 	if _, err := s.Stat(ctx, k); err == nil {
 		s.dropped.Add(1)
 		b.Release()
@@ -37,6 +40,19 @@ func (s *Stack) Publish(ctx context.Context, k digest.Key, b Blob, sum digest.Su
 	p := &pub{info: info, blob: b, refs: 1, persisted: make(chan struct{}),
 		upload: s.hasWritableRemote() && !s.opt.WriteThrough}
 	s.mu.Lock()
+	for s.settled != settled && !s.closed {
+		// Published entries left the pending map for the tiers since the
+		// Stat: k may be one of them, which the Stat did not see in
+		// either place. Look again in the local tiers.
+		settled = s.settled
+		s.mu.Unlock()
+		if s.heldLocally(ctx, k) {
+			s.dropped.Add(1)
+			b.Release()
+			return Info{}, Wrap("stack", "publish", k, ErrExist)
+		}
+		s.mu.Lock()
+	}
 	if s.closed {
 		s.mu.Unlock()
 		b.Release()
@@ -130,16 +146,8 @@ func (s *Stack) persistOne(p *pub) {
 	close(p.persisted)
 	switch {
 	case p.deleted:
-		// Deleted while we wrote it: take it back out.
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			for _, l := range s.layers {
-				if !l.Remote && l.writable() {
-					l.Tier.Delete(context.Background(), k)
-				}
-			}
-		}()
+		// Deleted while we wrote it: Delete waits for persisted and then
+		// removes what we wrote from every tier.
 	case persisted:
 		if p.upload {
 			s.up.add(k)
@@ -164,7 +172,20 @@ func (s *Stack) dropPendingLocked(p *pub) {
 	if s.pending[p.info.Key] == p {
 		delete(s.pending, p.info.Key)
 		s.unrefLocked(p)
+		s.settled++
 	}
+}
+
+// heldLocally reports whether a local tier holds k.
+func (s *Stack) heldLocally(ctx context.Context, k digest.Key) bool {
+	for _, l := range s.layers {
+		if !l.Remote {
+			if _, err := l.Tier.Stat(ctx, k); err == nil {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (s *Stack) unrefLocked(p *pub) {
@@ -253,7 +274,9 @@ type uploadQueue struct {
 	order    []digest.Key
 	set      map[digest.Key]*upItem
 	inflight map[digest.Key]context.CancelFunc
-	kick     chan struct{}
+	// uploading is closed when the upload of the key in progress ends.
+	uploading map[digest.Key]chan struct{}
+	kick      chan struct{}
 }
 
 type upItem struct {
@@ -264,6 +287,7 @@ type upItem struct {
 func (q *uploadQueue) init() {
 	q.set = map[digest.Key]*upItem{}
 	q.inflight = map[digest.Key]context.CancelFunc{}
+	q.uploading = map[digest.Key]chan struct{}{}
 	q.kick = make(chan struct{}, 1)
 }
 
@@ -321,10 +345,13 @@ func (s *Stack) uploader() {
 		s.mu.Lock()
 		k, wait, ok := s.up.next(time.Now())
 		var ctx context.Context
+		var item *upItem
 		if ok {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithCancel(s.ctx)
 			s.up.inflight[k] = cancel
+			s.up.uploading[k] = make(chan struct{})
+			item = s.up.set[k]
 		}
 		s.mu.Unlock()
 		if !ok {
@@ -342,7 +369,12 @@ func (s *Stack) uploader() {
 			c()
 		}
 		delete(s.up.inflight, k)
-		if it, ok := s.up.set[k]; ok {
+		close(s.up.uploading[k])
+		delete(s.up.uploading, k)
+		// Only the item this worker took: a Delete and a new publish of k
+		// while it ran replaced it with another, for the new value, which
+		// is still to upload.
+		if it, ok := s.up.set[k]; ok && it == item {
 			if err == nil {
 				s.up.remove(k)
 				if p, ok := s.pending[k]; ok && isClosed(p.persisted) {
@@ -408,6 +440,11 @@ func (s *Stack) uploadOne(ctx context.Context, k digest.Key) error {
 		}
 	}
 	s.lastUploadErr.Store("")
+	if ctx.Err() != nil && s.ctx.Err() == nil {
+		// Deleted while it uploaded: the queue may already hold a new
+		// value of k, whose durable queue record must stay.
+		return nil
+	}
 	return s.dequeue(k)
 }
 
@@ -422,20 +459,18 @@ func (s *Stack) dequeue(k digest.Key) error {
 }
 
 // uploadTo puts one value on remote r. A remote that already holds the key
-// is success when its hash matches; otherwise it is a conflict, counted and
-// logged: first writer wins, the remote keeps its value.
+// is success when its hash matches; another valid value is a conflict,
+// counted and logged: first writer wins, the remote keeps its value. An
+// invalid remote copy is replaced (uploadExisting).
 func (s *Stack) uploadTo(ctx context.Context, r *layer, info Info, src io.ReaderAt) error {
-	_, err := r.Tier.Put(ctx, info.Key, &countingReader{r: io.NewSectionReader(src, 0, info.Size), n: &r.bytesIn},
-		Meta{Size: info.Size, Sum: info.Sum, Created: info.Created})
+	put := func() error {
+		_, err := r.Tier.Put(ctx, info.Key, &countingReader{r: io.NewSectionReader(src, 0, info.Size), n: &r.bytesIn},
+			Meta{Size: info.Size, Sum: info.Sum, Created: info.Created})
+		return err
+	}
+	err := put()
 	if errors.Is(err, ErrExist) {
-		sctx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
-		defer cancel()
-		if rinfo, serr := r.Tier.Stat(sctx, info.Key); serr == nil && rinfo.Sum != info.Sum {
-			s.conflicts.Add(1)
-			s.log.Warn("remote already holds another value for this key; keeping the remote's (first writer wins)",
-				"key", info.Key.String(), "tier", r.name, "local_sha256", info.Sum.String(), "remote_sha256", rinfo.Sum.String())
-		}
-		err = nil
+		err = s.uploadExisting(ctx, r, info, put)
 	}
 	s.noteErr(r, err)
 	if err == nil {
@@ -444,4 +479,40 @@ func (s *Stack) uploadTo(ctx context.Context, r *layer, info Info, src io.Reader
 		s.list.add(info)
 	}
 	return err
+}
+
+// uploadExisting decides an upload the remote refused because it holds the
+// key. A valid copy ends the upload: ours, or another value (a conflict:
+// the first writer wins). A copy that is not valid would never be served
+// and would leave the remote without the value for good, so it is removed
+// and ours put in its place: a corrupt one (truncated, a garbled sum file),
+// or one without a sum file (its writer died between its two renames, as a
+// killed daemon does, or it was copied in by hand), which readers treat as
+// corrupt too. A failure to tell is an error: the upload is retried.
+func (s *Stack) uploadExisting(ctx context.Context, r *layer, info Info, put func() error) error {
+	sctx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
+	defer cancel()
+	rinfo, serr := r.Tier.Stat(sctx, info.Key)
+	switch {
+	case serr == nil && rinfo.Sum.IsZero():
+		s.log.Warn("remote copy has no checksum, so it cannot be verified; replacing it with the local value",
+			"key", info.Key.String(), "tier", r.name)
+		if derr := r.Tier.Delete(sctx, info.Key); derr != nil && !errors.Is(derr, ErrNotFound) {
+			return derr
+		}
+	case serr == nil && rinfo.Sum != info.Sum:
+		s.conflicts.Add(1)
+		s.log.Warn("remote already holds another value for this key; keeping the remote's (first writer wins)",
+			"key", info.Key.String(), "tier", r.name, "local_sha256", info.Sum.String(), "remote_sha256", rinfo.Sum.String())
+		return nil
+	case serr == nil:
+		return nil
+	case errors.Is(serr, ErrCorrupt):
+		s.corrupt(r, info.Key, serr) // counted, logged and removed
+	case errors.Is(serr, ErrNotFound):
+		// Removed since the Put looked: put again.
+	default:
+		return serr
+	}
+	return put()
 }

@@ -107,6 +107,7 @@ type Tier struct {
 	Agent       bool     // use $SSH_AUTH_SOCK
 	Concurrency int      // requests in flight per transfer
 	Timeout     time.Duration
+	Ciphers     []string // SSH ciphers offered, in order; nil: the library's defaults
 
 	// At is where the tier was declared: "config.toml:12:1", or the flag
 	// that added it ("--remote").

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/ssh"
 )
 
 // testEnv is a fixed environment: HOME=/home/u, no XDG variables, config
@@ -107,6 +109,7 @@ known_hosts = "/etc/ssh/known"
 agent = false
 concurrency = 8
 timeout = "30s"
+ciphers = ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
 
 [[tier]]
 kind = "sftp"
@@ -133,7 +136,8 @@ identity = "key"
 				{Kind: Bolt, Name: "bolt", Size: 1e12, Path: "/data/shared.db", ReadOnly: true},
 				{Kind: SFTP, Name: "sftp", URL: "sftp://cache@example.org:2222/srv/flechefs",
 					Identity: []string{"/home/u/.ssh/id_ed25519", "/home/alice/key"}, KnownHosts: "/etc/ssh/known",
-					Concurrency: 8, Timeout: 30 * time.Second},
+					Concurrency: 8, Timeout: 30 * time.Second,
+					Ciphers: []string{"aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"}},
 				{Kind: SFTP, Name: "sftp2", URL: "sftp://mirror/cache", ReadOnly: true, Agent: true,
 					Identity: []string{"/etc/flechefs/key"}, KnownHosts: "/home/u/.ssh/known_hosts",
 					Concurrency: 64, Timeout: 2 * time.Second},
@@ -254,6 +258,10 @@ url = "sftp://h:99999/p"
 			`config.toml:6:7: tier 2 (sftp): url "sftp://h": no path: want the remote directory, such as sftp://host/srv/flechefs`,
 			`config.toml:9:7: tier 3 (sftp): url "sftp://u:secret@h/p": do not put a password in the URL: use identity files or the SSH agent`,
 			`config.toml:12:7: tier 4 (sftp): url "sftp://h:99999/p": port "99999": want 1 to 65535`,
+		}},
+		{"ciphers", "[[tier]]\nkind = \"sftp\"\nurl = \"sftp://h/p\"\nciphers = [\"aes128-gcm@openssh.com\", \"rot13\"]\n[[tier]]\nkind = \"sftp\"\nurl = \"sftp://h/q\"\nciphers = []\n", []string{
+			`config.toml:4:38: tier 1 (sftp): ciphers "rot13": unknown cipher: want one of ` + strings.Join(ssh.SupportedAlgorithms().Ciphers, ", "),
+			`config.toml:8:11: tier 2 (sftp): ciphers: empty list: leave the key out for the default ciphers`,
 		}},
 		{"paths", "spool_dir = \"$NOPE/spool\"\n[[tier]]\nkind = \"bolt\"\nsize = 1\npath = \"~bob/x\"\n", []string{
 			`config.toml:1:13: spool_dir "$NOPE/spool": $NOPE is not set`,

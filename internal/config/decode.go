@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/BurntSushi/toml"
+	"golang.org/x/crypto/ssh"
 )
 
 // Defaults of the settings a file leaves out.
@@ -55,6 +57,7 @@ var tierKeys = map[string][]Kind{
 	"agent":       {SFTP},
 	"concurrency": {SFTP},
 	"timeout":     {SFTP},
+	"ciphers":     {SFTP},
 }
 
 // kindAliases are names people reach for, mapped to the kind they mean.
@@ -407,6 +410,8 @@ func (p *parser) tier(i int, m map[string]any) Tier {
 		case "timeout":
 			f.duration(time.Millisecond, MaxRemoteTimeout, &t.Timeout)
 			t.timeoutSet = true
+		case "ciphers":
+			p.ciphers(f, &t)
 		}
 	}
 	missing := func(key, example string) {
@@ -463,6 +468,48 @@ func (p *parser) identity(f field, t *Tier) {
 		if pth != "" {
 			t.Identity = append(t.Identity, pth)
 		}
+	}
+}
+
+// ciphers decodes the SSH ciphers an sftp tier offers: a name or a list of
+// names that golang.org/x/crypto/ssh implements.
+func (p *parser) ciphers(f field, t *Tier) {
+	var list []any
+	isList := false
+	switch x := f.v.(type) {
+	case string:
+		list = []any{x}
+	case []any:
+		list, isList = x, true
+	default:
+		f.wrongType("a cipher name or a list of them")
+		return
+	}
+	if len(list) == 0 {
+		f.p.errorAt(f.p.loc.valPos(f.at), "%s%s: empty list: leave the key out for the default ciphers", f.ctx, f.name)
+		return
+	}
+	known := ssh.SupportedAlgorithms().Ciphers
+	var out []string
+	for i, e := range list {
+		g := f
+		g.v = e
+		if isList {
+			g.at = f.at.with(index(i))
+		}
+		s, ok := e.(string)
+		if !ok {
+			g.wrongType("a cipher name")
+			continue
+		}
+		if !slices.Contains(known, s) {
+			g.bad("unknown cipher: want one of %s", strings.Join(known, ", "))
+			continue
+		}
+		out = append(out, s)
+	}
+	if len(out) == len(list) {
+		t.Ciphers = out
 	}
 }
 

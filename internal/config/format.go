@@ -57,6 +57,13 @@ func (c *Config) TOML() string {
 			fmt.Fprintf(&b, "read_only = %t\n", t.ReadOnly)
 			fmt.Fprintf(&b, "concurrency = %d\n", t.Concurrency)
 			fmt.Fprintf(&b, "timeout = %q\n", t.Timeout.String())
+			if t.Ciphers != nil {
+				cs := make([]string, len(t.Ciphers))
+				for i, c := range t.Ciphers {
+					cs[i] = tomlString(c)
+				}
+				fmt.Fprintf(&b, "ciphers = [%s]\n", strings.Join(cs, ", "))
+			}
 		}
 	}
 	return b.String()

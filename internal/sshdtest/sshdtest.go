@@ -492,20 +492,41 @@ func (s *Server) stop(graceful bool) {
 // stopTree SIGSTOPs pid and every process below it, scanning again until no
 // new one shows up, and adds them to seen. A process stays in seen when its
 // parent exits and it moves to init: only seen still names it.
+//
+// A signal is delivered asynchronously: a process in the middle of fork(2)
+// stops only once its child exists, possibly after a scan missed the
+// child, which would then survive Stop and keep serving its connection.
+// So each round waits until the processes it signalled have stopped.
 func stopTree(pid int, seen map[int]proc) {
 	syscall.Kill(pid, syscall.SIGSTOP)
+	waitStopped(pid)
 	for range 10 {
-		added := 0
+		var added []int
 		for _, p := range descendants(pid) {
 			if _, ok := seen[p.pid]; !ok {
 				seen[p.pid] = p
 				syscall.Kill(p.pid, syscall.SIGSTOP)
-				added++
+				added = append(added, p.pid)
 			}
 		}
-		if added == 0 {
+		if len(added) == 0 {
 			return
 		}
+		for _, p := range added {
+			waitStopped(p)
+		}
+	}
+}
+
+// waitStopped waits up to a second until pid is stopped or gone.
+func waitStopped(pid int) {
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		st, ok := readStat(pid)
+		if !ok || st.state == "T" || st.state == "t" || st.state == "Z" || st.state == "X" {
+			return
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -139,6 +139,8 @@ func (t *Tier) runOnce(batch []*call) (int, error) {
 	if err != nil {
 		return failed, t.classify(err)
 	}
+	// The commit rewrote leaves, copying their values out of the map.
+	t.dropMap()
 	t.setStats(w.st)
 	for _, fn := range w.after {
 		fn()

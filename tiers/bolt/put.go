@@ -166,6 +166,9 @@ func (t *Tier) stageChunks(ctx context.Context, e *newEntry, announced int64) er
 	if err != nil {
 		return t.classify(err)
 	}
+	// The commit read the last chunks staged before (bbolt rewrites the
+	// leaf they share with the new ones) through the map.
+	t.dropMap()
 	e.id = id
 	e.base += uint32(len(e.chunks))
 	if testHookStaged != nil {

@@ -100,6 +100,8 @@ func (r *reader) readAt(p []byte, off int64) (int, error) {
 	cs := int64(r.rec.chunk)
 	n := 0
 	err := t.db.View(func(tx *bolt.Tx) error {
+		var mapped mappedRange
+		defer mapped.drop(tx)
 		b := tx.Bucket(bucketChunks)
 		for n < len(p) {
 			pos := off + int64(n)
@@ -113,6 +115,7 @@ func (r *reader) readAt(p []byte, off int64) (int, error) {
 				return err
 			}
 			n += copy(p[n:], data[pos-idx*cs:])
+			mapped.add(v)
 		}
 		return nil
 	})

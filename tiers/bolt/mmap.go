@@ -1,0 +1,83 @@
+package bolt
+
+import (
+	"os"
+	"syscall"
+	"unsafe"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// bbolt serves values from a shared, read-only memory map of the database
+// file. Every page a read touches joins the process's resident set (as a
+// file-backed page) and stays until the kernel reclaims it under pressure:
+// reading or writing a 512 MiB entry made a daemon of 600 MiB. So reads and
+// staged writes of large values tell the kernel (MADV_DONTNEED) that the
+// process no longer needs those pages. On a shared file mapping this only
+// drops the page table entries: the data stay in the page cache and the next
+// access maps them again with a minor fault.
+//
+// The map must not move meanwhile: the caller holds a read transaction
+// (bbolt remaps only when no transaction holds its mmap lock), and the range
+// is checked to lie inside the map (a value of a write transaction's dirty
+// pages lives on the heap, where MADV_DONTNEED would zero live memory).
+
+const (
+	// dropMapThreshold is the least span of values read at once that is
+	// dropped: below it, pages are few and shared with other values.
+	dropMapThreshold = 64 << 10
+	// faultAround is how far from the pages a read touched the kernel may
+	// have mapped others: a fault maps the page cache pages around it
+	// (fault_around_bytes), whole large folios (up to 2 MiB) included.
+	faultAround = 2 << 20
+)
+
+var pageSize = uintptr(os.Getpagesize())
+
+// mappedRange is the span of the map a read touched.
+type mappedRange struct{ lo, hi, n uintptr }
+
+func (m *mappedRange) add(v []byte) {
+	start := uintptr(unsafe.Pointer(unsafe.SliceData(v)))
+	end := start + uintptr(len(v))
+	if m.n == 0 || start < m.lo {
+		m.lo = start
+	}
+	m.hi = max(m.hi, end)
+	m.n += uintptr(len(v))
+}
+
+// drop drops the pages of the span, and those the kernel mapped around
+// it, from the resident set. tx is the read transaction the values were
+// read in.
+func (m *mappedRange) drop(tx *bolt.Tx) {
+	if m.n < dropMapThreshold || tx.Writable() {
+		return
+	}
+	base := tx.DB().Info().Data
+	limit := base + uintptr(tx.Size())
+	if m.lo < base || m.hi > limit {
+		return
+	}
+	lo := (m.lo - min(m.lo-base, faultAround)) &^ (faultAround - 1)
+	madviseDontNeed(max(base, lo), min(limit, (m.hi+faultAround)&^(faultAround-1)))
+}
+
+// dropMap drops the whole map from the resident set, after a commit: bbolt
+// rewrites every leaf a transaction changes, reading the values it keeps
+// (the chunks staged before, the neighbours of new entries) through the map.
+func (t *Tier) dropMap() {
+	t.db.View(func(tx *bolt.Tx) error {
+		base := tx.DB().Info().Data
+		madviseDontNeed(base, base+uintptr(tx.Size()))
+		return nil
+	})
+}
+
+func madviseDontNeed(start, end uintptr) {
+	start &^= pageSize - 1
+	end = (end + pageSize - 1) &^ (pageSize - 1)
+	if end > start {
+		syscall.Syscall(syscall.SYS_MADVISE, start, end-start, syscall.MADV_DONTNEED)
+	}
+}
