@@ -208,15 +208,16 @@ func (l *tunLink) start() {
 }
 
 // pipe moves packets from one device to the other, dropping linkLoss of
-// them and delivering the rest linkDelay later, in order; a queue of more
-// than 1000 packets drops the newest (netem's default limit).
+// them and delivering the rest linkDelay later, in order. A queue of more
+// than 5000 packets drops the newest (netem's default limit is 1000; a
+// larger one keeps the loss near linkLoss).
 func (l *tunLink) pipe(from, to *os.File, rng *rand.Rand) {
 	defer l.wg.Done()
 	type packet struct {
 		b   []byte
 		due time.Time
 	}
-	q := make(chan packet, 1000)
+	q := make(chan packet, 5000)
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()

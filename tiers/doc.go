@@ -41,8 +41,12 @@
 // arrived, and the last byte is held back until the whole value matched the
 // checksum the remote keeps beside it. A reader therefore never reaches EOF
 // on bad bytes: it gets ErrCorrupt (EIO at the mount). A remote copy without
-// a checksum cannot be verified and is treated as corrupt. Only a verified
-// spool is promoted.
+// a checksum cannot be verified and is never served (ErrNotFound); it is
+// treated as corrupt (counted, logged, removed) once its data file is 10
+// minutes old: a younger one may be an upload between its two renames,
+// which the writer completes and counts as done. A remote copy found
+// corrupt by Stat (sizes that disagree, a garbled checksum file) is counted
+// and removed likewise. Only a verified spool is promoted.
 //
 // A local read that hits ErrCorrupt (the bbolt tier checks a CRC-32C per
 // chunk) removes the bad copy and continues from the next tier holding the
@@ -58,10 +62,15 @@
 // the key in the durable upload queue when a writable remote tier exists:
 // entries waiting for upload are never evicted, survive a restart and are
 // uploaded by UploadWorkers goroutines with exponential backoff (0.5 s
-// doubling to 1 min, jittered) until the remote has them. Sync returns when
-// the queue is empty. WriteThrough makes Publish wait for the remote
-// instead. A remote that already holds the key with another value keeps it
-// (first writer wins); the conflict is counted and logged. A remote copy
+// doubling to 1 min, jittered) until the remote has them. The first upload
+// starts at publish, from the Blob, alongside the persistence; the entry
+// leaves the durable queue once both are done. Sync returns when the queue
+// is empty. WriteThrough makes Publish wait for the remote instead. Publish
+// refuses a key a local tier (or another publish) holds with ErrExist; it
+// does not ask the remote, which would cost a round trip per publish (the
+// mount looked the name up before creating it). A remote that already
+// holds the key with another value keeps it (first writer wins); the
+// conflict is counted and logged. A remote copy
 // that is not valid (corrupt, or without its checksum because its writer
 // died between its two renames) is removed and replaced by the upload.
 //

@@ -448,14 +448,15 @@ func (s *Server) Thaw() {
 // Kill SIGKILLs the listener and every process it forked (one monitor and one
 // session process per connection), as a crash or power loss would: open
 // connections drop at once. Restart brings the server back.
-func (s *Server) Kill() { s.stop(false) }
+func (s *Server) Kill() { s.stop() }
 
 // Stop SIGKILLs every process the listener forked, so that open connections
-// drop, then terminates the listener with SIGTERM and waits for it. Restart
-// brings the server back.
-func (s *Server) Stop() { s.stop(true) }
+// drop, then the listener, and waits for it. Restart brings the server back.
+// It is Kill: the listener cannot be let run again to exit on SIGTERM (see
+// stop).
+func (s *Server) Stop() { s.stop() }
 
-func (s *Server) stop(graceful bool) {
+func (s *Server) stop() {
 	s.mu.Lock()
 	cmd, done, seen := s.cmd, s.done, s.frozen
 	s.cmd, s.frozen = nil, nil
@@ -475,12 +476,11 @@ func (s *Server) stop(graceful bool) {
 			syscall.Kill(p.pid, syscall.SIGKILL)
 		}
 	}
-	if graceful {
-		syscall.Kill(pid, syscall.SIGTERM)
-		syscall.Kill(pid, syscall.SIGCONT)
-	} else {
-		syscall.Kill(pid, syscall.SIGKILL)
-	}
+	// The listener too is killed while stopped, never continued: stopped
+	// between accept(2) and fork(2), it would fork a session for that
+	// connection once continued, after the scans, and the session would
+	// serve the client after Stop returned.
+	syscall.Kill(pid, syscall.SIGKILL)
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):

@@ -29,6 +29,9 @@
 //  5. renames the sum file into .flechefs/sums/<key> with
 //     posix-rename@openssh.com, replacing a stale sum file left by a data
 //     file someone removed by hand. Only the winner of step 4 gets here.
+//     If this step fails (the connection dropped), Put fails although the
+//     data is in place: the caller retries, finds the key without its sum
+//     file and replaces it (tiers.Stack does).
 //
 // A deferred cleanup keyed on a success flag removes the temp files on every
 // failure path; temp files it cannot remove because the connection died are
@@ -102,6 +105,12 @@
 // full 256 KiB write exceeds its 256 KiB message limit and makes it drop the
 // connection. Other servers get 32 KiB. The Reader implements io.WriterTo
 // for whole-value fetches with reads in flight and writes in order.
+//
+// Open sends the data file's open first, so that a missing key costs one
+// request like a stat; then the data file's fstat, the sum file's open and
+// read, and a read of the first 64 KiB go out together: a small value has
+// arrived when Open returns (two round trips), and ReadAt serves it from
+// memory.
 //
 // # Caveats
 //

@@ -242,28 +242,45 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 		return nil, t.wrap("open", k, err)
 	}
 	defer w.stop()
-	sumc := t.readSumAsync(c, k)
+	// The data file first: a missing key then costs one request, as a
+	// stat would; the sum file is read once the data file is known.
 	f, err := c.sftp.Open(t.dataPath(k))
-	var fi os.FileInfo
-	if err == nil {
-		if fi, err = f.Stat(); err != nil {
-			go f.Close()
-		}
-	}
-	sf := <-sumc
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			err = tiers.ErrNotFound
 		}
 		return nil, t.wrap("open", k, t.failure(c, err))
 	}
+	sumc := t.readSumAsync(c, k)
+	// The first bytes, read along with the stat and the sum file: a small
+	// value has arrived when Open returns.
+	headc := make(chan []byte, 1)
+	go func() {
+		b := make([]byte, min(headSize, c.packet))
+		n, err := f.ReadAt(b, 0)
+		if err != nil && err != io.EOF {
+			n = 0
+		}
+		headc <- b[:n]
+	}()
+	fi, err := f.Stat()
+	sf := <-sumc
+	if err != nil {
+		go func() { <-headc; f.Close() }()
+		return nil, t.wrap("open", k, t.failure(c, err))
+	}
 	info, err := t.info(c, k, fi, sf)
 	if err != nil {
-		go f.Close()
+		go func() { <-headc; f.Close() }()
 		return nil, t.wrap("open", k, err)
 	}
-	return &reader{t: t, c: c, f: f, info: info}, nil
+	head := <-headc
+	return &reader{t: t, c: c, f: f, info: info, head: head[:min(int64(len(head)), info.Size)]}, nil
 }
+
+// headSize is how much of a value Open reads at once, in parallel with its
+// other requests.
+const headSize = 64 << 10
 
 // Put uploads to a temp file, checks it against m, writes the sum file to
 // a temp name, then publishes with a plain SFTP rename, which OpenSSH
@@ -398,7 +415,10 @@ func (t *Tier) put(ctx context.Context, c *conn, w *watch, k digest.Key, r io.Re
 	}
 	success = true
 	// We own the key now; our sum file replaces any stale one. If this
-	// fails the entry stays valid, only unverifiable.
+	// fails (the connection dropped between the two renames) the data
+	// is in place without its sum file, which no reader serves: the Put
+	// fails, so that the caller retries and replaces that copy, rather
+	// than count the value uploaded while no one can ever read it.
 	err = t.replace(c, tmpSum, t.sumPath(k))
 	if errors.Is(err, os.ErrNotExist) {
 		if err = t.mkdirs(c); err == nil {
@@ -408,6 +428,7 @@ func (t *Tier) put(ctx context.Context, c *conn, w *watch, k digest.Key, r io.Re
 	if err != nil {
 		t.removeTemps(c, tmpSum)
 		t.log.Warn("sftp entry published without its sum file", "tier", t.opt.Name, "key", k, "err", err)
+		return tiers.Info{}, t.failure(c, fmt.Errorf("sum file: %w", err))
 	}
 	return info, nil
 }
