@@ -6,7 +6,7 @@ want=(fuse3)
 case "${1:-test}" in
   run) ;;
   test) want+=(openssh-server openssh-client python3 iproute2 e2fsprogs) ;;
-  bench) want+=(openssh-server openssh-client sshfs rclone iproute2 hyperfine) ;;
+  bench) want+=(openssh-server openssh-client sshfs rclone) ;;
 esac
 missing=()
 for p in "${want[@]}"; do

@@ -1,11 +1,20 @@
 package tiers
 
 import (
+	"bufio"
 	"io"
 )
 
 // SectionReader returns an io.Reader over the whole of r, from offset 0.
 func SectionReader(r Reader) io.Reader { return io.NewSectionReader(r, 0, r.Info().Size) }
+
+// copyReader reads r from offset 0 to size in reads of up to 1 MiB, for
+// copies between tiers. Tiers read and check whole pieces (bbolt a CRC per
+// 256 KiB chunk, whatever part of it is asked for): the 32 KiB reads of
+// io.Copy made a copy out of bbolt check every chunk eight times.
+func copyReader(r io.ReaderAt, size int64) io.Reader {
+	return bufio.NewReaderSize(io.NewSectionReader(r, 0, size), int(min(max(size, 16), 1<<20)))
+}
 
 // ReadAll reads a whole entry. For tests and small values only.
 func ReadAll(r Reader) ([]byte, error) {

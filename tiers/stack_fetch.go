@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/flechefs/flechefs/digest"
 )
@@ -35,6 +36,9 @@ type fill struct {
 	openErr error         // set before ready is closed
 
 	deleted bool // a Delete of the key ran during the fetch: no promotion; guarded by s.mu
+	// prefetch: started by a Stat (statRemote). An Open does not join it
+	// once it has failed, but fetches again.
+	prefetch bool
 }
 
 // memFill is the largest value a fetch keeps in memory rather than in a
@@ -43,6 +47,11 @@ type fill struct {
 // project's test machines creating a file costs 0.7 ms, several times the
 // transfer of a 16 KiB value.
 const memFill = 1 << 20
+
+// unverifiedGrace is how old a remote copy without a checksum must be (by
+// its data file's mtime) to be treated as corrupt and removed; a younger
+// one may be an upload between its two renames.
+const unverifiedGrace = 10 * time.Minute
 
 // openRemote opens k from remote layer l. Concurrent opens of one key share
 // one fetch: the first registers the fill before it talks to the remote,
@@ -53,7 +62,7 @@ func (s *Stack) openRemote(ctx context.Context, l *layer, k digest.Key, want dig
 		s.mu.Unlock()
 		return nil, Wrap("stack", "open", k, ErrClosed)
 	}
-	if f, ok := s.fills[k]; ok && f.l == l {
+	if f, ok := s.fills[k]; ok && f.l == l && !(f.prefetch && f.failed()) {
 		f.mu.Lock()
 		f.refs++
 		f.mu.Unlock()
@@ -94,6 +103,47 @@ func (s *Stack) openRemote(ctx context.Context, l *layer, k digest.Key, want dig
 	return &fillReader{f: f}, nil
 }
 
+// statRemote looks k up in remote layer l by opening it, which costs the
+// tier about what a Stat does. A value of at most memFill bytes is fetched
+// at once, in the background: the Open that usually follows a lookup joins
+// that fetch, and the whole lookup, open and read of a small remote value
+// costs one remote open and one read instead of a stat, an open and a read.
+// A larger value, or one without a checksum, is not fetched.
+func (s *Stack) statRemote(ctx context.Context, l *layer, k digest.Key) (Info, error) {
+	octx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
+	r, err := l.Tier.Open(octx, k)
+	cancel()
+	if errors.Is(err, ErrCorrupt) {
+		s.corrupt(l, k, err)
+		return Info{}, err
+	}
+	s.noteErr(l, err)
+	if err != nil {
+		return Info{}, err
+	}
+	info := r.Info()
+	if info.Size > memFill || info.Sum.IsZero() {
+		go r.Close()
+		return info, nil
+	}
+	s.mu.Lock()
+	if _, busy := s.fills[k]; busy || s.closed || s.deleting[k] > 0 {
+		s.mu.Unlock()
+		go r.Close()
+		return info, nil
+	}
+	ready := make(chan struct{})
+	close(ready)
+	f := &fill{s: s, l: l, info: info, mem: make([]byte, info.Size), changed: make(chan struct{}),
+		ready: ready, refs: 1, hasher: digest.NewHasher(), prefetch: true}
+	s.fills[k] = f
+	s.wg.Add(1)
+	s.mu.Unlock()
+	l.hits.Add(1)
+	go f.run(r)
+	return info, nil
+}
+
 // startFill opens the remote copy and the spool for f.
 func (s *Stack) startFill(ctx context.Context, f *fill, k digest.Key, want digest.Sum) (Reader, error) {
 	l := f.l
@@ -112,7 +162,14 @@ func (s *Stack) startFill(ctx context.Context, f *fill, k digest.Key, want diges
 	info := r.Info()
 	if info.Sum.IsZero() {
 		r.Close()
-		s.corrupt(l, k, fmt.Errorf("%w: the remote copy has no checksum, so it cannot be verified", ErrCorrupt))
+		if age := time.Since(info.Created); age < unverifiedGrace {
+			// A healthy upload looks like this for one round trip: its
+			// data is in place, its sum file comes next. Not served, and
+			// not removed from under the writer, who counts it uploaded.
+			s.log.Warn("remote copy has no checksum yet (an upload in progress?); not served", "tier", l.name, "key", k.String(), "age", age.Round(time.Millisecond))
+		} else {
+			s.corrupt(l, k, fmt.Errorf("%w: the remote copy has no checksum, so it cannot be verified", ErrCorrupt))
+		}
 		return nil, Wrap(l.name, "open", k, ErrNotFound)
 	}
 	if !want.IsZero() && info.Sum != want {
@@ -299,6 +356,7 @@ type spoolReader struct{ f *fill }
 
 func (r *spoolReader) Info() Info                              { return r.f.info }
 func (r *spoolReader) ReadAt(p []byte, off int64) (int, error) { return r.f.readSpool(p, off) }
+func (r *spoolReader) Close() error                            { return nil }
 
 // readSpool reads the spool like io.ReaderAt.
 func (f *fill) readSpool(p []byte, off int64) (int, error) {
@@ -314,4 +372,3 @@ func (f *fill) readSpool(p []byte, off int64) (int, error) {
 	}
 	return n, nil
 }
-func (r *spoolReader) Close() error                            { return nil }

@@ -399,3 +399,43 @@ func TestListUnion(t *testing.T) {
 		t.Fatalf("list with remote down: %d entries in %v", n, time.Since(start))
 	}
 }
+
+// TestStatFetchesSmallRemote: a Stat that finds a small value only in the
+// remote tier fetches it, and the Open that follows joins that fetch (one
+// remote open); a large value is not fetched by a Stat.
+func TestStatFetchesSmallRemote(t *testing.T) {
+	ram, remote := mem(t, "ram", 256<<20), mem(t, "remote", 256<<20)
+	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
+	small, vs := tiertest.Key("small"), tiertest.Data(7, 16<<10)
+	large, vl := tiertest.Key("large"), tiertest.Data(8, 3<<20)
+	tiertest.Put(t, remote, small, vs)
+	tiertest.Put(t, remote, large, vl)
+
+	info, err := s.Stat(context.Background(), small)
+	if err != nil || info.Size != int64(len(vs)) || info.Sum != digest.Of(vs) {
+		t.Fatalf("stat: %+v, %v", info, err)
+	}
+	got, err := read(t, s, small)
+	if err != nil || !bytes.Equal(got, vs) {
+		t.Fatalf("read after stat: %v", err)
+	}
+	if n := remote.opens.Load(); n != 1 {
+		t.Errorf("stat then read opened the remote %d times, want 1", n)
+	}
+	eventually(t, "promotion of the small value", func() bool { return has(ram, small) })
+
+	if _, err := s.Stat(context.Background(), large); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Stats().Fetching; n != 0 {
+		t.Errorf("a stat of a 3 MiB value started %d fetches", n)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if has(ram, large) {
+		t.Error("a stat of a 3 MiB value promoted it")
+	}
+	got, err = read(t, s, large)
+	if err != nil || !bytes.Equal(got, vl) {
+		t.Fatalf("read of the large value: %v", err)
+	}
+}

@@ -26,13 +26,17 @@ type pub struct {
 // Publish makes b the value of k: visible to Stat/Open when it returns,
 // persisted to the local persistent tier and uploaded in the background.
 // The stack takes ownership of b and Releases it. sum is b's SHA-256.
-// ErrExist if k already exists (first writer wins; b is released).
+// ErrExist if k already exists locally (first writer wins; b is released).
+// The remote tiers are not asked, which would cost a round trip per
+// publish: the caller looked k up before writing it (the mount's create
+// does), and a remote that got k since keeps its value when the upload
+// comes (a conflict, counted and logged).
 func (s *Stack) Publish(ctx context.Context, k digest.Key, b Blob, sum digest.Sum) (Info, error) {
 	info := Info{Key: k, Size: b.Size(), Sum: sum, Created: time.Now()}
 	s.mu.Lock()
 	settled := s.settled
 	s.mu.Unlock()
-	if _, err := s.Stat(ctx, k); err == nil {
+	if s.heldLocally(ctx, k) {
 		s.dropped.Add(1)
 		b.Release()
 		return Info{}, Wrap("stack", "publish", k, ErrExist)
@@ -66,6 +70,11 @@ func (s *Stack) Publish(ctx context.Context, k digest.Key, b Blob, sum digest.Su
 	}
 	s.pending[k] = p
 	p.refs++ // the persister's
+	if p.upload {
+		// The upload starts now, from the blob, alongside the
+		// persistence; it leaves the durable queue once both are done.
+		s.up.add(k)
+	}
 	s.publishing.Add(1)
 	s.mu.Unlock()
 	defer s.publishing.Done()
@@ -96,7 +105,7 @@ func (s *Stack) Publish(ctx context.Context, k digest.Key, b Blob, sum digest.Su
 
 // putLayer copies a published value into l.
 func (s *Stack) putLayer(l *layer, p *pub) error {
-	r := &countingReader{r: io.NewSectionReader(p.blob, 0, p.info.Size), n: &l.bytesIn}
+	r := &countingReader{r: copyReader(p.blob, p.info.Size), n: &l.bytesIn}
 	_, err := l.Tier.Put(s.ctx, p.info.Key, r, Meta{Size: p.info.Size, Sum: p.info.Sum, Created: p.info.Created,
 		Pending: p.upload && l == s.persist})
 	if err != nil && !errors.Is(err, ErrExist) && !errors.Is(err, ErrNoSpace) {
@@ -402,10 +411,12 @@ func (s *Stack) uploader() {
 // takes it out of the durable queue.
 func (s *Stack) uploadOne(ctx context.Context, k digest.Key) error {
 	var src Reader
+	var persisted chan struct{} // of the published entry uploaded from its blob
 	s.mu.Lock()
 	if p, ok := s.pending[k]; ok {
 		p.refs++
 		src = &pubReader{s: s, p: p}
+		persisted = p.persisted
 	}
 	s.mu.Unlock()
 	if src == nil {
@@ -440,6 +451,14 @@ func (s *Stack) uploadOne(ctx context.Context, k digest.Key) error {
 		}
 	}
 	s.lastUploadErr.Store("")
+	if persisted != nil {
+		// Uploaded before it was persisted: its durable queue record is
+		// written by the persisting commit, and removed after it.
+		select {
+		case <-persisted:
+		case <-ctx.Done():
+		}
+	}
 	if ctx.Err() != nil && s.ctx.Err() == nil {
 		// Deleted while it uploaded: the queue may already hold a new
 		// value of k, whose durable queue record must stay.
@@ -464,7 +483,7 @@ func (s *Stack) dequeue(k digest.Key) error {
 // invalid remote copy is replaced (uploadExisting).
 func (s *Stack) uploadTo(ctx context.Context, r *layer, info Info, src io.ReaderAt) error {
 	put := func() error {
-		_, err := r.Tier.Put(ctx, info.Key, &countingReader{r: io.NewSectionReader(src, 0, info.Size), n: &r.bytesIn},
+		_, err := r.Tier.Put(ctx, info.Key, &countingReader{r: copyReader(src, info.Size), n: &r.bytesIn},
 			Meta{Size: info.Size, Sum: info.Sum, Created: info.Created})
 		return err
 	}

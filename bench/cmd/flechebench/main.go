@@ -1,0 +1,209 @@
+// Command flechebench is the benchmark of flechefs against sshfs, rclone
+// mount and the ceilings (native reads, OpenSSH sftp, a go-fuse RAM
+// filesystem). bench/run.sh builds it and runs it; bench/README.md says what
+// each scenario measures.
+//
+//	flechebench -flechefs bin/flechefs -memfs bin/memfs [-repeats 3] [-out bench/results]
+//
+// It must run as root: it mounts, raises read_ahead_kb and drops caches.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/flechefs/flechefs/internal/sshdtest"
+)
+
+// cipher is the one SSH cipher every client uses: sshd offers only it, and
+// every client asks for it.
+const cipher = "aes128-gcm@openssh.com"
+
+type options struct {
+	flechefs, memfs string
+	work            string
+	out             string
+	repeats         int
+	only            string // comma-separated phases: main,memory,scale,slow
+	clients         string // comma-separated clients of the main phase
+	scaleN          int
+	slowSize        int64
+	slowDelay       time.Duration
+	keep            bool
+	cpuprofile      bool
+	debug           bool
+	largeSize       int64
+}
+
+type bench struct {
+	opt   options
+	srv   *sshdtest.Server
+	ds    *dataset
+	res   *results
+	log   io.Writer
+	start time.Time
+	// cleanups run at exit, last first.
+	cleanups []func()
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.flechefs, "flechefs", "bin/flechefs", "the flechefs binary (build it without -race)")
+	flag.StringVar(&o.memfs, "memfs", "bin/memfs", "the go-fuse RAM filesystem binary (bench/memfs)")
+	flag.StringVar(&o.work, "work", "/var/tmp/flechebench", "work directory (wiped at start; the 1M-entry database is kept in WORK-cache)")
+	flag.StringVar(&o.out, "out", "bench/results", "directory of the CSV results")
+	flag.IntVar(&o.repeats, "repeats", 3, "runs of every scenario; medians, min and max are printed")
+	flag.StringVar(&o.only, "only", "main,memory,scale,slow", "phases to run")
+	flag.StringVar(&o.clients, "clients", "flechefs,sshfs,rclone,memfs,native,sftp", "clients of the main phase")
+	flag.IntVar(&o.scaleN, "scale-entries", 1_000_000, "entries of the bbolt tier of the scale phase")
+	flag.Int64Var(&o.slowSize, "slow-size", 64<<20, "size of the file read cold over the slow link")
+	flag.DurationVar(&o.slowDelay, "slow-delay", 20*time.Millisecond, "one-way delay of the slow link (each direction)")
+	flag.Int64Var(&o.largeSize, "large-size", 512<<20, "size of the large file")
+	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
+	flag.BoolVar(&o.debug, "debug", false, "run flechefs with --debug (logs in the work directory)")
+	flag.BoolVar(&o.cpuprofile, "cpuprofile", false, "write CPU profiles of flechefs to OUT/flechefs-*.pprof")
+	flag.Parse()
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "flechebench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(o options) (err error) {
+	if os.Geteuid() != 0 {
+		return errors.New("run as root (it mounts, raises read_ahead_kb and drops caches)")
+	}
+	for _, p := range []*string{&o.flechefs, &o.memfs, &o.work, &o.out} {
+		if *p, err = filepath.Abs(*p); err != nil {
+			return err
+		}
+	}
+	b := &bench{opt: o, res: newResults(), log: os.Stderr, start: time.Now()}
+	defer b.cleanup()
+	// A signal still cleans up: mounts, namespaces, sshd.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		b.logf("signal: cleaning up")
+		b.cleanup()
+		os.Exit(130)
+	}()
+
+	if err := os.RemoveAll(o.work); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.work, 0o755); err != nil {
+		return err
+	}
+	if !o.keep {
+		b.defer_(func() { os.RemoveAll(o.work) })
+	}
+	b.logf("flechebench: %d repeats, %d CPUs, %s, load %s", o.repeats, runtime.NumCPU(), kernel(), loadavg())
+	if err := b.startSSHD(); err != nil {
+		return err
+	}
+	if b.ds, err = b.generate(); err != nil {
+		return err
+	}
+	phases := map[string]bool{}
+	for _, p := range strings.Split(o.only, ",") {
+		phases[strings.TrimSpace(p)] = true
+	}
+	if phases["main"] {
+		if err := b.mainPhase(); err != nil {
+			return err
+		}
+	}
+	if phases["memory"] {
+		if err := b.memoryPhase(); err != nil {
+			return err
+		}
+	}
+	if phases["scale"] {
+		if err := b.scalePhase(); err != nil {
+			return err
+		}
+	}
+	if phases["slow"] {
+		if err := b.slowPhase(); err != nil {
+			return err
+		}
+	}
+	b.logf("flechebench: done in %v, load %s", time.Since(b.start).Round(time.Second), loadavg())
+	return b.report()
+}
+
+func (b *bench) logf(format string, args ...any) {
+	fmt.Fprintf(b.log, "[%6.1fs] %s\n", time.Since(b.start).Seconds(), fmt.Sprintf(format, args...))
+}
+
+func (b *bench) defer_(fn func()) { b.cleanups = append(b.cleanups, fn) }
+
+func (b *bench) cleanup() {
+	for len(b.cleanups) > 0 {
+		fn := b.cleanups[len(b.cleanups)-1]
+		b.cleanups = b.cleanups[:len(b.cleanups)-1]
+		fn()
+	}
+}
+
+// startSSHD starts sshd on 127.0.0.1, offering only the benchmark's cipher.
+func (b *bench) startSSHD() error {
+	srv, err := sshdtest.StartE(filepath.Join(b.opt.work, "sshd"))
+	if err != nil {
+		return err
+	}
+	b.defer_(srv.Stop)
+	// Restrict the server to the one cipher: a client that asked for
+	// another could not connect at all.
+	f, err := os.OpenFile(srv.ConfigFile, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(f, "Ciphers %s\n", cipher)
+	f.Close()
+	srv.Stop()
+	if err := srv.Restart(); err != nil {
+		return err
+	}
+	b.srv = srv
+	b.logf("sshd on %s serving %s, cipher %s", srv.Addr, srv.Dir, cipher)
+	return nil
+}
+
+func kernel() string {
+	var u syscall.Utsname
+	if syscall.Uname(&u) != nil {
+		return "?"
+	}
+	var s []byte
+	for _, c := range u.Release {
+		if c == 0 {
+			break
+		}
+		s = append(s, byte(c))
+	}
+	return "Linux " + string(s)
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}

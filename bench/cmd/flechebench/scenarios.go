@@ -1,0 +1,332 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const mib = 1 << 20
+
+var readBuf = make([]byte, 1<<20)
+
+// readFile reads path to its end with 1 MiB reads and returns its size.
+func readFile(path string) (int64, error) {
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer syscall.Close(fd)
+	var n int64
+	for {
+		m, err := syscall.Read(fd, readBuf)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return n, &os.PathError{Op: "read", Path: path, Err: err}
+		}
+		if m == 0 {
+			return n, nil
+		}
+		n += int64(m)
+	}
+}
+
+// readSet reads every name under dir, in order, and checks the sizes.
+func readSet(dir string, names []string, size int64) (time.Duration, error) {
+	start := time.Now()
+	for _, n := range names {
+		got, err := readFile(filepath.Join(dir, n))
+		if err != nil {
+			return 0, err
+		}
+		if got != size {
+			return 0, fmt.Errorf("%s: read %d bytes, want %d", n, got, size)
+		}
+	}
+	return time.Since(start), nil
+}
+
+// readAll runs the three read scenarios of one state (cold, warm,
+// remount) and records files/s and MiB/s. A warm read (the client's caches
+// hold everything, nothing changes between passes) is short and noisy on a
+// shared machine: it is read three times and the fastest pass counts.
+func (b *bench) readAll(c client, state string) error {
+	ds := b.ds
+	passes := 1
+	if state == "warm" {
+		passes = 3
+	}
+	best := func(names []string, size int64) (time.Duration, error) {
+		var min time.Duration
+		for i := range passes {
+			d, err := readSet(c.root(), names, size)
+			if err != nil {
+				return 0, err
+			}
+			if i == 0 || d < min {
+				min = d
+			}
+		}
+		return min, nil
+	}
+	d, err := best(ds.small, smallSize)
+	if err != nil {
+		return fmt.Errorf("%s %s small: %w", c.name(), state, err)
+	}
+	b.res.add(c.name(), state+".small", "files/s", float64(len(ds.small))/d.Seconds())
+	if d, err = best(ds.medium, mediumSize); err != nil {
+		return fmt.Errorf("%s %s medium: %w", c.name(), state, err)
+	}
+	b.res.add(c.name(), state+".medium", "MiB/s", float64(len(ds.medium)*mediumSize)/mib/d.Seconds())
+	if d, err = best([]string{ds.large}, ds.lsize); err != nil {
+		return fmt.Errorf("%s %s large: %w", c.name(), state, err)
+	}
+	b.res.add(c.name(), state+".large", "MiB/s", float64(ds.lsize)/mib/d.Seconds())
+	return nil
+}
+
+// statSet lstats every name and checks existence; it returns ops/s.
+func statSet(dir string, names []string, exist bool) (float64, error) {
+	var st syscall.Stat_t
+	start := time.Now()
+	for _, n := range names {
+		err := syscall.Lstat(filepath.Join(dir, n), &st)
+		switch {
+		case exist && err != nil:
+			return 0, fmt.Errorf("stat %s: %w", n, err)
+		case !exist && err != syscall.ENOENT:
+			return 0, fmt.Errorf("stat of missing %s: %v, want ENOENT", n, err)
+		}
+	}
+	return float64(len(names)) / time.Since(start).Seconds(), nil
+}
+
+func (b *bench) statAll(c client) error {
+	r, err := statSet(c.root(), b.ds.small, true)
+	if err != nil {
+		return fmt.Errorf("%s: %w", c.name(), err)
+	}
+	b.res.add(c.name(), "stat.existing", "ops/s", r)
+	missing := make([]string, nSmall)
+	for i := range missing {
+		missing[i] = newKey()
+	}
+	if r, err = statSet(c.root(), missing, false); err != nil {
+		return fmt.Errorf("%s: %w", c.name(), err)
+	}
+	b.res.add(c.name(), "stat.missing", "ops/s", r)
+	return nil
+}
+
+// writeFile creates path, writes data in 1 MiB writes and closes it.
+func writeFile(path string, data []byte) error {
+	fd, err := syscall.Open(path, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL|syscall.O_CLOEXEC, 0o644)
+	if err != nil {
+		return &os.PathError{Op: "create", Path: path, Err: err}
+	}
+	for off := 0; off < len(data); {
+		n, err := syscall.Write(fd, data[off:min(off+mib, len(data))])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			syscall.Close(fd)
+			return &os.PathError{Op: "write", Path: path, Err: err}
+		}
+		off += n
+	}
+	if err := syscall.Close(fd); err != nil {
+		return &os.PathError{Op: "close", Path: path, Err: err}
+	}
+	return nil
+}
+
+// waitRemote waits until every name is on the remote with its size: the
+// data is there, whatever the client still does (sum files, mtimes).
+func (b *bench) waitRemote(names []string, size int64, timeout time.Duration) error {
+	left := append([]string(nil), names...)
+	deadline := time.Now().Add(timeout)
+	var st syscall.Stat_t
+	for {
+		rest := left[:0]
+		for _, n := range left {
+			if syscall.Lstat(filepath.Join(b.ds.remote, n), &st) != nil || st.Size != size {
+				rest = append(rest, n)
+			}
+		}
+		left = rest
+		if len(left) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d files not on the remote after %v", len(left), len(names), timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// writeAll runs the write scenarios: 2000 small files, then the large one,
+// each timed until the last close returns and, with remote, until the data
+// is on the remote. It removes what it wrote from the remote afterwards.
+func (b *bench) writeAll(c client, remote bool) error {
+	ds := b.ds
+	names := make([]string, nSmall)
+	for i := range names {
+		names[i] = newKey()
+	}
+	large := newKey()
+	defer ds.removeWritten(append(names, large))
+	start := time.Now()
+	for _, n := range names {
+		if err := writeFile(filepath.Join(c.root(), n), ds.smallData); err != nil {
+			return fmt.Errorf("%s: %w", c.name(), err)
+		}
+	}
+	b.res.add(c.name(), "write.small.close", "s", time.Since(start).Seconds())
+	if remote {
+		if err := b.waitRemote(names, smallSize, 10*time.Minute); err != nil {
+			return fmt.Errorf("%s: %w", c.name(), err)
+		}
+		b.res.add(c.name(), "write.small.remote", "s", time.Since(start).Seconds())
+	}
+	c.settle()
+	if f, ok := c.(*flechefsClient); ok {
+		f.waitQueue(time.Minute)
+	}
+	start = time.Now()
+	if err := writeFile(filepath.Join(c.root(), large), ds.largeData); err != nil {
+		return fmt.Errorf("%s: %w", c.name(), err)
+	}
+	b.res.add(c.name(), "write.large.close", "s", time.Since(start).Seconds())
+	if remote {
+		if err := b.waitRemote([]string{large}, ds.lsize, 10*time.Minute); err != nil {
+			return fmt.Errorf("%s: %w", c.name(), err)
+		}
+		b.res.add(c.name(), "write.large.remote", "s", time.Since(start).Seconds())
+	}
+	c.settle()
+	return nil
+}
+
+// verify reads a few entries through c and checks their SHA-256 against
+// their names (untimed).
+func (b *bench) verify(c client) error {
+	for _, n := range []string{b.ds.small[0], b.ds.small[len(b.ds.small)-1], b.ds.medium[0], b.ds.large} {
+		f, err := os.Open(filepath.Join(c.root(), n))
+		if err != nil {
+			return err
+		}
+		h := sha256.New()
+		_, err = io.CopyBuffer(h, f, make([]byte, mib))
+		f.Close()
+		if err != nil {
+			return err
+		}
+		if got := hex.EncodeToString(h.Sum(nil)); got != n {
+			return fmt.Errorf("%s: %s has sha256 %s", c.name(), n, got)
+		}
+	}
+	return nil
+}
+
+// --- OpenSSH sftp: the transfer ceiling ---
+
+func (b *bench) sftpBatch(batch string) (time.Duration, error) {
+	s := b.srv
+	cmd := exec.Command("sftp", "-q", "-b", "-", "-i", s.IdentityFile,
+		"-o", "UserKnownHostsFile="+s.KnownHosts, "-o", "StrictHostKeyChecking=yes",
+		"-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-c", cipher,
+		"-P", strconv.Itoa(s.Port), s.User+"@127.0.0.1")
+	cmd.Stdin = strings.NewReader(batch)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("sftp: %v\n%s", err, out)
+	}
+	return time.Since(start), nil
+}
+
+// sftpAll measures OpenSSH sftp get (to /dev/null) and put of the same
+// sets; the setup of a session (an empty batch) is subtracted.
+func (b *bench) sftpAll() error {
+	ds := b.ds
+	setup := time.Duration(1 << 62)
+	for range 2 {
+		d, err := b.sftpBatch("pwd\n")
+		if err != nil {
+			return err
+		}
+		setup = min(setup, d)
+	}
+	get := func(names []string) (time.Duration, error) {
+		var sb strings.Builder
+		for _, n := range names {
+			fmt.Fprintf(&sb, "get %s /dev/null\n", filepath.Join(ds.remote, n))
+		}
+		d, err := b.sftpBatch(sb.String())
+		return max(d-setup, time.Millisecond), err
+	}
+	d, err := get(ds.small)
+	if err != nil {
+		return err
+	}
+	b.res.add("sftp", "cold.small", "files/s", float64(nSmall)/d.Seconds())
+	if d, err = get(ds.medium); err != nil {
+		return err
+	}
+	b.res.add("sftp", "cold.medium", "MiB/s", float64(nMedium*mediumSize)/mib/d.Seconds())
+	if d, err = get([]string{ds.large}); err != nil {
+		return err
+	}
+	b.res.add("sftp", "cold.large", "MiB/s", float64(ds.lsize)/mib/d.Seconds())
+
+	names := make([]string, nSmall)
+	var sb strings.Builder
+	for i := range names {
+		names[i] = newKey()
+		fmt.Fprintf(&sb, "put %s %s\n", ds.localSmall[i], filepath.Join(ds.remote, names[i]))
+	}
+	large := newKey()
+	defer ds.removeWritten(append(names, large))
+	if d, err = b.sftpBatch(sb.String()); err != nil {
+		return err
+	}
+	b.res.add("sftp", "write.small.close", "s", (d - setup).Seconds())
+	b.res.add("sftp", "write.small.remote", "s", (d - setup).Seconds())
+	if d, err = b.sftpBatch(fmt.Sprintf("put %s %s\n", ds.localLarge, filepath.Join(ds.remote, large))); err != nil {
+		return err
+	}
+	b.res.add("sftp", "write.large.close", "s", (d - setup).Seconds())
+	b.res.add("sftp", "write.large.remote", "s", (d - setup).Seconds())
+	return nil
+}
+
+// dropFileCache evicts the page cache of the named files (native cold reads).
+func dropFileCache(dir string, names []string) error {
+	const posixFadvDontneed = 4
+	for _, n := range names {
+		f, err := os.Open(filepath.Join(dir, n))
+		if err != nil {
+			return err
+		}
+		_, _, e := syscall.Syscall6(syscall.SYS_FADVISE64, f.Fd(), 0, 0, posixFadvDontneed, 0, 0)
+		f.Close()
+		if e != 0 {
+			return e
+		}
+	}
+	return nil
+}
+
+var errSkip = errors.New("skipped")
