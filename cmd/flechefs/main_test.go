@@ -9,6 +9,7 @@ import (
 
 	"github.com/flechefs/flechefs/fs"
 	"github.com/flechefs/flechefs/internal/config"
+	"github.com/flechefs/flechefs/internal/mountinfo"
 )
 
 // TestMain lets tests run the test binary as flechefs itself.
@@ -227,19 +228,6 @@ func TestNegativeTTLBound(t *testing.T) {
 	}
 }
 
-func TestParseMountInfo(t *testing.T) {
-	e, ok := parseMountInfo(`48 29 0:44 / /tmp/a\040b\134c rw,nosuid,nodev,relatime shared:25 - fuse.flechefs flechefs rw,user_id=0,group_id=0`)
-	if !ok || e.Point != `/tmp/a b\c` || e.FSType != "fuse.flechefs" || e.Source != "flechefs" {
-		t.Fatalf("%+v %v", e, ok)
-	}
-	if _, ok := parseMountInfo("garbage"); ok {
-		t.Fatal("garbage parsed")
-	}
-	if got := unescapeOctal(`a\04`); got != `a\04` {
-		t.Fatalf("short escape: %q", got)
-	}
-}
-
 func TestUmountNotMounted(t *testing.T) {
 	dir := t.TempDir()
 	code, _, stderr := runCLI(t, "", "umount", dir)
@@ -251,7 +239,7 @@ func TestUmountNotMounted(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
 	// "/" is mounted, but not by flechefs.
-	if e, ok, _ := findMount("/"); ok && e.FSType != flechefsFSType {
+	if e, ok, _ := mountinfo.Find("/"); ok && e.FSType != flechefsFSType {
 		code, _, stderr = runCLI(t, "", "umount", "/")
 		if code != exitFail || !strings.Contains(stderr, "not flechefs") {
 			t.Fatalf("umount /: exit %d: %s", code, stderr)

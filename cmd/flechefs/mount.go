@@ -18,6 +18,7 @@ import (
 	"github.com/flechefs/flechefs/digest"
 	"github.com/flechefs/flechefs/fs"
 	"github.com/flechefs/flechefs/internal/config"
+	"github.com/flechefs/flechefs/internal/mountinfo"
 	"github.com/flechefs/flechefs/tiers"
 	"github.com/flechefs/flechefs/tiers/bolt"
 	"github.com/flechefs/flechefs/tiers/memory"
@@ -214,7 +215,7 @@ func checkMountpoint(mnt string) error {
 	case !fi.IsDir():
 		return fmt.Errorf("%s is not a directory", mnt)
 	}
-	if e, ok, err := findMount(mnt); err == nil && ok && e.FSType == flechefsFSType {
+	if e, ok, err := mountinfo.Find(mnt); err == nil && ok && e.FSType == flechefsFSType {
 		return fmt.Errorf("%s is already a flechefs mount", mnt)
 	}
 	return nil

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/flechefs/flechefs/digest"
+	"github.com/flechefs/flechefs/internal/mountinfo"
 	"github.com/flechefs/flechefs/internal/sshdtest"
 	"github.com/flechefs/flechefs/tiers"
 )
@@ -130,7 +131,7 @@ func (p *mountProc) wait(code int) {
 }
 
 func mounted(mnt string) bool {
-	e, ok, err := findMount(mnt)
+	e, ok, err := mountinfo.Find(mnt)
 	return err == nil && ok && e.FSType == flechefsFSType
 }
 

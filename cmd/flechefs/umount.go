@@ -1,15 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/flechefs/flechefs/internal/mountinfo"
 )
 
 var umountCommand = &command{
@@ -51,88 +51,6 @@ Examples:
 // (fs mounts with the name "flechefs").
 const flechefsFSType = "fuse.flechefs"
 
-// mountEntry is one line of /proc/self/mountinfo.
-type mountEntry struct {
-	Point  string // mount point, unescaped
-	FSType string // "fuse.flechefs"
-	Source string
-}
-
-// mounts reads /proc/self/mountinfo.
-func mounts() ([]mountEntry, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []mountEntry
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if e, ok := parseMountInfo(sc.Text()); ok {
-			out = append(out, e)
-		}
-	}
-	return out, sc.Err()
-}
-
-// parseMountInfo parses one mountinfo line:
-// 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
-func parseMountInfo(line string) (mountEntry, bool) {
-	fields := strings.Fields(line)
-	if len(fields) < 10 {
-		return mountEntry{}, false
-	}
-	sep := -1
-	for i := 6; i < len(fields); i++ {
-		if fields[i] == "-" {
-			sep = i
-			break
-		}
-	}
-	if sep < 0 || sep+2 >= len(fields) {
-		return mountEntry{}, false
-	}
-	return mountEntry{Point: unescapeOctal(fields[4]), FSType: fields[sep+1], Source: unescapeOctal(fields[sep+2])}, true
-}
-
-// unescapeOctal undoes the \040-style escapes of space, tab, newline and
-// backslash in mountinfo.
-func unescapeOctal(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// findMount returns the entry of the mount at dir, the last one if several
-// are stacked there.
-func findMount(dir string) (mountEntry, bool, error) {
-	ms, err := mounts()
-	if err != nil {
-		return mountEntry{}, false, err
-	}
-	var found mountEntry
-	ok := false
-	for _, m := range ms {
-		if m.Point == dir {
-			found, ok = m, true
-		}
-	}
-	return found, ok, nil
-}
-
 // absMountpoint makes dir absolute without touching the file system: a
 // stale FUSE mount point cannot be resolved (ENOTCONN).
 func absMountpoint(dir string) (string, error) {
@@ -144,7 +62,7 @@ func unmount(dir string, lazy bool) error {
 	if err != nil {
 		return err
 	}
-	m, ok, err := findMount(abs)
+	m, ok, err := mountinfo.Find(abs)
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/flechefs/flechefs/internal/mountinfo"
 )
 
 // client is one way to reach the dataset: a mount, or the remote directory
@@ -149,47 +150,11 @@ func tail(path string) string {
 // mountedAs reports whether mnt is a mount point of a file system type
 // starting with fstype (any type if "").
 func mountedAs(mnt, fstype string) bool {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 10 || unescape(fields[4]) != mnt {
-			continue
-		}
-		for i, x := range fields {
-			if x == "-" && i+1 < len(fields) {
-				if strings.HasPrefix(fields[i+1], fstype) {
-					return true
-				}
-			}
-		}
-	}
-	return false
+	e, ok, err := mountinfo.Find(mnt)
+	return err == nil && ok && strings.HasPrefix(e.FSType, fstype)
 }
 
 func mounted(mnt string) bool { return mountedAs(mnt, "") }
-
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
 
 // --- flechefs ---
 
