@@ -440,7 +440,11 @@ func (p *parser) tier(i int, m map[string]any) Tier {
 	return t
 }
 
-func (p *parser) identity(f field, t *Tier) {
+// stringList reads a value that is one string or a list of strings and
+// returns one field per string, each positioned at its element, so errors
+// point at the element. ok is false, with the errors reported, when the
+// value or one of its elements is not a string.
+func (f field) stringList(what string) (elems []field, ok bool) {
 	var list []any
 	isList := false
 	switch x := f.v.(type) {
@@ -449,21 +453,34 @@ func (p *parser) identity(f field, t *Tier) {
 	case []any:
 		list, isList = x, true
 	default:
-		f.wrongType("a file name or a list of them")
-		return
+		f.wrongType(what + " or a list of them")
+		return nil, false
 	}
-	t.Identity = []string{} // not nil: an empty list means no key files, only the agent
+	ok = true
 	for i, e := range list {
 		g := f
 		g.v = e
 		if isList {
 			g.at = f.at.with(index(i))
 		}
-		var pth string
-		if _, ok := e.(string); !ok {
-			g.wrongType("a file name")
+		if _, isStr := e.(string); !isStr {
+			g.wrongType(what)
+			ok = false
 			continue
 		}
+		elems = append(elems, g)
+	}
+	return elems, ok
+}
+
+func (p *parser) identity(f field, t *Tier) {
+	elems, ok := f.stringList("a file name")
+	if !ok {
+		return // reported; the configuration is refused
+	}
+	t.Identity = []string{} // not nil: an empty list means no key files, only the agent
+	for _, g := range elems {
+		var pth string
 		g.path(&pth)
 		if pth != "" {
 			t.Identity = append(t.Identity, pth)
@@ -474,41 +491,25 @@ func (p *parser) identity(f field, t *Tier) {
 // ciphers decodes the SSH ciphers an sftp tier offers: a name or a list of
 // names that golang.org/x/crypto/ssh implements.
 func (p *parser) ciphers(f field, t *Tier) {
-	var list []any
-	isList := false
-	switch x := f.v.(type) {
-	case string:
-		list = []any{x}
-	case []any:
-		list, isList = x, true
-	default:
-		f.wrongType("a cipher name or a list of them")
-		return
+	elems, ok := f.stringList("a cipher name")
+	if !ok {
+		return // reported; the configuration is refused
 	}
-	if len(list) == 0 {
+	if len(elems) == 0 {
 		f.p.errorAt(f.p.loc.valPos(f.at), "%s%s: empty list: leave the key out for the default ciphers", f.ctx, f.name)
 		return
 	}
 	known := ssh.SupportedAlgorithms().Ciphers
 	var out []string
-	for i, e := range list {
-		g := f
-		g.v = e
-		if isList {
-			g.at = f.at.with(index(i))
-		}
-		s, ok := e.(string)
-		if !ok {
-			g.wrongType("a cipher name")
-			continue
-		}
+	for _, g := range elems {
+		s := g.v.(string)
 		if !slices.Contains(known, s) {
 			g.bad("unknown cipher: want one of %s", strings.Join(known, ", "))
 			continue
 		}
 		out = append(out, s)
 	}
-	if len(out) == len(list) {
+	if len(out) == len(elems) {
 		t.Ciphers = out
 	}
 }
