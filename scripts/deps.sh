@@ -5,7 +5,7 @@ set -euo pipefail
 want=(fuse3)
 case "${1:-test}" in
   run) ;;
-  test) want+=(openssh-server openssh-client python3 iproute2 e2fsprogs) ;;
+  test) want+=(openssh-server openssh-client python3 iproute2 e2fsprogs util-linux mount procps diffutils) ;;
   bench) want+=(openssh-server openssh-client sshfs rclone) ;;
 esac
 missing=()
