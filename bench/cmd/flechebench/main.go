@@ -35,6 +35,7 @@ type options struct {
 	repeats         int
 	only            string // comma-separated phases: main,memory,scale,slow
 	clients         string // comma-separated clients of the main phase
+	scenarios       string // comma-separated scenarios of the main phase
 	scaleN          int
 	slowSize        int64
 	slowDelay       time.Duration
@@ -64,6 +65,7 @@ func main() {
 	flag.IntVar(&o.repeats, "repeats", 3, "runs of every scenario; medians, min and max are printed")
 	flag.StringVar(&o.only, "only", "main,memory,scale,slow", "phases to run")
 	flag.StringVar(&o.clients, "clients", "flechefs,sshfs,rclone,memfs,native,sftp", "clients of the main phase")
+	flag.StringVar(&o.scenarios, "scenarios", "cold,warm,stat,remount,write", "scenarios of the main phase (cold and warm read, stat, remount read, write)")
 	flag.IntVar(&o.scaleN, "scale-entries", 1_000_000, "entries of the bbolt tier of the scale phase")
 	flag.Int64Var(&o.slowSize, "slow-size", 64<<20, "size of the file read cold over the slow link")
 	flag.DurationVar(&o.slowDelay, "slow-delay", 20*time.Millisecond, "one-way delay of the slow link (each direction)")

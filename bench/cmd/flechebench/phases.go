@@ -77,12 +77,16 @@ func (b *bench) oneClient(c client, repeat int) error {
 	if err := c.start(true); err != nil {
 		return err
 	}
-	if err := b.readAll(c, "cold"); err != nil {
-		return err
+	if b.want("cold") {
+		if err := b.readAll(c, "cold"); err != nil {
+			return err
+		}
+		c.settle()
 	}
-	c.settle()
-	if err := b.readAll(c, "warm"); err != nil {
-		return err
+	if b.want("warm") {
+		if err := b.readAll(c, "warm"); err != nil {
+			return err
+		}
 	}
 	if repeat == 0 {
 		if err := b.verify(c); err != nil {
@@ -98,20 +102,34 @@ func (b *bench) oneClient(c client, repeat int) error {
 	if err := c.start(false); err != nil {
 		return err
 	}
-	if err := b.statAll(c); err != nil {
-		return err
+	if b.want("stat") {
+		if err := b.statAll(c); err != nil {
+			return err
+		}
 	}
-	if !native {
+	if !native && b.want("remount") {
 		if err := b.readAll(c, "remount"); err != nil {
 			return err
 		}
 		c.settle()
 	}
-	if err := b.writeAll(c, remote); err != nil {
-		return err
+	if b.want("write") {
+		if err := b.writeAll(c, remote); err != nil {
+			return err
+		}
 	}
 	if err := c.stop(); err != nil {
 		return fmt.Errorf("%s: %w", c.name(), err)
 	}
 	return nil
+}
+
+// want reports whether scenario s of the main phase is to run (-scenarios).
+func (b *bench) want(s string) bool {
+	for _, w := range strings.Split(b.opt.scenarios, ",") {
+		if strings.TrimSpace(w) == s {
+			return true
+		}
+	}
+	return false
 }
