@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -266,5 +267,41 @@ func BenchmarkStat(b *testing.B) {
 		if _, err := tr.Stat(context.Background(), k); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkPutSmall uploads 16 KiB values with several puts in flight, as
+// the stack's uploaders do after a burst of small writes; it reports
+// values per second.
+func BenchmarkPutSmall(b *testing.B) {
+	s := sshdtest.Start(b)
+	tr := open(b, options(s))
+	data := tiertest.Data(7, 16<<10)
+	m := tiers.Meta{Size: int64(len(data)), Sum: digest.Of(data)}
+	for _, workers := range []int{1, 2, 8} {
+		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
+			n := 0
+			for b.Loop() {
+				const batch = 400
+				keys := make(chan digest.Key, batch)
+				for range batch {
+					n++
+					keys <- tiertest.Key(fmt.Sprint("put small ", workers, n))
+				}
+				close(keys)
+				var wg sync.WaitGroup
+				for range workers {
+					wg.Go(func() {
+						for k := range keys {
+							if _, err := tr.Put(context.Background(), k, bytes.NewReader(data), m); err != nil {
+								b.Error(err)
+							}
+						}
+					})
+				}
+				wg.Wait()
+			}
+			b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "values/s")
+		})
 	}
 }

@@ -161,3 +161,42 @@ func TestForeignFiles(t *testing.T) {
 		t.Fatalf("stat of a directory under a key's name: %v", err)
 	}
 }
+
+// TestEmptySumFileIsNotYetWritten: Put writes the sum file in place after
+// the data's rename, so a reader may see it created and empty. That is an
+// upload between its two steps (no sum yet, Sum zero), not a corruption,
+// which the stack would delete.
+func TestEmptySumFileIsNotYetWritten(t *testing.T) {
+	s := sshdtest.Start(t)
+	tr := open(t, options(s))
+	ctx := context.Background()
+	k := tiertest.Key("empty sum")
+	b := tiertest.Data(3, 5000)
+	tiertest.Put(t, tr, k, b)
+	if err := os.Truncate(localPath(tr, ".flechefs/sums/"+k.String()), 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range []func() (tiers.Info, error){
+		func() (tiers.Info, error) { return tr.Stat(ctx, k) },
+		func() (tiers.Info, error) {
+			r, err := tr.Open(ctx, k)
+			if err != nil {
+				return tiers.Info{}, err
+			}
+			defer r.Close()
+			return r.Info(), nil
+		},
+	} {
+		info, err := op()
+		if err != nil || !info.Sum.IsZero() || info.Size != int64(len(b)) {
+			t.Fatalf("with an empty sum file: %+v, %v; want size %d, zero sum", info, err, len(b))
+		}
+	}
+	// A sum file with one byte is garbled, not pending.
+	if err := os.WriteFile(localPath(tr, ".flechefs/sums/"+k.String()), []byte("s"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Stat(ctx, k); !errors.Is(err, tiers.ErrCorrupt) {
+		t.Fatalf("one-byte sum file: %v, want ErrCorrupt", err)
+	}
+}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/flechefs/flechefs/digest"
 	"github.com/flechefs/flechefs/tiers"
+	xsftp "github.com/pkg/sftp"
 )
 
 // Tier is the SFTP tier. It is safe for concurrent use.
@@ -200,6 +201,10 @@ func (t *Tier) readSum(c *conn, k digest.Key) sumResult {
 	if err != nil && err != io.EOF {
 		return sumResult{err: err}
 	}
+	if n == 0 {
+		// Created, not yet written: an upload between its two steps.
+		return sumResult{}
+	}
 	if n > maxSumFile {
 		return sumResult{found: true, err: fmt.Errorf("%w: sum file %s is %d bytes or more, not a sum file", tiers.ErrCorrupt, t.sumPath(k), n)}
 	}
@@ -242,8 +247,10 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 		return nil, t.wrap("open", k, err)
 	}
 	defer w.stop()
-	// The data file first: a missing key then costs one request, as a
-	// stat would; the sum file is read once the data file is known.
+	// The sum file's open and read go out with the data file's open: a
+	// hit then takes two round trips (open; fstat, head and sum read
+	// together), a miss one, at the price of a second request that fails.
+	sumc := t.readSumAsync(c, k)
 	f, err := c.sftp.Open(t.dataPath(k))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -251,7 +258,6 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 		}
 		return nil, t.wrap("open", k, t.failure(c, err))
 	}
-	sumc := t.readSumAsync(c, k)
 	// The first bytes, read along with the stat and the sum file: a small
 	// value has arrived when Open returns.
 	headc := make(chan []byte, 1)
@@ -339,26 +345,31 @@ func randomSuffix() string {
 	return hex.EncodeToString(b[:])
 }
 
+// smallPut is the largest value Put sends from memory: read whole, hashed,
+// written with one call (pkg/sftp splits it into requests in flight),
+// without asking first whether the key exists, which would cost more than
+// the wasted upload of a value this small.
+const smallPut = 1 << 20
+
 func (t *Tier) put(ctx context.Context, c *conn, w *watch, k digest.Key, r io.Reader, m tiers.Meta) (tiers.Info, error) {
 	dst := t.dataPath(k)
-	// Do not upload what is there already.
-	if _, err := c.sftp.Lstat(dst); err == nil {
-		return tiers.Info{}, tiers.ErrExist
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return tiers.Info{}, t.failure(c, err)
+	small := m.Size >= 0 && m.Size <= smallPut
+	if !small {
+		// Do not upload what is there already.
+		if _, err := c.sftp.Lstat(dst); err == nil {
+			return tiers.Info{}, tiers.ErrExist
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return tiers.Info{}, t.failure(c, err)
+		}
 	}
 
 	tmp := path.Join(t.tmpDir, k.String()+"."+randomSuffix())
-	tmpSum := tmp + ".sum"
-	var leftovers []string // temp files to remove on failure
 	success := false
 	defer func() {
 		if !success {
-			t.removeTemps(c, leftovers...)
+			t.removeTemps(c, tmp)
 		}
 	}()
-
-	leftovers = append(leftovers, tmp)
 	f, err := c.sftp.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
 	if errors.Is(err, os.ErrNotExist) {
 		// Someone removed .flechefs since we connected.
@@ -373,7 +384,11 @@ func (t *Tier) put(ctx context.Context, c *conn, w *watch, k digest.Key, r io.Re
 	if m.Size >= 0 {
 		src.max = m.Size
 	}
-	_, err = f.ReadFromWithConcurrency(src, t.opt.Concurrency)
+	if small {
+		err = t.writeSmall(f, src, m.Size)
+	} else {
+		_, err = f.ReadFromWithConcurrency(src, t.opt.Concurrency)
+	}
 	if err != nil || src.err != nil {
 		f.Close()
 		switch {
@@ -384,14 +399,13 @@ func (t *Tier) put(ctx context.Context, c *conn, w *watch, k digest.Key, r io.Re
 		}
 		return tiers.Info{}, t.failure(c, err)
 	}
-	if err := f.Close(); err != nil {
-		return tiers.Info{}, t.failure(c, err)
-	}
 	size, sum := src.h.Size(), src.h.Sum()
 	if m.Size >= 0 && size != m.Size {
+		f.Close()
 		return tiers.Info{}, fmt.Errorf("%w: value has %d bytes, announced %d", tiers.ErrCorrupt, size, m.Size)
 	}
 	if !m.Sum.IsZero() && sum != m.Sum {
+		f.Close()
 		return tiers.Info{}, fmt.Errorf("%w: value has sha256 %s, announced %s", tiers.ErrCorrupt, sum, m.Sum)
 	}
 	created := m.Created
@@ -400,13 +414,11 @@ func (t *Tier) put(ctx context.Context, c *conn, w *watch, k digest.Key, r io.Re
 	}
 	info := tiers.Info{Key: k, Size: size, Sum: sum, Created: created}
 
-	leftovers = append(leftovers, tmpSum)
-	if err := t.writeFile(c, tmpSum, sumFile{sum: sum, size: size, created: created}.marshal()); err != nil {
-		return tiers.Info{}, t.failure(c, err)
-	}
-
-	// Publish. OpenSSH's sftp-server renames with link(2)+unlink(2): an
-	// existing name makes it fail, atomically.
+	// Publish. Every write has been answered, so the data is in the temp
+	// file; its close goes out with the rename. OpenSSH's sftp-server
+	// renames with link(2)+unlink(2): an existing name makes it fail,
+	// atomically.
+	go f.Close()
 	if err := c.sftp.Rename(tmp, dst); err != nil {
 		if _, serr := c.sftp.Lstat(dst); serr == nil {
 			return tiers.Info{}, tiers.ErrExist
@@ -415,23 +427,44 @@ func (t *Tier) put(ctx context.Context, c *conn, w *watch, k digest.Key, r io.Re
 	}
 	success = true
 	// We own the key now; our sum file replaces any stale one. If this
-	// fails (the connection dropped between the two renames) the data
-	// is in place without its sum file, which no reader serves: the Put
-	// fails, so that the caller retries and replaces that copy, rather
-	// than count the value uploaded while no one can ever read it.
-	err = t.replace(c, tmpSum, t.sumPath(k))
-	if errors.Is(err, os.ErrNotExist) {
-		if err = t.mkdirs(c); err == nil {
-			err = t.replace(c, tmpSum, t.sumPath(k))
-		}
-	}
-	if err != nil {
-		t.removeTemps(c, tmpSum)
+	// fails (the connection dropped between the two steps) the data is in
+	// place without its sum file, which no reader serves: the Put fails,
+	// so that the caller retries and replaces that copy, rather than count
+	// the value uploaded while no one can ever read it.
+	if err := t.writeSum(c, k, sumFile{sum: sum, size: size, created: created}.marshal()); err != nil {
 		t.log.Warn("sftp entry published without its sum file", "tier", t.opt.Name, "key", k, "err", err)
 		return tiers.Info{}, t.failure(c, fmt.Errorf("sum file: %w", err))
 	}
 	return info, nil
 }
+
+// writeSmall reads a value of size bytes (at most smallPut) from src and
+// writes it to f at once. A source longer than size fails in src.
+func (t *Tier) writeSmall(f *xsftp.File, src *putSource, size int64) error {
+	bp := smallBufs.Get().(*[]byte)
+	defer smallBufs.Put(bp)
+	if int64(cap(*bp)) < size+1 {
+		*bp = make([]byte, size+1)
+	}
+	// One byte more than announced, to see a longer source.
+	buf := (*bp)[:size+1]
+	n, err := io.ReadFull(src, buf)
+	switch {
+	case err == io.ErrUnexpectedEOF || err == io.EOF:
+		// Shorter than announced, or exactly as long: the caller compares.
+	case err != nil:
+		return err
+	default:
+		return errTooLong // src.err says so too
+	}
+	if n == 0 {
+		return nil
+	}
+	_, err = f.WriteAt(buf[:n], 0)
+	return err
+}
+
+var smallBufs = sync.Pool{New: func() any { return new([]byte) }}
 
 // mkdirs creates the root and the .flechefs directories.
 func (t *Tier) mkdirs(c *conn) error {
@@ -443,8 +476,17 @@ func (t *Tier) mkdirs(c *conn) error {
 	return nil
 }
 
-func (t *Tier) writeFile(c *conn, p string, b []byte) error {
-	f, err := c.sftp.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+// writeSum writes k's sum file in place with one write request (its close
+// is not waited for). A reader in between sees it empty, which it takes
+// for no sum file yet (see readSum).
+func (t *Tier) writeSum(c *conn, k digest.Key, b []byte) error {
+	p := t.sumPath(k)
+	f, err := c.sftp.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+	if errors.Is(err, os.ErrNotExist) {
+		if err = t.mkdirs(c); err == nil {
+			f, err = c.sftp.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -452,18 +494,8 @@ func (t *Tier) writeFile(c *conn, p string, b []byte) error {
 		f.Close()
 		return err
 	}
-	return f.Close()
-}
-
-// replace renames src over dst.
-func (t *Tier) replace(c *conn, src, dst string) error {
-	if _, ok := c.sftp.HasExtension("posix-rename@openssh.com"); ok {
-		return c.sftp.PosixRename(src, dst)
-	}
-	if err := c.sftp.Remove(dst); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return c.sftp.Rename(src, dst)
+	go f.Close()
+	return nil
 }
 
 // removeTemps removes temp files now, or after the next connect if c is
