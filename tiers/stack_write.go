@@ -107,7 +107,7 @@ func (s *Stack) Publish(ctx context.Context, k digest.Key, b Blob, sum digest.Su
 func (s *Stack) putLayer(l *layer, p *pub) error {
 	r := &countingReader{r: copyReader(p.blob, p.info.Size), n: &l.bytesIn}
 	_, err := l.Tier.Put(s.ctx, p.info.Key, r, Meta{Size: p.info.Size, Sum: p.info.Sum, Created: p.info.Created,
-		Pending: p.upload && l == s.persist})
+		Pending: p.upload && l == s.persist, Verified: true})
 	if err != nil && !errors.Is(err, ErrExist) && !errors.Is(err, ErrNoSpace) {
 		s.noteErr(l, err)
 	}

@@ -82,6 +82,47 @@ type Meta struct {
 	// waiting for upload in the same commit that publishes it, and to pin it
 	// (never evict it) until Uploaded. Other tiers ignore it.
 	Pending bool
+	// Verified says that Sum was computed by the caller from the very
+	// bytes it passes (a publish: the writer hashed what it wrote), so a
+	// tier may skip hashing them again. Size is still checked. Copies
+	// between tiers never set it: they are checked against Sum.
+	Verified bool
+}
+
+// Summer computes what a tier records of a value it receives: its size and
+// SHA-256, or only its size when Meta.Verified vouches for Meta.Sum.
+type Summer struct {
+	h   *digest.Hasher // nil when verified
+	n   int64
+	sum digest.Sum
+}
+
+// NewSummer returns the Summer for a put with m.
+func NewSummer(m Meta) *Summer {
+	if m.Verified && !m.Sum.IsZero() {
+		return &Summer{sum: m.Sum}
+	}
+	return &Summer{h: digest.NewHasher()}
+}
+
+// Write adds p; it never fails.
+func (s *Summer) Write(p []byte) (int, error) {
+	if s.h != nil {
+		s.h.Write(p)
+	}
+	s.n += int64(len(p))
+	return len(p), nil
+}
+
+// Size is the number of bytes written.
+func (s *Summer) Size() int64 { return s.n }
+
+// Sum is their SHA-256 (Meta.Sum when verified).
+func (s *Summer) Sum() digest.Sum {
+	if s.h == nil {
+		return s.sum
+	}
+	return s.h.Sum()
 }
 
 // UnknownMeta is the Meta of a stream of unknown size and hash.

@@ -71,7 +71,7 @@ func (t *Tier) put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 		}
 	}()
 
-	h := digest.NewHasher()
+	h := tiers.NewSummer(m)
 	for done := false; !done; {
 		if err := ctx.Err(); err != nil {
 			return info, err

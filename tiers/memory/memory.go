@@ -122,7 +122,7 @@ func (t *Tier) put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 	if m.Size >= 0 {
 		buf.Grow(int(m.Size))
 	}
-	h := digest.NewHasher()
+	h := tiers.NewSummer(m)
 	// Read one byte more than admitted, to tell "too large" from "fits".
 	n, err := io.Copy(io.MultiWriter(&buf, h), io.LimitReader(r, t.maxEntry+1))
 	if err != nil {

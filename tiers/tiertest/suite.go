@@ -80,6 +80,26 @@ func Run(t *testing.T, newTier Factory, opt Options) {
 	}
 	ctx := context.Background()
 
+	t.Run("VerifiedPut", func(t *testing.T) {
+		tr := newTier(t)
+		defer tr.Close()
+		for i, size := range []int{0, 1, 300 << 10} {
+			b := Data(uint64(40+i), int64(size))
+			k := Key(fmt.Sprint("verified", i))
+			m := tiers.Meta{Size: int64(size), Sum: digest.Of(b), Verified: true}
+			info, err := tr.Put(ctx, k, bytes.NewReader(b), m)
+			if err != nil {
+				t.Fatalf("verified put of %d bytes: %v", size, err)
+			}
+			if info.Size != int64(size) || info.Sum != m.Sum {
+				t.Fatalf("verified put of %d bytes: info %+v", size, info)
+			}
+			if got := Get(t, tr, k); !bytes.Equal(got, b) {
+				t.Fatalf("verified put of %d bytes reads back %d different bytes", size, len(got))
+			}
+		}
+	})
+
 	t.Run("RoundTrip", func(t *testing.T) {
 		tr := newTier(t)
 		defer tr.Close()
@@ -220,6 +240,9 @@ func Run(t *testing.T, newTier Factory, opt Options) {
 			{"short", bytes.NewReader(b[:1<<20]), tiers.Meta{Size: int64(len(b))}, tiers.ErrCorrupt},
 			{"long", bytes.NewReader(b), tiers.Meta{Size: 1 << 20}, tiers.ErrCorrupt},
 			{"bad sum", bytes.NewReader(b), tiers.Meta{Size: int64(len(b)), Sum: digest.Of(b[1:])}, tiers.ErrCorrupt},
+			// Verified vouches for the sum, not for the size.
+			{"verified short", bytes.NewReader(b[:1<<20]), tiers.Meta{Size: int64(len(b)), Sum: digest.Of(b), Verified: true}, tiers.ErrCorrupt},
+			{"verified long", bytes.NewReader(b), tiers.Meta{Size: 1 << 20, Sum: digest.Of(b[:1<<20]), Verified: true}, tiers.ErrCorrupt},
 		}
 		for i, c := range cases {
 			k := Key(fmt.Sprint("failed", i))
