@@ -3,8 +3,10 @@ package fs
 import (
 	"bytes"
 	"context"
-	"os"
+	"slices"
 	"strconv"
+	"sync"
+	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
@@ -27,10 +29,12 @@ const pfExiting = 0x4
 // the exit code are the killing signal (0 for exit(2)). Best effort: any
 // trouble reading /proc says "not killed".
 func killedBySignal(pid uint32) bool {
-	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/stat")
-	if err != nil {
+	var buf [1024]byte
+	n, ok := procStat.read(pid, buf[:])
+	if !ok {
 		return false
 	}
+	b := buf[:n]
 	// Fields after the command name, which may contain spaces and ')'.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
@@ -48,4 +52,58 @@ func killedBySignal(pid uint32) bool {
 		return false
 	}
 	return flags&pfExiting != 0 && code&0x7f != 0
+}
+
+// procStat keeps /proc/<pid>/stat open for the last few callers: a program
+// writing many entries closes many files, and a pread of an open stat file
+// costs a quarter of opening, reading and closing it (the check runs at
+// every publishing close). A descriptor of a task that has gone fails to
+// read (ESRCH), even when its pid has been reused, and is opened again.
+var procStat = &statFiles{fds: map[uint32]int{}}
+
+type statFiles struct {
+	mu    sync.Mutex
+	fds   map[uint32]int
+	order []uint32 // oldest first
+}
+
+// maxStatFiles bounds the descriptors procStat keeps.
+const maxStatFiles = 16
+
+// read reads the stat file of pid into buf.
+func (s *statFiles) read(pid uint32, buf []byte) (int, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if fd, ok := s.fds[pid]; ok {
+		n, err := syscall.Pread(fd, buf, 0)
+		if err == nil && n > 0 {
+			return n, true
+		}
+		s.dropLocked(pid)
+	}
+	fd, err := syscall.Open("/proc/"+strconv.FormatUint(uint64(pid), 10)+"/stat", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, false
+	}
+	n, err := syscall.Pread(fd, buf, 0)
+	if err != nil || n <= 0 {
+		syscall.Close(fd)
+		return 0, false
+	}
+	if len(s.order) >= maxStatFiles {
+		s.dropLocked(s.order[0])
+	}
+	s.fds[pid] = fd
+	s.order = append(s.order, pid)
+	return n, true
+}
+
+func (s *statFiles) dropLocked(pid uint32) {
+	if fd, ok := s.fds[pid]; ok {
+		syscall.Close(fd)
+		delete(s.fds, pid)
+	}
+	if i := slices.Index(s.order, pid); i >= 0 {
+		s.order = slices.Delete(s.order, i, i+1)
+	}
 }
