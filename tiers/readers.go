@@ -13,6 +13,10 @@ func SectionReader(r Reader) io.Reader { return io.NewSectionReader(r, 0, r.Info
 // 256 KiB chunk, whatever part of it is asked for): the 32 KiB reads of
 // io.Copy made a copy out of bbolt check every chunk eight times.
 func copyReader(r io.ReaderAt, size int64) io.Reader {
+	if size <= 64<<10 {
+		// Read whole by the receiving tier: one ReadAt, no buffer.
+		return io.NewSectionReader(r, 0, size)
+	}
 	return bufio.NewReaderSize(io.NewSectionReader(r, 0, size), int(min(max(size, 16), 1<<20)))
 }
 

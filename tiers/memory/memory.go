@@ -118,15 +118,31 @@ func (t *Tier) put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 	if _, err := t.get(k, false); err == nil {
 		return tiers.Info{}, tiers.ErrExist
 	}
-	var buf bytes.Buffer
-	if m.Size >= 0 {
-		buf.Grow(int(m.Size))
-	}
 	h := tiers.NewSummer(m)
-	// Read one byte more than admitted, to tell "too large" from "fits".
-	n, err := io.Copy(io.MultiWriter(&buf, h), io.LimitReader(r, t.maxEntry+1))
-	if err != nil {
-		return tiers.Info{}, err
+	var data []byte
+	var n int64
+	if m.Size >= 0 {
+		// Announced: one allocation, one read, and one more byte to see
+		// a longer value.
+		data = make([]byte, m.Size+1)
+		k, err := io.ReadFull(r, data)
+		switch {
+		case err == nil:
+			return tiers.Info{}, fmt.Errorf("%w: more than the %d bytes announced", tiers.ErrCorrupt, m.Size)
+		case err != io.EOF && err != io.ErrUnexpectedEOF:
+			return tiers.Info{}, err
+		}
+		n, data = int64(k), data[:k:k]
+		h.Write(data)
+	} else {
+		var buf bytes.Buffer
+		// Read one byte more than admitted, to tell "too large" from "fits".
+		var err error
+		n, err = io.Copy(io.MultiWriter(&buf, h), io.LimitReader(r, t.maxEntry+1))
+		if err != nil {
+			return tiers.Info{}, err
+		}
+		data = buf.Bytes()
 	}
 	if n > t.maxEntry {
 		return tiers.Info{}, fmt.Errorf("%w: value is over the admission limit of %d bytes", tiers.ErrNoSpace, t.maxEntry)
@@ -142,7 +158,7 @@ func (t *Tier) put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 	if created.IsZero() {
 		created = time.Now()
 	}
-	e := &entry{info: tiers.Info{Key: k, Size: n, Sum: sum, Created: created}, data: buf.Bytes()}
+	e := &entry{info: tiers.Info{Key: k, Size: n, Sum: sum, Created: created}, data: data}
 
 	t.mu.Lock()
 	defer t.mu.Unlock()
