@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/flechefs/flechefs/digest"
@@ -116,12 +117,53 @@ func (s *Stack) putLayer(l *layer, p *pub) error {
 
 // persister writes published entries to the local tiers after tier 0 and
 // records their uploads, in the tier's own commit.
+//
+// A program that writes entries one after the other publishes them one at
+// a time, and a persister taking them one at a time gave each its own
+// commit (two fdatasyncs, a freelist rewrite: ~0.2 ms of CPU per entry).
+// So a persister takes what else is queued, up to persistBatch small
+// entries, and puts them at once: the bolt tier's group commit writes them
+// in one transaction.
 func (s *Stack) persister() {
 	defer s.persistWG.Done()
+	var wg sync.WaitGroup
 	for p := range s.persistCh {
+		if p.info.Size > persistSmall {
+			s.persistOne(p)
+			continue
+		}
+		batch := []*pub{p}
+	drain:
+		for len(batch) < persistBatch {
+			select {
+			case q, ok := <-s.persistCh:
+				if !ok {
+					break drain
+				}
+				if q.info.Size > persistSmall {
+					// Not held back by the batch, nor holding it.
+					wg.Go(func() { s.persistOne(q) })
+					continue
+				}
+				batch = append(batch, q)
+			default:
+				break drain
+			}
+		}
+		for _, q := range batch[1:] {
+			wg.Go(func() { s.persistOne(q) })
+		}
 		s.persistOne(p)
+		wg.Wait()
 	}
 }
+
+// persistBatch and persistSmall bound a persister's batch: its entries'
+// buffers are in memory together (one bolt chunk each).
+const (
+	persistBatch = 32
+	persistSmall = 64 << 10
+)
 
 func (s *Stack) persistOne(p *pub) {
 	k := p.info.Key

@@ -87,8 +87,10 @@ type Tier struct {
 
 	// wmu is held while a group commit transaction runs and its effects are
 	// applied in memory: st is the committed stats.
-	wmu sync.Mutex
-	st  stats
+	wmu       sync.Mutex
+	sinceDrop int64     // bytes committed since the last dropMap, under wmu
+	lastDrop  time.Time // under wmu
+	st        stats
 	// Published copies of st for Usage and early checks.
 	entries, bytes, evictions, pinned atomic.Int64
 

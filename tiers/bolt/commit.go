@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -28,6 +29,8 @@ import (
 const (
 	maxBatchCalls = 1000
 	maxBatchBytes = 16 << 20
+	dropBytes     = 16 << 20
+	dropEvery     = 100 * time.Millisecond
 )
 
 type call struct {
@@ -140,7 +143,18 @@ func (t *Tier) runOnce(batch []*call) (int, error) {
 		return failed, t.classify(err)
 	}
 	// The commit rewrote leaves, copying their values out of the map.
-	t.dropMap()
+	// Dropping the whole map costs a page-table walk and TLB shootdowns
+	// on every core running the daemon, so it waits until the commits
+	// since the last drop wrote dropBytes or dropEvery passed: the
+	// resident part of the map stays within about dropBytes plus the
+	// leaves of small commits.
+	for _, c := range batch {
+		t.sinceDrop += int64(c.size)
+	}
+	if t.sinceDrop >= dropBytes || time.Since(t.lastDrop) >= dropEvery {
+		t.dropMap()
+		t.sinceDrop, t.lastDrop = 0, time.Now()
+	}
 	t.setStats(w.st)
 	for _, fn := range w.after {
 		fn()
