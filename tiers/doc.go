@@ -63,7 +63,10 @@
 // entries waiting for upload are never evicted, survive a restart and are
 // uploaded by UploadWorkers goroutines with exponential backoff (0.5 s
 // doubling to 1 min, jittered) until the remote has them. The first upload
-// starts at publish, from the Blob, alongside the persistence; the entry
+// starts at publish, from the Blob, alongside the persistence, unless
+// entries are still being published: uploads wait until publishes pause
+// for 20 ms, at most 2 s from the first of the burst, so that background
+// uploads do not slow a writing program down; the entry
 // leaves the durable queue once both are done. Sync returns when the queue
 // is empty. WriteThrough makes Publish wait for the remote instead. Publish
 // refuses a key a local tier (or another publish) holds with ErrExist; it

@@ -53,9 +53,13 @@ type Stack struct {
 	up        uploadQueue
 	changed   chan struct{} // closed and replaced when the queue or pending set shrinks
 
-	persistCh  chan *pub
-	persistWG  sync.WaitGroup
-	publishing sync.WaitGroup // Publish calls between the closed check and the persist queue
+	persistCh chan *pub
+	persistWG sync.WaitGroup
+
+	lastPublish  atomic.Int64   // unix nanoseconds of the last Publish
+	burstStart   atomic.Int64   // of the first Publish of the current burst
+	largeUploads chan struct{}  // a slot per upload of a large value
+	publishing   sync.WaitGroup // Publish calls between the closed check and the persist queue
 
 	list listCache
 
@@ -86,7 +90,7 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 		opt.SpoolDir = os.TempDir()
 	}
 	if opt.UploadWorkers <= 0 {
-		opt.UploadWorkers = 2
+		opt.UploadWorkers = 8
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
@@ -97,9 +101,10 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 	s := &Stack{
 		opt: opt, log: opt.Logger,
 		pending: map[digest.Key]*pub{}, fills: map[digest.Key]*fill{}, promoting: map[digest.Key]chan struct{}{},
-		deleting:  map[digest.Key]int{},
-		changed:   make(chan struct{}),
-		persistCh: make(chan *pub, 1024),
+		deleting:     map[digest.Key]int{},
+		changed:      make(chan struct{}),
+		persistCh:    make(chan *pub, 1024),
+		largeUploads: make(chan struct{}, largeUploads),
 	}
 	s.up.init()
 	s.ctx, s.cancel = context.WithCancel(context.Background())

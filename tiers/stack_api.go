@@ -38,7 +38,8 @@ type StackOptions struct {
 	ListTTL time.Duration
 	// SpoolDir holds values being fetched from a remote tier (default os.TempDir()).
 	SpoolDir string
-	// UploadWorkers is the number of concurrent uploads (default 2).
+	// UploadWorkers is the number of concurrent uploads (default 8; values over 1 MiB
+	// go two at a time).
 	UploadWorkers int
 	Logger        *slog.Logger
 }

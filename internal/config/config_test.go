@@ -37,7 +37,7 @@ func TestDefault(t *testing.T) {
 	want := &Config{
 		File: DefaultName, Promote: "all", NegativeTTL: time.Second, RemoteTimeout: 10 * time.Second,
 		ListTTL: 30 * time.Second, DeleteRemote: true, SpoolDir: "/home/u/.cache/flechefs/spool",
-		UploadWorkers: 2,
+		UploadWorkers: 8,
 		Tiers: []Tier{
 			{Kind: Memory, Name: "ram", Size: 256 << 20},
 			{Kind: Bolt, Name: "bolt", Size: 10 << 30, Path: "/home/u/.cache/flechefs/cache.db"},
@@ -145,7 +145,7 @@ identity = "key"
 		}},
 		{"inline tables", inline, &Config{
 			Promote: "all", NegativeTTL: time.Second, RemoteTimeout: 10 * time.Second, ListTTL: 30 * time.Second,
-			DeleteRemote: true, SpoolDir: "/home/u/.cache/flechefs/spool", UploadWorkers: 2,
+			DeleteRemote: true, SpoolDir: "/home/u/.cache/flechefs/spool", UploadWorkers: 8,
 			Tiers: []Tier{
 				{Kind: Memory, Name: "ram", Size: 1 << 30},
 				{Kind: SFTP, Name: "sftp", URL: "sftp://h/p", Identity: []string{}, Agent: true,

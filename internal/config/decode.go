@@ -22,7 +22,7 @@ const (
 	DefaultNegativeTTL   = time.Second
 	DefaultRemoteTimeout = 10 * time.Second
 	DefaultListTTL       = 30 * time.Second
-	DefaultUploadWorkers = 2
+	DefaultUploadWorkers = 8
 	DefaultConcurrency   = 64
 	DefaultBoltSize      = 10 << 30
 )

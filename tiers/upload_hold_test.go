@@ -1,0 +1,37 @@
+package tiers
+
+import (
+	"testing"
+	"time"
+)
+
+// TestUploadHold: uploads wait while publishes keep coming, until they
+// pause for uploadQuiet, and never longer than uploadMaxHold after the
+// burst began.
+func TestUploadHold(t *testing.T) {
+	s := &Stack{}
+	t0 := time.Unix(1000, 0)
+	if d := s.uploadHold(t0); d != 0 {
+		t.Fatalf("hold %v with no publish", d)
+	}
+	s.notePublish(t0)
+	if d := s.uploadHold(t0.Add(5 * time.Millisecond)); d != uploadQuiet-5*time.Millisecond {
+		t.Fatalf("hold %v 5ms after a lone publish, want %v", d, uploadQuiet-5*time.Millisecond)
+	}
+	if d := s.uploadHold(t0.Add(uploadQuiet)); d != 0 {
+		t.Fatalf("hold %v once quiet", d)
+	}
+	// A burst: a publish every millisecond for 3 s.
+	var now time.Time
+	for i := range 3000 {
+		now = t0.Add(time.Minute + time.Duration(i)*time.Millisecond)
+		s.notePublish(now)
+		d := s.uploadHold(now)
+		if end := t0.Add(time.Minute + uploadMaxHold); d > 0 && now.Add(d).After(end) {
+			t.Fatalf("at %v into the burst: hold %v goes past uploadMaxHold", now.Sub(t0.Add(time.Minute)), d)
+		}
+		if i > int(uploadMaxHold/time.Millisecond) && d != 0 {
+			t.Fatalf("at %v into the burst: hold %v after uploadMaxHold", now.Sub(t0.Add(time.Minute)), d)
+		}
+	}
+}
