@@ -104,7 +104,9 @@
 // starts when misses keep coming and the snapshot is past half its life.
 //
 // Memory is 8 bytes per listed name, at most ListingMaxNames (default
-// 1,000,000: 8 MiB) per remote. A listing past that cap, or one taking
+// 1,000,000: 8 MiB) per remote, plus, while a listing runs, what the
+// tier's List holds (the SFTP tier reads the whole directory before it
+// reports a name, as for ls). A listing past that cap, or one taking
 // longer than ListingTTL/2 (it would be of little use), is given up, logged
 // once, and the remote is not listed for this again for 10 minutes; a
 // failed listing (the remote down) is retried after 30 s. The counts are
