@@ -166,7 +166,9 @@
 //     publish through this mount forgets the daemon's miss; the kernel has
 //     none: the writer's create replaced it, and lookups during the write
 //     are answered with timeout 0. A miss that raced with a publish is not
-//     cached. The timeouts are set in each reply rather than in
+//     cached. A miss the stack answered from a remote listing
+//     (tiers.MissValidUntil) is cached only until that listing's answer
+//     ends, so the NegativeTTL bound holds from the listing's start. The timeouts are set in each reply rather than in
 //     fs.Options, because go-fuse would replace the zero timeouts of the
 //     writer's inode with the mount-wide ones.
 //   - The writer's inode is not the entry's: Create returns a fresh inode

@@ -221,7 +221,14 @@ func (r *root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fu
 	if !errors.Is(err, tiers.ErrNotFound) {
 		return nil, r.errno(err)
 	}
-	out.SetEntryTimeout(r.missed(k, epoch))
+	ttl := r.opt.NegativeTTL
+	if until, ok := tiers.MissValidUntil(err); ok {
+		// Answered from a remote listing that holds only until then: the
+		// miss is not remembered longer, or an entry published elsewhere
+		// could stay invisible longer than NegativeTTL.
+		ttl = min(ttl, time.Until(until))
+	}
+	out.SetEntryTimeout(r.missed(k, epoch, ttl))
 	return nil, syscall.ENOENT
 }
 
@@ -233,12 +240,12 @@ func (r *root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fu
 // are bounded by the stack's RemoteTimeout instead.
 func uninterrupted(ctx context.Context) context.Context { return context.WithoutCancel(ctx) }
 
-// missed records that a lookup begun at epoch did not find k and returns
-// the kernel's negative timeout for it. A name being written, or any miss
-// that raced with a publish or unlink, gets timeout 0 and is not cached:
-// the writer's close must make the name visible at once.
-func (r *root) missed(k digest.Key, epoch uint64) time.Duration {
-	ttl := r.opt.NegativeTTL
+// missed records that a lookup begun at epoch did not find k, for ttl (at
+// most NegativeTTL), and returns the kernel's negative timeout for it. A
+// name being written, or any miss that raced with a publish or unlink, gets
+// timeout 0 and is not cached: the writer's close must make the name
+// visible at once.
+func (r *root) missed(k digest.Key, epoch uint64, ttl time.Duration) time.Duration {
 	if ttl <= 0 {
 		return 0
 	}

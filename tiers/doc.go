@@ -85,6 +85,37 @@
 // deleted value never comes back and a value published again after the
 // Delete is never removed by a late cleanup of the old one.
 //
+// # Absence snapshots
+//
+// A Stat that no local tier answers asks every remote tier, a round trip
+// per name. With StackOptions.ListingTTL set (the mount passes its
+// negative_ttl), misses of one remote that come in a burst (32 within a
+// second) start one background listing of it (single-flight, bounded by
+// RemoteTimeout, cancelled by Close). The listing keeps the 64-bit hashes
+// (hash/maphash, a per-stack seed) of the names it returned and the time T0
+// it started. Until T0 + ListingTTL, a name not in it is answered
+// ErrNotFound for that remote without a round trip; the error then
+// carries the end of that answer (MissValidUntil), and a caller caching
+// the miss must not keep it longer. A name in it, or a hash collision,
+// gets the usual Stat: a snapshot only ever answers "absent". Since a
+// directory listing returns every entry that existed for the whole scan,
+// an entry published elsewhere before T0 is in it, and one published after
+// T0 is seen at most ListingTTL later: no later than with the per-name
+// negative cache of the mount. A key this stack uploads is added to the
+// current snapshot and to a listing in progress. While a listing runs, or
+// after it expired, names are asked one by one as before; a new listing
+// starts when misses keep coming and the snapshot is past half its life.
+//
+// Memory is 8 bytes per listed name, at most ListingMaxNames (default
+// 1,000,000: 8 MiB) per remote, plus, while a listing runs, what the
+// tier's List holds (the SFTP tier reads the whole directory before it
+// reports a name, as for ls). A listing past that cap, or one taking
+// longer than ListingTTL/2 (it would be of little use), is given up, logged
+// once, and the remote is not listed for this again for 10 minutes; a
+// failed listing (the remote down) is retried after 30 s. The counts are
+// in TierStats.Listings and ListedMisses. Only Stat uses snapshots; Open
+// asks the remote.
+//
 // # Failure
 //
 // One tier failing does not fail the stack. With the remote unreachable,

@@ -61,7 +61,8 @@ type Stack struct {
 	largeUploads chan struct{}  // a slot per upload of a large value
 	publishing   sync.WaitGroup // Publish calls between the closed check and the persist queue
 
-	list listCache
+	list   listCache
+	absent absentSet // absence snapshots of the remotes (stack_absent.go)
 
 	uploaded, uploadedBytes, uploadErrors atomic.Int64
 	conflicts, dropped                    atomic.Int64
@@ -125,6 +126,7 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 			s.persist, s.queue = ly, q
 		}
 	}
+	s.absent.init(s.remotes, opt)
 	if s.persist == nil {
 		// A persistent tier at index 0 is fine too.
 		for _, ly := range s.layers {
@@ -177,19 +179,36 @@ func (s *Stack) Stat(ctx context.Context, k digest.Key) (Info, error) {
 		return p.info, nil
 	}
 	s.mu.Unlock()
+	var listedUntil time.Time // the earliest end of the snapshots that answered
 	for _, l := range s.layers {
-		stat := s.statLayer
-		if l.Remote {
-			stat = s.statRemote
+		if !l.Remote {
+			if info, err := s.statLayer(ctx, l, k); err == nil {
+				return info, nil
+			}
+			continue
 		}
-		info, err := stat(ctx, l, k)
+		if until, ok := s.absent.known(l, k); ok {
+			// Absent from l's listing (stack_absent.go): no round trip.
+			if listedUntil.IsZero() || until.Before(listedUntil) {
+				listedUntil = until
+			}
+			s.noteMiss(l)
+			continue
+		}
+		info, err := s.statRemote(ctx, l, k)
 		if err == nil {
 			return info, nil
+		}
+		if errors.Is(err, ErrNotFound) {
+			s.noteMiss(l)
 		}
 	}
 	if err := ctx.Err(); err != nil {
 		// Cancelled by the caller: not a miss, which would be cached.
 		return Info{}, Wrap("stack", "stat", k, err)
+	}
+	if !listedUntil.IsZero() {
+		return Info{}, Wrap("stack", "stat", k, &listedMiss{until: listedUntil})
 	}
 	return Info{}, Wrap("stack", "stat", k, ErrNotFound)
 }
@@ -574,6 +593,7 @@ func (s *Stack) Stats() Stats {
 			Hits: l.hits.Load(), Misses: l.misses.Load(), BytesIn: l.bytesIn.Load(), BytesOut: l.bytesOut.Load(),
 			Promotions: l.promotions.Load(), Corruptions: l.corruptions.Load(), Errors: l.errs.Load(),
 		}
+		ts.Listings, ts.ListedMisses = s.absent.counts(l)
 		if u, ok := l.Tier.(UsageReporter); ok {
 			us := u.Usage()
 			ts.Entries, ts.Bytes, ts.Limit, ts.Evictions, ts.DiskBytes = us.Entries, us.Bytes, us.Limit, us.Evictions, us.DiskBytes

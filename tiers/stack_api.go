@@ -36,6 +36,15 @@ type StackOptions struct {
 	RemoteTimeout time.Duration
 	// ListTTL is how long a remote listing is reused (default 30s).
 	ListTTL time.Duration
+	// ListingTTL turns on absence snapshots (see doc.go): when lookups miss
+	// a remote in a burst, the stack lists it once and, for ListingTTL from
+	// the start of that listing, answers names absent from the listing
+	// without a round trip. The mount passes its negative TTL. 0 disables.
+	ListingTTL time.Duration
+	// ListingMaxNames caps the names of one such listing (default
+	// DefaultListingMaxNames, 8 bytes each); a larger remote is not listed
+	// for this purpose.
+	ListingMaxNames int
 	// SpoolDir holds values being fetched from a remote tier (default os.TempDir()).
 	SpoolDir string
 	// UploadWorkers is the number of concurrent uploads (default 8; values over 1 MiB
@@ -79,6 +88,10 @@ type TierStats struct {
 	Bytes       int64  `json:"bytes"`
 	Limit       int64  `json:"limit"`
 	DiskBytes   int64  `json:"disk_bytes,omitempty"`
+	// Listings of a remote tier made to answer misses (absence snapshots),
+	// and the misses they answered without a round trip.
+	Listings     int64 `json:"listings,omitempty"`
+	ListedMisses int64 `json:"listed_misses,omitempty"`
 }
 
 // Stats are the stack's counters (the JSON of .flechefs/stats).

@@ -555,6 +555,7 @@ func (s *Stack) uploadTo(ctx context.Context, r *layer, info Info, src io.Reader
 		s.uploaded.Add(1)
 		s.uploadedBytes.Add(info.Size)
 		s.list.add(info)
+		s.absent.added(r, info.Key)
 	}
 	return err
 }

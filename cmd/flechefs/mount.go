@@ -270,6 +270,7 @@ func (m *mounter) openStack() (*tiers.Stack, []tiers.Tier, error) {
 		KeepRemoteOnDelete: !cfg.DeleteRemote,
 		RemoteTimeout:      cfg.RemoteTimeout,
 		ListTTL:            cfg.ListTTL,
+		ListingTTL:         cfg.NegativeTTL, // a miss answered from a listing is no staler than a cached one
 		SpoolDir:           cfg.SpoolDir,
 		UploadWorkers:      cfg.UploadWorkers,
 		Logger:             m.log,

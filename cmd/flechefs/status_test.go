@@ -40,7 +40,7 @@ var sampleStats = tiers.Stats{
 	Tiers: []tiers.TierStats{
 		{Name: "ram", Available: true, Hits: 80, Misses: 20, Entries: 10, Bytes: 64 << 20, Limit: 256 << 20, Promotions: 5, Evictions: 2},
 		{Name: "bolt", Available: true, Hits: 15, Misses: 5, Entries: 1000, Bytes: 3 << 29, Limit: 10 << 30, Corruptions: 1},
-		{Name: "sftp", Remote: true, Available: false, Hits: 3, Misses: 2, Errors: 7},
+		{Name: "sftp", Remote: true, Available: false, Hits: 3, Misses: 2, Errors: 7, Listings: 2, ListedMisses: 500},
 	},
 	Queue: 4, Uploaded: 12, UploadedBytes: 5 << 20, UploadErrors: 3,
 	LastUploadError:  "sftp: put 0123456789abcdef: tier unavailable\n(dial tcp: connection refused)",
@@ -75,6 +75,7 @@ func TestStatus(t *testing.T) {
 		"uploaded:          12 (5MiB), 3 failed attempts, 0 conflicts\n",
 		"last upload error: sftp: put 0123456789abcdef: tier unavailable (dial tcp: connection refused)\n",
 		"dropped publishes: 1 (the key existed: first writer wins)\n",
+		"listed misses:     500 in sftp without a round trip (2 listings)\n",
 	} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("no %q in\n%s", want, stdout)
