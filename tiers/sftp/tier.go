@@ -340,6 +340,13 @@ func randomSuffix() string {
 }
 
 func (t *Tier) put(ctx context.Context, c *conn, w *watch, k digest.Key, r io.Reader, m tiers.Meta) (tiers.Info, error) {
+	return t.putFinal(ctx, c, w, k, r, m, nil)
+}
+
+// putFinal is put, except that once r is exhausted, final (if not nil)
+// replaces m: the Meta of a value streamed before it was complete.
+func (t *Tier) putFinal(ctx context.Context, c *conn, w *watch, k digest.Key, r io.Reader, m tiers.Meta,
+	final func() (tiers.Meta, error)) (tiers.Info, error) {
 	dst := t.dataPath(k)
 	// Do not upload what is there already.
 	if _, err := c.sftp.Lstat(dst); err == nil {
@@ -386,6 +393,11 @@ func (t *Tier) put(ctx context.Context, c *conn, w *watch, k digest.Key, r io.Re
 	}
 	if err := f.Close(); err != nil {
 		return tiers.Info{}, t.failure(c, err)
+	}
+	if final != nil {
+		if m, err = final(); err != nil {
+			return tiers.Info{}, err
+		}
 	}
 	size, sum := src.h.Size(), src.h.Sum()
 	if m.Size >= 0 && size != m.Size {
