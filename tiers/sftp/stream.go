@@ -91,4 +91,3 @@ func (r *growingReader) meta() (tiers.Meta, error) {
 	}
 	return r.m, nil
 }
-
