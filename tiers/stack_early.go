@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/flechefs/flechefs/digest"
 )
@@ -23,6 +25,7 @@ type EarlyUpload struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wake   chan struct{} // capacity 1: progress since the upload last looked
+	read   atomic.Int64  // bytes read from src, for the log
 
 	mu      sync.Mutex
 	written int64 // bytes of src that are final
@@ -35,6 +38,9 @@ type EarlyUpload struct {
 	adopted bool    // Publish made it the upload of the queued item
 	p       *pub    // the published entry, once adopted (a reference)
 	item    *upItem // the queue item it uploads, once adopted
+	// at publish: how much was read, and when
+	readAtPublish int64
+	published     time.Time
 }
 
 // UploadingBlob is a Blob whose bytes an EarlyUpload is already sending to
@@ -161,6 +167,7 @@ func (u *EarlyUpload) Wait(ctx context.Context, off int64) (int64, Meta, bool, e
 func (u *EarlyUpload) ReadAt(p []byte, off int64) (int, error) {
 	n, err := u.src.ReadAt(p, off)
 	u.r.bytesIn.Add(int64(n))
+	u.read.Add(int64(n))
 	return n, err
 }
 
@@ -183,6 +190,8 @@ func (u *EarlyUpload) run(sp StreamPutter) {
 		return
 	}
 	if err == nil {
+		s.log.Debug("early upload done", "key", u.key.String(), "size", info.Size,
+			"read_at_publish", u.readAtPublish, "after_publish", time.Since(u.published))
 		s.noteUpload(u.r, info, nil)
 		s.lastUploadErr.Store("")
 		// As in uploadOne: the durable queue record is written by the
@@ -221,6 +230,7 @@ func (s *Stack) adoptLocked(u *EarlyUpload, p *pub) bool {
 		return false
 	}
 	u.adopted, u.p, u.item = true, p, item
+	u.readAtPublish, u.published = u.read.Load(), time.Now()
 	p.refs++
 	s.up.inflight[k] = u.cancel
 	s.up.uploading[k] = make(chan struct{})
