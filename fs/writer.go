@@ -132,6 +132,10 @@ func (h *writeHandle) Write(ctx context.Context, data []byte, off int64) (uint32
 		return 0, syscall.EINVAL
 	}
 	appending := h.hash != nil && off == h.sp.size
+	if !appending {
+		// Before the bytes it may have sent change.
+		h.abortEarlyLocked()
+	}
 	if err := h.sp.writeAt(data, off); err != nil {
 		// The spool may hold part of data and the writer was told its
 		// value is incomplete: it is never published (see doc.go).
@@ -144,7 +148,6 @@ func (h *writeHandle) Write(ctx context.Context, data []byte, off int64) (uint32
 		h.streamLocked()
 	} else {
 		h.hash = nil
-		h.abortEarlyLocked()
 	}
 	h.size = h.sp.size
 	h.written = true
@@ -157,13 +160,13 @@ func (h *writeHandle) truncateLocked(size int64) syscall.Errno {
 		return syscall.EIO
 	}
 	if size != h.sp.size {
+		h.abortEarlyLocked()
 		if err := h.sp.truncate(size); err != nil {
 			errno := h.r.errno(err)
 			h.failLocked(errno)
 			return errno
 		}
 		h.hash = nil
-		h.abortEarlyLocked()
 	}
 	h.size = size
 	h.written = true
