@@ -51,9 +51,9 @@ type Stack struct {
 	deleting  map[digest.Key]int           // Deletes in progress: no copy of the key starts
 	settled   uint64                       // counts entries that left pending for the tiers (see Publish)
 	up        uploadQueue
-	// earlyUploads counts the EarlyUploads running (BeginUpload).
+	changed   chan struct{} // closed and replaced when the queue or pending set shrinks
+	// earlyUploads counts the EarlyUploads running (BeginUpload); under mu.
 	earlyUploads int
-	changed      chan struct{} // closed and replaced when the queue or pending set shrinks
 
 	persistCh  chan *pub
 	persistWG  sync.WaitGroup
