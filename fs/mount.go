@@ -22,9 +22,7 @@ import (
 // Defaults and limits of Options.
 const (
 	DefaultSpoolThreshold = 1 << 20
-	// DefaultUploadWhileWriting is Options.UploadWhileWriting's default.
-	DefaultUploadWhileWriting = 8 << 20
-	DefaultNegativeTTL        = time.Second
+	DefaultNegativeTTL    = time.Second
 	// MaxNegativeTTL bounds NegativeTTL: a name published by another mount
 	// of the same stack must become visible here within this time.
 	MaxNegativeTTL  = 2 * time.Second
@@ -34,6 +32,9 @@ const (
 	// maxIO is the largest READ and WRITE request (fuse MaxWrite) and the
 	// readahead the kernel is asked for at INIT.
 	maxIO = 1 << 20
+
+	// DefaultUploadWhileWriting is Options.UploadWhileWriting's default.
+	DefaultUploadWhileWriting = 8 << 20
 )
 
 // Options configure a mount. The zero value is usable.

@@ -105,8 +105,9 @@ type writeHandle struct {
 func newWriteHandle(r *root, k digest.Key) *writeHandle {
 	return &writeHandle{
 		r: r, key: k, opened: time.Now(),
-		sp:      newSpool(r.opt.SpoolDir, r.opt.SpoolThreshold),
-		hash:    digest.NewHasher(),
+		sp:   newSpool(r.opt.SpoolDir, r.opt.SpoolThreshold),
+		hash: digest.NewHasher(),
+
 		earlyAt: r.opt.UploadWhileWriting,
 	}
 }
