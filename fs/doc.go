@@ -190,6 +190,17 @@
 // tiers.Blob the stack owns and releases (closing the file) when a tier
 // holds the value. Memory: at most SpoolThreshold per open write handle.
 //
+// A value written by sequential appends starts its upload to the remote
+// once its spool file holds UploadWhileWriting bytes (default 8 MiB):
+// the handle asks Stack.BeginUpload for an early upload, which follows the
+// spool file's tail, and the publishing close hands it to the stack with
+// the value (see tiers/doc.go, "Early uploads"). Smaller values take the
+// usual path, uploaded after publish. A write anywhere but at the end, or a
+// truncate, abandons the early upload before it changes the spool (the published value is uploaded by the queue
+// as usual), and so does a handle that ends unpublished (a failed write,
+// a killed writer): nothing of it stays on the remote. The writer's write
+// calls never wait for the remote; close does not wait for the upload.
+//
 // # Concurrency and locks
 //
 // go-fuse serves requests concurrently. The locks, none held across a call

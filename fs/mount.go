@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -31,6 +32,9 @@ const (
 	// maxIO is the largest READ and WRITE request (fuse MaxWrite) and the
 	// readahead the kernel is asked for at INIT.
 	maxIO = 1 << 20
+
+	// DefaultUploadWhileWriting is Options.UploadWhileWriting's default.
+	DefaultUploadWhileWriting = 8 << 20
 )
 
 // Options configure a mount. The zero value is usable.
@@ -59,6 +63,11 @@ type Options struct {
 	// ReadAheadKB is written to /sys/class/bdi/<dev>/read_ahead_kb after
 	// mounting, when running as root (default 1024; negative: leave alone).
 	ReadAheadKB int
+	// UploadWhileWriting: a value written sequentially starts its upload
+	// (Stack.BeginUpload) once it has this many bytes in its spool file,
+	// before it is published (default 8 MiB; negative: uploads start at
+	// publish). See doc.go, "Spool".
+	UploadWhileWriting int64
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -85,6 +94,9 @@ func (o Options) withDefaults() (Options, error) {
 	if o.ReadAheadKB == 0 {
 		o.ReadAheadKB = DefaultReadAheadKB
 	}
+	if o.UploadWhileWriting == 0 {
+		o.UploadWhileWriting = DefaultUploadWhileWriting
+	}
 	return o, nil
 }
 
@@ -94,6 +106,7 @@ type stack interface {
 	Stat(ctx context.Context, k digest.Key) (tiers.Info, error)
 	Open(ctx context.Context, k digest.Key) (tiers.Reader, error)
 	Publish(ctx context.Context, k digest.Key, b tiers.Blob, sum digest.Sum) (tiers.Info, error)
+	BeginUpload(k digest.Key, src io.ReaderAt) *tiers.EarlyUpload
 	WaitDurable(ctx context.Context, k digest.Key) error
 	Delete(ctx context.Context, k digest.Key) error
 	List(ctx context.Context, fn func(tiers.Info) error) error

@@ -142,10 +142,10 @@ func (s *spool) sum() (digest.Sum, error) {
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, maxIO); return &b }}
 
-// blob hands the data over as a tiers.Blob; the spool must not be used
-// after.
-func (s *spool) blob() tiers.Blob {
-	b := &spoolBlob{mem: s.mem, f: s.f, size: s.size}
+// blob hands the data over as a tiers.Blob, with the early upload of
+// those bytes if there is one; the spool must not be used after.
+func (s *spool) blob(early *tiers.EarlyUpload) *spoolBlob {
+	b := &spoolBlob{mem: s.mem, f: s.f, size: s.size, early: early}
 	s.mem, s.f = nil, nil
 	return b
 }
@@ -160,11 +160,17 @@ func (s *spool) close() {
 
 // spoolBlob is a finished spool, owned by the stack once published.
 type spoolBlob struct {
-	mem  []byte
-	f    *os.File
-	size int64
-	once sync.Once
+	mem   []byte
+	f     *os.File
+	size  int64
+	early *tiers.EarlyUpload // nil: none
+	once  sync.Once
 }
+
+var _ tiers.UploadingBlob = (*spoolBlob)(nil)
+
+// EarlyUpload implements tiers.UploadingBlob.
+func (b *spoolBlob) EarlyUpload() *tiers.EarlyUpload { return b.early }
 
 func (b *spoolBlob) ReadAt(p []byte, off int64) (int, error) {
 	return readSpool(b.mem, b.f, b.size, p, off)

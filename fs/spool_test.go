@@ -71,7 +71,7 @@ func TestSpool(t *testing.T) {
 	trunc(2500)
 	check("truncate on disk", true)
 
-	b := s.blob()
+	b := s.blob(nil)
 	if b.Size() != int64(len(ref)) {
 		t.Fatalf("blob size %d", b.Size())
 	}

@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"errors"
+	"math"
 	"sync"
 	"syscall"
 	"time"
@@ -95,6 +96,10 @@ type writeHandle struct {
 	hash        *digest.Hasher
 	written     bool // a write or truncate happened since open
 	wantDurable bool // fsync came before the publish: close waits for durability
+	// early uploads the value while it is written (nil: none); earlyAt is
+	// the size at which to ask the stack for one.
+	early   *tiers.EarlyUpload
+	earlyAt int64
 }
 
 func newWriteHandle(r *root, k digest.Key) *writeHandle {
@@ -102,6 +107,8 @@ func newWriteHandle(r *root, k digest.Key) *writeHandle {
 		r: r, key: k, opened: time.Now(),
 		sp:   newSpool(r.opt.SpoolDir, r.opt.SpoolThreshold),
 		hash: digest.NewHasher(),
+
+		earlyAt: r.opt.UploadWhileWriting,
 	}
 }
 
@@ -126,6 +133,10 @@ func (h *writeHandle) Write(ctx context.Context, data []byte, off int64) (uint32
 		return 0, syscall.EINVAL
 	}
 	appending := h.hash != nil && off == h.sp.size
+	if !appending {
+		// Before the bytes it may have sent change.
+		h.abortEarlyLocked()
+	}
 	if err := h.sp.writeAt(data, off); err != nil {
 		// The spool may hold part of data and the writer was told its
 		// value is incomplete: it is never published (see doc.go).
@@ -135,6 +146,7 @@ func (h *writeHandle) Write(ctx context.Context, data []byte, off int64) (uint32
 	}
 	if appending {
 		h.hash.Write(data)
+		h.streamLocked()
 	} else {
 		h.hash = nil
 	}
@@ -149,6 +161,7 @@ func (h *writeHandle) truncateLocked(size int64) syscall.Errno {
 		return syscall.EIO
 	}
 	if size != h.sp.size {
+		h.abortEarlyLocked()
 		if err := h.sp.truncate(size); err != nil {
 			errno := h.r.errno(err)
 			h.failLocked(errno)
@@ -251,8 +264,8 @@ func (h *writeHandle) publishLocked(ctx context.Context) syscall.Errno {
 			return errno
 		}
 	}
-	b := h.sp.blob()
-	h.sp, h.hash = nil, nil
+	b := h.sp.blob(h.early)
+	h.sp, h.hash, h.early = nil, nil, nil
 	_, err := h.r.st.Publish(context.WithoutCancel(ctx), h.key, b, sum)
 	switch {
 	case err == nil:
@@ -273,8 +286,37 @@ func (h *writeHandle) publishLocked(ctx context.Context) syscall.Errno {
 	return 0
 }
 
+// streamLocked feeds the early upload what was appended, starting it when
+// the value has grown past UploadWhileWriting in its spool file. A stack
+// that declines (no remote that takes it, too many running) is asked again
+// after as many bytes more. It never waits for the remote.
+func (h *writeHandle) streamLocked() {
+	if h.early == nil {
+		if h.r.opt.UploadWhileWriting < 0 || h.sp.size < h.earlyAt || h.sp.f == nil {
+			return
+		}
+		h.earlyAt = h.sp.size + h.r.opt.UploadWhileWriting
+		if h.early = h.r.st.BeginUpload(h.key, h.sp.f); h.early == nil {
+			return
+		}
+	}
+	h.early.Written(h.sp.size)
+}
+
+// abortEarlyLocked abandons the early upload: the bytes sent are not the
+// value's any more (a write below the end, a truncate), or nothing will be
+// published. The value, if published, is uploaded by the queue.
+func (h *writeHandle) abortEarlyLocked() {
+	if h.early != nil {
+		h.early.Abort()
+		h.early = nil
+	}
+	h.earlyAt = math.MaxInt64
+}
+
 // failLocked ends the handle without publishing.
 func (h *writeHandle) failLocked(errno syscall.Errno) {
+	h.abortEarlyLocked()
 	if h.sp != nil {
 		h.sp.close()
 		h.sp = nil

@@ -63,10 +63,11 @@
 // entries waiting for upload are never evicted, survive a restart and are
 // uploaded by UploadWorkers goroutines with exponential backoff (0.5 s
 // doubling to 1 min, jittered) until the remote has them. The first upload
-// starts at publish, from the Blob, alongside the persistence, unless
-// entries are still being published: uploads wait until publishes pause
-// for 20 ms, at most 2 s from the first of the burst, so that background
-// uploads do not slow a writing program down; the entry
+// starts at publish, from the Blob, alongside the persistence (or before,
+// while the value is written: see Early uploads), unless entries are still
+// being published: queued uploads wait until publishes pause for 20 ms, at
+// most 2 s from the first of the burst, so that background uploads do not
+// slow a writing program down; the entry
 // leaves the durable queue once both are done. Sync returns when the queue
 // is empty. WriteThrough makes Publish wait for the remote instead. Publish
 // refuses a key a local tier (or another publish) holds with ErrExist; it
@@ -115,6 +116,45 @@
 // failed listing (the remote down) is retried after 30 s. The counts are
 // in TierStats.Listings and ListedMisses. Only Stat uses snapshots; Open
 // asks the remote.
+//
+// # Early uploads
+//
+// A large value can be uploaded while it is still being written, so that it
+// reaches the remote about when its writer closes it rather than an upload's
+// time later. The writer (the mount's write handle) calls BeginUpload(k, src)
+// once it has appended enough bytes, reports each append with Written, and
+// then either publishes a Blob that is an UploadingBlob returning that
+// EarlyUpload, or calls Abort. The contract:
+//
+//   - BeginUpload returns nil, and nothing changes, unless there is exactly
+//     one writable remote tier, it implements StreamPutter (the SFTP tier
+//     does), it is not known to be down, WriteThrough is off, and fewer than
+//     UploadWorkers early uploads run. Early uploads are counted apart from
+//     the UploadWorkers that upload the queue: at most 2×UploadWorkers
+//     transfers at once.
+//   - The remote's PutGrowing sends the bytes of src below what Written
+//     reported, as they arrive, to a temp file. Written and Abort never
+//     block; the upload reads src (the writer's spool file) itself, one
+//     SFTP packet at a time, so a slow or dead remote never slows the
+//     writer down and holds no more memory than a Put.
+//   - Until Publish, the upload is nobody's: the value is not in the queue,
+//     and whatever ends it (Abort, a failure, Close) drops it and removes
+//     its temp file (a tier that cannot reach the server removes it after
+//     reconnecting, or leaves it to the sweep of abandoned temp files).
+//     Abort must come before the writer changes bytes it reported: a write
+//     below the end, a truncate, a failed or killed writer.
+//   - Publish records the value in the durable queue exactly as without an
+//     early upload (a crash before the upload ends is recovered by the
+//     queue at the next start) and adopts the early upload as the queued
+//     item's upload in flight: the workers leave the key to it, Delete
+//     cancels and waits for it as for theirs. It gives the upload the
+//     value's size and SHA-256; the tier checks the bytes it sent against
+//     them and publishes as Put does (temp file, sum file, rename; first
+//     writer wins). Success takes the item out of the queue, after the
+//     persistence, as a worker's upload does; any failure (ErrExist, a
+//     mismatch, the remote down) hands the item back to the workers at
+//     once, which upload it from the published value the usual way and
+//     settle ErrExist as a conflict or a replacement.
 //
 // # Failure
 //

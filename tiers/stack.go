@@ -52,6 +52,8 @@ type Stack struct {
 	settled   uint64                       // counts entries that left pending for the tiers (see Publish)
 	up        uploadQueue
 	changed   chan struct{} // closed and replaced when the queue or pending set shrinks
+	// earlyUploads counts the EarlyUploads running (BeginUpload); under mu.
+	earlyUploads int
 
 	persistCh chan *pub
 	persistWG sync.WaitGroup

@@ -32,9 +32,22 @@ type pub struct {
 // publish: the caller looked k up before writing it (the mount's create
 // does), and a remote that got k since keeps its value when the upload
 // comes (a conflict, counted and logged).
+//
+// A b that is an UploadingBlob has its early upload adopted as the value's
+// upload, or aborted when Publish fails or the value is not to be uploaded.
 func (s *Stack) Publish(ctx context.Context, k digest.Key, b Blob, sum digest.Sum) (Info, error) {
 	info := Info{Key: k, Size: b.Size(), Sum: sum, Created: time.Now()}
 	s.notePublish(info.Created)
+	var early *EarlyUpload
+	adopted := false
+	if ub, ok := b.(UploadingBlob); ok && ub.EarlyUpload() != nil {
+		early = ub.EarlyUpload()
+		defer func() {
+			if !adopted {
+				early.Abort()
+			}
+		}()
+	}
 	s.mu.Lock()
 	settled := s.settled
 	s.mu.Unlock()
@@ -76,10 +89,16 @@ func (s *Stack) Publish(ctx context.Context, k digest.Key, b Blob, sum digest.Su
 		// The upload starts now, from the blob, alongside the
 		// persistence; it leaves the durable queue once both are done.
 		s.up.add(k)
+		if early != nil {
+			adopted = s.adoptLocked(early, p)
+		}
 	}
 	s.publishing.Add(1)
 	s.mu.Unlock()
 	defer s.publishing.Done()
+	if adopted {
+		early.finish(info)
+	}
 	s.list.add(info)
 
 	// Tier 0 at once when it is RAM-fast and not the persistent tier; the
@@ -425,28 +444,7 @@ func (s *Stack) uploader() {
 		}
 		err := s.uploadOne(ctx, k)
 		s.mu.Lock()
-		if c := s.up.inflight[k]; c != nil {
-			c()
-		}
-		delete(s.up.inflight, k)
-		close(s.up.uploading[k])
-		delete(s.up.uploading, k)
-		// Only the item this worker took: a Delete and a new publish of k
-		// while it ran replaced it with another, for the new value, which
-		// is still to upload.
-		if it, ok := s.up.set[k]; ok && it == item {
-			if err == nil {
-				s.up.remove(k)
-				if p, ok := s.pending[k]; ok && isClosed(p.persisted) {
-					s.dropPendingLocked(p)
-				}
-			} else {
-				it.attempts++
-				backoff := min(time.Duration(1<<min(it.attempts, 6))*time.Second/2, time.Minute)
-				it.next = time.Now().Add(backoff/2 + rand.N(backoff/2+1))
-			}
-		}
-		s.broadcastLocked()
+		s.endUploadLocked(k, item, err, true)
 		s.mu.Unlock()
 		select { // wake another worker if more is due
 		case s.up.kick <- struct{}{}:
@@ -456,6 +454,37 @@ func (s *Stack) uploader() {
 			return
 		}
 	}
+}
+
+// endUploadLocked ends the upload of k in flight, which took item: on
+// success k leaves the queue; on failure it is retried, after a backoff
+// when backoff is set, else at once.
+func (s *Stack) endUploadLocked(k digest.Key, item *upItem, err error, backoff bool) {
+	if c := s.up.inflight[k]; c != nil {
+		c()
+	}
+	delete(s.up.inflight, k)
+	close(s.up.uploading[k])
+	delete(s.up.uploading, k)
+	// Only the item this upload took: a Delete and a new publish of k
+	// while it ran replaced it with another, for the new value, which
+	// is still to upload.
+	if it, ok := s.up.set[k]; ok && it == item {
+		switch {
+		case err == nil:
+			s.up.remove(k)
+			if p, ok := s.pending[k]; ok && isClosed(p.persisted) {
+				s.dropPendingLocked(p)
+			}
+		case backoff:
+			it.attempts++
+			backoff := min(time.Duration(1<<min(it.attempts, 6))*time.Second/2, time.Minute)
+			it.next = time.Now().Add(backoff/2 + rand.N(backoff/2+1))
+		default:
+			it.next = time.Time{}
+		}
+	}
+	s.broadcastLocked()
 }
 
 // uploadOne copies k from the local tiers to every writable remote and
@@ -550,6 +579,12 @@ func (s *Stack) uploadTo(ctx context.Context, r *layer, info Info, src io.Reader
 	if errors.Is(err, ErrExist) {
 		err = s.uploadExisting(ctx, r, info, put)
 	}
+	s.noteUpload(r, info, err)
+	return err
+}
+
+// noteUpload counts the upload of info to r.
+func (s *Stack) noteUpload(r *layer, info Info, err error) {
 	s.noteErr(r, err)
 	if err == nil {
 		s.uploaded.Add(1)
@@ -557,7 +592,6 @@ func (s *Stack) uploadTo(ctx context.Context, r *layer, info Info, src io.Reader
 		s.list.add(info)
 		s.absent.added(r, info.Key)
 	}
-	return err
 }
 
 // uploadExisting decides an upload the remote refused because it holds the

@@ -193,3 +193,26 @@ type Queue interface {
 type Syncer interface {
 	Sync() error
 }
+
+// Growing is a value that is still being written, for StreamPutter. Bytes
+// below what Wait reported are final and readable with ReadAt.
+type Growing interface {
+	io.ReaderAt
+	// Wait blocks until more than off bytes are written, the value is
+	// complete, the write was abandoned (an error) or ctx is done (its
+	// error). It returns how many bytes are written; once the value is
+	// complete, final is true and m is its Meta (m.Size == n).
+	Wait(ctx context.Context, off int64) (n int64, m Meta, final bool, err error)
+}
+
+// StreamPutter is implemented by remote tiers that can receive a value
+// while it is being written, before its size and hash are known.
+type StreamPutter interface {
+	// PutGrowing is Put of g: it sends g's bytes as they are written and,
+	// once g is final, checks them against g's Meta and publishes them as
+	// Put does (atomically, first writer wins: ErrExist). An error from g's
+	// Wait, or ctx ending, aborts it: nothing is published and the tier
+	// removes its temporary data (at once, or after it reconnects). Waiting
+	// on g is not a remote operation: it is never timed out by the tier.
+	PutGrowing(ctx context.Context, k digest.Key, g Growing) (Info, error)
+}

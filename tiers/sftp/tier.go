@@ -352,6 +352,13 @@ func randomSuffix() string {
 const smallPut = 1 << 20
 
 func (t *Tier) put(ctx context.Context, c *conn, w *watch, k digest.Key, r io.Reader, m tiers.Meta) (tiers.Info, error) {
+	return t.putFinal(ctx, c, w, k, r, m, nil)
+}
+
+// putFinal is put, except that once r is exhausted, final (if not nil)
+// replaces m: the Meta of a value streamed before it was complete.
+func (t *Tier) putFinal(ctx context.Context, c *conn, w *watch, k digest.Key, r io.Reader, m tiers.Meta,
+	final func() (tiers.Meta, error)) (tiers.Info, error) {
 	dst := t.dataPath(k)
 	small := m.Size >= 0 && m.Size <= smallPut
 	if !small {
@@ -398,6 +405,12 @@ func (t *Tier) put(ctx context.Context, c *conn, w *watch, k digest.Key, r io.Re
 			return tiers.Info{}, src.err
 		}
 		return tiers.Info{}, t.failure(c, err)
+	}
+	if final != nil {
+		if m, err = final(); err != nil {
+			f.Close()
+			return tiers.Info{}, err
+		}
 	}
 	size, sum := src.h.Size(), src.h.Sum()
 	if m.Size >= 0 && size != m.Size {
