@@ -34,7 +34,10 @@
 // stdout is closed (at the latest when cmd exits). A file that is never
 // written (": > f", touch) is published, empty, when its last descriptor is
 // released; RELEASE reaches the daemon just after close returns, so an empty
-// entry appears slightly after close. Consequences:
+// entry appears slightly after close. A lookup or unlink of its name
+// meanwhile waits for that RELEASE (at most 250 ms, since the shell's
+// redirection also closes before writing), so a lock file created, closed
+// and removed at once (fleche's PickleFile) is found. Consequences:
 //
 //   - "{ cmd1; cmd2; } > f" with two external commands publishes cmd1's
 //     output when cmd1 exits; cmd2's writes fail with EIO. Likewise a writer

@@ -802,3 +802,28 @@ func TestConcurrentMix(t *testing.T) {
 		t.Errorf("readdir: %d entries, want %d", len(ents), want)
 	}
 }
+
+// TestLockFileRemovedAfterClose: fleche's PickleFile creates <digest>.lock
+// exclusively, closes it without writing and removes it. The empty value is
+// published at RELEASE, which the kernel sends after close(2) returned; the
+// stat and the unlink right after must still find it.
+func TestLockFileRemovedAfterClose(t *testing.T) {
+	m := mountT(t, Options{})
+	for i := range 300 {
+		p := m.path(newKey() + ".lock")
+		fd, err := syscall.Open(p, syscall.O_CREAT|syscall.O_EXCL|syscall.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		syscall.Close(fd)
+		if i%2 == 0 {
+			var st syscall.Stat_t
+			if err := syscall.Stat(p, &st); err != nil {
+				t.Fatalf("round %d: stat right after close: %v", i, err)
+			}
+		}
+		if err := syscall.Unlink(p); err != nil {
+			t.Fatalf("round %d: unlink right after close: %v", i, err)
+		}
+	}
+}

@@ -70,6 +70,11 @@ type root struct {
 	// undurable holds the keys this mount published that may not yet be in
 	// the persistent tier (for fsync of the directory).
 	undurable map[digest.Key]struct{}
+	// closing holds the keys whose writer was closed before it wrote
+	// anything (touch, os.open(O_CREAT).close()): it publishes an empty
+	// value at RELEASE, which the kernel sends after close(2) returned.
+	// The channel is closed when that writer ends.
+	closing map[digest.Key]chan struct{}
 }
 
 func newRoot(st stack, opt Options) *root {
@@ -83,6 +88,7 @@ func newRoot(st stack, opt Options) *root {
 		neg:       map[digest.Key]time.Time{},
 		live:      map[uint64]digest.Key{},
 		undurable: map[digest.Key]struct{}{},
+		closing:   map[digest.Key]chan struct{}{},
 	}
 }
 
@@ -200,6 +206,7 @@ func (r *root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fu
 		out.SetEntryTimeout(r.opt.NegativeTTL)
 		return nil, syscall.ENOENT
 	}
+	r.waitClosing(k)
 	r.mu.Lock()
 	epoch := r.epoch
 	if exp, ok := r.neg[k]; ok {
@@ -330,6 +337,10 @@ func (r *root) doneWriting(k digest.Key, published bool) {
 	if published {
 		r.undurable[k] = struct{}{}
 	}
+	if c, ok := r.closing[k]; ok {
+		close(c)
+		delete(r.closing, k)
+	}
 	r.mu.Unlock()
 	if published {
 		go r.trackDurable(k)
@@ -373,6 +384,7 @@ func (r *root) Unlink(ctx context.Context, name string) syscall.Errno {
 	if err != nil {
 		return syscall.ENOENT
 	}
+	r.waitClosing(k)
 	// A delete that has begun is finished even if the caller is interrupted.
 	err = r.st.Delete(context.WithoutCancel(ctx), k)
 	r.mu.Lock()
@@ -520,3 +532,36 @@ func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 }
 
 func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {}
+
+// closedEmpty records that k's writer was closed before any write.
+func (r *root) closedEmpty(k digest.Key) {
+	r.mu.Lock()
+	if _, ok := r.closing[k]; !ok {
+		r.closing[k] = make(chan struct{})
+	}
+	r.mu.Unlock()
+}
+
+// closingWait bounds how long a lookup or unlink waits for a writer closed
+// before any write to publish at RELEASE. RELEASE comes microseconds after
+// close(2) returns; but a shell's "cmd > f" closes its own descriptor
+// before cmd writes, and a lookup of f meanwhile must not wait for cmd.
+const closingWait = 250 * time.Millisecond
+
+// waitClosing waits (at most closingWait) for the RELEASE of a writer of k
+// that was closed before it wrote: a program that creates an empty file
+// (a lock file) and then looks it up or removes it must find it.
+func (r *root) waitClosing(k digest.Key) {
+	r.mu.Lock()
+	c, ok := r.closing[k]
+	r.mu.Unlock()
+	if !ok {
+		return
+	}
+	t := time.NewTimer(closingWait)
+	defer t.Stop()
+	select {
+	case <-c:
+	case <-t.C:
+	}
+}

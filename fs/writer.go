@@ -213,6 +213,7 @@ func (h *writeHandle) Flush(ctx context.Context) syscall.Errno {
 		return syscall.EIO
 	}
 	if !h.written {
+		h.r.closedEmpty(h.key)
 		return 0
 	}
 	return h.publishLocked(ctx)
