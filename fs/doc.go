@@ -194,7 +194,10 @@
 // holds the value. Memory: at most SpoolThreshold per open write handle.
 //
 // A value written by sequential appends starts its upload to the remote
-// once its spool file holds UploadWhileWriting bytes (default 8 MiB):
+// once its spool file holds UploadWhileWriting bytes (default 8 MiB) and
+// its handle has been open for a second (a faster writer closes before an
+// early upload gains much, and on 2 cores it would only take the writer's
+// CPU):
 // the handle asks Stack.BeginUpload for an early upload, which follows the
 // spool file's tail, and the publishing close hands it to the stack with
 // the value (see tiers/doc.go, "Early uploads"). Smaller values take the

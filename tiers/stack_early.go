@@ -25,6 +25,7 @@ type EarlyUpload struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wake   chan struct{} // capacity 1: progress since the upload last looked
+	ended  chan struct{} // closed when PutGrowing returned
 	read   atomic.Int64  // bytes read from src, for the log
 
 	mu      sync.Mutex
@@ -34,7 +35,7 @@ type EarlyUpload struct {
 	aborted bool
 
 	// Guarded by Stack.mu.
-	ended   bool    // PutGrowing returned
+	done    bool    // PutGrowing returned
 	adopted bool    // Publish made it the upload of the queued item
 	p       *pub    // the published entry, once adopted (a reference)
 	item    *upItem // the queue item it uploads, once adopted
@@ -71,7 +72,7 @@ func (s *Stack) BeginUpload(k digest.Key, src io.ReaderAt) *EarlyUpload {
 	s.earlyUploads++
 	s.wg.Add(1)
 	s.mu.Unlock()
-	u := &EarlyUpload{s: s, key: k, src: src, r: r, wake: make(chan struct{}, 1)}
+	u := &EarlyUpload{s: s, key: k, src: src, r: r, wake: make(chan struct{}, 1), ended: make(chan struct{})}
 	u.ctx, u.cancel = context.WithCancel(s.ctx)
 	go u.run(r.Tier.(StreamPutter))
 	return u
@@ -181,7 +182,8 @@ func (u *EarlyUpload) run(sp StreamPutter) {
 	defer u.cancel()
 	info, err := sp.PutGrowing(u.ctx, u.key, u)
 	s.mu.Lock()
-	u.ended = true
+	u.done = true
+	close(u.ended)
 	s.earlyUploads--
 	adopted, p, item := u.adopted, u.p, u.item
 	s.mu.Unlock()
@@ -226,7 +228,7 @@ func (u *EarlyUpload) run(sp StreamPutter) {
 func (s *Stack) adoptLocked(u *EarlyUpload, p *pub) bool {
 	k := p.info.Key
 	item := s.up.set[k]
-	if u.s != s || u.key != k || u.ended || item == nil || s.up.inflight[k] != nil {
+	if u.s != s || u.key != k || u.done || item == nil || s.up.inflight[k] != nil {
 		return false
 	}
 	u.adopted, u.p, u.item = true, p, item

@@ -22,6 +22,10 @@ type pub struct {
 	err       error         // its result, readable after persisted is closed
 	deleted   bool
 	inTier0   bool // tier 0 took a copy at publish
+	// early is the upload that streamed the value while it was written,
+	// adopted at publish; hurry is closed by WaitDurable (under s.mu).
+	early *EarlyUpload
+	hurry chan struct{}
 }
 
 // Publish makes b the value of k: visible to Stat/Open when it returns,
@@ -56,7 +60,7 @@ func (s *Stack) Publish(ctx context.Context, k digest.Key, b Blob, sum digest.Su
 		b.Release()
 		return Info{}, Wrap("stack", "publish", k, ErrExist)
 	}
-	p := &pub{info: info, blob: b, refs: 1, persisted: make(chan struct{}),
+	p := &pub{info: info, blob: b, refs: 1, persisted: make(chan struct{}), hurry: make(chan struct{}),
 		upload: s.hasWritableRemote() && !s.opt.WriteThrough}
 	s.mu.Lock()
 	for s.settled != settled && !s.closed {
@@ -90,7 +94,9 @@ func (s *Stack) Publish(ctx context.Context, k digest.Key, b Blob, sum digest.Su
 		// persistence; it leaves the durable queue once both are done.
 		s.up.add(k)
 		if early != nil {
-			adopted = s.adoptLocked(early, p)
+			if adopted = s.adoptLocked(early, p); adopted {
+				p.early = early
+			}
 		}
 	}
 	s.publishing.Add(1)
@@ -178,6 +184,10 @@ func (s *Stack) persister() {
 	}
 }
 
+// persistDefer bounds how long the persistence of a value waits for its
+// early upload.
+const persistDefer = 30 * time.Second
+
 // persistBatch and persistSmall bound a persister's batch: its entries'
 // buffers are in memory together (one bolt chunk each).
 const (
@@ -187,6 +197,18 @@ const (
 
 func (s *Stack) persistOne(p *pub) {
 	k := p.info.Key
+	if u := p.early; u != nil {
+		// A large value whose upload streamed while it was written is
+		// persisted once that upload ends: both copy the whole value, and
+		// on 2 cores the commit slowed the upload's tail by a third. The
+		// value is served from its spool meanwhile; an fsync does not wait.
+		select {
+		case <-u.ended:
+		case <-p.hurry:
+		case <-s.ctx.Done():
+		case <-time.After(persistDefer):
+		}
+	}
 	var perr error
 	persisted := false
 	for _, l := range s.layers[1:] {
@@ -289,6 +311,9 @@ func isClosed(c chan struct{}) bool {
 func (s *Stack) WaitDurable(ctx context.Context, k digest.Key) error {
 	s.mu.Lock()
 	p, ok := s.pending[k]
+	if ok && !isClosed(p.hurry) {
+		close(p.hurry)
+	}
 	s.mu.Unlock()
 	if !ok {
 		return nil
