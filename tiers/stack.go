@@ -58,10 +58,11 @@ type Stack struct {
 	persistCh chan *pub
 	persistWG sync.WaitGroup
 
-	lastPublish  atomic.Int64   // unix nanoseconds of the last Publish
-	burstStart   atomic.Int64   // of the first Publish of the current burst
-	largeUploads chan struct{}  // a slot per upload of a large value
-	publishing   sync.WaitGroup // Publish calls between the closed check and the persist queue
+	lastPublish  atomic.Int64    // unix nanoseconds of the last Publish
+	burstStart   atomic.Int64    // of the first Publish of the current burst
+	largeUploads chan struct{}   // a slot per upload of a large value
+	deq          chan digest.Key // uploaded, to take out of the durable queue
+	publishing   sync.WaitGroup  // Publish calls between the closed check and the persist queue
 
 	list   listCache
 	absent absentSet // absence snapshots of the remotes (stack_absent.go)
@@ -108,6 +109,7 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 		changed:      make(chan struct{}),
 		persistCh:    make(chan *pub, 1024),
 		largeUploads: make(chan struct{}, largeUploads),
+		deq:          make(chan digest.Key, 4096),
 	}
 	s.up.init()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -159,6 +161,8 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 			s.wg.Add(1)
 			go s.uploader()
 		}
+		s.wg.Add(1)
+		go s.dequeuer()
 	}
 	return s, nil
 }
@@ -621,6 +625,7 @@ func (s *Stack) Close() error {
 	s.persistWG.Wait()
 	s.cancel()
 	s.wg.Wait()
+	s.flushDequeues()
 	var errs []error
 	for _, l := range s.layers {
 		if err := l.Tier.Close(); err != nil {
