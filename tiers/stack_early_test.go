@@ -229,10 +229,7 @@ func TestEarlyUploadChecksSum(t *testing.T) {
 	e := newEarlyEnv(t, sshdtest.Start(t), 2)
 	k := tiertest.Key("early-changed")
 	v := tiertest.Data(2, 20<<20)
-	w := newSpoolWriter(t)
-	w.early = e.st.BeginUpload(k, w.f)
-	w.write(v[:12<<20])
-	e.streamed(4 << 20)
+	w := e.startEarly(k, v[:12<<20])
 	copy(v[:4096], tiertest.Data(3, 4096))
 	if _, err := w.f.WriteAt(v[:4096], 0); err != nil {
 		t.Fatal(err)
@@ -254,10 +251,7 @@ func TestEarlyUploadAbandonedByRewrite(t *testing.T) {
 	e := newEarlyEnv(t, sshdtest.Start(t), 2)
 	k := tiertest.Key("early-rewrite")
 	v := tiertest.Data(4, 20<<20)
-	w := newSpoolWriter(t)
-	w.early = e.st.BeginUpload(k, w.f)
-	w.write(v[:12<<20])
-	e.streamed(4 << 20)
+	w := e.startEarly(k, v[:12<<20])
 	w.early.Abort()
 	w.early = nil
 	copy(v[100:200], tiertest.Data(5, 100))
@@ -279,10 +273,7 @@ func TestEarlyUploadAbortLeavesNothing(t *testing.T) {
 	e := newEarlyEnv(t, srv, 2)
 	k := tiertest.Key("early-abort")
 	v := tiertest.Data(6, 16<<20)
-	w := newSpoolWriter(t)
-	w.early = e.st.BeginUpload(k, w.f)
-	w.write(v[:12<<20])
-	e.streamed(4 << 20)
+	w := e.startEarly(k, v[:12<<20])
 	w.early.Abort()
 	e.noTemps()
 	if _, err := os.Stat(filepath.Join(e.root, k.String())); !os.IsNotExist(err) {
@@ -290,10 +281,7 @@ func TestEarlyUploadAbortLeavesNothing(t *testing.T) {
 	}
 
 	e2 := newEarlyEnv(t, srv, 2)
-	w2 := newSpoolWriter(t)
-	w2.early = e2.st.BeginUpload(k, w2.f)
-	w2.write(v[:12<<20])
-	e2.streamed(4 << 20)
+	w2 := e2.startEarly(k, v[:12<<20])
 	if err := e2.st.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -310,10 +298,7 @@ func TestEarlyUploadLosesToOtherWriter(t *testing.T) {
 	e := newEarlyEnv(t, srv, 2)
 	k := tiertest.Key("early-lost")
 	v := tiertest.Data(7, 20<<20)
-	w := newSpoolWriter(t)
-	w.early = e.st.BeginUpload(k, w.f)
-	w.write(v[:12<<20])
-	e.streamed(4 << 20)
+	w := e.startEarly(k, v[:12<<20])
 
 	other, err := sftp.Open(context.Background(), sftp.Options{URL: e.url, IdentityFiles: []string{srv.IdentityFile},
 		KnownHosts: srv.KnownHosts, Logger: slog.New(slog.DiscardHandler)})
@@ -342,10 +327,7 @@ func TestEarlyUploadRemoteKilled(t *testing.T) {
 	e := newEarlyEnv(t, srv, 2)
 	k := tiertest.Key("early-killed")
 	v := tiertest.Data(9, 32<<20)
-	w := newSpoolWriter(t)
-	w.early = e.st.BeginUpload(k, w.f)
-	w.write(v[:12<<20])
-	e.streamed(4 << 20)
+	w := e.startEarly(k, v[:12<<20])
 	srv.Kill()
 	start := time.Now()
 	w.write(v[12<<20:])
@@ -371,10 +353,7 @@ func TestEarlyUploadRemoteFrozen(t *testing.T) {
 	e := newEarlyEnv(t, srv, 2)
 	k := tiertest.Key("early-frozen")
 	v := tiertest.Data(10, 48<<20)
-	w := newSpoolWriter(t)
-	w.early = e.st.BeginUpload(k, w.f)
-	w.write(v[:12<<20])
-	e.streamed(4 << 20)
+	w := e.startEarly(k, v[:12<<20])
 	srv.Freeze()
 	start := time.Now()
 	w.write(v[12<<20:])
@@ -396,10 +375,7 @@ func TestEarlyUploadResumesAfterRestart(t *testing.T) {
 	e := newEarlyEnv(t, srv, 2)
 	k := tiertest.Key("early-restart")
 	v := tiertest.Data(11, 24<<20)
-	w := newSpoolWriter(t)
-	w.early = e.st.BeginUpload(k, w.f)
-	w.write(v[:12<<20])
-	e.streamed(4 << 20)
+	w := e.startEarly(k, v[:12<<20])
 	srv.Freeze()
 	w.write(v[12<<20:])
 	publish(t, e.st, k, w, v)
@@ -463,4 +439,15 @@ func TestEarlyUploadNeedsStreamingRemote(t *testing.T) {
 	if _, err := s.Publish(context.Background(), tiertest.Key("x"), newBlob([]byte("v")), digest.Of([]byte("v"))); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// startEarly begins an early upload of k, writes first and waits until
+// 4 MiB of it is on the remote.
+func (e *earlyEnv) startEarly(k digest.Key, first []byte) *spoolWriter {
+	e.t.Helper()
+	w := newSpoolWriter(e.t)
+	w.early = e.st.BeginUpload(k, w.f)
+	w.write(first)
+	e.streamed(4 << 20)
+	return w
 }
