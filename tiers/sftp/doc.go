@@ -117,9 +117,12 @@
 // for whole-value fetches with reads in flight and writes in order.
 //
 // Open sends the data file's open and the sum file's open together; then
-// the data file's fstat, the sum file's read and a read of the first 64 KiB
-// go out together: a small value has arrived when Open returns (two round
-// trips; a missing key takes one), and ReadAt serves it from memory.
+// the sum file's read and a read of the first 64 KiB go out together: a
+// small value has arrived when Open returns (two round trips; a missing key
+// takes one), and ReadAt serves it from memory. A head read that ends short
+// has seen the end of the file; when the sum file records that size, no
+// fstat is sent. Otherwise (a value larger than the head, no sum file) the
+// fstat follows, a third round trip.
 //
 // # Caveats
 //
