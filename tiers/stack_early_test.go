@@ -235,10 +235,7 @@ func TestEarlyUploadChecksSum(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.write(v[12<<20:])
-	publish(t, e.st, k, w, v)
-	e.sync(30 * time.Second)
-	e.holds(k, v)
-	e.noTemps()
+	e.delivered(k, w, v, 30*time.Second)
 	if n := e.remoteBytesIn(); n <= int64(len(v)) {
 		t.Fatalf("%d bytes sent: the corrupt early upload was not replaced by a second one", n)
 	}
@@ -259,10 +256,7 @@ func TestEarlyUploadAbandonedByRewrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.write(v[12<<20:])
-	publish(t, e.st, k, w, v)
-	e.sync(30 * time.Second)
-	e.holds(k, v)
-	e.noTemps()
+	e.delivered(k, w, v, 30*time.Second)
 }
 
 // An early upload whose writer goes away (killed, failed, released without
@@ -450,4 +444,14 @@ func (e *earlyEnv) startEarly(k digest.Key, first []byte) *spoolWriter {
 	w.write(first)
 	e.streamed(4 << 20)
 	return w
+}
+
+// delivered publishes w as k, whose value is v, and checks that the remote
+// then holds exactly v, with no temp file left.
+func (e *earlyEnv) delivered(k digest.Key, w *spoolWriter, v []byte, within time.Duration) {
+	e.t.Helper()
+	publish(e.t, e.st, k, w, v)
+	e.sync(within)
+	e.holds(k, v)
+	e.noTemps()
 }

@@ -304,7 +304,7 @@ const headSize = 64 << 10
 // Put uploads to a temp file, checks it against m, writes the sum file to
 // a temp name, then publishes with a plain SFTP rename, which OpenSSH
 // refuses when the name exists: the first writer wins and a loser gets
-// ErrExist. Then the sum file is renamed into place, replacing any stale one.
+// ErrExist. Then the sum file is written in place, replacing any stale one.
 // See the package documentation for why this order is safe.
 func (t *Tier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta) (tiers.Info, error) {
 	if t.opt.ReadOnly {
