@@ -305,3 +305,24 @@ func BenchmarkPutSmall(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkOpenSmall opens a 16 KiB value and reads it, as the stack does
+// at the lookup of a small remote value: the latency of a cold small read.
+func BenchmarkOpenSmall(b *testing.B) {
+	s := sshdtest.Start(b)
+	tr := open(b, options(s))
+	k := tiertest.Key("bench open small")
+	data := tiertest.Data(8, 16<<10)
+	tiertest.Put(b, tr, k, data)
+	buf := make([]byte, len(data))
+	for b.Loop() {
+		r, err := tr.Open(context.Background(), k)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := r.ReadAt(buf, 0); err != nil && err != io.EOF {
+			b.Fatal(err)
+		}
+		r.Close()
+	}
+}
