@@ -167,8 +167,13 @@ func (s *Stack) persister() {
 					break drain
 				}
 				if q.info.Size > persistSmall {
-					// Not held back by the batch, nor holding it.
-					wg.Go(func() { s.persistOne(q) })
+					// On its own: the batch does not wait for it (its
+					// persistence may wait for its early upload).
+					s.persistWG.Add(1)
+					go func() {
+						defer s.persistWG.Done()
+						s.persistOne(q)
+					}()
 					continue
 				}
 				batch = append(batch, q)
