@@ -600,57 +600,50 @@ func (s *Stack) uploadOne(ctx context.Context, k digest.Key) error {
 // flushDequeues takes what the dequeuer left out of the durable queue; Close
 // runs it once the workers are done, before it closes the tiers.
 func (s *Stack) flushDequeues() {
-	var wg sync.WaitGroup
-	for {
-		select {
-		case k := <-s.deq:
-			s.mu.Lock()
-			renewed := s.up.has(k)
-			s.mu.Unlock()
-			if !renewed {
-				wg.Go(func() { s.dequeueCtx(context.Background(), k) })
-			}
-		default:
-			wg.Wait()
-			return
-		}
-	}
+	s.dequeueBatch(context.Background(), s.drainDeq(nil, len(s.deq)))
 }
 
 // dequeuer takes uploaded entries out of the durable queue, many per
 // commit.
 func (s *Stack) dequeuer() {
 	defer s.wg.Done()
-	var wg sync.WaitGroup
 	for {
-		var k digest.Key
 		select {
 		case <-s.ctx.Done():
 			return
-		case k = <-s.deq:
+		case k := <-s.deq:
+			s.dequeueBatch(s.ctx, s.drainDeq([]digest.Key{k}, 255))
 		}
-		batch := []digest.Key{k}
-	drain:
-		for len(batch) < 256 {
-			select {
-			case k := <-s.deq:
-				batch = append(batch, k)
-			default:
-				break drain
-			}
-		}
-		for _, k := range batch {
-			s.mu.Lock()
-			// Deleted and published again since its upload: the record
-			// is the new value's.
-			renewed := s.up.has(k)
-			s.mu.Unlock()
-			if !renewed {
-				wg.Go(func() { s.dequeue(k) })
-			}
-		}
-		wg.Wait()
 	}
+}
+
+// drainDeq appends to batch up to n more keys that are waiting in s.deq.
+func (s *Stack) drainDeq(batch []digest.Key, n int) []digest.Key {
+	for range n {
+		select {
+		case k := <-s.deq:
+			batch = append(batch, k)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// dequeueBatch takes keys out of the durable queue at once (the bolt tier's
+// group commit writes them together), except a key deleted and published
+// again since its upload: its record is the new value's.
+func (s *Stack) dequeueBatch(ctx context.Context, keys []digest.Key) {
+	var wg sync.WaitGroup
+	for _, k := range keys {
+		s.mu.Lock()
+		renewed := s.up.has(k)
+		s.mu.Unlock()
+		if !renewed {
+			wg.Go(func() { s.dequeueCtx(ctx, k) })
+		}
+	}
+	wg.Wait()
 }
 
 func (s *Stack) dequeue(k digest.Key) error { return s.dequeueCtx(s.ctx, k) }
