@@ -58,11 +58,11 @@ type Stack struct {
 	persistCh chan *pub
 	persistWG sync.WaitGroup
 
-	lastPublish  atomic.Int64    // unix nanoseconds of the last Publish
-	burstStart   atomic.Int64    // of the first Publish of the current burst
-	largeUploads chan struct{}   // a slot per upload of a large value
-	deq          chan digest.Key // uploaded, to take out of the durable queue
-	publishing   sync.WaitGroup  // Publish calls between the closed check and the persist queue
+	lastPublish  atomic.Int64   // unix nanoseconds of the last Publish
+	burstStart   atomic.Int64   // of the first Publish of the current burst
+	largeUploads chan struct{}  // a slot per upload of a large value
+	deq          chan uploaded  // to take out of the durable queue
+	publishing   sync.WaitGroup // Publish calls between the closed check and the persist queue
 
 	list   listCache
 	absent absentSet // absence snapshots of the remotes (stack_absent.go)
@@ -109,7 +109,7 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 		changed:      make(chan struct{}),
 		persistCh:    make(chan *pub, 1024),
 		largeUploads: make(chan struct{}, largeUploads),
-		deq:          make(chan digest.Key, 4096),
+		deq:          make(chan uploaded, 4096),
 	}
 	s.up.init()
 	s.ctx, s.cancel = context.WithCancel(context.Background())

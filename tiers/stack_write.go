@@ -216,8 +216,10 @@ func (s *Stack) persistOne(p *pub) {
 	}
 	var perr error
 	persisted := false
-	for _, l := range s.layers[1:] {
-		if l.Remote || !l.writable() {
+	for _, l := range s.layers {
+		if l.Remote || !l.writable() || l.idx == 0 && l != s.persist {
+			// Tier 0 took its copy at publish, unless it is the
+			// persistent tier (a stack with no RAM tier).
 			continue
 		}
 		err := s.putLayer(l, p)
@@ -472,7 +474,7 @@ func (s *Stack) uploader() {
 			}
 			continue
 		}
-		err := s.uploadOne(ctx, k)
+		err := s.uploadOne(ctx, k, item)
 		s.mu.Lock()
 		s.endUploadLocked(k, item, err, true)
 		s.mu.Unlock()
@@ -519,7 +521,7 @@ func (s *Stack) endUploadLocked(k digest.Key, item *upItem, err error, backoff b
 
 // uploadOne copies k from the local tiers to every writable remote and
 // takes it out of the durable queue.
-func (s *Stack) uploadOne(ctx context.Context, k digest.Key) error {
+func (s *Stack) uploadOne(ctx context.Context, k digest.Key, item *upItem) error {
 	var src Reader
 	var persisted chan struct{} // of the published entry uploaded from its blob
 	s.mu.Lock()
@@ -535,7 +537,9 @@ func (s *Stack) uploadOne(ctx context.Context, k digest.Key) error {
 				continue
 			}
 			if r, err := l.Tier.Open(ctx, k); err == nil {
-				src = r
+				// As a reader's: a bad copy is counted and removed, and
+				// the read goes on from the next copy of the same value.
+				src = &stackReader{s: s, l: l, k: k, r: r}
 				break
 			}
 		}
@@ -589,7 +593,7 @@ func (s *Stack) uploadOne(ctx context.Context, k digest.Key) error {
 		// crash, the record only makes the next start check that the
 		// remote has the value.
 		select {
-		case s.deq <- k:
+		case s.deq <- uploaded{k, item}:
 			return nil
 		default:
 		}
@@ -600,7 +604,7 @@ func (s *Stack) uploadOne(ctx context.Context, k digest.Key) error {
 // flushDequeues takes what the dequeuer left out of the durable queue; Close
 // runs it once the workers are done, before it closes the tiers.
 func (s *Stack) flushDequeues() {
-	s.dequeueBatch(context.Background(), s.drainDeq(nil, len(s.deq)))
+	s.dequeueBatch(s.drainDeq(nil, len(s.deq)))
 }
 
 // dequeuer takes uploaded entries out of the durable queue, many per
@@ -611,18 +615,24 @@ func (s *Stack) dequeuer() {
 		select {
 		case <-s.ctx.Done():
 			return
-		case k := <-s.deq:
-			s.dequeueBatch(s.ctx, s.drainDeq([]digest.Key{k}, 255))
+		case u := <-s.deq:
+			s.dequeueBatch(s.drainDeq([]uploaded{u}, 255))
 		}
 	}
 }
 
-// drainDeq appends to batch up to n more keys that are waiting in s.deq.
-func (s *Stack) drainDeq(batch []digest.Key, n int) []digest.Key {
+// uploaded is an upload done, whose durable queue record is to remove.
+type uploaded struct {
+	k    digest.Key
+	item *upItem // the upload queue's item it took
+}
+
+// drainDeq appends to batch up to n more uploads that are waiting in s.deq.
+func (s *Stack) drainDeq(batch []uploaded, n int) []uploaded {
 	for range n {
 		select {
-		case k := <-s.deq:
-			batch = append(batch, k)
+		case u := <-s.deq:
+			batch = append(batch, u)
 		default:
 			return batch
 		}
@@ -632,25 +642,30 @@ func (s *Stack) drainDeq(batch []digest.Key, n int) []digest.Key {
 
 // dequeueBatch takes keys out of the durable queue at once (the bolt tier's
 // group commit writes them together), except a key deleted and published
-// again since its upload: its record is the new value's.
-func (s *Stack) dequeueBatch(ctx context.Context, keys []digest.Key) {
+// again since its upload: its record is the new value's. A key still queued
+// with the item its upload took is not renewed: the uploader hands it over
+// before it ends the upload (endUploadLocked).
+func (s *Stack) dequeueBatch(batch []uploaded) {
 	var wg sync.WaitGroup
-	for _, k := range keys {
+	for _, u := range batch {
 		s.mu.Lock()
-		renewed := s.up.has(k)
+		it, queued := s.up.set[u.k]
+		renewed := queued && it != u.item
 		s.mu.Unlock()
 		if !renewed {
-			wg.Go(func() { s.dequeueCtx(ctx, k) })
+			wg.Go(func() { s.dequeue(u.k) })
 		}
 	}
 	wg.Wait()
 }
 
-func (s *Stack) dequeue(k digest.Key) error { return s.dequeueCtx(s.ctx, k) }
-
-func (s *Stack) dequeueCtx(ctx context.Context, k digest.Key) error {
+// dequeue takes k out of the durable queue. Not with s.ctx: Close cancels
+// it right after the last uploads, and a dequeue failing then would leave
+// uploaded entries in the queue, to be read and checked again at the next
+// start. The commit is local and short; Close waits for it.
+func (s *Stack) dequeue(k digest.Key) error {
 	if s.queue != nil {
-		if err := s.queue.Uploaded(ctx, k); err != nil {
+		if err := s.queue.Uploaded(context.Background(), k); err != nil {
 			s.log.Error("could not take entry out of the upload queue", "key", k.String(), "err", err)
 			return err
 		}
