@@ -278,6 +278,7 @@ func BenchmarkPutSmall(b *testing.B) {
 	tr := open(b, options(s))
 	data := tiertest.Data(7, 16<<10)
 	m := tiers.Meta{Size: int64(len(data)), Sum: digest.Of(data)}
+	seq := 0 // across the runs b.Run makes: every key is new
 	for _, workers := range []int{1, 2, 8} {
 		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
 			n := 0
@@ -286,7 +287,8 @@ func BenchmarkPutSmall(b *testing.B) {
 				keys := make(chan digest.Key, batch)
 				for range batch {
 					n++
-					keys <- tiertest.Key(fmt.Sprint("put small ", workers, n))
+					seq++
+					keys <- tiertest.Key(fmt.Sprint("put small ", seq))
 				}
 				close(keys)
 				var wg sync.WaitGroup
