@@ -21,6 +21,7 @@ import (
 	"github.com/flechefs/flechefs/digest"
 	"github.com/flechefs/flechefs/internal/mounttest"
 	"github.com/flechefs/flechefs/internal/sshdtest"
+	"github.com/flechefs/flechefs/tiers/sftp"
 )
 
 // bound is how long an operation on an unreachable remote may take: the
@@ -46,28 +47,31 @@ func putRemote(t testing.TB, root, key string, data []byte) {
 
 func writeSum(t testing.TB, root, key, sum string, size int64) {
 	t.Helper()
-	s := fmt.Sprintf("sha256 %s\nsize %d\ncreated %s\n", sum, size, time.Now().UTC().Format(time.RFC3339Nano))
-	if err := os.WriteFile(filepath.Join(root, ".flechefs", "sums", key), []byte(s), 0o644); err != nil {
+	ds, err := digest.ParseSum(sum)
+	if err == nil {
+		err = sftp.WriteLocalSum(root, key, sftp.SumRecord{Sum: ds, Size: size, Created: time.Now()})
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 }
 
-// readSum parses .flechefs/sums/<key>.
+// garbleSum replaces key's sum record with a regular file holding b (the
+// earlier format) or, when link is set, with a symlink to b.
+func garbleSum(root, key, b string, link bool) {
+	p := filepath.Join(root, ".flechefs", "sums", key)
+	os.Remove(p)
+	if link {
+		os.Symlink(b, p)
+	} else {
+		os.WriteFile(p, []byte(b), 0o644)
+	}
+}
+
+// readSum reads the sum record of key.
 func readSum(root, key string) (sum string, size int64, err error) {
-	b, err := os.ReadFile(filepath.Join(root, ".flechefs", "sums", key))
-	if err != nil {
-		return "", 0, err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		k, v, _ := strings.Cut(l, " ")
-		switch k {
-		case "sha256":
-			sum = v
-		case "size":
-			fmt.Sscan(v, &size)
-		}
-	}
-	return sum, size, nil
+	r, err := sftp.LocalSum(root, key)
+	return r.Sum.String(), r.Size, err
 }
 
 // verifyRemote checks a remote root against the entries a node shows
@@ -527,9 +531,8 @@ func TestRemoteGarbage(t *testing.T) {
 		{"old complete file without sum", func(k string, d []byte) { os.Remove(filepath.Join(root, ".flechefs", "sums", k)); age(k) }},
 		{"wrong checksum", func(k string, d []byte) { writeSum(t, root, k, mounttest.Sum([]byte("other")), int64(len(d))) }},
 		{"sum file of another size", func(k string, d []byte) { writeSum(t, root, k, mounttest.Sum(d), int64(len(d)+1)) }},
-		{"garbled sum file", func(k string, d []byte) {
-			os.WriteFile(filepath.Join(root, ".flechefs", "sums", k), []byte("\x00\xffgarbage\nsha256 zz\n"), 0o644)
-		}},
+		{"garbled sum file", func(k string, d []byte) { garbleSum(root, k, "\x00\xffgarbage\nsha256 zz\n", false) }},
+		{"garbled sum record", func(k string, d []byte) { garbleSum(root, k, "garbage.1.1", true) }},
 		{"sum file is a directory", func(k string, d []byte) {
 			p := filepath.Join(root, ".flechefs", "sums", k)
 			os.Remove(p)
@@ -700,7 +703,7 @@ func TestRemoteGarbageHealedByUpload(t *testing.T) {
 		"sum of another size": func(k string, d []byte) { putRemote(t, root, k, d); writeSum(t, root, k, mounttest.Sum(d), 7) },
 		"garbled sum": func(k string, d []byte) {
 			putRemote(t, root, k, d)
-			os.WriteFile(filepath.Join(root, ".flechefs", "sums", k), []byte("size -1\n"), 0o644)
+			garbleSum(root, k, "size -1\n", false)
 		},
 	}
 	want := map[string]string{}

@@ -4,7 +4,6 @@ package faults
 // a mount with a remote, with every read checked as it happens.
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -14,7 +13,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -217,7 +215,7 @@ func TestStressOverlappingKeys(t *testing.T) {
 		if !bytes.Equal(rv, mv) {
 			t.Errorf("%s: the remote holds %d bytes, the mount %d other bytes", k[:8], len(rv), len(mv))
 		}
-		sum, size, err := remoteSumFile(filepath.Join(remote.Dir, ".flechefs", "sums", k))
+		sum, size, err := readSum(remote.Dir, k)
 		if err != nil || sum != mounttest.Sum(rv) || size != int64(len(rv)) {
 			t.Errorf("remote %s: sum file %s %d (%v), data %s %d", k[:8], sum, size, err, mounttest.Sum(rv), len(rv))
 		}
@@ -355,26 +353,6 @@ func stressRead(path string, slow bool) ([]byte, error) {
 		}
 		time.Sleep(200 * time.Microsecond)
 	}
-}
-
-// remoteSumFile parses a sum file of the SFTP tier.
-func remoteSumFile(path string) (sum string, size int64, err error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, _ := strings.Cut(sc.Text(), " ")
-		switch k {
-		case "sha256":
-			sum = v
-		case "size":
-			_, err = fmt.Sscan(v, &size)
-		}
-	}
-	return sum, size, err
 }
 
 func xattrOr(path, name string) string {

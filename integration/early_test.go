@@ -2,8 +2,6 @@ package integration
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flechefs/flechefs/digest"
 	"github.com/flechefs/flechefs/internal/sshdtest"
+	"github.com/flechefs/flechefs/tiers/sftp"
 )
 
 // Large values are uploaded while they are written (see tiers/doc.go,
@@ -51,9 +51,8 @@ func remoteVerified(srv *sshdtest.Server, k string, want []byte) bool {
 	if err != nil || !bytes.Equal(got, want) {
 		return false
 	}
-	sum, err := os.ReadFile(filepath.Join(srv.Dir, ".flechefs", "sums", k))
-	h := sha256.Sum256(want)
-	return err == nil && strings.Contains(string(sum), hex.EncodeToString(h[:]))
+	rec, err := sftp.LocalSum(srv.Dir, k)
+	return err == nil && rec.Sum == digest.Of(want) && rec.Size == int64(len(want))
 }
 
 func noRemoteTemps(t *testing.T, srv *sshdtest.Server) {

@@ -45,7 +45,7 @@
 // treated as corrupt (counted, logged, removed) once its data file is 10
 // minutes old: a younger one may be an upload between its two renames,
 // which the writer completes and counts as done. A remote copy found
-// corrupt by Stat (sizes that disagree, a garbled checksum file) is counted
+// corrupt by Stat (sizes that disagree, a garbled checksum record) is counted
 // and removed likewise. Only a verified spool is promoted.
 //
 // A local read that hits ErrCorrupt (the bbolt tier checks a CRC-32C per
@@ -149,7 +149,7 @@
 //     item's upload in flight: the workers leave the key to it, Delete
 //     cancels and waits for it as for theirs. It gives the upload the
 //     value's size and SHA-256; the tier checks the bytes it sent against
-//     them and publishes as Put does (temp file, sum file, rename; first
+//     them and publishes as Put does (temp file, rename, sum record; first
 //     writer wins). Success takes the item out of the queue, after the
 //     persistence, as a worker's upload does; any failure (ErrExist, a
 //     mismatch, the remote down) hands the item back to the workers at

@@ -99,9 +99,9 @@ func (e *earlyEnv) holds(k digest.Key, want []byte) {
 	if err != nil || !bytes.Equal(got, want) {
 		e.t.Fatalf("remote data file of %s: %v (%d bytes, want %d, equal %v)", k, err, len(got), len(want), bytes.Equal(got, want))
 	}
-	sum, err := os.ReadFile(filepath.Join(e.root, ".flechefs", "sums", k.String()))
-	if err != nil || !strings.Contains(string(sum), digest.Of(want).String()) {
-		e.t.Fatalf("remote sum file of %s: %v %q", k, err, sum)
+	rec, err := sftp.LocalSum(e.root, k.String())
+	if err != nil || rec.Sum != digest.Of(want) || rec.Size != int64(len(want)) {
+		e.t.Fatalf("remote sum record of %s: %+v, %v", k, rec, err)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/flechefs/flechefs/digest"
 	"github.com/flechefs/flechefs/internal/sshdtest"
@@ -127,9 +128,17 @@ func TestForeignFiles(t *testing.T) {
 	// A garbled sum file makes the entry corrupt, not silently unverified.
 	garbled := tiertest.Key("garbled")
 	tiertest.Put(t, tr, garbled, []byte("v"))
+	// (Written over the symlink, the file would go to its target.)
+	os.Remove(localPath(tr, ".flechefs", "sums", garbled.String()))
 	os.WriteFile(localPath(tr, ".flechefs", "sums", garbled.String()), []byte("nonsense\n"), 0o644)
 	if _, err := tr.Stat(ctx, garbled); !errors.Is(err, tiers.ErrCorrupt) {
 		t.Fatalf("stat with garbled sum file: %v", err)
+	}
+	// So does a garbled record.
+	os.Remove(localPath(tr, ".flechefs", "sums", garbled.String()))
+	os.Symlink("nonsense", localPath(tr, ".flechefs", "sums", garbled.String()))
+	if _, err := tr.Stat(ctx, garbled); !errors.Is(err, tiers.ErrCorrupt) {
+		t.Fatalf("stat with garbled sum record: %v", err)
 	}
 
 	// Junk in the root is never listed.
@@ -162,10 +171,10 @@ func TestForeignFiles(t *testing.T) {
 	}
 }
 
-// TestEmptySumFileIsNotYetWritten: Put writes the sum file in place after
-// the data's rename, so a reader may see it created and empty. That is an
-// upload between its two steps (no sum yet, Sum zero), not a corruption,
-// which the stack would delete.
+// TestEmptySumFileIsNotYetWritten: the earlier versions wrote the sum file
+// in place after the data's rename, so a reader may see one of theirs
+// created and empty. That is an upload between its two steps (no sum yet,
+// Sum zero), not a corruption, which the stack would delete.
 func TestEmptySumFileIsNotYetWritten(t *testing.T) {
 	s := sshdtest.Start(t)
 	tr := open(t, options(s))
@@ -173,7 +182,11 @@ func TestEmptySumFileIsNotYetWritten(t *testing.T) {
 	k := tiertest.Key("empty sum")
 	b := tiertest.Data(3, 5000)
 	tiertest.Put(t, tr, k, b)
-	if err := os.Truncate(localPath(tr, ".flechefs/sums/"+k.String()), 0); err != nil {
+	p := localPath(tr, ".flechefs/sums/"+k.String())
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for _, op := range []func() (tiers.Info, error){
@@ -193,10 +206,53 @@ func TestEmptySumFileIsNotYetWritten(t *testing.T) {
 		}
 	}
 	// A sum file with one byte is garbled, not pending.
-	if err := os.WriteFile(localPath(tr, ".flechefs/sums/"+k.String()), []byte("s"), 0o644); err != nil {
+	if err := os.WriteFile(p, []byte("s"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := tr.Stat(ctx, k); !errors.Is(err, tiers.ErrCorrupt) {
 		t.Fatalf("one-byte sum file: %v, want ErrCorrupt", err)
+	}
+}
+
+// TestSumFileOfEarlierFormat: a remote written by an earlier version has
+// regular sum files. They are read (Stat, Open, the stack's checks), and a
+// Put over a stale one replaces it with a record of the current format.
+func TestSumFileOfEarlierFormat(t *testing.T) {
+	s := sshdtest.Start(t)
+	tr := open(t, options(s))
+	ctx := context.Background()
+	k, b := tiertest.Key("old format"), tiertest.Data(4, 70000)
+	created := time.Date(2025, 1, 2, 3, 4, 5, 6, time.UTC)
+	if err := os.WriteFile(localPath(tr, k.String()), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := sumFile{sum: digest.Of(b), size: int64(len(b)), created: created}
+	if err := os.WriteFile(localPath(tr, ".flechefs/sums/"+k.String()), old.marshal(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st, err := tr.Stat(ctx, k)
+	if err != nil || st.Sum != digest.Of(b) || st.Size != int64(len(b)) || !st.Created.Equal(created) {
+		t.Fatalf("stat with an old sum file: %+v, %v", st, err)
+	}
+	r, err := tr.Open(ctx, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := tiers.ReadAll(r); err != nil || !bytes.Equal(got, b) || r.Info() != st {
+		t.Fatalf("open with an old sum file: %+v, %v", r.Info(), err)
+	}
+	r.Close()
+
+	// Its data file removed by hand, the old sum file is stale: a Put of
+	// the key replaces it.
+	os.Remove(localPath(tr, k.String()))
+	b2 := tiertest.Data(5, 300)
+	tiertest.Put(t, tr, k, b2)
+	rec, err := LocalSum(localPath(tr), k.String())
+	if err != nil || rec.Sum != digest.Of(b2) || rec.Size != 300 {
+		t.Fatalf("record after the put: %+v, %v", rec, err)
+	}
+	if _, err := os.Readlink(localPath(tr, ".flechefs/sums/"+k.String())); err != nil {
+		t.Fatalf("the record is not a symlink after the put: %v", err)
 	}
 }

@@ -3,12 +3,14 @@ package sftp
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -72,7 +74,8 @@ func TestLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.Sum != digest.Of(b) || info.Size != int64(len(b)) || !info.Created.Equal(created) {
+	// The record keeps milliseconds, rounded up.
+	if info.Sum != digest.Of(b) || info.Size != int64(len(b)) || !info.Created.Equal(created.Truncate(time.Millisecond).Add(time.Millisecond)) {
 		t.Fatalf("put info %+v", info)
 	}
 	// The data file is the raw value under the key's name.
@@ -80,13 +83,17 @@ func TestLayout(t *testing.T) {
 	if err != nil || !bytes.Equal(raw, b) {
 		t.Fatalf("data file: %v, equal=%v", err, bytes.Equal(raw, b))
 	}
-	sum, err := os.ReadFile(localPath(tr, ".flechefs", "sums", k.String()))
+	// The sum record is a symlink: sha256 in base64url, size and
+	// creation in milliseconds in base 36, short enough for the inode.
+	target, err := os.Readlink(localPath(tr, ".flechefs", "sums", k.String()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := fmt.Sprintf("sha256 %s\nsize %d\ncreated 2024-05-06T07:08:09.123456789Z\n", digest.Of(b), len(b))
-	if string(sum) != want {
-		t.Fatalf("sum file %q, want %q", sum, want)
+	sum := digest.Of(b)
+	want := base64.RawURLEncoding.EncodeToString(sum[:]) + "." + strconv.FormatInt(int64(len(b)), 36) + "." +
+		strconv.FormatInt(time.Date(2024, 5, 6, 7, 8, 9, 124000000, time.UTC).UnixMilli(), 36)
+	if target != want || len(target) >= 60 {
+		t.Fatalf("sum record %q, want %q (under 60 characters)", target, want)
 	}
 	if ents, _ := os.ReadDir(localPath(tr, ".flechefs", "tmp")); len(ents) != 0 {
 		t.Fatalf("temp files left: %v", ents)
@@ -152,6 +159,27 @@ func TestParseURL(t *testing.T) {
 	}
 }
 
+func TestSumRecord(t *testing.T) {
+	s := sumFile{sum: digest.Of([]byte("x")), size: 2<<30 - 1, created: time.UnixMilli(1764000000123)}
+	got, err := parseSumLink(s.link())
+	if err != nil || got != s {
+		t.Fatalf("round trip %+v, %v", got, err)
+	}
+	if n := len(s.link()); n >= 60 {
+		t.Fatalf("record of a value under 2 GiB has %d characters, want < 60 (an ext4 fast symlink)", n)
+	}
+	if got, err := parseSumLink(s.link() + ".future"); err != nil || got != s {
+		t.Fatalf("a fourth field: %v", err)
+	}
+	for _, bad := range []string{"", "x.1.1", s.link()[:42] + ".1.1", s.link()[:43] + ".-1.1", s.link()[:43] + ".1",
+		s.link()[:43] + ".1.zz!", s.link()[:43] + "..1"} {
+		if _, err := parseSumLink(bad); err == nil {
+			t.Errorf("parseSumLink(%q) accepted", bad)
+		}
+	}
+}
+
+// TestSumFile: records of the earlier format, regular files.
 func TestSumFile(t *testing.T) {
 	s := sumFile{sum: digest.Of([]byte("x")), size: 42, created: time.Unix(1, 5).UTC()}
 	got, err := parseSumFile(s.marshal())

@@ -178,7 +178,27 @@ func (t *Tier) readSumAsync(c *conn, k digest.Key) <-chan sumResult {
 	return ch
 }
 
+// readSum reads k's sum record: one READLINK. A record of the earlier
+// format, a regular file, fails it and is read as a file.
 func (t *Tier) readSum(c *conn, k digest.Key) sumResult {
+	target, err := c.sftp.ReadLink(t.sumPath(k))
+	switch {
+	case err == nil:
+		s, err := parseSumLink(target)
+		if err != nil {
+			return sumResult{found: true, err: fmt.Errorf("%w: %s: %v", tiers.ErrCorrupt, t.sumPath(k), err)}
+		}
+		return sumResult{s: s, found: true}
+	case errors.Is(err, os.ErrNotExist):
+		return sumResult{}
+	case isConnErr(err):
+		return sumResult{err: err}
+	}
+	return t.readSumFile(c, k)
+}
+
+// readSumFile reads a sum record of the earlier format, a regular file.
+func (t *Tier) readSumFile(c *conn, k digest.Key) sumResult {
 	f, err := c.sftp.Open(t.sumPath(k))
 	if errors.Is(err, os.ErrNotExist) {
 		return sumResult{}
@@ -438,6 +458,7 @@ func (t *Tier) putFinal(ctx context.Context, c *conn, w *watch, k digest.Key, r 
 	if created.IsZero() {
 		created = time.Now()
 	}
+	created = recordedCreated(created) // as the sum record keeps it
 	info := tiers.Info{Key: k, Size: size, Sum: sum, Created: created}
 
 	// Publish. Every write has been answered, so the data is in the temp
@@ -457,7 +478,7 @@ func (t *Tier) putFinal(ctx context.Context, c *conn, w *watch, k digest.Key, r 
 	// place without its sum file, which no reader serves: the Put fails,
 	// so that the caller retries and replaces that copy, rather than count
 	// the value uploaded while no one can ever read it.
-	if err := t.writeSum(c, k, sumFile{sum: sum, size: size, created: created}.marshal()); err != nil {
+	if err := t.writeSum(c, k, sumFile{sum: sum, size: size, created: created}); err != nil {
 		t.log.Warn("sftp entry published without its sum file", "tier", t.opt.Name, "key", k, "err", err)
 		return tiers.Info{}, t.failure(c, fmt.Errorf("sum file: %w", err))
 	}
@@ -502,26 +523,28 @@ func (t *Tier) mkdirs(c *conn) error {
 	return nil
 }
 
-// writeSum writes k's sum file in place with one write request (its close
-// is not waited for). A reader in between sees it empty, which it takes
-// for no sum file yet (see readSum).
-func (t *Tier) writeSum(c *conn, k digest.Key, b []byte) error {
-	p := t.sumPath(k)
-	f, err := c.sftp.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+// writeSum records k's sum: a symlink whose target is the record, one
+// request that either creates it whole or fails. A record already there
+// (stale: left by a data file someone removed by hand, or of the earlier
+// format) is removed first and the link made again.
+func (t *Tier) writeSum(c *conn, k digest.Key, s sumFile) error {
+	p, target := t.sumPath(k), s.link()
+	err := c.sftp.Symlink(target, p)
+	if err == nil || isConnErr(err) {
+		return err
+	}
 	if errors.Is(err, os.ErrNotExist) {
-		if err = t.mkdirs(c); err == nil {
-			f, err = c.sftp.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+		err = t.mkdirs(c)
+	} else {
+		err = c.sftp.Remove(p)
+		if errors.Is(err, os.ErrNotExist) {
+			err = nil
 		}
 	}
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	go f.Close()
-	return nil
+	return c.sftp.Symlink(target, p)
 }
 
 // removeTemps removes temp files now, or after the next connect if c is

@@ -22,7 +22,7 @@ const (
 )
 
 // dataset is the files on the remote, named by the SHA-256 of their
-// content, each with the sum file the flechefs sftp tier keeps beside it
+// content, each with the sum record the flechefs sftp tier keeps beside it
 // (.flechefs/sums/<key>, format in tiers/sftp/doc.go).
 type dataset struct {
 	remote string // the directory sshd serves
@@ -72,8 +72,7 @@ func (b *bench) generate() (*dataset, error) {
 		if err := os.WriteFile(filepath.Join(ds.remote, name), data, 0o644); err != nil {
 			return "", err
 		}
-		sf := fmt.Sprintf("sha256 %s\nsize %d\ncreated %s\n", name, len(data), time.Now().UTC().Format(time.RFC3339Nano))
-		return name, os.WriteFile(filepath.Join(sums, name), []byte(sf), 0o644)
+		return name, sftp.WriteLocalSum(ds.remote, name, sftp.SumRecord{Sum: sum, Size: int64(len(data)), Created: time.Now()})
 	}
 	all := randBytes(1, nSmall*smallSize)
 	for i := range nSmall {
