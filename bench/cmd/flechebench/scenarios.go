@@ -153,19 +153,17 @@ func writeFile(path string, data []byte) error {
 }
 
 // waitRemote waits until every name is on the remote with its size: the
-// data is there, whatever the client still does (sum files, mtimes).
+// data is there, whatever the client still does (sum files, mtimes). It
+// checks the names in order and stops at the first one missing: looking at
+// all 2000 every 10 ms took a quarter of a core from the clients measured.
 func (b *bench) waitRemote(names []string, size int64, timeout time.Duration) error {
-	left := append([]string(nil), names...)
+	left := names
 	deadline := time.Now().Add(timeout)
 	var st syscall.Stat_t
 	for {
-		rest := left[:0]
-		for _, n := range left {
-			if syscall.Lstat(filepath.Join(b.ds.remote, n), &st) != nil || st.Size != size {
-				rest = append(rest, n)
-			}
+		for len(left) > 0 && syscall.Lstat(filepath.Join(b.ds.remote, left[0]), &st) == nil && st.Size == size {
+			left = left[1:]
 		}
-		left = rest
 		if len(left) == 0 {
 			return nil
 		}

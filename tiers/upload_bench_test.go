@@ -1,0 +1,61 @@
+package tiers_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/flechefs/flechefs/digest"
+	"github.com/flechefs/flechefs/internal/sshdtest"
+	"github.com/flechefs/flechefs/tiers"
+	"github.com/flechefs/flechefs/tiers/bolt"
+	"github.com/flechefs/flechefs/tiers/sftp"
+	"github.com/flechefs/flechefs/tiers/tiertest"
+)
+
+// BenchmarkUploadSmall publishes 400 values of 16 KiB to a stack of RAM,
+// bbolt and an SFTP tier on a local sshd, and waits until all are on the
+// remote: the stack's part of the bench's "2000 small files on the
+// remote". Compare with the tier alone, BenchmarkPutSmall in tiers/sftp.
+func BenchmarkUploadSmall(b *testing.B) {
+	srv := sshdtest.Start(b)
+	quiet := slog.New(slog.DiscardHandler)
+	remote, err := sftp.Open(context.Background(), sftp.Options{URL: srv.URL() + "/upload-bench", IdentityFiles: []string{srv.IdentityFile},
+		KnownHosts: srv.KnownHosts, Timeout: 10 * time.Second, Logger: quiet})
+	if err != nil {
+		b.Fatal(err)
+	}
+	db, err := bolt.Open(filepath.Join(b.TempDir(), "cache.db"), bolt.Options{Logger: quiet, Limit: 4 << 30})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := tiers.NewStack([]tiers.Layer{{Tier: benchRAM(b)}, {Tier: db}, {Tier: remote, Remote: true}},
+		tiers.StackOptions{SpoolDir: b.TempDir(), Logger: quiet})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	data := tiertest.Data(11, 16<<10)
+	sum := digest.Of(data)
+	seq, n := 0, 0
+	for b.Loop() {
+		const batch = 400
+		for range batch {
+			seq++
+			n++
+			if _, err := s.Publish(context.Background(), tiertest.Key(fmt.Sprint("upload small ", seq)), newBlob(data), sum); err != nil {
+				b.Fatal(err)
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := s.Sync(ctx, nil)
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "values/s")
+}
