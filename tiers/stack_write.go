@@ -616,7 +616,15 @@ func (s *Stack) dequeuer() {
 		case <-s.ctx.Done():
 			return
 		case u := <-s.deq:
-			s.dequeueBatch(s.drainDeq([]uploaded{u}, 255))
+			// Linger a little for more: a commit rewrites every page its
+			// keys fall on, and uploads finishing one by one made a
+			// commit each. A record lost at a crash only makes the next
+			// start check the remote for that value.
+			select {
+			case <-time.After(dequeueLinger):
+			case <-s.ctx.Done():
+			}
+			s.dequeueBatch(s.drainDeq([]uploaded{u}, 1023))
 		}
 	}
 }
@@ -626,6 +634,10 @@ type uploaded struct {
 	k    digest.Key
 	item *upItem // the upload queue's item it took
 }
+
+// dequeueLinger is how long the dequeuer waits for more uploads to end
+// before it commits.
+const dequeueLinger = 100 * time.Millisecond
 
 // drainDeq appends to batch up to n more uploads that are waiting in s.deq.
 func (s *Stack) drainDeq(batch []uploaded, n int) []uploaded {
