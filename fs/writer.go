@@ -93,7 +93,7 @@ type writeHandle struct {
 	// hash is the running SHA-256 while every write appended at the end;
 	// nil once a write went elsewhere or the size was changed, and the
 	// value is hashed again at publish.
-	hash        *digest.Hasher
+	hash        *runningHash
 	written     bool // a write or truncate happened since open
 	wantDurable bool // fsync came before the publish: close waits for durability
 	// early uploads the value while it is written (nil: none); earlyAt is
@@ -108,7 +108,7 @@ func newWriteHandle(r *root, k digest.Key) *writeHandle {
 	return &writeHandle{
 		r: r, key: k, opened: time.Now(),
 		sp:   newSpool(r.opt.SpoolDir, r.opt.SpoolThreshold),
-		hash: digest.NewHasher(),
+		hash: newRunningHash(),
 
 		earlyAt: r.opt.UploadWhileWriting,
 	}
@@ -147,10 +147,10 @@ func (h *writeHandle) Write(ctx context.Context, data []byte, off int64) (uint32
 		return 0, errno
 	}
 	if appending {
-		h.hash.Write(data)
+		h.hash.appended(h.sp, data)
 		h.streamLocked()
 	} else {
-		h.hash = nil
+		h.dropHashLocked()
 	}
 	h.size = h.sp.size
 	h.written = true
@@ -169,7 +169,7 @@ func (h *writeHandle) truncateLocked(size int64) syscall.Errno {
 			h.failLocked(errno)
 			return errno
 		}
-		h.hash = nil
+		h.dropHashLocked()
 	}
 	h.size = size
 	h.written = true
@@ -257,19 +257,20 @@ func (h *writeHandle) Release(ctx context.Context) syscall.Errno {
 // value, and the stack counts the dropped one.
 func (h *writeHandle) publishLocked(ctx context.Context) syscall.Errno {
 	var sum digest.Sum
+	var err error
 	if h.hash != nil {
-		sum = h.hash.Sum()
+		sum, err = h.hash.sum()
 	} else {
-		var err error
-		if sum, err = h.sp.sum(); err != nil {
-			errno := h.r.errno(err)
-			h.failLocked(errno)
-			return errno
-		}
+		sum, err = h.sp.sum()
+	}
+	if err != nil {
+		errno := h.r.errno(err)
+		h.failLocked(errno)
+		return errno
 	}
 	b := h.sp.blob(h.early)
 	h.sp, h.hash, h.early = nil, nil, nil
-	_, err := h.r.st.Publish(context.WithoutCancel(ctx), h.key, b, sum)
+	_, err = h.r.st.Publish(context.WithoutCancel(ctx), h.key, b, sum)
 	switch {
 	case err == nil:
 		h.state = statePublished
@@ -338,17 +339,26 @@ func (h *writeHandle) abortEarlyLocked() {
 	h.earlyAt = math.MaxInt64
 }
 
+// dropHashLocked abandons the running hash: the value is hashed again at
+// publish, if it is published.
+func (h *writeHandle) dropHashLocked() {
+	if h.hash != nil {
+		h.hash.drop()
+		h.hash = nil
+	}
+}
+
 // failLocked ends the handle without publishing.
 func (h *writeHandle) failLocked(errno syscall.Errno) {
 	h.abortEarlyLocked()
 	if h.earlyTimer != nil {
 		h.earlyTimer.Stop()
 	}
+	h.dropHashLocked() // before the spool it reads is closed
 	if h.sp != nil {
 		h.sp.close()
 		h.sp = nil
 	}
-	h.hash = nil
 	h.state, h.errno = stateFailed, errno
 	h.r.doneWriting(h.key, false)
 }
