@@ -12,6 +12,7 @@ import (
 	"github.com/flechefs/flechefs/internal/sshdtest"
 	"github.com/flechefs/flechefs/tiers"
 	"github.com/flechefs/flechefs/tiers/bolt"
+	"github.com/flechefs/flechefs/tiers/memory"
 	"github.com/flechefs/flechefs/tiers/sftp"
 	"github.com/flechefs/flechefs/tiers/tiertest"
 )
@@ -20,7 +21,16 @@ import (
 // bbolt and an SFTP tier on a local sshd, and waits until all are on the
 // remote: the stack's part of the bench's "2000 small files on the
 // remote". Compare with the tier alone, BenchmarkPutSmall in tiers/sftp.
-func BenchmarkUploadSmall(b *testing.B) {
+func BenchmarkUploadSmall(b *testing.B) { benchUpload(b, 16<<10, 400) }
+
+// BenchmarkUploadLarge is BenchmarkUploadSmall with one value of 256 MiB:
+// compare with the tier alone, BenchmarkVsOpenSSH's put in tiers/sftp.
+func BenchmarkUploadLarge(b *testing.B) {
+	b.SetBytes(256 << 20)
+	benchUpload(b, 256<<20, 1)
+}
+
+func benchUpload(b *testing.B, size int64, batch int) {
 	srv := sshdtest.Start(b)
 	quiet := slog.New(slog.DiscardHandler)
 	remote, err := sftp.Open(context.Background(), sftp.Options{URL: srv.URL() + "/upload-bench", IdentityFiles: []string{srv.IdentityFile},
@@ -32,17 +42,20 @@ func BenchmarkUploadSmall(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s, err := tiers.NewStack([]tiers.Layer{{Tier: benchRAM(b)}, {Tier: db}, {Tier: remote, Remote: true}},
+	ram, err := memory.New(memory.Options{Limit: 64 << 20, MaxEntry: 16 << 20})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := tiers.NewStack([]tiers.Layer{{Tier: ram}, {Tier: db}, {Tier: remote, Remote: true}},
 		tiers.StackOptions{SpoolDir: b.TempDir(), Logger: quiet})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { s.Close() })
-	data := tiertest.Data(11, 16<<10)
+	data := tiertest.Data(11, size)
 	sum := digest.Of(data)
 	seq, n := 0, 0
 	for b.Loop() {
-		const batch = 400
 		for range batch {
 			seq++
 			n++
