@@ -347,9 +347,11 @@ func (r *root) doneWriting(k digest.Key, published bool) {
 	}
 }
 
-// trackDurable forgets k from undurable once the stack has persisted it.
+// trackDurable forgets k from undurable once the stack has persisted it. It
+// does not hurry the persistence (WaitPersisted): that waits for a burst of
+// publishes to pause, or for the value's early upload.
 func (r *root) trackDurable(k digest.Key) {
-	if r.st.WaitDurable(r.ctx, k) != nil {
+	if r.st.WaitPersisted(r.ctx, k) != nil {
 		return // left for an fsync of the directory to report
 	}
 	r.mu.Lock()

@@ -58,7 +58,13 @@
 // served from the writer's spool (the Blob) until a tier holds it. It is
 // copied into tier 0 at once and into the persistent local tier (the first
 // tier implementing Queue, the bbolt tier) in the background; WaitDurable
-// returns once that commit (with fsync) is done. The same commit records
+// returns once that commit (with fsync) is done. A lone publish is
+// persisted at once; small entries (up to 64 KiB) published in a burst are
+// held, like uploads, until the publishes pause for 20 ms, at most 2 s from
+// the first of the burst and at most 64 MiB of them, and persisted together
+// (the commits would otherwise take CPU from the writing program).
+// WaitDurable and Delete of a held entry end the hold at once;
+// WaitPersisted waits without ending it. The same commit records
 // the key in the durable upload queue when a writable remote tier exists:
 // entries waiting for upload are never evicted, survive a restart and are
 // uploaded by UploadWorkers goroutines with exponential backoff (0.5 s
