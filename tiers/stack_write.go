@@ -113,6 +113,12 @@ func (s *Stack) Publish(ctx context.Context, k digest.Key, b Blob, sum digest.Su
 		p.inTier0 = s.putLayer(l, p) == nil
 	}
 	s.persistCh <- p
+	if len(s.persistCh) > cap(s.persistCh)/2 {
+		select { // wake a persister that holds entries (collect)
+		case s.persistFull <- struct{}{}:
+		default:
+		}
+	}
 
 	if s.opt.WriteThrough && len(s.remotes) > 0 {
 		if err := s.WaitDurable(ctx, k); err != nil {
@@ -227,13 +233,12 @@ func (s *Stack) collect(p *pub) []*pub {
 		} else {
 			timer.Reset(wait)
 		}
+		// Not woken by each publish (that costs a thread wake-up per
+		// entry, on the writer's cores): the queue is drained when the
+		// timer fires, or when it is half full.
 		select {
-		case q, ok := <-s.persistCh:
-			if !ok {
-				return batch
-			}
-			take(q)
 		case <-timer.C:
+		case <-s.persistFull:
 		case <-hurried:
 			stop = true
 		case <-s.ctx.Done():
