@@ -22,7 +22,9 @@
 //     test with errors.Is.
 //   - Optional abilities are separate interfaces found by type assertion:
 //     UsageReporter (fill and evictions), Queue (the durable upload queue),
-//     Syncer (Put may return before data is on stable storage).
+//     Syncer (Put may return before data is on stable storage), BytesPutter
+//     (a memory tier keeps a published value's buffer instead of a copy,
+//     when the Blob is a BytesBlob).
 //
 // The conformance suite in tiers/tiertest checks all of this for every tier.
 //

@@ -136,15 +136,34 @@ func (s *Stack) Publish(ctx context.Context, k digest.Key, b Blob, sum digest.Su
 	return info, nil
 }
 
-// putLayer copies a published value into l.
+// putLayer copies a published value into l: into a tier that keeps values
+// in memory (a BytesPutter), the blob's own bytes when it has them (the
+// copy of a small value cost as much as the rest of Publish: a new buffer
+// is new pages, faulted in).
 func (s *Stack) putLayer(l *layer, p *pub) error {
-	r := &countingReader{r: copyReader(p.blob, p.info.Size), n: &l.bytesIn}
-	_, err := l.Tier.Put(s.ctx, p.info.Key, r, Meta{Size: p.info.Size, Sum: p.info.Sum, Created: p.info.Created,
-		Pending: p.upload && l == s.persist, Verified: true})
+	m := Meta{Size: p.info.Size, Sum: p.info.Sum, Created: p.info.Created,
+		Pending: p.upload && l == s.persist, Verified: true}
+	var err error
+	bp, ok := l.Tier.(BytesPutter)
+	if b := blobBytes(p.blob); ok && b != nil && int64(len(b)) == p.info.Size {
+		if _, err = bp.PutBytes(s.ctx, p.info.Key, b, m); err == nil {
+			l.bytesIn.Add(p.info.Size)
+		}
+	} else {
+		_, err = l.Tier.Put(s.ctx, p.info.Key, &countingReader{r: copyReader(p.blob, p.info.Size), n: &l.bytesIn}, m)
+	}
 	if err != nil && !errors.Is(err, ErrExist) && !errors.Is(err, ErrNoSpace) {
 		s.noteErr(l, err)
 	}
 	return err
+}
+
+// blobBytes returns the in-memory value of a BytesBlob, or nil.
+func blobBytes(b Blob) []byte {
+	if bb, ok := b.(BytesBlob); ok {
+		return bb.Bytes()
+	}
+	return nil
 }
 
 // persister writes published entries to the local tiers after tier 0 and
