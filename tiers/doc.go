@@ -65,7 +65,8 @@
 // held, like uploads, until the publishes pause for 20 ms, at most 2 s from
 // the first of the burst and at most 64 MiB of them, and persisted together
 // (the commits would otherwise take CPU from the writing program).
-// WaitDurable and Delete of a held entry end the hold at once;
+// WaitDurable and Delete of a held entry end the hold at once, and that
+// entry is persisted first (one deleted meanwhile is not written);
 // WaitPersisted waits without ending it. The same commit records
 // the key in the durable upload queue when a writable remote tier exists:
 // entries waiting for upload are never evicted, survive a restart and are

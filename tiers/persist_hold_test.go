@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,10 +21,11 @@ import (
 type countingBolt struct {
 	*bolt.Tier
 	puts atomic.Int64
+	keys sync.Map // digest.Key -> int: the order of its put, from 0
 }
 
 func (c *countingBolt) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta) (tiers.Info, error) {
-	c.puts.Add(1)
+	c.keys.Store(k, int(c.puts.Add(1)-1))
 	return c.Tier.Put(ctx, k, r, m)
 }
 
@@ -73,12 +75,49 @@ func TestPersistHeldDuringBurst(t *testing.T) {
 }
 
 // TestWaitDurableEndsHold: WaitPersisted leaves a held entry alone, while
-// WaitDurable (fsync) and Delete persist it at once, in a burst that goes on.
+// WaitDurable (fsync) and Delete end the hold at once, in a burst that goes
+// on; an entry deleted while held is never written.
 func TestWaitDurableEndsHold(t *testing.T) {
 	s, b := holdStack(t)
+	startBurst(t, s)
+	time.Sleep(20 * time.Millisecond)
+
+	gone := publishBurst(t, s, 1, 0)[0]
+	start := time.Now()
+	if err := s.Delete(context.Background(), gone); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("Delete of a held entry took %v during a burst", d)
+	}
+	if _, put := b.keys.Load(gone); put || has(b, gone) {
+		t.Errorf("entry deleted while held was written to the bolt tier")
+	}
+
+	k := publishBurst(t, s, 1, 0)[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := s.WaitPersisted(ctx, k); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitPersisted during a burst: %v, want it to wait for the burst", err)
+	}
+	start = time.Now()
+	if err := s.WaitDurable(context.Background(), k); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("WaitDurable took %v during a burst", d)
+	}
+	if !has(b, k) {
+		t.Errorf("not in the bolt tier after WaitDurable")
+	}
+}
+
+// startBurst publishes entries until the test ends, never pausing for
+// uploadQuiet (20 ms), which would end the hold.
+func startBurst(t *testing.T, s *tiers.Stack) {
 	stop := make(chan struct{})
 	done := make(chan struct{})
-	go func() { // the burst: a publish every millisecond until stopped
+	go func() {
 		defer close(done)
 		for i := 0; ; i++ {
 			select {
@@ -88,36 +127,24 @@ func TestWaitDurableEndsHold(t *testing.T) {
 			}
 			data := tiertest.Data(uint64(i), 4096)
 			s.Publish(context.Background(), tiertest.Key(fmt.Sprintf("bg-%d", i)), newBlob(data), digest.Of(data))
-			time.Sleep(time.Millisecond)
+			time.Sleep(100 * time.Microsecond)
 		}
 	}()
-	defer func() { close(stop); <-done }()
-	time.Sleep(20 * time.Millisecond)
-	keys := publishBurst(t, s, 2, time.Millisecond)
+	t.Cleanup(func() { close(stop); <-done })
+}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	if err := s.WaitPersisted(ctx, keys[0]); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("WaitPersisted during a burst: %v, want it to wait for the burst", err)
-	}
-	start := time.Now()
-	if err := s.WaitDurable(context.Background(), keys[0]); err != nil {
+// TestWaitDurableFirst: the entry an fsync waits for is persisted before
+// the others held with it, not after all of them.
+func TestWaitDurableFirst(t *testing.T) {
+	s, b := holdStack(t)
+	startBurst(t, s)
+	time.Sleep(20 * time.Millisecond)
+	keys := publishBurst(t, s, 300, 0)
+	if err := s.WaitDurable(context.Background(), keys[len(keys)-1]); err != nil {
 		t.Fatal(err)
 	}
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("WaitDurable took %v during a burst", d)
-	}
-	if !has(b, keys[0]) {
-		t.Errorf("not in the bolt tier after WaitDurable")
-	}
-	start = time.Now()
-	if err := s.Delete(context.Background(), keys[1]); err != nil {
-		t.Fatal(err)
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("Delete of a held entry took %v during a burst", d)
-	}
-	if has(b, keys[1]) {
-		t.Errorf("deleted entry in the bolt tier")
+	// Without the order, it would come after the 300 (and more) held.
+	if i, _ := b.keys.Load(keys[len(keys)-1]); i.(int) >= 150 {
+		t.Errorf("the entry waited for was persisted after %d others, want fewer than 150", i)
 	}
 }

@@ -267,7 +267,19 @@ func (s *Stack) collect(p *pub) []*pub {
 }
 
 // persistAll persists a batch of small entries, persistBatch at a time.
+// Entries waited for (WaitDurable, Delete) go first: an fsync during a
+// burst waits for one commit, not for everything held.
 func (s *Stack) persistAll(batch []*pub) {
+	waited := make([]*pub, 0, len(batch))
+	var rest []*pub
+	for _, q := range batch {
+		if isClosed(q.hurry) {
+			waited = append(waited, q)
+		} else {
+			rest = append(rest, q)
+		}
+	}
+	batch = append(waited, rest...)
 	var wg sync.WaitGroup
 	for len(batch) > 0 {
 		n := min(len(batch), persistBatch)
@@ -333,8 +345,11 @@ func (s *Stack) persistOne(p *pub) {
 	}
 	var perr error
 	persisted := false
+	s.mu.Lock()
+	gone := p.deleted // while held: nothing to write, Delete waits for persisted
+	s.mu.Unlock()
 	for _, l := range s.layers {
-		if l.Remote || !l.writable() || l.idx == 0 && l != s.persist {
+		if gone || l.Remote || !l.writable() || l.idx == 0 && l != s.persist {
 			// Tier 0 took its copy at publish, unless it is the
 			// persistent tier (a stack with no RAM tier).
 			continue
