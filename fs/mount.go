@@ -108,6 +108,7 @@ type stack interface {
 	Publish(ctx context.Context, k digest.Key, b tiers.Blob, sum digest.Sum) (tiers.Info, error)
 	BeginUpload(k digest.Key, src io.ReaderAt) *tiers.EarlyUpload
 	WaitDurable(ctx context.Context, k digest.Key) error
+	WaitPersisted(ctx context.Context, k digest.Key) error
 	Delete(ctx context.Context, k digest.Key) error
 	List(ctx context.Context, fn func(tiers.Info) error) error
 	Where(ctx context.Context, k digest.Key) []string

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"sync"
@@ -68,8 +69,11 @@ type root struct {
 	// their keys, to catch two keys hashing to one inode number.
 	live map[uint64]digest.Key
 	// undurable holds the keys this mount published that may not yet be in
-	// the persistent tier (for fsync of the directory).
+	// the persistent tier (for fsync of the directory). pruneDurable takes
+	// out those persisted since, once pruneAt are held.
 	undurable map[digest.Key]struct{}
+	pruneAt   int
+	pruning   bool
 	// closing holds the keys whose writer was closed before it wrote
 	// anything (touch, os.open(O_CREAT).close()): it publishes an empty
 	// value at RELEASE, which the kernel sends after close(2) returned.
@@ -88,6 +92,7 @@ func newRoot(st stack, opt Options) *root {
 		neg:       map[digest.Key]time.Time{},
 		live:      map[uint64]digest.Key{},
 		undurable: map[digest.Key]struct{}{},
+		pruneAt:   undurablePrune,
 		closing:   map[digest.Key]chan struct{}{},
 	}
 }
@@ -334,26 +339,50 @@ func (r *root) doneWriting(k digest.Key, published bool) {
 	}
 	delete(r.neg, k)
 	r.epoch++
+	prune := false
 	if published {
 		r.undurable[k] = struct{}{}
+		if len(r.undurable) >= r.pruneAt && !r.pruning {
+			r.pruning, prune = true, true
+		}
 	}
 	if c, ok := r.closing[k]; ok {
 		close(c)
 		delete(r.closing, k)
 	}
 	r.mu.Unlock()
-	if published {
-		go r.trackDurable(k)
+	if prune {
+		go r.pruneDurable()
 	}
 }
 
-// trackDurable forgets k from undurable once the stack has persisted it.
-func (r *root) trackDurable(k digest.Key) {
-	if r.st.WaitDurable(r.ctx, k) != nil {
-		return // left for an fsync of the directory to report
+// undurablePrune is how many published keys undurable holds before
+// pruneDurable runs. A goroutine per publish waiting for its persistence
+// made a loop writing small files 10% slower on 2 cores (each woke a
+// thread on the writer's cores).
+const undurablePrune = 1024
+
+// pruneDurable forgets from undurable the keys the stack has persisted. It
+// does not hurry the persistence (WaitPersisted): that waits for a burst of
+// publishes to pause, or for the value's early upload.
+func (r *root) pruneDurable() {
+	r.mu.Lock()
+	keys := slices.Collect(maps.Keys(r.undurable))
+	r.mu.Unlock()
+	for _, k := range keys {
+		if err := r.st.WaitPersisted(r.ctx, k); err != nil {
+			if r.ctx.Err() != nil {
+				break // unmounted
+			}
+			continue // left for an fsync of the directory to report
+		}
+		r.mu.Lock()
+		delete(r.undurable, k)
+		r.mu.Unlock()
 	}
 	r.mu.Lock()
-	delete(r.undurable, k)
+	r.pruning = false
+	r.pruneAt = len(r.undurable) + undurablePrune
 	r.mu.Unlock()
 }
 

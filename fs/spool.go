@@ -167,7 +167,20 @@ type spoolBlob struct {
 	once  sync.Once
 }
 
-var _ tiers.UploadingBlob = (*spoolBlob)(nil)
+var (
+	_ tiers.UploadingBlob = (*spoolBlob)(nil)
+	_ tiers.BytesBlob     = (*spoolBlob)(nil)
+)
+
+// Bytes implements tiers.BytesBlob: the value, when it is in memory in a
+// buffer not much larger (the RAM tier keeps the buffer itself). The spool
+// gave it up, so nobody changes it.
+func (b *spoolBlob) Bytes() []byte {
+	if b.f != nil || int64(len(b.mem)) != b.size || cap(b.mem)-len(b.mem) > len(b.mem)/8 {
+		return nil
+	}
+	return b.mem
+}
 
 // EarlyUpload implements tiers.UploadingBlob.
 func (b *spoolBlob) EarlyUpload() *tiers.EarlyUpload { return b.early }

@@ -85,3 +85,35 @@ func TestSpool(t *testing.T) {
 		t.Fatalf("spool dir not empty: %v", ents)
 	}
 }
+
+// TestSpoolBlobBytes: a value in memory is handed to the RAM tier as is,
+// unless its buffer is much larger than it or it is on disk.
+func TestSpoolBlobBytes(t *testing.T) {
+	s := newSpool(t.TempDir(), 1<<20)
+	data := pattern(16<<10, 1)
+	if err := s.writeAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	b := s.blob(nil)
+	if got := b.Bytes(); !bytes.Equal(got, data) || cap(got) > len(got)+len(got)/8 {
+		t.Fatalf("Bytes of a 16 KiB write: %d bytes (cap %d), equal %v", len(got), cap(got), bytes.Equal(got, data))
+	}
+	if s.mem != nil {
+		t.Fatal("the spool kept the buffer it handed over")
+	}
+
+	s = newSpool(t.TempDir(), 1<<20)
+	s.writeAt(pattern(5000, 2), 0)
+	s.truncate(1000) // the buffer stays larger
+	if got := s.blob(nil).Bytes(); got != nil {
+		t.Fatalf("Bytes of a 1000-byte value in a %d-byte buffer: not nil", cap(got))
+	}
+
+	s = newSpool(t.TempDir(), 100)
+	s.writeAt(pattern(300, 3), 0) // spilled to disk
+	b = s.blob(nil)
+	defer b.Release()
+	if got := b.Bytes(); got != nil {
+		t.Fatal("Bytes of a spilled value: not nil")
+	}
+}

@@ -22,7 +22,9 @@
 //     test with errors.Is.
 //   - Optional abilities are separate interfaces found by type assertion:
 //     UsageReporter (fill and evictions), Queue (the durable upload queue),
-//     Syncer (Put may return before data is on stable storage).
+//     Syncer (Put may return before data is on stable storage), BytesPutter
+//     (a memory tier keeps a published value's buffer instead of a copy,
+//     when the Blob is a BytesBlob).
 //
 // The conformance suite in tiers/tiertest checks all of this for every tier.
 //
@@ -58,7 +60,14 @@
 // served from the writer's spool (the Blob) until a tier holds it. It is
 // copied into tier 0 at once and into the persistent local tier (the first
 // tier implementing Queue, the bbolt tier) in the background; WaitDurable
-// returns once that commit (with fsync) is done. The same commit records
+// returns once that commit (with fsync) is done. A lone publish is
+// persisted at once; small entries (up to 64 KiB) published in a burst are
+// held, like uploads, until the publishes pause for 20 ms, at most 2 s from
+// the first of the burst and at most 64 MiB of them, and persisted together
+// (the commits would otherwise take CPU from the writing program).
+// WaitDurable and Delete of a held entry end the hold at once, and that
+// entry is persisted first (one deleted meanwhile is not written);
+// WaitPersisted waits without ending it. The same commit records
 // the key in the durable upload queue when a writable remote tier exists:
 // entries waiting for upload are never evicted, survive a restart and are
 // uploaded by UploadWorkers goroutines with exponential backoff (0.5 s

@@ -55,11 +55,16 @@ type Stack struct {
 	// earlyUploads counts the EarlyUploads running (BeginUpload); under mu.
 	earlyUploads int
 
-	persistCh chan *pub
-	persistWG sync.WaitGroup
+	persistCh   chan *pub
+	persistFull chan struct{} // poked when persistCh is half full
+	persistWG   sync.WaitGroup
 
-	lastPublish  atomic.Int64   // unix nanoseconds of the last Publish
-	burstStart   atomic.Int64   // of the first Publish of the current burst
+	lastPublish atomic.Int64 // unix nanoseconds of the last Publish
+	burstStart  atomic.Int64 // of the first Publish of the current burst
+	heldBytes   atomic.Int64 // of the entries persisters hold (collect)
+	// hurried is closed and replaced when an entry is waited for: the
+	// persisters stop holding entries (collect). Under mu.
+	hurried      chan struct{}
 	largeUploads chan struct{}  // a slot per upload of a large value
 	deq          chan uploaded  // to take out of the durable queue
 	publishing   sync.WaitGroup // Publish calls between the closed check and the persist queue
@@ -107,6 +112,8 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 		pending: map[digest.Key]*pub{}, fills: map[digest.Key]*fill{}, promoting: map[digest.Key]chan struct{}{},
 		deleting:     map[digest.Key]int{},
 		changed:      make(chan struct{}),
+		hurried:      make(chan struct{}),
+		persistFull:  make(chan struct{}, 1),
 		persistCh:    make(chan *pub, 1024),
 		largeUploads: make(chan struct{}, largeUploads),
 		deq:          make(chan uploaded, 4096),
@@ -445,6 +452,7 @@ func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
 	p, pend := s.pending[k]
 	if pend {
 		p.deleted = true
+		s.hurryLocked(p) // waited for below
 		delete(s.pending, k)
 		s.unrefLocked(p)
 		found = true

@@ -61,6 +61,14 @@ type Blob interface {
 	Release()
 }
 
+// BytesBlob is a Blob that may hold its value in memory, unchanging: Bytes
+// returns it (nil when it does not). A BytesPutter tier keeps that slice
+// instead of a copy.
+type BytesBlob interface {
+	Blob
+	Bytes() []byte
+}
+
 // UploadState of an entry, for the user.flechefs.upload xattr.
 type UploadState string
 

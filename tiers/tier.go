@@ -188,6 +188,13 @@ type Queue interface {
 	Uploaded(ctx context.Context, k digest.Key) error
 }
 
+// BytesPutter is implemented by tiers that keep values in memory: PutBytes
+// is Put of b, keeping b itself instead of a copy. The caller never changes
+// b afterwards, nor does the tier.
+type BytesPutter interface {
+	PutBytes(ctx context.Context, k digest.Key, b []byte, m Meta) (Info, error)
+}
+
 // Syncer is implemented by tiers whose Put may return before the data is on
 // stable storage. Sync returns when everything Put before it is durable.
 type Syncer interface {

@@ -35,3 +35,22 @@ func TestUploadHold(t *testing.T) {
 		}
 	}
 }
+
+// TestPersistHold: persisters hold entries during a burst like uploads, but
+// not for a lone publish, and not past persistHoldBytes.
+func TestPersistHold(t *testing.T) {
+	s := &Stack{}
+	t0 := time.Unix(1000, 0)
+	s.notePublish(t0)
+	if d := s.persistHold(t0.Add(time.Millisecond)); d != 0 {
+		t.Fatalf("hold %v after a lone publish", d)
+	}
+	s.notePublish(t0.Add(time.Millisecond))
+	if d := s.persistHold(t0.Add(2 * time.Millisecond)); d != uploadQuiet-time.Millisecond {
+		t.Fatalf("hold %v 1ms after the second publish of a burst, want %v", d, uploadQuiet-time.Millisecond)
+	}
+	s.heldBytes.Store(persistHoldBytes)
+	if d := s.persistHold(t0.Add(2 * time.Millisecond)); d != 0 {
+		t.Fatalf("hold %v with persistHoldBytes held", d)
+	}
+}

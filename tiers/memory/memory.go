@@ -50,6 +50,7 @@ type entry struct {
 var (
 	_ tiers.Tier          = (*Tier)(nil)
 	_ tiers.UsageReporter = (*Tier)(nil)
+	_ tiers.BytesPutter   = (*Tier)(nil)
 )
 
 // New returns an empty RAM tier.
@@ -154,7 +155,39 @@ func (t *Tier) put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 	if !m.Sum.IsZero() && sum != m.Sum {
 		return tiers.Info{}, fmt.Errorf("%w: sha256 %s, announced %s", tiers.ErrCorrupt, sum, m.Sum)
 	}
-	created := m.Created
+	return t.insert(k, data, sum, m.Created)
+}
+
+// PutBytes stores b itself, not a copy (tiers.BytesPutter): the caller
+// never changes b. The checks are Put's.
+func (t *Tier) PutBytes(ctx context.Context, k digest.Key, b []byte, m tiers.Meta) (tiers.Info, error) {
+	info, err := t.putBytes(k, b, m)
+	return info, tiers.Wrap(t.name, "put", k, err)
+}
+
+func (t *Tier) putBytes(k digest.Key, b []byte, m tiers.Meta) (tiers.Info, error) {
+	if t.readOnly {
+		return tiers.Info{}, tiers.ErrReadOnly
+	}
+	n := int64(len(b))
+	if n > t.maxEntry {
+		return tiers.Info{}, fmt.Errorf("%w: %d bytes is over the admission limit of %d", tiers.ErrNoSpace, n, t.maxEntry)
+	}
+	if m.Size >= 0 && n != m.Size {
+		return tiers.Info{}, fmt.Errorf("%w: got %d bytes, announced %d", tiers.ErrCorrupt, n, m.Size)
+	}
+	h := tiers.NewSummer(m)
+	h.Write(b)
+	sum := h.Sum()
+	if !m.Sum.IsZero() && sum != m.Sum {
+		return tiers.Info{}, fmt.Errorf("%w: sha256 %s, announced %s", tiers.ErrCorrupt, sum, m.Sum)
+	}
+	return t.insert(k, b[:n:n], sum, m.Created)
+}
+
+// insert adds a checked value.
+func (t *Tier) insert(k digest.Key, data []byte, sum digest.Sum, created time.Time) (tiers.Info, error) {
+	n := int64(len(data))
 	if created.IsZero() {
 		created = time.Now()
 	}

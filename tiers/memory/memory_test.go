@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/flechefs/flechefs/digest"
 	"github.com/flechefs/flechefs/tiers"
 	"github.com/flechefs/flechefs/tiers/tiertest"
 )
@@ -79,5 +80,46 @@ func BenchmarkPut(b *testing.B) {
 	b.SetBytes(int64(len(data)))
 	for i := 0; b.Loop(); i++ {
 		tiertest.Put(b, tr, tiertest.Key(fmt.Sprint(i)), data)
+	}
+}
+
+// TestPutBytes: PutBytes keeps the caller's slice itself, with Put's checks.
+func TestPutBytes(t *testing.T) {
+	tr, _ := New(Options{Limit: 1 << 20})
+	ctx := context.Background()
+	b := tiertest.Data(1, 5000)
+	k := tiertest.Key("adopted")
+	info, err := tr.PutBytes(ctx, k, b, tiers.Meta{Size: int64(len(b)), Sum: digest.Of(b), Verified: true})
+	if err != nil || info.Size != int64(len(b)) || info.Sum != digest.Of(b) {
+		t.Fatalf("PutBytes = %+v, %v", info, err)
+	}
+	if !bytes.Equal(tiertest.Get(t, tr, k), b) {
+		t.Fatal("read back other bytes")
+	}
+	el := tr.entries[k]
+	if d := el.Value.(*entry).data; &d[0] != &b[0] {
+		t.Error("PutBytes stored a copy")
+	}
+	if u := tr.Usage(); u.Bytes != int64(len(b)) {
+		t.Errorf("usage %d bytes, want %d", u.Bytes, len(b))
+	}
+	for _, c := range []struct {
+		name string
+		k    digest.Key
+		b    []byte
+		m    tiers.Meta
+		want error
+	}{
+		{"existing", k, b, tiers.Meta{Size: int64(len(b))}, tiers.ErrExist},
+		{"wrong sum", tiertest.Key("sum"), b, tiers.Meta{Size: int64(len(b)), Sum: digest.Of(nil)}, tiers.ErrCorrupt},
+		{"wrong size", tiertest.Key("size"), b, tiers.Meta{Size: 10}, tiers.ErrCorrupt},
+		{"too large", tiertest.Key("big"), tiertest.Data(2, 300<<10), tiers.UnknownMeta, tiers.ErrNoSpace},
+	} {
+		if _, err := tr.PutBytes(ctx, c.k, c.b, c.m); !errors.Is(err, c.want) {
+			t.Errorf("%s: %v, want %v", c.name, err, c.want)
+		}
+	}
+	if u := tr.Usage(); u.Entries != 1 {
+		t.Errorf("%d entries after refused puts, want 1", u.Entries)
 	}
 }
