@@ -862,8 +862,8 @@ func (s *Stack) noteUpload(r *layer, info Info, err error) {
 // key. A valid copy ends the upload: ours, or another value (a conflict:
 // the first writer wins). A copy that is not valid would never be served
 // and would leave the remote without the value for good, so it is removed
-// and ours put in its place: a corrupt one (truncated, a garbled sum file),
-// or one without a sum file (its writer died between its two renames, as a
+// and ours put in its place: a corrupt one (truncated, a garbled sum
+// record), or one without a record (its writer died between its two steps, as a
 // killed daemon does, or it was copied in by hand), which readers treat as
 // corrupt too. A failure to tell is an error: the upload is retried.
 func (s *Stack) uploadExisting(ctx context.Context, r *layer, info Info, put func() error) error {

@@ -139,10 +139,10 @@ func (t *Tier) begin(ctx context.Context, k digest.Key) (*conn, *watch, error) {
 }
 
 // Stat returns the entry's info. Size, Sum and Created come from the sum
-// file; an entry without one (written by hand, or its writer died between
-// the two renames) has a zero Sum, which the stack treats as unverifiable,
+// record; an entry without one (written by hand, or its writer died between
+// the rename and the record) has a zero Sum, which the stack treats as unverifiable,
 // and the data file's size and mtime. A data file whose size differs from
-// its sum file gives ErrCorrupt.
+// its sum record gives ErrCorrupt.
 func (t *Tier) Stat(ctx context.Context, k digest.Key) (tiers.Info, error) {
 	c, w, err := t.begin(ctx, k)
 	if err != nil {
@@ -170,7 +170,7 @@ type sumResult struct {
 	err   error
 }
 
-// readSumAsync reads the sum file of k in parallel with the caller's own
+// readSumAsync reads the sum record of k in parallel with the caller's own
 // request, saving a round trip.
 func (t *Tier) readSumAsync(c *conn, k digest.Key) <-chan sumResult {
 	ch := make(chan sumResult, 1)
@@ -235,7 +235,7 @@ func (t *Tier) readSumFile(c *conn, k digest.Key) sumResult {
 	return sumResult{s: s, found: true}
 }
 
-// info combines the data file's attributes and the sum file.
+// info combines the data file's attributes and the sum record.
 func (t *Tier) info(c *conn, k digest.Key, fi os.FileInfo, sf sumResult) (tiers.Info, error) {
 	if sf.err != nil {
 		return tiers.Info{}, t.failure(c, sf.err)
@@ -249,7 +249,7 @@ func (t *Tier) info(c *conn, k digest.Key, fi os.FileInfo, sf sumResult) (tiers.
 	}
 	if sf.s.size != fi.Size() {
 		t.log.Warn("sftp entry has the wrong size", "tier", t.opt.Name, "key", k, "size", fi.Size(), "recorded", sf.s.size)
-		return tiers.Info{}, fmt.Errorf("%w: remote file has %d bytes, its sum file records %d", tiers.ErrCorrupt, fi.Size(), sf.s.size)
+		return tiers.Info{}, fmt.Errorf("%w: remote file has %d bytes, its sum record says %d", tiers.ErrCorrupt, fi.Size(), sf.s.size)
 	}
 	info.Sum = sf.s.sum
 	if !sf.s.created.IsZero() {
@@ -267,9 +267,9 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 		return nil, t.wrap("open", k, err)
 	}
 	defer w.stop()
-	// The sum file's open and read go out with the data file's open: a
-	// hit then takes two round trips (open; fstat, head and sum read
-	// together), a miss one, at the price of a second request that fails.
+	// The sum record's READLINK goes out with the data file's open: a
+	// hit then takes two round trips (open and READLINK; the head read),
+	// a miss one, at the price of a second request that fails.
 	sumc := t.readSumAsync(c, k)
 	f, err := c.sftp.Open(t.dataPath(k))
 	if err != nil {
@@ -278,10 +278,10 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 		}
 		return nil, t.wrap("open", k, t.failure(c, err))
 	}
-	// The first bytes, read along with the sum file: a small value has
+	// The first bytes, read once the file is open: a small value has
 	// arrived when Open returns. A read that ends short of its buffer has
-	// seen the end of the file, and gives its size: with a sum file that
-	// records that size the fstat is not needed (a request saved per small
+	// seen the end of the file, and gives its size: with a sum record of
+	// that size the fstat is not needed (a request saved per small
 	// hit); otherwise the fstat follows (a round trip more for a value
 	// larger than the head).
 	type headResult struct {
