@@ -15,7 +15,6 @@ import (
 	"github.com/flechefs/flechefs/digest"
 	"github.com/flechefs/flechefs/internal/sshdtest"
 	"github.com/flechefs/flechefs/tiers"
-	"github.com/flechefs/flechefs/tiers/bolt"
 	"github.com/flechefs/flechefs/tiers/sftp"
 	"github.com/flechefs/flechefs/tiers/tiertest"
 )
@@ -49,10 +48,7 @@ func (e *earlyEnv) open(workers int) {
 	t := e.t
 	t.Helper()
 	quiet := slog.New(slog.DiscardHandler)
-	b, err := bolt.Open(e.db, bolt.Options{Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := openBolt(t, e.db)
 	r, err := sftp.Open(context.Background(), sftp.Options{URL: e.url, IdentityFiles: []string{e.srv.IdentityFile},
 		KnownHosts: e.srv.KnownHosts, Timeout: 2 * time.Second, Logger: quiet, Lazy: true})
 	if err != nil {

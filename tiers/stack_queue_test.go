@@ -16,7 +16,9 @@ import (
 
 // The durable upload queue across a restart, on a real bbolt file.
 
-func openBolt(t *testing.T, path string) *bolt.Tier {
+// openBolt opens a bbolt tier at path that logs nothing, without a size
+// limit.
+func openBolt(t testing.TB, path string) *bolt.Tier {
 	t.Helper()
 	b, err := bolt.Open(path, bolt.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {

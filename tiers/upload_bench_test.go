@@ -11,7 +11,6 @@ import (
 	"github.com/flechefs/flechefs/digest"
 	"github.com/flechefs/flechefs/internal/sshdtest"
 	"github.com/flechefs/flechefs/tiers"
-	"github.com/flechefs/flechefs/tiers/bolt"
 	"github.com/flechefs/flechefs/tiers/memory"
 	"github.com/flechefs/flechefs/tiers/sftp"
 	"github.com/flechefs/flechefs/tiers/tiertest"
@@ -38,10 +37,7 @@ func benchUpload(b *testing.B, size int64, batch int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	db, err := bolt.Open(filepath.Join(b.TempDir(), "cache.db"), bolt.Options{Logger: quiet, Limit: 4 << 30})
-	if err != nil {
-		b.Fatal(err)
-	}
+	db := openBolt(b, filepath.Join(b.TempDir(), "cache.db"))
 	ram, err := memory.New(memory.Options{Limit: 64 << 20, MaxEntry: 16 << 20})
 	if err != nil {
 		b.Fatal(err)
