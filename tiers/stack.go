@@ -183,6 +183,17 @@ func (s *Stack) hasWritableRemote() bool {
 	return false
 }
 
+// remotesUp reports whether every writable remote tier is reachable, as far
+// as the stack knows.
+func (s *Stack) remotesUp() bool {
+	for _, r := range s.remotes {
+		if r.writable() && r.unavailable.Load() {
+			return false
+		}
+	}
+	return true
+}
+
 // Stat finds k in the first tier (or the unpersisted publishes) that holds it.
 // A miss everywhere is ErrNotFound, also when a remote tier was unavailable.
 func (s *Stack) Stat(ctx context.Context, k digest.Key) (Info, error) {
@@ -389,7 +400,12 @@ func (s *Stack) copyTo(src *layer, r Reader, targets []*layer) {
 		if t.idx > 0 && info.Size <= memFill {
 			s.promoteGate()
 		}
-		_, err := t.Tier.Put(s.ctx, info.Key, &countingReader{r: copyReader(r, info.Size), n: &t.bytesIn}, Meta{Size: info.Size, Sum: info.Sum, Created: info.Created})
+		// From a fetch's spool (src nil), the bytes were hashed as they
+		// arrived and matched the remote's sum: the tier need not hash
+		// them again (0.3 s of CPU per 512 MiB). From a tier, they are
+		// checked.
+		m := Meta{Size: info.Size, Sum: info.Sum, Created: info.Created, Verified: src == nil}
+		_, err := t.Tier.Put(s.ctx, info.Key, &countingReader{r: copyReader(r, info.Size), n: &t.bytesIn}, m)
 		switch {
 		case err == nil:
 			t.promotions.Add(1)

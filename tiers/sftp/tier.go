@@ -341,14 +341,16 @@ func (t *Tier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 
 var errTooLong = errors.New("longer than announced")
 
-// putSource feeds the upload: it hashes, enforces the announced size,
-// checks the context, and pauses the watchdog while the caller's reader
-// runs. pkg/sftp calls it from one goroutine at a time.
+// putSource feeds the upload: it hashes (unless the caller vouches for
+// the hash: Meta.Verified), enforces the announced size, checks the
+// context, and pauses the watchdog while the caller's reader runs.
+// pkg/sftp calls it from one goroutine at a time.
 type putSource struct {
 	ctx context.Context
 	r   io.Reader
-	h   *digest.Hasher
-	max int64 // -1: unknown
+	h   *digest.Hasher // nil: verified, not hashed
+	n   int64          // bytes read
+	max int64          // -1: unknown
 	w   *watch
 	err error // the caller's, the context's, or errTooLong
 }
@@ -361,8 +363,11 @@ func (s *putSource) Read(p []byte) (int, error) {
 	s.w.pause()
 	n, err := s.r.Read(p)
 	s.w.resume()
-	s.h.Write(p[:n])
-	if s.max >= 0 && s.h.Size() > s.max {
+	if s.h != nil {
+		s.h.Write(p[:n])
+	}
+	s.n += int64(n)
+	if s.max >= 0 && s.n > s.max {
 		s.err = errTooLong
 		return n, errTooLong
 	}
@@ -420,7 +425,12 @@ func (t *Tier) putFinal(ctx context.Context, c *conn, w *watch, k digest.Key, r 
 	if err != nil {
 		return tiers.Info{}, t.failure(c, err)
 	}
-	src := &putSource{ctx: ctx, r: r, h: digest.NewHasher(), max: -1, w: w}
+	src := &putSource{ctx: ctx, r: r, max: -1, w: w}
+	if !m.Verified || m.Sum.IsZero() {
+		// A value streamed while it is written (final != nil) is always
+		// hashed: its writer may still change bytes already sent.
+		src.h = digest.NewHasher()
+	}
 	if m.Size >= 0 {
 		src.max = m.Size
 	}
@@ -445,7 +455,10 @@ func (t *Tier) putFinal(ctx context.Context, c *conn, w *watch, k digest.Key, r 
 			return tiers.Info{}, err
 		}
 	}
-	size, sum := src.h.Size(), src.h.Sum()
+	size, sum := src.n, m.Sum
+	if src.h != nil {
+		sum = src.h.Sum()
+	}
 	if m.Size >= 0 && size != m.Size {
 		f.Close()
 		return tiers.Info{}, fmt.Errorf("%w: value has %d bytes, announced %d", tiers.ErrCorrupt, size, m.Size)

@@ -98,6 +98,21 @@ func Run(t *testing.T, newTier Factory, opt Options) {
 				t.Fatalf("verified put of %d bytes reads back %d different bytes", size, len(got))
 			}
 		}
+		// The size is checked all the same: a verified put of more or
+		// fewer bytes than announced stores nothing.
+		for i, size := range []int64{1 << 10, 2<<20 + 3} {
+			b := Data(uint64(50+i), size)
+			for _, announced := range []int64{size - 1, size + 1} {
+				k := Key(fmt.Sprint("verified-size", i, announced))
+				m := tiers.Meta{Size: announced, Sum: digest.Of(b), Verified: true}
+				if _, err := tr.Put(ctx, k, bytes.NewReader(b), m); !errors.Is(err, tiers.ErrCorrupt) {
+					t.Fatalf("verified put of %d bytes announced as %d: err %v, want ErrCorrupt", size, announced, err)
+				}
+				if _, err := tr.Stat(ctx, k); !errors.Is(err, tiers.ErrNotFound) {
+					t.Fatalf("verified put of %d bytes announced as %d left an entry: %v", size, announced, err)
+				}
+			}
+		}
 	})
 
 	t.Run("RoundTrip", func(t *testing.T) {
