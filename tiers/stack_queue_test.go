@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -158,5 +159,86 @@ func TestPersistentTierFirst(t *testing.T) {
 		if queued != withRemote {
 			t.Fatalf("remote %v: queued for upload = %v", withRemote, queued)
 		}
+	}
+}
+
+// TestLargePersistsAfterUpload: a large published value is uploaded from its
+// blob first, as verified (the writer hashed it, so the remote tier need
+// not), and persisted into bbolt once that upload has ended: on 2 cores the
+// two copies of the whole value slowed each other. Meanwhile it is served
+// from the blob, and an fsync (WaitDurable) does not wait for the upload.
+func TestLargePersistsAfterUpload(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "cache.db")
+	b := openBolt(t, db)
+	remote := mem(t, "remote", 64<<20)
+	var mu sync.Mutex
+	release := make(chan struct{})
+	started := make(chan tiers.Meta, 4)
+	remote.onPut = func(k digest.Key, m tiers.Meta) {
+		if m.Size > 1<<20 {
+			started <- m
+			mu.Lock()
+			r := release
+			mu.Unlock()
+			<-r
+		}
+	}
+	released := false
+	unblock := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !released {
+			close(release)
+			released = true
+		}
+	}
+	s := newStack(t, tiers.StackOptions{Logger: slog.New(slog.DiscardHandler)},
+		tiers.Layer{Tier: mem(t, "ram", 64<<20)}, tiers.Layer{Tier: b}, tiers.Layer{Tier: remote, Remote: true})
+	t.Cleanup(unblock) // before the stack's Close, which waits for the upload
+	publishOne := func(name string, seed uint64) (digest.Key, []byte) {
+		k, v := tiertest.Key(name), tiertest.Data(seed, 4<<20)
+		if _, err := s.Publish(context.Background(), k, newBlob(v), digest.Of(v)); err != nil {
+			t.Fatal(err)
+		}
+		return k, v
+	}
+
+	k, v := publishOne("large-after-upload", 1)
+	var m tiers.Meta
+	select {
+	case m = <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upload did not start")
+	}
+	if !m.Verified || m.Sum != digest.Of(v) || m.Size != int64(len(v)) {
+		t.Fatalf("upload from the published blob: meta %+v, want verified with the writer's sum", m)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if has(b, k) {
+		t.Fatal("persisted into bbolt while its upload was still running")
+	}
+	if got, err := read(t, s, k); err != nil || !bytes.Equal(got, v) {
+		t.Fatalf("read while uploading: %v", err)
+	}
+	unblock()
+	eventually(t, "the value in bbolt after its upload", func() bool { return has(b, k) })
+	if !has(remote, k) {
+		t.Fatal("in bbolt but not on the remote")
+	}
+
+	// An fsync does not wait for a hung upload.
+	mu.Lock()
+	release, released = make(chan struct{}), false
+	mu.Unlock()
+	k2, _ := publishOne("large-fsync", 2)
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := s.WaitDurable(ctx, k2); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 2*time.Second || !has(b, k2) {
+		t.Fatalf("WaitDurable took %v while the upload hung (in bbolt: %v)", d, has(b, k2))
 	}
 }

@@ -26,7 +26,16 @@ type pub struct {
 	// adopted at publish; hurry is closed by WaitDurable (under s.mu).
 	early *EarlyUpload
 	hurry chan struct{}
+	// sent is closed when an upload of the value from its blob ended
+	// (sentOnce): a large value persists after it (see persistOne).
+	sent     chan struct{}
+	sentOnce sync.Once
 }
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// endSent closes p.sent once.
+func (p *pub) endSent() { p.sentOnce.Do(func() { close(p.sent) }) }
 
 // Publish makes b the value of k: visible to Stat/Open when it returns,
 // persisted to the local persistent tier and uploaded in the background.
@@ -61,7 +70,7 @@ func (s *Stack) Publish(ctx context.Context, k digest.Key, b Blob, sum digest.Su
 		return Info{}, Wrap("stack", "publish", k, ErrExist)
 	}
 	p := &pub{info: info, blob: b, refs: 1, persisted: make(chan struct{}), hurry: make(chan struct{}),
-		upload: s.hasWritableRemote() && !s.opt.WriteThrough}
+		sent: make(chan struct{}), upload: s.hasWritableRemote() && !s.opt.WriteThrough}
 	s.mu.Lock()
 	for s.settled != settled && !s.closed {
 		// Published entries left the pending map for the tiers since the
@@ -128,7 +137,7 @@ func (s *Stack) Publish(ctx context.Context, k digest.Key, b Blob, sum digest.Su
 			if !r.writable() {
 				continue
 			}
-			if err := s.uploadTo(ctx, r, p.info, p.blob); err != nil {
+			if err := s.uploadTo(ctx, r, p.info, p.blob, true); err != nil {
 				return info, Wrap("stack", "publish", k, err)
 			}
 		}
@@ -331,13 +340,21 @@ const (
 
 func (s *Stack) persistOne(p *pub) {
 	k := p.info.Key
-	if u := p.early; u != nil {
-		// A large value whose upload streamed while it was written is
-		// persisted once that upload ends: both copy the whole value, and
-		// on 2 cores the commit slowed the upload's tail by a third. The
-		// value is served from its spool meanwhile; an fsync does not wait.
+	if p.info.Size > smallUpload && p.upload {
+		// A large value to upload is persisted once its upload ends
+		// (the early one that streamed while it was written, or the
+		// queue's from the blob): both copy the whole value, and on 2
+		// cores the commit slowed the upload by a third. The value is
+		// served from its spool meanwhile; an fsync does not wait.
+		// A remote known to be down uploads nothing soon: no wait.
+		ended := p.sent
+		if u := p.early; u != nil {
+			ended = u.ended
+		} else if !s.remotesUp() {
+			ended = closedChan
+		}
 		select {
-		case <-u.ended:
+		case <-ended:
 		case <-p.hurry:
 		case <-s.ctx.Done():
 		case <-time.After(persistDefer):
@@ -668,11 +685,15 @@ func (s *Stack) endUploadLocked(k digest.Key, item *upItem, err error, backoff b
 func (s *Stack) uploadOne(ctx context.Context, k digest.Key, item *upItem) error {
 	var src Reader
 	var persisted chan struct{} // of the published entry uploaded from its blob
+	verified := false           // src is the blob its writer hashed
+	var sent func()             // ends the wait of the blob's persistence
 	s.mu.Lock()
 	if p, ok := s.pending[k]; ok {
 		p.refs++
 		src = &pubReader{s: s, p: p}
 		persisted = p.persisted
+		verified = true
+		sent = p.endSent
 	}
 	s.mu.Unlock()
 	if src == nil {
@@ -687,6 +708,9 @@ func (s *Stack) uploadOne(ctx context.Context, k digest.Key, item *upItem) error
 				break
 			}
 		}
+	}
+	if sent != nil {
+		defer sent()
 	}
 	if src == nil {
 		// Deleted, or lost: nothing to upload.
@@ -706,7 +730,7 @@ func (s *Stack) uploadOne(ctx context.Context, k digest.Key, item *upItem) error
 		if !r.writable() {
 			continue
 		}
-		if err := s.uploadTo(ctx, r, src.Info(), src); err != nil {
+		if err := s.uploadTo(ctx, r, src.Info(), src, verified); err != nil {
 			if ctx.Err() != nil && s.ctx.Err() == nil {
 				return nil // cancelled by Delete
 			}
@@ -717,6 +741,9 @@ func (s *Stack) uploadOne(ctx context.Context, k digest.Key, item *upItem) error
 		}
 	}
 	s.lastUploadErr.Store("")
+	if sent != nil {
+		sent() // before waiting for the persistence, which waits for it
+	}
 	if persisted != nil {
 		// Uploaded before it was persisted: its durable queue record is
 		// written by the persisting commit, and removed after it.
@@ -832,11 +859,13 @@ func (s *Stack) dequeue(k digest.Key) error {
 // uploadTo puts one value on remote r. A remote that already holds the key
 // is success when its hash matches; another valid value is a conflict,
 // counted and logged: first writer wins, the remote keeps its value. An
-// invalid remote copy is replaced (uploadExisting).
-func (s *Stack) uploadTo(ctx context.Context, r *layer, info Info, src io.ReaderAt) error {
+// invalid remote copy is replaced (uploadExisting). verified says that src
+// is the published blob whose SHA-256 its writer computed, info.Sum
+// (Meta.Verified): the remote tier need not hash it again.
+func (s *Stack) uploadTo(ctx context.Context, r *layer, info Info, src io.ReaderAt, verified bool) error {
 	put := func() error {
 		_, err := r.Tier.Put(ctx, info.Key, &countingReader{r: copyReader(src, info.Size), n: &r.bytesIn},
-			Meta{Size: info.Size, Sum: info.Sum, Created: info.Created})
+			Meta{Size: info.Size, Sum: info.Sum, Created: info.Created, Verified: verified})
 		return err
 	}
 	err := put()
