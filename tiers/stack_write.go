@@ -730,7 +730,10 @@ func (s *Stack) uploadOne(ctx context.Context, k digest.Key, item *upItem) error
 		if !r.writable() {
 			continue
 		}
-		if err := s.uploadTo(ctx, r, src.Info(), src, verified); err != nil {
+		start := time.Now()
+		err := s.uploadTo(ctx, r, src.Info(), src, verified)
+		s.log.Debug("upload", "key", k.String(), "tier", r.name, "size", src.Info().Size, "took", time.Since(start), "err", err)
+		if err != nil {
 			if ctx.Err() != nil && s.ctx.Err() == nil {
 				return nil // cancelled by Delete
 			}

@@ -215,6 +215,13 @@ func main() {
 			}
 		},
 	}
+	// Signals are caught before mounting: a SIGTERM that came between
+	// the mount and signal.Notify (the bench stops a mount it has just
+	// seen appear) killed memfs with the mount left behind, or, when it
+	// came during go-fuse's poll hack, with memfs stuck for good in the
+	// close of a file on its own mount.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	srv, err := fusefs.Mount(mnt, r, opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "memfs:", err)
@@ -230,8 +237,6 @@ func main() {
 		}
 	}
 	fmt.Fprintf(os.Stderr, "memfs: mounted %s (%d files)\n", mnt, len(files))
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		<-sigs
 		for range 50 {
