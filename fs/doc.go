@@ -64,7 +64,8 @@
 //
 // Publishing makes an entry visible, not durable: the stack persists it in
 // the background (entries written in a burst once the burst pauses, at
-// most 2 s after it began; see tiers/doc.go). fsync(2) of a write descriptor before the publishing
+// most 2 s after it began; one over 1 MiB, with a remote to upload to, once
+// its upload has ended, at most 30 s later; see tiers/doc.go). fsync(2) of a write descriptor before the publishing
 // close makes that close wait until the entry is in the persistent local
 // tier (Stack.WaitDurable); fsync after it, fsync of a read descriptor and
 // fsync of the root directory (every entry this mount published) wait

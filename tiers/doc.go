@@ -48,7 +48,9 @@
 // minutes old: a younger one may be an upload between its two renames,
 // which the writer completes and counts as done. A remote copy found
 // corrupt by Stat (sizes that disagree, a garbled checksum record) is counted
-// and removed likewise. Only a verified spool is promoted.
+// and removed likewise. Only a verified spool is promoted, and its copies
+// into the faster tiers are Meta.Verified: its bytes were hashed as they
+// arrived, so the tiers do not hash them again.
 //
 // A local read that hits ErrCorrupt (the bbolt tier checks a CRC-32C per
 // chunk) removes the bad copy and continues from the next tier holding the
@@ -77,7 +79,16 @@
 // being published: queued uploads wait until publishes pause for 20 ms, at
 // most 2 s from the first of the burst, so that background uploads do not
 // slow a writing program down; the entry
-// leaves the durable queue once both are done. Sync returns when the queue
+// leaves the durable queue once both are done. A value over 1 MiB with a
+// writable remote that is not known to be down is persisted once its
+// upload has ended (the early one, or the queue's from the Blob; at most
+// 30 s later): both copy the whole value, and on 2 cores the bbolt commit
+// slowed the upload by a third. WaitDurable ends that wait at once. An
+// upload from the Blob is Meta.Verified (the writer hashed those very
+// bytes, which nobody changes after Publish), so the remote tier does not
+// hash it again; an early upload, whose bytes the writer could still
+// change, and an upload of a persisted copy are hashed as they are sent.
+// Sync returns when the queue
 // is empty. WriteThrough makes Publish wait for the remote instead. Publish
 // refuses a key a local tier (or another publish) holds with ErrExist; it
 // does not ask the remote, which would cost a round trip per publish (the
