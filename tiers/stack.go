@@ -44,6 +44,7 @@ type Stack struct {
 
 	mu        sync.Mutex
 	closed    bool
+	closing   chan struct{}                // closed when Close begins
 	pending   map[digest.Key]*pub          // published, not yet persisted
 	fills     map[digest.Key]*fill         // remote fetches in progress
 	gate      chan struct{}                // promoteGate's window, closed at its end
@@ -113,6 +114,7 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 		deleting:     map[digest.Key]int{},
 		changed:      make(chan struct{}),
 		hurried:      make(chan struct{}),
+		closing:      make(chan struct{}),
 		persistFull:  make(chan struct{}, 1),
 		persistCh:    make(chan *pub, 1024),
 		largeUploads: make(chan struct{}, largeUploads),
@@ -646,6 +648,7 @@ func (s *Stack) Close() error {
 		return nil
 	}
 	s.closed = true
+	close(s.closing) // persisters stop waiting for uploads
 	s.mu.Unlock()
 	s.publishing.Wait()
 	close(s.persistCh)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -174,14 +175,19 @@ func TestLargePersistsAfterUpload(t *testing.T) {
 	var mu sync.Mutex
 	release := make(chan struct{})
 	started := make(chan tiers.Meta, 4)
-	remote.onPut = func(k digest.Key, m tiers.Meta) {
+	remote.onPut = func(ctx context.Context, k digest.Key, m tiers.Meta) error {
 		if m.Size > 1<<20 {
 			started <- m
 			mu.Lock()
 			r := release
 			mu.Unlock()
-			<-r
+			select {
+			case <-r:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
+		return nil
 	}
 	released := false
 	unblock := func() {
@@ -240,5 +246,20 @@ func TestLargePersistsAfterUpload(t *testing.T) {
 	}
 	if d := time.Since(start); d > 2*time.Second || !has(b, k2) {
 		t.Fatalf("WaitDurable took %v while the upload hung (in bbolt: %v)", d, has(b, k2))
+	}
+
+	// Nor does Close: the value waiting for its hung upload is persisted
+	// at once, and stays queued for the next start.
+	k3, _ := publishOne("large-close", 3)
+	<-started
+	start = time.Now()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Close took %v while an upload hung", d)
+	}
+	if keys := pending(t, db); len(keys) != 2 || !slices.Contains(keys, k2) || !slices.Contains(keys, k3) {
+		t.Fatalf("durable queue after Close: %v, want the two values whose uploads hung", keys)
 	}
 }

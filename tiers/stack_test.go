@@ -25,7 +25,7 @@ type faultTier struct {
 	flip   atomic.Bool  // readers return flipped bytes
 	opens  atomic.Int64 // Open calls
 	putErr func() error
-	onPut  func(k digest.Key, m tiers.Meta) // called first by Put
+	onPut  func(ctx context.Context, k digest.Key, m tiers.Meta) error // called first by Put; its error fails it
 }
 
 func (f *faultTier) Name() string { return f.name }
@@ -58,7 +58,9 @@ func (f *faultTier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error
 
 func (f *faultTier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta) (tiers.Info, error) {
 	if f.onPut != nil {
-		f.onPut(k, m)
+		if err := f.onPut(ctx, k, m); err != nil {
+			return tiers.Info{}, err
+		}
 	}
 	if err := f.check("put", k); err != nil {
 		return tiers.Info{}, err

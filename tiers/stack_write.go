@@ -356,7 +356,7 @@ func (s *Stack) persistOne(p *pub) {
 		select {
 		case <-ended:
 		case <-p.hurry:
-		case <-s.ctx.Done():
+		case <-s.closing:
 		case <-time.After(persistDefer):
 		}
 	}
