@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -31,8 +32,6 @@ type pub struct {
 	sent     chan struct{}
 	sentOnce sync.Once
 }
-
-var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // endSent closes p.sent once.
 func (p *pub) endSent() { p.sentOnce.Do(func() { close(p.sent) }) }
@@ -350,14 +349,14 @@ func (s *Stack) persistOne(p *pub) {
 		ended := p.sent
 		if u := p.early; u != nil {
 			ended = u.ended
-		} else if !s.remotesUp() {
-			ended = closedChan
 		}
-		select {
-		case <-ended:
-		case <-p.hurry:
-		case <-s.closing:
-		case <-time.After(persistDefer):
+		if p.early != nil || s.remotesUp() {
+			select {
+			case <-ended:
+			case <-p.hurry:
+			case <-s.closing:
+			case <-time.After(persistDefer):
+			}
 		}
 	}
 	var perr error
@@ -732,7 +731,9 @@ func (s *Stack) uploadOne(ctx context.Context, k digest.Key, item *upItem) error
 		}
 		start := time.Now()
 		err := s.uploadTo(ctx, r, src.Info(), src, verified)
-		s.log.Debug("upload", "key", k.String(), "tier", r.name, "size", src.Info().Size, "took", time.Since(start), "err", err)
+		if s.log.Enabled(ctx, slog.LevelDebug) {
+			s.log.Debug("upload", "key", k.String(), "tier", r.name, "size", src.Info().Size, "took", time.Since(start), "err", err)
+		}
 		if err != nil {
 			if ctx.Err() != nil && s.ctx.Err() == nil {
 				return nil // cancelled by Delete

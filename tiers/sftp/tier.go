@@ -342,15 +342,14 @@ func (t *Tier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 var errTooLong = errors.New("longer than announced")
 
 // putSource feeds the upload: it hashes (unless the caller vouches for
-// the hash: Meta.Verified), enforces the announced size, checks the
-// context, and pauses the watchdog while the caller's reader runs.
-// pkg/sftp calls it from one goroutine at a time.
+// the hash: Meta.Verified, see tiers.NewSummer), enforces the announced
+// size, checks the context, and pauses the watchdog while the caller's
+// reader runs. pkg/sftp calls it from one goroutine at a time.
 type putSource struct {
 	ctx context.Context
 	r   io.Reader
-	h   *digest.Hasher // nil: verified, not hashed
-	n   int64          // bytes read
-	max int64          // -1: unknown
+	sum *tiers.Summer
+	max int64 // -1: unknown
 	w   *watch
 	err error // the caller's, the context's, or errTooLong
 }
@@ -363,11 +362,8 @@ func (s *putSource) Read(p []byte) (int, error) {
 	s.w.pause()
 	n, err := s.r.Read(p)
 	s.w.resume()
-	if s.h != nil {
-		s.h.Write(p[:n])
-	}
-	s.n += int64(n)
-	if s.max >= 0 && s.n > s.max {
+	s.sum.Write(p[:n])
+	if s.max >= 0 && s.sum.Size() > s.max {
 		s.err = errTooLong
 		return n, errTooLong
 	}
@@ -425,12 +421,10 @@ func (t *Tier) putFinal(ctx context.Context, c *conn, w *watch, k digest.Key, r 
 	if err != nil {
 		return tiers.Info{}, t.failure(c, err)
 	}
-	src := &putSource{ctx: ctx, r: r, max: -1, w: w}
-	if !m.Verified || m.Sum.IsZero() {
-		// A value streamed while it is written (final != nil) is always
-		// hashed: its writer may still change bytes already sent.
-		src.h = digest.NewHasher()
-	}
+	// A value streamed while it is written (final != nil) starts with an
+	// unknown Meta, so it is always hashed: its writer may still change
+	// bytes already sent.
+	src := &putSource{ctx: ctx, r: r, sum: tiers.NewSummer(m), max: -1, w: w}
 	if m.Size >= 0 {
 		src.max = m.Size
 	}
@@ -455,10 +449,7 @@ func (t *Tier) putFinal(ctx context.Context, c *conn, w *watch, k digest.Key, r 
 			return tiers.Info{}, err
 		}
 	}
-	size, sum := src.n, m.Sum
-	if src.h != nil {
-		sum = src.h.Sum()
-	}
+	size, sum := src.sum.Size(), src.sum.Sum()
 	if m.Size >= 0 && size != m.Size {
 		f.Close()
 		return tiers.Info{}, fmt.Errorf("%w: value has %d bytes, announced %d", tiers.ErrCorrupt, size, m.Size)
