@@ -41,7 +41,11 @@
 // writes into an unlinked spool file in SpoolDir (into memory for a value
 // of at most 1 MiB, fetched with one read request), readers read what has
 // arrived, and the last byte is held back until the whole value matched the
-// checksum the remote keeps beside it. A reader therefore never reaches EOF
+// checksum the remote keeps beside it. A lookup (Stat) that finds a value
+// only on a remote opens it there: a value of at most 1 MiB is fetched at
+// once, and the reader of a larger one is kept for a second (at most 64
+// such readers), for the Open that follows and takes it instead of opening
+// again (a Delete of the key closes it). A reader therefore never reaches EOF
 // on bad bytes: it gets ErrCorrupt (EIO at the mount). A remote copy without
 // a checksum cannot be verified and is never served (ErrNotFound); it is
 // treated as corrupt (counted, logged, removed) once its data file is 10

@@ -47,6 +47,7 @@ type Stack struct {
 	closing   chan struct{}                // closed when Close begins
 	pending   map[digest.Key]*pub          // published, not yet persisted
 	fills     map[digest.Key]*fill         // remote fetches in progress
+	parked    map[digest.Key]*parked       // remote readers lookups opened (park)
 	gate      chan struct{}                // promoteGate's window, closed at its end
 	promoting map[digest.Key]chan struct{} // copies into faster tiers in progress, closed when done
 	deleting  map[digest.Key]int           // Deletes in progress: no copy of the key starts
@@ -110,7 +111,7 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 	}
 	s := &Stack{
 		opt: opt, log: opt.Logger,
-		pending: map[digest.Key]*pub{}, fills: map[digest.Key]*fill{}, promoting: map[digest.Key]chan struct{}{},
+		pending: map[digest.Key]*pub{}, fills: map[digest.Key]*fill{}, parked: map[digest.Key]*parked{}, promoting: map[digest.Key]chan struct{}{},
 		deleting:     map[digest.Key]int{},
 		changed:      make(chan struct{}),
 		hurried:      make(chan struct{}),
@@ -490,6 +491,7 @@ func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
 	s.up.remove(k)
 	s.broadcastLocked()
 	s.mu.Unlock()
+	s.dropParked(&k)
 	defer func() {
 		s.mu.Lock()
 		if s.deleting[k]--; s.deleting[k] <= 0 {
@@ -655,6 +657,7 @@ func (s *Stack) Close() error {
 	s.persistWG.Wait()
 	s.cancel()
 	s.wg.Wait()
+	s.dropParked(nil)
 	s.flushDequeues()
 	var errs []error
 	for _, l := range s.layers {

@@ -122,8 +122,12 @@ func (s *Stack) statRemote(ctx context.Context, l *layer, k digest.Key) (Info, e
 		return Info{}, err
 	}
 	info := r.Info()
-	if info.Size > memFill || info.Sum.IsZero() {
+	if info.Sum.IsZero() {
 		go r.Close()
+		return info, nil
+	}
+	if info.Size > memFill {
+		s.park(l, k, r)
 		return info, nil
 	}
 	s.mu.Lock()
@@ -147,17 +151,21 @@ func (s *Stack) statRemote(ctx context.Context, l *layer, k digest.Key) (Info, e
 // startFill opens the remote copy and the spool for f.
 func (s *Stack) startFill(ctx context.Context, f *fill, k digest.Key, want digest.Sum) (Reader, error) {
 	l := f.l
-	octx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
-	r, err := l.Tier.Open(octx, k)
-	cancel()
-	if errors.Is(err, ErrCorrupt) {
-		s.corrupt(l, k, err) // counted, logged and removed, as after a read
-	} else {
-		s.noteErr(l, err)
-	}
-	if err != nil {
-		l.misses.Add(1)
-		return nil, err
+	r := s.unpark(l, k)
+	if r == nil {
+		octx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
+		var err error
+		r, err = l.Tier.Open(octx, k)
+		cancel()
+		if errors.Is(err, ErrCorrupt) {
+			s.corrupt(l, k, err) // counted, logged and removed, as after a read
+		} else {
+			s.noteErr(l, err)
+		}
+		if err != nil {
+			l.misses.Add(1)
+			return nil, err
+		}
 	}
 	info := r.Info()
 	if info.Sum.IsZero() {
@@ -371,4 +379,72 @@ func (f *fill) readSpool(p []byte, off int64) (int, error) {
 		return n, io.EOF
 	}
 	return n, nil
+}
+
+// A lookup of a value too large to prefetch (statRemote) opens the remote
+// copy, and the Open that usually follows a lookup at once would open it
+// again: the lookup parks its reader for parkTTL instead, and the fetch
+// takes it (unpark). On a link with a 40 ms round trip that saves the
+// open's two round trips per value read.
+const (
+	parkTTL   = time.Second
+	maxParked = 64 // open remote handles kept; a reader over the limit is closed
+)
+
+type parked struct {
+	l     *layer
+	r     Reader
+	timer *time.Timer
+}
+
+// park keeps r, opened from l by a lookup of k, for the fetch that follows.
+func (s *Stack) park(l *layer, k digest.Key, r Reader) {
+	s.mu.Lock()
+	if s.closed || s.deleting[k] > 0 || s.fills[k] != nil || s.parked[k] != nil || len(s.parked) >= maxParked {
+		s.mu.Unlock()
+		go r.Close()
+		return
+	}
+	p := &parked{l: l, r: r}
+	s.parked[k] = p
+	p.timer = time.AfterFunc(parkTTL, func() {
+		s.mu.Lock()
+		mine := s.parked[k] == p
+		if mine {
+			delete(s.parked, k)
+		}
+		s.mu.Unlock()
+		if mine {
+			r.Close()
+		}
+	})
+	s.mu.Unlock()
+}
+
+// unpark takes the reader a lookup parked for k in l, or returns nil.
+func (s *Stack) unpark(l *layer, k digest.Key) Reader {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.parked[k]
+	if p == nil || p.l != l || !p.timer.Stop() {
+		return nil
+	}
+	delete(s.parked, k)
+	return p.r
+}
+
+// dropParked closes the readers parked for k (all of them when k is nil).
+func (s *Stack) dropParked(k *digest.Key) {
+	s.mu.Lock()
+	var rs []Reader
+	for pk, p := range s.parked {
+		if (k == nil || pk == *k) && p.timer.Stop() {
+			rs = append(rs, p.r)
+			delete(s.parked, pk)
+		}
+	}
+	s.mu.Unlock()
+	for _, r := range rs {
+		r.Close()
+	}
 }

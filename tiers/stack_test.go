@@ -24,6 +24,7 @@ type faultTier struct {
 	down   atomic.Bool  // every call fails with ErrUnavailable
 	flip   atomic.Bool  // readers return flipped bytes
 	opens  atomic.Int64 // Open calls
+	closes atomic.Int64 // Close calls of its readers
 	putErr func() error
 	onPut  func(ctx context.Context, k digest.Key, m tiers.Meta) error // called first by Put; its error fails it
 }
@@ -90,6 +91,11 @@ func (f *faultTier) List(ctx context.Context, fn func(tiers.Info) error) error {
 type faultReader struct {
 	tiers.Reader
 	f *faultTier
+}
+
+func (r *faultReader) Close() error {
+	r.f.closes.Add(1)
+	return r.Reader.Close()
 }
 
 func (r *faultReader) ReadAt(p []byte, off int64) (int, error) {

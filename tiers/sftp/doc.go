@@ -132,9 +132,11 @@
 // returns (two round trips and three requests, the close not waited for; a
 // missing key takes one round trip), and ReadAt serves it from memory. A
 // head read that ends short has seen the end of the file; when the record
-// has that size, no fstat is sent. Otherwise (a value larger than the head,
-// no record) the fstat follows, a third round trip. Stat is a STAT and a
-// READLINK, one round trip.
+// has that size, no fstat is sent. A value the record says is larger than
+// the head has its fstat sent with the head read (two round trips); without
+// a record the fstat follows the head, a third round trip. WriteTo writes
+// the head and reads from where it ends. Stat is a STAT and a READLINK, one
+// round trip.
 //
 // # Caveats
 //

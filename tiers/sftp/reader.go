@@ -109,13 +109,19 @@ func (r *reader) WriteTo(dst io.Writer) (int64, error) {
 	if err := r.usable(); err != nil {
 		return 0, r.err(err)
 	}
-	if _, err := r.f.Seek(0, io.SeekStart); err != nil {
-		return 0, r.err(err)
-	}
 	w := r.c.watch()
 	defer w.stop()
 	lw := &limitWriter{w: dst, left: r.info.Size, watch: w}
+	// The head Open read goes first; the rest is read from where it ends.
+	hn, err := lw.Write(r.head)
+	if err != nil || int64(hn) == r.info.Size {
+		return int64(hn), r.err(lw.err)
+	}
+	if _, err := r.f.Seek(int64(hn), io.SeekStart); err != nil {
+		return int64(hn), r.err(err)
+	}
 	n, err := r.f.WriteTo(lw)
+	n += int64(hn)
 	switch {
 	case lw.err == errTooLong:
 		return n, r.err(fmt.Errorf("%w: remote file is longer than the %d bytes recorded", tiers.ErrCorrupt, r.info.Size))

@@ -265,3 +265,48 @@ func TestTwoMachinesRace(t *testing.T) {
 		}
 	}
 }
+
+// WriteTo writes the head Open read, then the rest from the server, for
+// sizes on either side of the head and of a packet; an Open of a value
+// larger than the head asks for its size (fstat) beside the head read and
+// still finds a size that disagrees with the record.
+func TestWriteToAroundTheHead(t *testing.T) {
+	s := sshdtest.Start(t)
+	tr := open(t, options(s))
+	ctx := context.Background()
+	packet := tr.packetSize()
+	for _, size := range []int{0, 1, headSize - 1, headSize, headSize + 1, packet - 1, packet, packet + 1, 3*packet + 17} {
+		k := tiertest.Key(fmt.Sprint("around ", size))
+		v := tiertest.Data(uint64(size), int64(size))
+		tiertest.Put(t, tr, k, v)
+		r, err := tr.Open(ctx, k)
+		if err != nil {
+			t.Fatalf("size %d: open: %v", size, err)
+		}
+		var buf bytes.Buffer
+		n, err := r.(io.WriterTo).WriteTo(&buf)
+		if err != nil || n != int64(size) || !bytes.Equal(buf.Bytes(), v) {
+			t.Fatalf("size %d: WriteTo = %d, %v (equal %v)", size, n, err, bytes.Equal(buf.Bytes(), v))
+		}
+		// A second WriteTo of the same reader gives the same bytes.
+		buf.Reset()
+		if n, err := r.(io.WriterTo).WriteTo(&buf); err != nil || n != int64(size) || !bytes.Equal(buf.Bytes(), v) {
+			t.Fatalf("size %d: second WriteTo = %d, %v", size, n, err)
+		}
+		r.Close()
+		if size <= headSize {
+			continue
+		}
+		// Grown behind the record: Open's fstat, sent with the head
+		// read, sees it.
+		f, err := os.OpenFile(localPath(tr, k.String()), os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Write([]byte("more"))
+		f.Close()
+		if _, err := tr.Open(ctx, k); !errors.Is(err, tiers.ErrCorrupt) {
+			t.Fatalf("size %d: open of a grown file: %v, want ErrCorrupt", size, err)
+		}
+	}
+}

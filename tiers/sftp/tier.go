@@ -282,15 +282,18 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 	// arrived when Open returns. A read that ends short of its buffer has
 	// seen the end of the file, and gives its size: with a sum record of
 	// that size the fstat is not needed (a request saved per small
-	// hit); otherwise the fstat follows (a round trip more for a value
-	// larger than the head).
+	// hit). A value the sum record says is longer than the head needs the
+	// fstat, which then goes out with the head read: two round trips in
+	// all, not three (on a 40 ms link, 40 ms saved per lookup and per open
+	// of a value over 64 KiB).
 	type headResult struct {
 		b   []byte
 		eof bool
 	}
+	headLen := min(headSize, c.packet)
 	headc := make(chan headResult, 1)
 	go func() {
-		b := make([]byte, min(headSize, c.packet))
+		b := make([]byte, headLen)
 		n, err := f.ReadAt(b, 0)
 		if err != nil && err != io.EOF {
 			n = 0
@@ -298,17 +301,34 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 		headc <- headResult{b[:n], err == io.EOF && n < len(b)}
 	}()
 	sf := <-sumc
+	type statResult struct {
+		fi  os.FileInfo
+		err error
+	}
+	var statc chan statResult
+	if sf.err == nil && sf.found && sf.s.size > int64(headLen) {
+		statc = make(chan statResult, 1)
+		go func() {
+			fi, err := f.Stat()
+			statc <- statResult{fi, err}
+		}()
+	}
 	hr := <-headc
-	if sf.err == nil && sf.found && hr.eof && sf.s.size == int64(len(hr.b)) && !sf.s.created.IsZero() {
+	if statc == nil && sf.err == nil && sf.found && hr.eof && sf.s.size == int64(len(hr.b)) && !sf.s.created.IsZero() {
 		info := tiers.Info{Key: k, Size: sf.s.size, Sum: sf.s.sum, Created: sf.s.created}
 		return &reader{t: t, c: c, f: f, info: info, head: hr.b}, nil
 	}
-	fi, err := f.Stat()
-	if err != nil {
-		go f.Close()
-		return nil, t.wrap("open", k, t.failure(c, err))
+	var st statResult
+	if statc != nil {
+		st = <-statc
+	} else {
+		st.fi, st.err = f.Stat()
 	}
-	info, err := t.info(c, k, fi, sf)
+	if st.err != nil {
+		go f.Close()
+		return nil, t.wrap("open", k, t.failure(c, st.err))
+	}
+	info, err := t.info(c, k, st.fi, sf)
 	if err != nil {
 		go f.Close()
 		return nil, t.wrap("open", k, err)

@@ -1,0 +1,98 @@
+package tiers_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/flechefs/flechefs/tiers"
+	"github.com/flechefs/flechefs/tiers/tiertest"
+)
+
+// A lookup of a remote value too large to prefetch keeps the remote reader
+// it opened for the Open that follows: one remote open per cold read.
+func TestLookupReaderServesOpen(t *testing.T) {
+	ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
+	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
+	ctx := context.Background()
+	k, v := tiertest.Key("parked"), tiertest.Data(7, 4<<20)
+	tiertest.Put(t, remote, k, v)
+
+	if _, err := s.Stat(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	if n := remote.opens.Load(); n != 1 {
+		t.Fatalf("lookup opened the remote copy %d times, want 1", n)
+	}
+	got, err := read(t, s, k)
+	if err != nil || !bytes.Equal(got, v) {
+		t.Fatalf("read after lookup: %v (equal %v)", err, bytes.Equal(got, v))
+	}
+	if n := remote.opens.Load(); n != 1 {
+		t.Fatalf("lookup then read opened the remote copy %d times, want 1", n)
+	}
+	eventually(t, "the fetch's reader closed", func() bool { return remote.closes.Load() == 1 })
+}
+
+// A parked reader nobody takes is closed after a second; the Open that
+// comes later opens the remote copy itself.
+func TestParkedReaderExpires(t *testing.T) {
+	ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
+	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
+	ctx := context.Background()
+	k, v := tiertest.Key("expires"), tiertest.Data(8, 2<<20)
+	tiertest.Put(t, remote, k, v)
+	if _, err := s.Stat(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the parked reader closed", func() bool { return remote.closes.Load() == 1 })
+	got, err := read(t, s, k)
+	if err != nil || !bytes.Equal(got, v) {
+		t.Fatalf("read: %v", err)
+	}
+	if n := remote.opens.Load(); n != 2 {
+		t.Fatalf("remote opens = %d, want 2 (lookup, then the read after expiry)", n)
+	}
+}
+
+// A Delete between the lookup and the Open closes the parked reader: the
+// Open does not serve, from a handle still open, the value just deleted.
+func TestDeleteDropsParkedReader(t *testing.T) {
+	ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
+	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
+	ctx := context.Background()
+	k, v := tiertest.Key("deleted"), tiertest.Data(9, 2<<20)
+	tiertest.Put(t, remote, k, v)
+	if _, err := s.Stat(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	if n := remote.closes.Load(); n != 1 {
+		t.Fatalf("Delete left the parked reader open (closes = %d)", n)
+	}
+	if _, err := read(t, s, k); !errors.Is(err, tiers.ErrNotFound) {
+		t.Fatalf("read after Delete: %v, want ErrNotFound", err)
+	}
+}
+
+// Close closes parked readers before the tiers.
+func TestCloseDropsParkedReader(t *testing.T) {
+	ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
+	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
+	k := tiertest.Key("closed")
+	tiertest.Put(t, remote, k, tiertest.Data(10, 2<<20))
+	if _, err := s.Stat(context.Background(), k); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := remote.closes.Load(); n != 1 || time.Since(start) > 500*time.Millisecond {
+		t.Fatalf("after Close: closes = %d after %v, want 1 at once", n, time.Since(start))
+	}
+}
