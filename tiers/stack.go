@@ -290,7 +290,18 @@ func (s *Stack) Open(ctx context.Context, k digest.Key) (Reader, error) {
 		s.mu.Unlock()
 		return &pubReader{p: p, s: s}, nil
 	}
+	// A fetch in progress (one a lookup started, say) is joined before the
+	// local tiers are asked: it leaves s.fills only once its promotion into
+	// them is done, so either it is found here or they have the value. The
+	// other way round, a fetch that ended between the local misses and the
+	// remote's turn would be made again.
+	f := s.joinableFill(k, nil)
 	s.mu.Unlock()
+	if f != nil {
+		if r, err := f.join(ctx, digest.Sum{}); err == nil {
+			return r, nil
+		}
+	}
 	r, err := s.openFrom(ctx, k, 0, digest.Sum{})
 	return r, err
 }

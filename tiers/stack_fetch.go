@@ -62,25 +62,9 @@ func (s *Stack) openRemote(ctx context.Context, l *layer, k digest.Key, want dig
 		s.mu.Unlock()
 		return nil, Wrap("stack", "open", k, ErrClosed)
 	}
-	if f, ok := s.fills[k]; ok && f.l == l && !(f.prefetch && f.failed()) {
-		f.mu.Lock()
-		f.refs++
-		f.mu.Unlock()
+	if f := s.joinableFill(k, l); f != nil {
 		s.mu.Unlock()
-		select {
-		case <-f.ready:
-		case <-ctx.Done():
-			f.unref()
-			return nil, ctx.Err()
-		}
-		if f.openErr != nil || (!want.IsZero() && f.info.Sum != want) || f.failed() {
-			f.unref()
-			if f.openErr != nil {
-				return nil, f.openErr
-			}
-			return nil, Wrap(l.name, "open", k, ErrNotFound)
-		}
-		return &fillReader{f: f}, nil
+		return f.join(ctx, want)
 	}
 	f := &fill{s: s, l: l, changed: make(chan struct{}), ready: make(chan struct{}), refs: 2, hasher: digest.NewHasher(),
 		deleted: s.deleting[k] > 0}
@@ -198,6 +182,38 @@ func (s *Stack) startFill(ctx context.Context, f *fill, k digest.Key, want diges
 	l.hits.Add(1)
 	f.info, f.f = info, sp
 	return r, nil
+}
+
+// joinableFill returns the fetch of k from l that an Open can join (any
+// layer when l is nil), with a reference taken for it; or nil. s.mu is held.
+func (s *Stack) joinableFill(k digest.Key, l *layer) *fill {
+	f, ok := s.fills[k]
+	if !ok || (l != nil && f.l != l) || (f.prefetch && f.failed()) {
+		return nil
+	}
+	f.mu.Lock()
+	f.refs++
+	f.mu.Unlock()
+	return f
+}
+
+// join waits for f to be opened and returns a reader of it, or drops the
+// reference joinableFill took.
+func (f *fill) join(ctx context.Context, want digest.Sum) (Reader, error) {
+	select {
+	case <-f.ready:
+	case <-ctx.Done():
+		f.unref()
+		return nil, ctx.Err()
+	}
+	if f.openErr != nil || (!want.IsZero() && f.info.Sum != want) || f.failed() {
+		f.unref()
+		if f.openErr != nil {
+			return nil, f.openErr
+		}
+		return nil, Wrap(f.l.name, "open", f.info.Key, ErrNotFound)
+	}
+	return &fillReader{f: f}, nil
 }
 
 func (f *fill) failed() bool {
