@@ -60,12 +60,12 @@ func readSet(dir string, names []string, size int64) (time.Duration, error) {
 // readAll runs the three read scenarios of one state (cold, warm,
 // remount) and records files/s and MiB/s. A warm read (the client's caches
 // hold everything, nothing changes between passes) is short and noisy on a
-// shared machine: it is read three times and the fastest pass counts.
+// shared machine: it is read five times and the fastest pass counts.
 func (b *bench) readAll(c client, state string) error {
 	ds := b.ds
 	passes := 1
 	if state == "warm" {
-		passes = 3
+		passes = 5
 	}
 	best := func(names []string, size int64) (time.Duration, error) {
 		var min time.Duration
