@@ -437,15 +437,21 @@ func (s *Stack) park(l *layer, k digest.Key, r Reader) {
 	s.mu.Unlock()
 }
 
-// unpark takes the reader a lookup parked for k in l, or returns nil.
+// unpark takes the reader a lookup parked for k in l, or returns nil; a
+// reader whose connection dropped meanwhile is closed, not returned.
 func (s *Stack) unpark(l *layer, k digest.Key) Reader {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	p := s.parked[k]
 	if p == nil || p.l != l || !p.timer.Stop() {
+		s.mu.Unlock()
 		return nil
 	}
 	delete(s.parked, k)
+	s.mu.Unlock()
+	if lr, ok := p.r.(LiveReader); ok && !lr.Live() {
+		go p.r.Close()
+		return nil
+	}
 	return p.r
 }
 

@@ -96,3 +96,24 @@ func TestCloseDropsParkedReader(t *testing.T) {
 		t.Fatalf("after Close: closes = %d after %v, want 1 at once", n, time.Since(start))
 	}
 }
+
+// A parked reader whose connection dropped is not used: the fetch opens
+// the remote copy again and the read succeeds.
+func TestParkedReaderNotLive(t *testing.T) {
+	ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
+	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
+	k, v := tiertest.Key("dropped"), tiertest.Data(11, 2<<20)
+	tiertest.Put(t, remote, k, v)
+	if _, err := s.Stat(context.Background(), k); err != nil {
+		t.Fatal(err)
+	}
+	remote.dead.Store(true)
+	got, err := read(t, s, k)
+	if err != nil || !bytes.Equal(got, v) {
+		t.Fatalf("read: %v", err)
+	}
+	if n := remote.opens.Load(); n != 2 {
+		t.Fatalf("remote opens = %d, want 2 (the lookup's reader was dead)", n)
+	}
+	eventually(t, "the dead reader closed", func() bool { return remote.closes.Load() >= 1 })
+}

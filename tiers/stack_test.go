@@ -25,6 +25,7 @@ type faultTier struct {
 	flip   atomic.Bool  // readers return flipped bytes
 	opens  atomic.Int64 // Open calls
 	closes atomic.Int64 // Close calls of its readers
+	dead   atomic.Bool  // its readers say they are not Live (a dropped connection)
 	putErr func() error
 	onPut  func(ctx context.Context, k digest.Key, m tiers.Meta) error // called first by Put; its error fails it
 }
@@ -92,6 +93,8 @@ type faultReader struct {
 	tiers.Reader
 	f *faultTier
 }
+
+func (r *faultReader) Live() bool { return !r.f.dead.Load() }
 
 func (r *faultReader) Close() error {
 	r.f.closes.Add(1)

@@ -138,6 +138,13 @@ type Reader interface {
 	Info() Info
 }
 
+// LiveReader is implemented by Readers that read through a connection:
+// Live is false once it has dropped, and the reader can only fail. The
+// stack then opens again rather than use a reader it kept.
+type LiveReader interface {
+	Live() bool
+}
+
 // Tier is one level of the stack. All methods are safe for concurrent use.
 // Errors are *Error values wrapping the sentinels above where they apply.
 type Tier interface {

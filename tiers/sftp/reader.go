@@ -25,11 +25,15 @@ type reader struct {
 }
 
 var (
-	_ tiers.Reader = (*reader)(nil)
-	_ io.WriterTo  = (*reader)(nil)
+	_ tiers.Reader     = (*reader)(nil)
+	_ io.WriterTo      = (*reader)(nil)
+	_ tiers.LiveReader = (*reader)(nil)
 )
 
 func (r *reader) Info() tiers.Info { return r.info }
+
+// Live is false once the reader's connection has dropped (tiers.LiveReader).
+func (r *reader) Live() bool { return !r.closed.Load() && r.c.ok() }
 
 func (r *reader) err(err error) error { return tiers.Wrap(r.t.opt.Name, "read", r.info.Key, err) }
 
