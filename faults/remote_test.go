@@ -181,9 +181,19 @@ func TestRemoteStopMidRead(t *testing.T) {
 		a, b := remote[2*trial], remote[2*trial+1]
 		freeze := trial%6 == 5
 		// Look both up while the server is up: the kernel caches the names.
+		// A lookup within the dial backoff after the restart (a failed
+		// dial of the trial before) misses at once, so it is retried.
 		for _, e := range []entry{a, b} {
-			if _, err := os.Stat(n.Path(e.key)); err != nil {
-				t.Fatalf("trial %d: stat of a remote entry: %v", trial, err)
+			start := time.Now()
+			for {
+				_, err := os.Stat(n.Path(e.key))
+				if err == nil {
+					break
+				}
+				if time.Since(start) > 5*time.Second {
+					t.Fatalf("trial %d: stat of a remote entry: %v", trial, err)
+				}
+				time.Sleep(50 * time.Millisecond)
 			}
 		}
 		f, err := os.Open(n.Path(a.key))

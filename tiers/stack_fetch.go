@@ -337,9 +337,6 @@ func (f *fill) unref() {
 // verified), or fails with the fetch's error.
 func (f *fill) readAt(p []byte, off int64) (int, error) {
 	size := f.info.Size
-	if off >= size {
-		return 0, io.EOF
-	}
 	need := min(off+int64(len(p)), size)
 	for {
 		f.mu.Lock()
@@ -347,6 +344,19 @@ func (f *fill) readAt(p []byte, off int64) (int, error) {
 		f.mu.Unlock()
 		if err != nil {
 			return 0, err
+		}
+		if off >= size {
+			// The end, once the fetch has ended well: an empty value is
+			// verified too (its remote copy may not be a file at all).
+			if done {
+				return 0, io.EOF
+			}
+			select {
+			case <-ch:
+				continue
+			case <-f.s.ctx.Done():
+				return 0, Wrap("stack", "read", f.info.Key, ErrClosed)
+			}
 		}
 		if !done && avail == size {
 			avail = size - 1 // the tail waits for the hash

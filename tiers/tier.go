@@ -152,7 +152,9 @@ type Tier interface {
 	Name() string
 	// Stat returns the entry's info or ErrNotFound.
 	Stat(ctx context.Context, k digest.Key) (Info, error)
-	// Open opens the entry for reading at offsets.
+	// Open opens the entry for reading at offsets. A copy found damaged
+	// gives ErrCorrupt, from Open or, for checks a remote tier makes while
+	// Open has returned already, from the Reader's first reads.
 	Open(ctx context.Context, k digest.Key) (Reader, error)
 	// Put stores the bytes read from r until EOF under k, atomically: the
 	// entry becomes visible complete or not at all; a failure (r's error, a

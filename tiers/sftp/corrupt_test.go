@@ -30,6 +30,10 @@ func TestTruncatedRemoteFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
+	// Open checks the size in the background: wait for that before the cut.
+	if _, err := r.ReadAt(make([]byte, 1), 0); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.Truncate(localPath(tr, k.String()), 1<<20); err != nil {
 		t.Fatal(err)
 	}
@@ -48,12 +52,13 @@ func TestTruncatedRemoteFile(t *testing.T) {
 		t.Fatalf("ReadAt before the cut: %v", err)
 	}
 
-	// Stat and Open see the size differ from the sum file.
+	// Stat sees the size differ from the sum file, and so does a new
+	// reader, at Open or at its first read.
 	if _, err := tr.Stat(ctx, k); !errors.Is(err, tiers.ErrCorrupt) {
 		t.Fatalf("stat of truncated file: %v", err)
 	}
-	if _, err := tr.Open(ctx, k); !errors.Is(err, tiers.ErrCorrupt) {
-		t.Fatalf("open of truncated file: %v", err)
+	if err := openAndRead(tr, k); !errors.Is(err, tiers.ErrCorrupt) {
+		t.Fatalf("open and read of truncated file: %v", err)
 	}
 	// The stack repairs by Delete and Put.
 	if err := tr.Delete(ctx, k); err != nil {
@@ -255,4 +260,17 @@ func TestSumFileOfEarlierFormat(t *testing.T) {
 	if _, err := os.Readlink(localPath(tr, ".flechefs/sums/"+k.String())); err != nil {
 		t.Fatalf("the record is not a symlink after the put: %v", err)
 	}
+}
+
+// openAndRead opens k and reads its first byte; it returns the first error.
+// Open checks a value's size against its record in the background when
+// the record is there, so a bad size shows at Open or at the first read.
+func openAndRead(tr *Tier, k digest.Key) error {
+	r, err := tr.Open(context.Background(), k)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	_, err = r.ReadAt(make([]byte, 1), 0)
+	return err
 }

@@ -127,16 +127,17 @@
 // connection. Other servers get 32 KiB. The Reader implements io.WriterTo
 // for whole-value fetches with reads in flight and writes in order.
 //
-// Open sends the data file's open and the sum record's READLINK together;
-// then a read of the first 64 KiB: a small value has arrived when Open
-// returns (two round trips and three requests, the close not waited for; a
-// missing key takes one round trip), and ReadAt serves it from memory. A
-// head read that ends short has seen the end of the file; when the record
-// has that size, no fstat is sent. A value the record says is larger than
-// the head has its fstat sent with the head read (two round trips); without
-// a record the fstat follows the head, a third round trip. WriteTo writes
+// Open sends the data file's open and the sum record's READLINK together.
+// With a record, Open returns when both have answered (one round trip) with
+// the record's size, hash and time, and the first 64 KiB (the head) are
+// read in the background, with an fstat beside them for a value of 64 KiB
+// or more: ReadAt and WriteTo wait for them, and a data file whose size
+// disagrees with the record fails them with ErrCorrupt. A small value has
+// arrived after two round trips, and a lookup of it answers after one.
+// Without a record (or with a garbled one) Open reads the head and fstats
+// before it returns, and a size that disagrees fails Open. WriteTo writes
 // the head and reads from where it ends. Stat is a STAT and a READLINK, one
-// round trip.
+// round trip. A missing key takes one round trip.
 //
 // # Caveats
 //

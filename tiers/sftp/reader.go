@@ -19,9 +19,21 @@ type reader struct {
 	c      *conn
 	f      *xsftp.File
 	info   tiers.Info
-	head   []byte     // the value's first bytes, read by Open
 	wmu    sync.Mutex // WriteTo uses and moves the handle's offset
 	closed atomic.Bool
+
+	// head is the value's first bytes and headErr what checking the
+	// file's size against the record found, both set before headReady is
+	// closed (readHead; in the background when Open had a record).
+	head      []byte
+	headErr   error
+	headReady chan struct{}
+}
+
+// waitHead waits for the head and returns headErr.
+func (r *reader) waitHead() error {
+	<-r.headReady
+	return r.headErr
 }
 
 var (
@@ -53,6 +65,11 @@ func (r *reader) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, r.err(fmt.Errorf("negative offset %d", off))
 	}
+	// Even a read at the end waits for the head's check: an empty record
+	// beside a directory must not read as an empty value.
+	if err := r.waitHead(); err != nil {
+		return 0, r.err(err)
+	}
 	size := r.info.Size
 	if off >= size {
 		return 0, io.EOF
@@ -64,16 +81,21 @@ func (r *reader) ReadAt(p []byte, off int64) (int, error) {
 	if err := r.usable(); err != nil {
 		return 0, r.err(err)
 	}
-	if off+int64(len(want)) <= int64(len(r.head)) {
-		n := copy(want, r.head[off:])
+	// What the head holds is copied from it; the rest is read.
+	var n int
+	if off < int64(len(r.head)) {
+		n = copy(want, r.head[off:])
+	}
+	if n == len(want) {
 		if len(want) < len(p) {
 			return n, io.EOF
 		}
 		return n, nil
 	}
 	w := r.c.watch()
-	n, err := r.f.ReadAt(want, off)
+	m, err := r.f.ReadAt(want[n:], off+int64(n))
 	w.stop()
+	n += m
 	if n < len(want) {
 		if err == nil || err == io.EOF {
 			err = r.short(off + int64(n))
@@ -108,11 +130,12 @@ func (r *reader) short(at int64) error {
 // the fast way to fetch an entry. The watchdog does not count time spent in
 // dst.Write.
 //
-// The head Open read goes first; the rest is read in chunks of a few
-// packets, several chunks at once (fetch). pkg/sftp's own File.WriteTo asks
-// for the file's size first, a round trip (40 ms on the bench's slow link)
+// The head Open reads goes first; the rest is read in chunks of a few
+// packets, several chunks at once (fetch), asked for at once, beside the
+// head read when that is still out. pkg/sftp's own File.WriteTo asks for
+// the file's size first, a round trip (40 ms on the bench's slow link)
 // before any data; the size is known here, and a file that grew behind its
-// record was refused by Open's fstat.
+// record fails the head's check.
 func (r *reader) WriteTo(dst io.Writer) (int64, error) {
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
@@ -122,12 +145,20 @@ func (r *reader) WriteTo(dst io.Writer) (int64, error) {
 	w := r.c.watch()
 	defer w.stop()
 	lw := &limitWriter{w: dst, left: r.info.Size, watch: w}
-	hn, err := lw.Write(r.head)
-	if err != nil || int64(hn) == r.info.Size {
+	headLen := int64(min(headSize, r.c.packet))
+	if r.info.Size <= headLen {
+		if err := r.waitHead(); err != nil {
+			return 0, r.err(err)
+		}
+		hn, _ := lw.Write(r.head)
 		return int64(hn), r.err(lw.err)
 	}
-	n, err := r.fetch(lw, int64(hn))
-	n += int64(hn)
+	hw := &headFirst{r: r, w: lw, headLen: headLen}
+	n, err := r.fetch(hw, headLen)
+	n += hw.hn
+	if herr := r.waitHead(); herr != nil {
+		return n, r.err(herr)
+	}
 	switch {
 	case lw.err != nil:
 		return n, r.err(lw.err)
@@ -137,6 +168,33 @@ func (r *reader) WriteTo(dst io.Writer) (int64, error) {
 		return n, r.err(r.short(n))
 	}
 	return n, nil
+}
+
+// headFirst writes the reader's head to w before the first chunk.
+type headFirst struct {
+	r       *reader
+	w       io.Writer
+	headLen int64
+	hn      int64 // head bytes written
+	done    bool
+}
+
+func (h *headFirst) Write(p []byte) (int, error) {
+	if !h.done {
+		h.done = true
+		if err := h.r.waitHead(); err != nil {
+			return 0, err
+		}
+		if int64(len(h.r.head)) != h.headLen {
+			return 0, fmt.Errorf("head read returned %d bytes of %d", len(h.r.head), h.headLen)
+		}
+		n, err := h.w.Write(h.r.head)
+		h.hn = int64(n)
+		if err != nil {
+			return 0, err
+		}
+	}
+	return h.w.Write(p)
 }
 
 // fetchChunks is how many packets one ReadAt of fetch asks for.

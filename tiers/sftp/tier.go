@@ -261,15 +261,22 @@ func (t *Tier) info(c *conn, k digest.Key, fi os.FileInfo, sf sumResult) (tiers.
 // Open opens the entry. The Reader reads through the connection that was
 // current at Open; if that connection drops, the Reader fails with
 // ErrUnavailable and the caller opens again.
+//
+// The sum record's READLINK goes out with the data file's open. With a
+// record, Open returns once both have answered (one round trip; Info is the
+// record's) and the first bytes (the head) are read in the background, with
+// the fstat beside them for a value longer than the head: reads wait for
+// them, and a data file whose size disagrees with the record fails them
+// with ErrCorrupt. A lookup of a small value thus answers after one round
+// trip while the value is on its way, and a fetch starts one round trip
+// earlier. Without a record, Open reads the head and fstats before it
+// returns, and takes the size and time from the data file.
 func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 	c, w, err := t.begin(ctx, k)
 	if err != nil {
 		return nil, t.wrap("open", k, err)
 	}
 	defer w.stop()
-	// The sum record's READLINK goes out with the data file's open: a
-	// hit then takes two round trips (open and READLINK; the head read),
-	// a miss one, at the price of a second request that fails.
 	sumc := t.readSumAsync(c, k)
 	f, err := c.sftp.Open(t.dataPath(k))
 	if err != nil {
@@ -278,63 +285,91 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 		}
 		return nil, t.wrap("open", k, t.failure(c, err))
 	}
-	// The first bytes, read once the file is open: a small value has
-	// arrived when Open returns. A read that ends short of its buffer has
-	// seen the end of the file, and gives its size: with a sum record of
-	// that size the fstat is not needed (a request saved per small
-	// hit). A value the sum record says is longer than the head needs the
-	// fstat, which then goes out with the head read: two round trips in
-	// all, not three (on a 40 ms link, 40 ms saved per lookup and per open
-	// of a value over 64 KiB).
-	type headResult struct {
-		b   []byte
-		eof bool
-	}
-	headLen := min(headSize, c.packet)
-	headc := make(chan headResult, 1)
-	go func() {
-		b := make([]byte, headLen)
-		n, err := f.ReadAt(b, 0)
-		if err != nil && err != io.EOF {
-			n = 0
-		}
-		headc <- headResult{b[:n], err == io.EOF && n < len(b)}
-	}()
 	sf := <-sumc
+	r := &reader{t: t, c: c, f: f, info: tiers.Info{Key: k}, headReady: make(chan struct{})}
+	// An empty value is checked before Open returns: the kernel reads an
+	// empty file without asking the mount, so a read could not fail
+	// (a directory under a key's name, with an empty record beside it,
+	// would read as an empty value).
+	if sf.err == nil && sf.found && !sf.s.created.IsZero() && sf.s.size > 0 {
+		r.info = tiers.Info{Key: k, Size: sf.s.size, Sum: sf.s.sum, Created: sf.s.created}
+		go func() {
+			w := c.watch()
+			defer w.stop()
+			r.headErr = r.readHead(sf)
+			close(r.headReady)
+		}()
+		return r, nil
+	}
+	err = r.readHead(sf)
+	close(r.headReady)
+	if err != nil {
+		go f.Close()
+		return nil, t.wrap("open", k, err)
+	}
+	return r, nil
+}
+
+// readHead reads the first headSize bytes of r's file into r.head and, when
+// sf leaves the size open, fstats: a head read that ends short has seen the
+// end of the file and gives its size, so a small value with a record of
+// that size needs no fstat (a request saved per small hit); a longer one
+// has its fstat sent with the head read. Without a record (sf not found)
+// it sets r.info from the data file. A size that disagrees with the record
+// is ErrCorrupt.
+func (r *reader) readHead(sf sumResult) error {
+	t, c, f := r.t, r.c, r.f
+	headLen := min(headSize, c.packet)
+	recorded := sf.err == nil && sf.found
 	type statResult struct {
 		fi  os.FileInfo
 		err error
 	}
 	var statc chan statResult
-	if sf.err == nil && sf.found && sf.s.size > int64(headLen) {
+	// A head read that fills its buffer has not seen the end: a value of
+	// headLen bytes or more needs the fstat.
+	if !recorded || sf.s.size >= int64(headLen) || sf.s.created.IsZero() {
 		statc = make(chan statResult, 1)
 		go func() {
 			fi, err := f.Stat()
 			statc <- statResult{fi, err}
 		}()
 	}
-	hr := <-headc
-	if statc == nil && sf.err == nil && sf.found && hr.eof && sf.s.size == int64(len(hr.b)) && !sf.s.created.IsZero() {
-		info := tiers.Info{Key: k, Size: sf.s.size, Sum: sf.s.sum, Created: sf.s.created}
-		return &reader{t: t, c: c, f: f, info: info, head: hr.b}, nil
+	b := make([]byte, headLen)
+	n, err := f.ReadAt(b, 0)
+	eof := err == io.EOF && n < len(b)
+	if err != nil && err != io.EOF {
+		if statc != nil {
+			<-statc
+		}
+		return t.failure(c, err)
 	}
-	var st statResult
-	if statc != nil {
-		st = <-statc
-	} else {
-		st.fi, st.err = f.Stat()
+	r.head = b[:n]
+	if statc == nil {
+		// A record, and a value no longer than the head.
+		if !eof || int64(n) != sf.s.size {
+			size := fmt.Sprintf("at least %d", n)
+			if eof {
+				size = fmt.Sprint(n)
+			}
+			t.log.Warn("sftp entry has the wrong size", "tier", t.opt.Name, "key", r.info.Key, "size", size, "recorded", sf.s.size)
+			return fmt.Errorf("%w: remote file has %s bytes, its sum record says %d", tiers.ErrCorrupt, size, sf.s.size)
+		}
+		return nil
 	}
+	st := <-statc
 	if st.err != nil {
-		go f.Close()
-		return nil, t.wrap("open", k, t.failure(c, st.err))
+		return t.failure(c, st.err)
 	}
-	info, err := t.info(c, k, st.fi, sf)
+	info, err := t.info(c, r.info.Key, st.fi, sf) // ErrCorrupt if the sizes disagree
 	if err != nil {
-		go f.Close()
-		return nil, t.wrap("open", k, err)
+		return err
 	}
-	head := hr.b
-	return &reader{t: t, c: c, f: f, info: info, head: head[:min(int64(len(head)), info.Size)]}, nil
+	if !recorded {
+		r.info = info // Open has not returned r yet
+	}
+	r.head = r.head[:min(int64(len(r.head)), info.Size)]
+	return nil
 }
 
 // headSize is how much of a value Open reads at once, in parallel with its
