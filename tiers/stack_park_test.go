@@ -7,22 +7,29 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flechefs/flechefs/digest"
 	"github.com/flechefs/flechefs/tiers"
 	"github.com/flechefs/flechefs/tiers/tiertest"
 )
 
+// lookedUp is a stack over a RAM tier and a remote holding one value of
+// size bytes, which a Stat has just found (parking its remote reader).
+func lookedUp(t *testing.T, name string, seed uint64, size int64) (*tiers.Stack, *faultTier, digest.Key, []byte) {
+	t.Helper()
+	ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
+	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
+	k, v := tiertest.Key(name), tiertest.Data(seed, size)
+	tiertest.Put(t, remote, k, v)
+	if _, err := s.Stat(context.Background(), k); err != nil {
+		t.Fatal(err)
+	}
+	return s, remote, k, v
+}
+
 // A lookup of a remote value too large to prefetch keeps the remote reader
 // it opened for the Open that follows: one remote open per cold read.
 func TestLookupReaderServesOpen(t *testing.T) {
-	ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
-	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
-	ctx := context.Background()
-	k, v := tiertest.Key("parked"), tiertest.Data(7, 4<<20)
-	tiertest.Put(t, remote, k, v)
-
-	if _, err := s.Stat(ctx, k); err != nil {
-		t.Fatal(err)
-	}
+	s, remote, k, v := lookedUp(t, "parked", 7, 4<<20)
 	if n := remote.opens.Load(); n != 1 {
 		t.Fatalf("lookup opened the remote copy %d times, want 1", n)
 	}
@@ -39,14 +46,7 @@ func TestLookupReaderServesOpen(t *testing.T) {
 // A parked reader nobody takes is closed after a second; the Open that
 // comes later opens the remote copy itself.
 func TestParkedReaderExpires(t *testing.T) {
-	ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
-	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
-	ctx := context.Background()
-	k, v := tiertest.Key("expires"), tiertest.Data(8, 2<<20)
-	tiertest.Put(t, remote, k, v)
-	if _, err := s.Stat(ctx, k); err != nil {
-		t.Fatal(err)
-	}
+	s, remote, k, v := lookedUp(t, "expires", 8, 2<<20)
 	eventually(t, "the parked reader closed", func() bool { return remote.closes.Load() == 1 })
 	got, err := read(t, s, k)
 	if err != nil || !bytes.Equal(got, v) {
@@ -60,15 +60,8 @@ func TestParkedReaderExpires(t *testing.T) {
 // A Delete between the lookup and the Open closes the parked reader: the
 // Open does not serve, from a handle still open, the value just deleted.
 func TestDeleteDropsParkedReader(t *testing.T) {
-	ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
-	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
-	ctx := context.Background()
-	k, v := tiertest.Key("deleted"), tiertest.Data(9, 2<<20)
-	tiertest.Put(t, remote, k, v)
-	if _, err := s.Stat(ctx, k); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Delete(ctx, k); err != nil {
+	s, remote, k, _ := lookedUp(t, "deleted", 9, 2<<20)
+	if err := s.Delete(context.Background(), k); err != nil {
 		t.Fatal(err)
 	}
 	if n := remote.closes.Load(); n != 1 {
@@ -81,13 +74,7 @@ func TestDeleteDropsParkedReader(t *testing.T) {
 
 // Close closes parked readers before the tiers.
 func TestCloseDropsParkedReader(t *testing.T) {
-	ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
-	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
-	k := tiertest.Key("closed")
-	tiertest.Put(t, remote, k, tiertest.Data(10, 2<<20))
-	if _, err := s.Stat(context.Background(), k); err != nil {
-		t.Fatal(err)
-	}
+	s, remote, _, _ := lookedUp(t, "closed", 10, 2<<20)
 	start := time.Now()
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -100,13 +87,7 @@ func TestCloseDropsParkedReader(t *testing.T) {
 // A parked reader whose connection dropped is not used: the fetch opens
 // the remote copy again and the read succeeds.
 func TestParkedReaderNotLive(t *testing.T) {
-	ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
-	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
-	k, v := tiertest.Key("dropped"), tiertest.Data(11, 2<<20)
-	tiertest.Put(t, remote, k, v)
-	if _, err := s.Stat(context.Background(), k); err != nil {
-		t.Fatal(err)
-	}
+	s, remote, k, v := lookedUp(t, "dropped", 11, 2<<20)
 	remote.dead.Store(true)
 	got, err := read(t, s, k)
 	if err != nil || !bytes.Equal(got, v) {
