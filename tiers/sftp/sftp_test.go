@@ -283,6 +283,9 @@ func TestWriteToAroundTheHead(t *testing.T) {
 		if err != nil {
 			t.Fatalf("size %d: open: %v", size, err)
 		}
+		if info := r.Info(); info.Size != int64(size) || info.Sum != digest.Of(v) || info.Created.IsZero() {
+			t.Fatalf("size %d: Info %+v", size, info)
+		}
 		var buf bytes.Buffer
 		n, err := r.(io.WriterTo).WriteTo(&buf)
 		if err != nil || n != int64(size) || !bytes.Equal(buf.Bytes(), v) {

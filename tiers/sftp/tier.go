@@ -291,17 +291,19 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 	// empty file without asking the mount, so a read could not fail
 	// (a directory under a key's name, with an empty record beside it,
 	// would read as an empty value).
-	if sf.err == nil && sf.found && !sf.s.created.IsZero() && sf.s.size > 0 {
+	if sf.err == nil && sf.found && !sf.s.created.IsZero() {
 		r.info = tiers.Info{Key: k, Size: sf.s.size, Sum: sf.s.sum, Created: sf.s.created}
-		go func() {
-			w := c.watch()
-			defer w.stop()
-			r.headErr = r.readHead(sf)
-			close(r.headReady)
-		}()
-		return r, nil
+		if sf.s.size > 0 {
+			go func() {
+				w := c.watch()
+				defer w.stop()
+				r.headErr = r.readHead(sf, false)
+				close(r.headReady)
+			}()
+			return r, nil
+		}
 	}
-	err = r.readHead(sf)
+	err = r.readHead(sf, true)
 	close(r.headReady)
 	if err != nil {
 		go f.Close()
@@ -314,10 +316,10 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 // sf leaves the size open, fstats: a head read that ends short has seen the
 // end of the file and gives its size, so a small value with a record of
 // that size needs no fstat (a request saved per small hit); a longer one
-// has its fstat sent with the head read. Without a record (sf not found)
-// it sets r.info from the data file. A size that disagrees with the record
-// is ErrCorrupt.
-func (r *reader) readHead(sf sumResult) error {
+// has its fstat sent with the head read. When it fstats and setInfo is
+// set (Open has not returned r yet), r.info is set from the data file and
+// the record. A size that disagrees with the record is ErrCorrupt.
+func (r *reader) readHead(sf sumResult, setInfo bool) error {
 	t, c, f := r.t, r.c, r.f
 	headLen := min(headSize, c.packet)
 	recorded := sf.err == nil && sf.found
@@ -339,8 +341,16 @@ func (r *reader) readHead(sf sumResult) error {
 	n, err := f.ReadAt(b, 0)
 	eof := err == io.EOF && n < len(b)
 	if err != nil && err != io.EOF {
+		// A read that fails on what is not a regular file (a directory
+		// under a key's name) is damage, not an I/O error.
+		var st statResult
 		if statc != nil {
-			<-statc
+			st = <-statc
+		} else {
+			st.fi, st.err = f.Stat()
+		}
+		if st.err == nil && !st.fi.Mode().IsRegular() {
+			return fmt.Errorf("%w: %s is not a regular file (%v)", tiers.ErrCorrupt, t.dataPath(r.info.Key), st.fi.Mode().Type())
 		}
 		return t.failure(c, err)
 	}
@@ -365,8 +375,8 @@ func (r *reader) readHead(sf sumResult) error {
 	if err != nil {
 		return err
 	}
-	if !recorded {
-		r.info = info // Open has not returned r yet
+	if setInfo {
+		r.info = info
 	}
 	r.head = r.head[:min(int64(len(r.head)), info.Size)]
 	return nil
