@@ -19,7 +19,6 @@ type reader struct {
 	c      *conn
 	f      *xsftp.File
 	info   tiers.Info
-	wmu    sync.Mutex // WriteTo uses and moves the handle's offset
 	closed atomic.Bool
 
 	// head is the value's first bytes and headErr what checking the
@@ -29,6 +28,9 @@ type reader struct {
 	headErr   error
 	headReady chan struct{}
 }
+
+// headLen is how much of the value Open reads as the head.
+func (r *reader) headLen() int64 { return int64(min(headSize, r.c.packet)) }
 
 // waitHead waits for the head and returns headErr.
 func (r *reader) waitHead() error {
@@ -137,15 +139,13 @@ func (r *reader) short(at int64) error {
 // before any data; the size is known here, and a file that grew behind its
 // record fails the head's check.
 func (r *reader) WriteTo(dst io.Writer) (int64, error) {
-	r.wmu.Lock()
-	defer r.wmu.Unlock()
 	if err := r.usable(); err != nil {
 		return 0, r.err(err)
 	}
 	w := r.c.watch()
 	defer w.stop()
-	lw := &limitWriter{w: dst, left: r.info.Size, watch: w}
-	headLen := int64(min(headSize, r.c.packet))
+	lw := &watchWriter{w: dst, watch: w}
+	headLen := r.headLen()
 	if r.info.Size <= headLen {
 		if err := r.waitHead(); err != nil {
 			return 0, r.err(err)
@@ -153,7 +153,7 @@ func (r *reader) WriteTo(dst io.Writer) (int64, error) {
 		hn, _ := lw.Write(r.head)
 		return int64(hn), r.err(lw.err)
 	}
-	hw := &headFirst{r: r, w: lw, headLen: headLen}
+	hw := &headFirst{r: r, w: lw}
 	n, err := r.fetch(hw, headLen)
 	n += hw.hn
 	if herr := r.waitHead(); herr != nil {
@@ -172,11 +172,10 @@ func (r *reader) WriteTo(dst io.Writer) (int64, error) {
 
 // headFirst writes the reader's head to w before the first chunk.
 type headFirst struct {
-	r       *reader
-	w       io.Writer
-	headLen int64
-	hn      int64 // head bytes written
-	done    bool
+	r    *reader
+	w    io.Writer
+	hn   int64 // head bytes written
+	done bool
 }
 
 func (h *headFirst) Write(p []byte) (int, error) {
@@ -185,8 +184,8 @@ func (h *headFirst) Write(p []byte) (int, error) {
 		if err := h.r.waitHead(); err != nil {
 			return 0, err
 		}
-		if int64(len(h.r.head)) != h.headLen {
-			return 0, fmt.Errorf("head read returned %d bytes of %d", len(h.r.head), h.headLen)
+		if want := h.r.headLen(); int64(len(h.r.head)) != want {
+			return 0, fmt.Errorf("head read returned %d bytes of %d", len(h.r.head), want)
 		}
 		n, err := h.w.Write(h.r.head)
 		h.hn = int64(n)
@@ -278,31 +277,22 @@ func (r *reader) fetch(dst io.Writer, from int64) (int64, error) {
 
 var errShort = errors.New("short read")
 
-// limitWriter passes at most left bytes to w and pauses the watchdog while w
-// runs.
-type limitWriter struct {
+// watchWriter pauses the watchdog while w runs and keeps w's error: the
+// time the fetch's consumer takes is not the server's.
+type watchWriter struct {
 	w     io.Writer
-	left  int64
 	watch *watch
-	err   error // w's error, or errTooLong
+	err   error
 }
 
-func (l *limitWriter) Write(p []byte) (int, error) {
-	var tooLong bool
-	if int64(len(p)) > l.left {
-		p, tooLong = p[:l.left], true
-	}
+func (l *watchWriter) Write(p []byte) (int, error) {
 	l.watch.pause()
 	n, err := l.w.Write(p)
 	l.watch.resume()
-	l.left -= int64(n)
-	switch {
-	case err != nil:
+	if err != nil {
 		l.err = err
-	case tooLong:
-		l.err = errTooLong
 	}
-	return n, l.err
+	return n, err
 }
 
 // Close releases the remote handle. The error of closing a read handle

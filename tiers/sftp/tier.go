@@ -321,7 +321,7 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 // the record. A size that disagrees with the record is ErrCorrupt.
 func (r *reader) readHead(sf sumResult, setInfo bool) error {
 	t, c, f := r.t, r.c, r.f
-	headLen := min(headSize, c.packet)
+	headLen := r.headLen()
 	recorded := sf.err == nil && sf.found
 	type statResult struct {
 		fi  os.FileInfo
@@ -330,7 +330,7 @@ func (r *reader) readHead(sf sumResult, setInfo bool) error {
 	var statc chan statResult
 	// A head read that fills its buffer has not seen the end: a value of
 	// headLen bytes or more needs the fstat.
-	if !recorded || sf.s.size >= int64(headLen) || sf.s.created.IsZero() {
+	if !recorded || sf.s.size >= headLen || sf.s.created.IsZero() {
 		statc = make(chan statResult, 1)
 		go func() {
 			fi, err := f.Stat()
