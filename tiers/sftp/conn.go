@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"path"
 	"strings"
@@ -19,11 +20,16 @@ import (
 	"github.com/flechefs/flechefs/tiers"
 )
 
-// Reconnect backoff after a failed dial: callers in the window fail at once
-// with the last dial error instead of hammering a dead server.
+// Reconnect backoff after a failed dial. While the server stays unreachable
+// the tier dials again in the background after each backoff, so a server
+// that comes back is found within maxBackoff whether or not anyone asks;
+// callers meanwhile fail at once with the last dial error.
 const (
 	minBackoff = 250 * time.Millisecond
-	maxBackoff = 15 * time.Second
+	maxBackoff = 5 * time.Second
+	// warnEvery: while an outage lasts, the same dial failure is logged
+	// at warning level at most this often (a changed error at once).
+	warnEvery = time.Minute
 	// keepaliveEvery: an idle connection sends keepalive@openssh.com this
 	// often (or every Timeout if that is longer) to find a dead peer.
 	keepaliveEvery = 15 * time.Second
@@ -164,8 +170,10 @@ type dialAttempt struct {
 }
 
 // conn returns a live connection, dialing if there is none. Concurrent
-// callers share one dial. After a failed dial, callers fail at once until
-// the backoff has passed.
+// callers share one dial. During an outage (the last dial failed) callers
+// never wait on a dial: they fail at once with its error while the tier
+// dials again in the background (reprobe). The first dial after a lost
+// connection is waited for, so a server restart costs its callers one dial.
 func (t *Tier) conn(ctx context.Context) (*conn, error) {
 	t.mu.Lock()
 	if t.closed {
@@ -177,15 +185,20 @@ func (t *Tier) conn(ctx context.Context) (*conn, error) {
 		return c, nil
 	}
 	a := t.dialing
-	if a == nil {
-		if wait := time.Until(t.retryAt); t.dialErr != nil && wait > 0 {
-			err := t.dialErr
-			t.mu.Unlock()
-			return nil, fmt.Errorf("%w (next attempt in %v)", err, wait.Round(time.Millisecond))
+	if err := t.dialErr; err != nil {
+		when := "trying again now"
+		if a == nil {
+			if wait := time.Until(t.retryAt); wait > 0 {
+				when = "next attempt in " + wait.Round(time.Millisecond).String()
+			} else {
+				t.startDial() // the timer has not run yet
+			}
 		}
-		a = &dialAttempt{done: make(chan struct{})}
-		t.dialing = a
-		go t.redial(a)
+		t.mu.Unlock()
+		return nil, fmt.Errorf("%w (%s)", err, when)
+	}
+	if a == nil {
+		a = t.startDial()
 	}
 	t.mu.Unlock()
 	select {
@@ -196,6 +209,25 @@ func (t *Tier) conn(ctx context.Context) (*conn, error) {
 	// A connection that died right after the dial is returned all the
 	// same: the operation fails, and the next one dials again.
 	return a.c, a.err
+}
+
+// startDial starts a dial; t.mu is held and no dial runs.
+func (t *Tier) startDial() *dialAttempt {
+	a := &dialAttempt{done: make(chan struct{})}
+	t.dialing = a
+	go t.redial(a)
+	return a
+}
+
+// reprobe runs when a backoff ends: it dials again unless the tier is
+// closed, connected or dialing already.
+func (t *Tier) reprobe() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed || t.dialing != nil || (t.cur != nil && t.cur.ok()) {
+		return
+	}
+	t.startDial()
 }
 
 func (t *Tier) redial(a *dialAttempt) {
@@ -216,13 +248,18 @@ func (t *Tier) redial(a *dialAttempt) {
 		t.backoff = min(max(2*t.backoff, minBackoff), maxBackoff)
 		t.retryAt = time.Now().Add(t.backoff)
 		t.dialErr = err
+		t.failedDials++
 		if !t.closed {
-			t.log.Warn("sftp connect failed", "tier", t.opt.Name, "addr", t.rem.addr, "err", err, "retry_in", t.backoff)
+			t.retry = time.AfterFunc(t.backoff, t.reprobe)
+			t.warnDial(err)
 		}
 		return
 	}
 	a.c = c
-	t.cur, t.dialErr, t.backoff = c, nil, 0
+	if t.failedDials > 0 {
+		t.log.Info("sftp server reachable again", "tier", t.opt.Name, "addr", t.rem.addr, "failed_dials", t.failedDials)
+	}
+	t.cur, t.dialErr, t.backoff, t.failedDials, t.warned = c, nil, 0, 0, ""
 	t.dials++
 	t.log.Info("sftp connected", "tier", t.opt.Name, "addr", t.rem.addr, "root", t.rem.root, "packet", c.packet, "connections", t.dials)
 	orphans := t.orphans
@@ -230,6 +267,19 @@ func (t *Tier) redial(a *dialAttempt) {
 	sweep := !t.swept && !t.opt.ReadOnly
 	t.swept = true
 	go t.cleanup(c, orphans, sweep)
+}
+
+// warnDial logs a failed dial: the first of an outage, a changed error, and
+// then once every warnEvery; the dials in between at debug level.
+func (t *Tier) warnDial(err error) {
+	msg := err.Error()
+	level := slog.LevelDebug
+	if msg != t.warned || time.Since(t.warnedAt) >= warnEvery {
+		level = slog.LevelWarn
+		t.warned, t.warnedAt = msg, time.Now()
+	}
+	t.log.Log(context.Background(), level, "sftp connect failed", "tier", t.opt.Name, "addr", t.rem.addr,
+		"err", err, "failed_dials", t.failedDials, "retry_in", t.backoff)
 }
 
 // dial connects, authenticates, starts SFTP and creates the layout, all

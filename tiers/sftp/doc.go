@@ -101,11 +101,15 @@
 // The tier keeps one SSH connection with one SFTP session behind a mutex.
 // When it breaks (EOF, connection lost, network error, watchdog), it is
 // marked dead and the next operation dials again; concurrent callers share
-// one dial. A failed dial makes callers fail at once with the dial's error
-// for a backoff of 250ms, doubling to 15s, so a dead server is not
-// hammered; a successful dial resets it. Readers are tied to the connection
-// they were opened on and fail with ErrUnavailable when it drops (the caller
-// opens again). With Options.Lazy, Open does not connect, so a mount can
+// one dial and wait for it. When that dial fails, the tier is in an outage:
+// callers fail at once with the dial's error (they never wait on a dial, so
+// a frozen host does not stall them), and the tier dials again in the
+// background after a backoff of 250ms, doubling to 5s, whether or not
+// anyone asks. A server that comes back is thus found within 5s, and the
+// next caller gets the connection. The same failure is logged once a
+// minute, a changed one at once; a successful dial resets all of it.
+// Readers are tied to the connection they were opened on and fail with
+// ErrUnavailable when it drops (the caller opens again). With Options.Lazy, Open does not connect, so a mount can
 // start while the server is down.
 //
 // # Host keys and authentication

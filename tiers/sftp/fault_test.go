@@ -297,3 +297,88 @@ func TestClosed(t *testing.T) {
 	}
 	r.Close()
 }
+
+// dialCounts returns the tier's successful dials and the failed dials of
+// the current outage.
+func dialCounts(tr *Tier) (ok, failed int) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return tr.dials, tr.failedDials
+}
+
+// During an outage a caller never waits on a dial, also once the backoff
+// has ended: the dials go on in the background. A frozen host makes each of
+// them last the whole Timeout, which a caller would otherwise wait out.
+func TestOutageFailsFast(t *testing.T) {
+	s := sshdtest.Start(t)
+	tr := faultTier(t, s)
+	stat := func() error {
+		_, err := tr.Stat(context.Background(), tiertest.Key("x"))
+		return err
+	}
+	if err := stat(); !errors.Is(err, tiers.ErrNotFound) {
+		t.Fatal(err)
+	}
+	s.Freeze()
+	defer s.Thaw()
+	// The request on the connection times out, and so does the first dial
+	// after it, which its caller waits for.
+	start := time.Now()
+	within(t, "stat on the frozen connection", stat(), start, faultTimeout)
+	start = time.Now()
+	within(t, "stat with the first dial", stat(), start, faultTimeout)
+	const bound = 250 * time.Millisecond
+	var slowest time.Duration
+	for end := time.Now().Add(2*faultTimeout + time.Second); time.Now().Before(end); {
+		start := time.Now()
+		err := stat()
+		if !errors.Is(err, tiers.ErrUnavailable) {
+			t.Fatalf("stat during the outage: %v", err)
+		}
+		slowest = max(slowest, time.Since(start))
+		time.Sleep(50 * time.Millisecond)
+	}
+	if slowest > bound {
+		t.Fatalf("a stat during the outage took %v, want ≤ %v", slowest, bound)
+	}
+	if _, failed := dialCounts(tr); failed < 2 {
+		t.Fatalf("%d failed dials in the outage: the tier did not dial again in the background", failed)
+	}
+	s.Thaw()
+	eventually(t, tr)
+}
+
+// A server that comes back is found by the background dials: the first
+// caller after it gets a connection without waiting for a backoff.
+func TestReconnectsInBackground(t *testing.T) {
+	s := sshdtest.Start(t)
+	tr := faultTier(t, s)
+	works(t, tr, "before")
+	s.Stop()
+	if _, err := tr.Stat(context.Background(), tiertest.Key("x")); !errors.Is(err, tiers.ErrUnavailable) {
+		t.Fatalf("stat on a stopped server: %v", err)
+	}
+	// No callers from here on: only the tier dials.
+	deadline := time.Now().Add(10 * time.Second)
+	for _, failed := dialCounts(tr); failed < 3; _, failed = dialCounts(tr) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d failed dials in 10s: no background dials", failed)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	before, _ := dialCounts(tr)
+	if err := s.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(maxBackoff + 5*time.Second)
+	for ok, _ := dialCounts(tr); ok == before; ok, _ = dialCounts(tr) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not connected %v after the server came back", maxBackoff+5*time.Second)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, failed := dialCounts(tr); failed != 0 {
+		t.Fatalf("failed dials not reset after the reconnect: %d", failed)
+	}
+	works(t, tr, "after")
+}

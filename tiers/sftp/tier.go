@@ -39,9 +39,15 @@ type Tier struct {
 	dialErr error        // last dial failure, until retryAt
 	retryAt time.Time
 	backoff time.Duration
+	retry   *time.Timer // runs reprobe when the backoff ends
 	dials   int
-	orphans []string // temp files to remove once connected again
-	swept   bool
+	// failedDials counts the dials of the current outage; warned and
+	// warnedAt throttle its warnings (warnDial).
+	failedDials int
+	warned      string
+	warnedAt    time.Time
+	orphans     []string // temp files to remove once connected again
+	swept       bool
 }
 
 var _ tiers.Tier = (*Tier)(nil)
@@ -107,6 +113,9 @@ func (t *Tier) Close() error {
 	t.closed = true
 	c := t.cur
 	t.cur = nil
+	if t.retry != nil {
+		t.retry.Stop()
+	}
 	t.mu.Unlock()
 	t.cancel()
 	if c != nil {
