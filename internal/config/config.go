@@ -106,6 +106,7 @@ type Tier struct {
 	KnownHosts  string   // absolute; "" never happens after Parse
 	Agent       bool     // use $SSH_AUTH_SOCK
 	Concurrency int      // requests in flight per transfer
+	Channels    int      // SFTP sessions a large fetch reads through
 	Timeout     time.Duration
 	Ciphers     []string // SSH ciphers offered, in order; nil: the library's defaults
 

@@ -24,6 +24,7 @@ const (
 	DefaultListTTL       = 30 * time.Second
 	DefaultUploadWorkers = 8
 	DefaultConcurrency   = 64
+	DefaultChannels      = 3
 	DefaultBoltSize      = 10 << 30
 )
 
@@ -36,6 +37,7 @@ const (
 	MaxListTTL       = 24 * time.Hour
 	MaxUploadWorkers = 64
 	MaxConcurrency   = 1024
+	MaxChannels      = 8
 )
 
 var topKeys = []string{
@@ -56,6 +58,7 @@ var tierKeys = map[string][]Kind{
 	"known_hosts": {SFTP},
 	"agent":       {SFTP},
 	"concurrency": {SFTP},
+	"channels":    {SFTP},
 	"timeout":     {SFTP},
 	"ciphers":     {SFTP},
 }
@@ -407,6 +410,8 @@ func (p *parser) tier(i int, m map[string]any) Tier {
 			f.boolean(&t.Agent)
 		case "concurrency":
 			f.integer(1, MaxConcurrency, &t.Concurrency)
+		case "channels":
+			f.integer(1, MaxChannels, &t.Channels)
 		case "timeout":
 			f.duration(time.Millisecond, MaxRemoteTimeout, &t.Timeout)
 			t.timeoutSet = true
@@ -519,6 +524,7 @@ func (t *Tier) setDefaults() {
 	if t.Kind == SFTP {
 		t.Agent = true
 		t.Concurrency = DefaultConcurrency
+		t.Channels = DefaultChannels
 	}
 }
 

@@ -56,6 +56,7 @@ func (c *Config) TOML() string {
 			fmt.Fprintf(&b, "agent = %t\n", t.Agent)
 			fmt.Fprintf(&b, "read_only = %t\n", t.ReadOnly)
 			fmt.Fprintf(&b, "concurrency = %d\n", t.Concurrency)
+			fmt.Fprintf(&b, "channels = %d\n", t.Channels)
 			fmt.Fprintf(&b, "timeout = %q\n", t.Timeout.String())
 			if t.Ciphers != nil {
 				cs := make([]string, len(t.Ciphers))

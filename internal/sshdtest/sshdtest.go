@@ -27,6 +27,7 @@ package sshdtest
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
@@ -89,6 +90,9 @@ type Options struct {
 	Wrap []string
 	// Dial connects the readiness probe (default net.Dial).
 	Dial func(network, addr string) (net.Conn, error)
+	// MaxSessions is sshd's limit of sessions (channels) per connection
+	// (default 200).
+	MaxSessions int
 }
 
 // Start starts an sshd in a new t.TempDir and stops it at cleanup. It fails
@@ -265,10 +269,10 @@ X11Forwarding no
 LogLevel ERROR
 LoginGraceTime 30
 MaxStartups 200
-MaxSessions 200
+MaxSessions %d
 MaxAuthTries 10
 Subsystem sftp internal-sftp
-`, s.opt.ListenAddr, s.Port, s.HostKeyFile, s.pidFile(), s.authorizedKeys())
+`, s.opt.ListenAddr, s.Port, s.HostKeyFile, s.pidFile(), s.authorizedKeys(), cmp.Or(s.opt.MaxSessions, 200))
 	// OpenSSH 9.8+ penalises sources whose connections crash or fail; the
 	// fault tests kill sessions on purpose. Older versions reject the option.
 	withPenalties := cfg + "PerSourcePenalties no\n"

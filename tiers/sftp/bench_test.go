@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/exec"
 	"path"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/flechefs/flechefs/digest"
+	"github.com/flechefs/flechefs/internal/delayproxy"
 	"github.com/flechefs/flechefs/internal/sshdtest"
 	"github.com/flechefs/flechefs/tiers"
 	"github.com/flechefs/flechefs/tiers/tiertest"
@@ -77,6 +79,23 @@ func BenchmarkFetch(b *testing.B) {
 			reportCPU(b, selfCPU()-cpu)
 		})
 	}
+	// One session (no lanes), for comparison: on loopback the window is
+	// no limit, so lanes should cost next to nothing.
+	b.Run(benchCiphers[0]+"/channels=1", func(b *testing.B) {
+		opt := options(s)
+		opt.Ciphers = benchCiphers[:1]
+		opt.Channels = 1
+		tr := open(b, opt)
+		k := tiertest.Key("bench fetch")
+		tiertest.Put(b, tr, k, benchData())
+		b.SetBytes(benchSize)
+		b.ResetTimer()
+		cpu := selfCPU()
+		for b.Loop() {
+			fetch(b, tr, k)
+		}
+		reportCPU(b, selfCPU()-cpu)
+	})
 	// The packet size every server accepts, for comparison.
 	b.Run(benchCiphers[0]+"/packet=32KiB", func(b *testing.B) {
 		opt := options(s)
@@ -326,5 +345,69 @@ func BenchmarkOpenSmall(b *testing.B) {
 			b.Fatal(err)
 		}
 		r.Close()
+	}
+}
+
+// slowTiers returns a tier reaching s directly and one reaching the same
+// directory through a proxy that delays each direction by delay.
+func slowTiers(b testing.TB, s *sshdtest.Server, delay time.Duration, channels int) (direct, slow *Tier) {
+	px, err := delayproxy.Start(s.Addr, delay)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(px.Close)
+	kh, err := os.ReadFile(s.KnownHosts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, key, _ := strings.Cut(strings.TrimSpace(string(kh)), " ")
+	khPath := filepath.Join(b.TempDir(), "known_hosts")
+	if err := os.WriteFile(khPath, fmt.Appendf(nil, "[127.0.0.1]:%d %s\n", px.Port(), key), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	opt := options(s)
+	opt.Ciphers = benchCiphers[:1]
+	direct = open(b, opt)
+	u, err := url.Parse(opt.URL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	u.Host = px.Addr()
+	opt.URL, opt.KnownHosts, opt.Channels = u.String(), khPath, channels
+	opt.Timeout = 10 * time.Second
+	return direct, open(b, opt)
+}
+
+// BenchmarkFetchSlowLink fetches 64 MiB over a 20 ms-each-way link, through
+// one SFTP session and through three (lanes.go). One session is capped by
+// its 2 MiB window at 50 MiB/s. Each iteration uses a fresh connection, so
+// the lanes' start is counted.
+func BenchmarkFetchSlowLink(b *testing.B) {
+	s := sshdtest.Start(b)
+	const size = 64 << 20
+	data := tiertest.Data(43, size)
+	for _, channels := range []int{1, 3} {
+		b.Run(fmt.Sprintf("channels=%d", channels), func(b *testing.B) {
+			b.SetBytes(size)
+			for i := 0; b.Loop(); i++ {
+				b.StopTimer()
+				direct, slow := slowTiers(b, s, 20*time.Millisecond, channels)
+				k := tiertest.Key(fmt.Sprint("slow ", i))
+				tiertest.Put(b, direct, k, data)
+				if _, err := slow.Stat(context.Background(), k); err != nil { // connected
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				r, err := slow.Open(context.Background(), k)
+				if err != nil {
+					b.Fatal(err)
+				}
+				n, err := r.(io.WriterTo).WriteTo(io.Discard)
+				r.Close()
+				if err != nil || n != size {
+					b.Fatalf("WriteTo = %d, %v", n, err)
+				}
+			}
+		})
 	}
 }

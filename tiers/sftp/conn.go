@@ -52,6 +52,9 @@ type conn struct {
 	deadErr  error // why it died; set before dead is closed
 
 	lastRecv atomic.Int64 // unix nanos of the last bytes from the server
+
+	lanes lanePool      // more SFTP sessions for large fetches (lanes.go)
+	rtt   time.Duration // one round trip, measured at the dial
 }
 
 func (c *conn) ok() bool {
@@ -84,6 +87,7 @@ func (c *conn) kill(err error) {
 		if c.sftp != nil {
 			go c.sftp.Close()
 		}
+		c.closeLanes()
 		if !errors.Is(err, tiers.ErrClosed) {
 			c.t.log.Warn("sftp connection lost", "tier", c.t.opt.Name, "addr", c.t.rem.addr, "err", err)
 		}
@@ -261,7 +265,7 @@ func (t *Tier) redial(a *dialAttempt) {
 	}
 	t.cur, t.dialErr, t.backoff, t.failedDials, t.warned = c, nil, 0, 0, ""
 	t.dials++
-	t.log.Info("sftp connected", "tier", t.opt.Name, "addr", t.rem.addr, "root", t.rem.root, "packet", c.packet, "connections", t.dials)
+	t.log.Info("sftp connected", "tier", t.opt.Name, "addr", t.rem.addr, "root", t.rem.root, "packet", c.packet, "rtt", c.rtt, "connections", t.dials)
 	orphans := t.orphans
 	t.orphans = nil
 	sweep := !t.swept && !t.opt.ReadOnly
@@ -370,6 +374,18 @@ func (t *Tier) dialStages(stage *string) (*conn, error) {
 	}
 	c.sftp, c.packet = sc2, packet
 
+	// The round trip, measured beside the directory's requests: it
+	// decides whether fetches use lanes (lanes.go).
+	rttc := make(chan time.Duration, 1)
+	go func() {
+		start := time.Now()
+		_, _, err := c.ssh.SendRequest("keepalive@openssh.com", true, nil)
+		if err != nil {
+			rttc <- 0
+			return
+		}
+		rttc <- time.Since(start)
+	}()
 	*stage = "remote directory " + t.rem.root
 	if t.opt.ReadOnly {
 		_, err = c.sftp.Stat(t.rem.root)
@@ -378,8 +394,10 @@ func (t *Tier) dialStages(stage *string) (*conn, error) {
 	}
 	if err != nil {
 		c.ssh.Close()
+		<-rttc
 		return nil, err
 	}
+	c.rtt = <-rttc
 	nc.SetDeadline(time.Time{})
 	ok = true
 

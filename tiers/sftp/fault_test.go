@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -166,8 +167,17 @@ func TestFreezeDuringPut(t *testing.T) {
 }
 
 func TestKillDuringWriteTo(t *testing.T) {
+	for _, lanes := range []bool{false, true} {
+		t.Run(fmt.Sprintf("lanes=%v", lanes), func(t *testing.T) { killDuringWriteTo(t, lanes) })
+	}
+}
+
+func killDuringWriteTo(t *testing.T, lanes bool) {
 	s := sshdtest.Start(t)
 	tr := faultTier(t, s)
+	if lanes {
+		tr.laneRTT = 0
+	}
 	k := tiertest.Key("fetch")
 	b := tiertest.Data(3, 64<<20)
 	tiertest.Put(t, tr, k, b)

@@ -43,6 +43,10 @@ type Options struct {
 	// Concurrency is the number of SFTP requests in flight per transfer.
 	// Default 64.
 	Concurrency int
+	// Channels is the number of SFTP sessions (SSH channels) a fetch of a
+	// large value reads through, each with its own 2 MiB flow-control
+	// window (lanes.go); 1 reads through the main session only. Default 3.
+	Channels int
 	// PacketSize is the payload of one SFTP read or write request. Default:
 	// 255 KiB when the server announces OpenSSH's limits@openssh.com
 	// extension (OpenSSH 8.7 and later serve 261120-byte reads and writes),
@@ -62,6 +66,8 @@ type Options struct {
 const (
 	defaultTimeout     = 10 * time.Second
 	defaultConcurrency = 64
+	defaultChannels    = 3
+	maxChannels        = 8
 	// openSSHPacket is OpenSSH's SFTP_MAX_READ_LENGTH (256 KiB - 1024): its
 	// sftp-server answers a larger read with this many bytes, which
 	// pkg/sftp's concurrent WriteTo would take for end of file.
@@ -133,6 +139,12 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Concurrency <= 0 {
 		o.Concurrency = defaultConcurrency
+	}
+	if o.Channels <= 0 {
+		o.Channels = defaultChannels
+	}
+	if o.Channels > maxChannels {
+		return fmt.Errorf("%d channels: at most %d (OpenSSH allows 10 sessions per connection)", o.Channels, maxChannels)
 	}
 	if o.PacketSize < 0 || (o.PacketSize > 0 && o.PacketSize < 512) {
 		return fmt.Errorf("packet size %d is too small", o.PacketSize)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	xsftp "github.com/pkg/sftp"
 
@@ -27,6 +28,9 @@ type reader struct {
 	head      []byte
 	headErr   error
 	headReady chan struct{}
+	// mtime is the data file's modification time from the head's fstat
+	// (zero when there was none): lanes check their handles against it.
+	mtime time.Time
 }
 
 // headLen is how much of the value Open reads as the head.
@@ -219,9 +223,27 @@ func (r *reader) fetch(dst io.Writer, from int64) (int64, error) {
 	// capacity bounds the ReadAts running.
 	inflight := make(chan chan result, depth)
 	stop := make(chan struct{})
+	lanes := r.c.wantLanes(size - from)
+	lf := newLaneFiles(r.t, r.f, depth, lanes)
+	if lanes {
+		done := make(chan struct{})
+		defer close(done)
+		go r.openLanes(lf, done)
+	}
+	defer lf.end()
+	start := time.Now()
+	defer func() {
+		n, at := lf.handles()
+		r.t.log.Debug("sftp fetch", "tier", r.t.opt.Name, "key", r.info.Key, "bytes", size-from,
+			"took", time.Since(start), "handles", n, "lanes_at", at)
+	}()
 	go func() {
 		defer close(inflight)
 		for off := from; off < size; off += chunk {
+			hi, f, ok := lf.acquire(stop)
+			if !ok {
+				return
+			}
 			bp, _ := chunkBufs.Get().(*[]byte)
 			if bp == nil || int64(cap(*bp)) < chunk {
 				b := make([]byte, chunk)
@@ -232,11 +254,13 @@ func (r *reader) fetch(dst io.Writer, from int64) (int64, error) {
 			select {
 			case inflight <- ch:
 			case <-stop:
+				lf.release(hi)
 				chunkBufs.Put(bp)
 				return
 			}
 			go func(off int64) {
-				n, err := r.f.ReadAt(b, off)
+				n, err := f.ReadAt(b, off)
+				lf.release(hi)
 				if err == io.EOF {
 					err = nil
 				}

@@ -61,6 +61,20 @@ func TestConformance(t *testing.T) {
 	}, tiertest.Options{})
 }
 
+// The suite again with every large fetch through lanes (lanes.go), which
+// loopback does not use otherwise.
+func TestConformanceLanes(t *testing.T) {
+	s := sshdtest.Start(t)
+	tiertest.Run(t, func(t *testing.T) tiers.Tier {
+		tr, err := Open(context.Background(), options(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr.laneRTT = 0
+		return tr
+	}, tiertest.Options{})
+}
+
 func TestLayout(t *testing.T) {
 	s := sshdtest.Start(t)
 	tr := open(t, options(s))

@@ -12,6 +12,7 @@ import (
 	"path"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -47,7 +48,10 @@ type Tier struct {
 	warned      string
 	warnedAt    time.Time
 	orphans     []string // temp files to remove once connected again
-	swept       bool
+
+	laneChunks atomic.Int64  // fetch chunks read through lanes (lanes.go)
+	laneRTT    time.Duration // laneRTT; tests lower it
+	swept      bool
 }
 
 var _ tiers.Tier = (*Tier)(nil)
@@ -77,6 +81,7 @@ func Open(ctx context.Context, opt Options) (*Tier, error) {
 		tmpDir:  path.Join(rem.root, ".flechefs", "tmp"),
 		signers: signers,
 		log:     opt.Logger,
+		laneRTT: laneRTT,
 	}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	if !opt.Lazy {
@@ -302,6 +307,9 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 	// would read as an empty value).
 	if sf.err == nil && sf.found && !sf.s.created.IsZero() {
 		r.info = tiers.Info{Key: k, Size: sf.s.size, Sum: sf.s.sum, Created: sf.s.created}
+		if c.wantLanes(sf.s.size - r.headLen()) {
+			c.startLanes() // in the background, for the fetch that follows
+		}
 		if sf.s.size > 0 {
 			go func() {
 				w := c.watch()
@@ -387,6 +395,7 @@ func (r *reader) readHead(sf sumResult, setInfo bool) error {
 	if setInfo {
 		r.info = info
 	}
+	r.mtime = st.fi.ModTime()
 	r.head = r.head[:min(int64(len(r.head)), info.Size)]
 	return nil
 }

@@ -77,6 +77,9 @@ func (b *bench) oneClient(c client, repeat int) error {
 	if err := c.start(true); err != nil {
 		return err
 	}
+	if err := connect(c); err != nil {
+		return err
+	}
 	if b.want("cold") {
 		if err := b.readAll(c, "cold"); err != nil {
 			return err
