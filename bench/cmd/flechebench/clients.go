@@ -202,7 +202,8 @@ identity = [%q]
 known_hosts = %q
 agent = false
 ciphers = [%q]
-`, c.spool, c.ramSize, c.db, c.url, c.b.srv.IdentityFile, c.knownHosts, cipher)
+channels = %d
+`, c.spool, c.ramSize, c.db, c.url, c.b.srv.IdentityFile, c.knownHosts, cipher, c.b.opt.channels)
 	if err := os.MkdirAll(filepath.Dir(c.cfgPath), 0o755); err != nil {
 		return err
 	}

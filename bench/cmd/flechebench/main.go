@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/flechefs/flechefs/internal/config"
 	"github.com/flechefs/flechefs/internal/sshdtest"
 )
 
@@ -41,6 +42,7 @@ type options struct {
 	slowDelay       time.Duration
 	keep            bool
 	cpuprofile      bool
+	channels        int
 	debug           bool
 	largeSize       int64
 }
@@ -72,6 +74,7 @@ func main() {
 	flag.Int64Var(&o.largeSize, "large-size", 512<<20, "size of the large file")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
 	flag.BoolVar(&o.debug, "debug", false, "run flechefs with --debug (logs in the work directory)")
+	flag.IntVar(&o.channels, "channels", config.DefaultChannels, "SFTP sessions one large flechefs fetch reads through (the sftp tier's channels)")
 	flag.BoolVar(&o.cpuprofile, "cpuprofile", false, "write CPU profiles of flechefs to OUT/flechefs-*.pprof")
 	flag.Parse()
 	if err := run(o); err != nil {
