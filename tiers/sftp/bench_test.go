@@ -411,3 +411,35 @@ func BenchmarkFetchSlowLink(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPutSlowLink uploads 64 MiB over a 20 ms-each-way link, through
+// one SFTP session and through three (lanes.go): sshd's 2 MiB window per
+// channel caps one session as x/crypto/ssh's caps a fetch.
+func BenchmarkPutSlowLink(b *testing.B) {
+	s := sshdtest.Start(b)
+	const size = 64 << 20
+	data := tiertest.Data(44, size)
+	m := tiers.Meta{Size: size, Sum: digest.Of(data)}
+	for _, channels := range []int{1, 3} {
+		b.Run(fmt.Sprintf("channels=%d", channels), func(b *testing.B) {
+			b.SetBytes(size)
+			for i := 0; b.Loop(); i++ {
+				b.StopTimer()
+				_, slow := slowTiers(b, s, 20*time.Millisecond, channels)
+				slow.startLanesNow() // as after the first large transfer
+				b.StartTimer()
+				if _, err := slow.Put(context.Background(), tiertest.Key(fmt.Sprint("slow put ", i)), bytes.NewReader(data), m); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// startLanesNow connects and waits until the lanes are up (benchmarks).
+func (t *Tier) startLanesNow() {
+	c, err := t.conn(context.Background())
+	if err == nil && c.rtt >= t.laneRTT && t.opt.Channels > 1 {
+		<-c.startLanes()
+	}
+}

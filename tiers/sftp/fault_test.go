@@ -133,8 +133,17 @@ func works(t *testing.T, tr *Tier, name string) {
 }
 
 func TestKillDuringPut(t *testing.T) {
+	for _, lanes := range []bool{false, true} {
+		t.Run(fmt.Sprintf("lanes=%v", lanes), func(t *testing.T) { killDuringPut(t, lanes) })
+	}
+}
+
+func killDuringPut(t *testing.T, lanes bool) {
 	s := sshdtest.Start(t)
 	tr := faultTier(t, s)
+	if lanes {
+		tr.laneRTT = 0
+	}
 	works(t, tr, "before")
 	k := tiertest.Key("killed put")
 	var killed time.Time

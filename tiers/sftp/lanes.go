@@ -1,6 +1,7 @@
 package sftp
 
 import (
+	"io"
 	"os"
 	"sync"
 	"time"
@@ -200,9 +201,36 @@ func (lf *laneFiles) handles() (int, time.Duration) {
 }
 
 // openLanes opens r's file on the connection's lanes for a fetch and adds
-// the handles to lf, until done is closed.
+// the handles to lf, until done is closed. A lane's handle is kept only if
+// its file has the main handle's size and time (from the head's fstat).
 func (r *reader) openLanes(lf *laneFiles, done <-chan struct{}) {
-	c := r.c
+	p := r.t.dataPath(r.info.Key)
+	r.c.openOnLanes(lf, done, func(cl *xsftp.Client) *xsftp.File {
+		if r.waitHead() != nil || r.mtime.IsZero() {
+			return nil
+		}
+		// The stat goes by name beside the open: one round trip.
+		statc := make(chan os.FileInfo, 1)
+		go func() {
+			fi, _ := cl.Lstat(p)
+			statc <- fi
+		}()
+		f, err := cl.Open(p)
+		fi := <-statc
+		if err != nil {
+			return nil
+		}
+		if fi == nil || !fi.Mode().IsRegular() || fi.Size() != r.info.Size || !fi.ModTime().Equal(r.mtime) {
+			go f.Close()
+			return nil
+		}
+		return f
+	})
+}
+
+// openOnLanes opens a handle on each of c's lanes with open (nil: none) and
+// adds them to lf, once the lanes are up, unless done is closed first.
+func (c *conn) openOnLanes(lf *laneFiles, done <-chan struct{}, open func(*xsftp.Client) *xsftp.File) {
 	start := time.Now()
 	var files []*xsftp.File
 	defer func() {
@@ -215,33 +243,14 @@ func (r *reader) openLanes(lf *laneFiles, done <-chan struct{}) {
 	case <-done:
 		return
 	}
-	// The main handle's size and time, from the head's fstat.
-	if len(c.lanes.clients) == 0 || r.waitHead() != nil || r.mtime.IsZero() {
+	if len(c.lanes.clients) == 0 {
 		return
 	}
 	w := c.watch()
 	opened := make([]*xsftp.File, len(c.lanes.clients))
 	var wg sync.WaitGroup
 	for i, cl := range c.lanes.clients {
-		wg.Go(func() {
-			// The stat goes by name beside the open: one round trip.
-			p := r.t.dataPath(r.info.Key)
-			statc := make(chan os.FileInfo, 1)
-			go func() {
-				fi, _ := cl.Lstat(p)
-				statc <- fi
-			}()
-			f, err := cl.Open(p)
-			fi := <-statc
-			if err != nil {
-				return
-			}
-			if fi == nil || !fi.Mode().IsRegular() || fi.Size() != r.info.Size || !fi.ModTime().Equal(r.mtime) {
-				go f.Close()
-				return
-			}
-			opened[i] = f
-		})
+		wg.Go(func() { opened[i] = open(cl) })
 	}
 	wg.Wait()
 	w.stop()
@@ -265,4 +274,83 @@ func closeFiles(fs []*xsftp.File) {
 	for _, f := range fs {
 		go f.Close()
 	}
+}
+
+// writeLanes uploads src to the temp file tmp, open as f on c's main
+// session, through f and the handles of tmp it opens on the lanes: chunks
+// of fetchChunks packets, each on the least busy handle, Concurrency
+// packets in flight in all. It returns once every write has been answered.
+func (t *Tier) writeLanes(c *conn, f *xsftp.File, tmp string, src *putSource) error {
+	chunk := c.packet * fetchChunks
+	depth := max(1, t.opt.Concurrency/fetchChunks)
+	lf := newLaneFiles(t, f, depth, true)
+	done := make(chan struct{})
+	defer lf.end()
+	defer close(done)
+	go c.openOnLanes(lf, done, func(cl *xsftp.Client) *xsftp.File {
+		lane, err := cl.OpenFile(tmp, os.O_WRONLY)
+		if err != nil {
+			return nil
+		}
+		return lane
+	})
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		firstErr error
+		stop     = make(chan struct{})
+	)
+	fail := func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if firstErr == nil {
+			firstErr = err
+			close(stop)
+		}
+	}
+	var off int64
+	for {
+		mu.Lock()
+		failed := firstErr != nil
+		mu.Unlock()
+		if failed {
+			break
+		}
+		hi, h, ok := lf.acquire(stop)
+		if !ok {
+			break
+		}
+		bp, _ := chunkBufs.Get().(*[]byte)
+		if bp == nil || cap(*bp) < chunk {
+			b := make([]byte, chunk)
+			bp = &b
+		}
+		b := (*bp)[:chunk]
+		n, rerr := io.ReadFull(src, b)
+		if n > 0 {
+			wg.Add(1)
+			go func(b []byte, at int64) {
+				defer wg.Done()
+				_, err := h.WriteAt(b, at)
+				lf.release(hi)
+				chunkBufs.Put(bp)
+				if err != nil {
+					fail(err)
+				}
+			}(b[:n], off)
+			off += int64(n)
+		} else {
+			lf.release(hi)
+			chunkBufs.Put(bp)
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			fail(rerr) // src.err has it too
+			break
+		}
+	}
+	wg.Wait()
+	return firstErr
 }

@@ -3,14 +3,18 @@ package sftp
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/flechefs/flechefs/digest"
 	"github.com/flechefs/flechefs/internal/sshdtest"
+	"github.com/flechefs/flechefs/tiers"
 	"github.com/flechefs/flechefs/tiers/tiertest"
 )
 
@@ -153,4 +157,30 @@ func TestLanesOnlyOnLongLinks(t *testing.T) {
 	if n := slow.laneChunks.Load(); n == 0 {
 		t.Fatalf("4 ms link (round trip %v): no chunk through lanes", slow.cur.rtt)
 	}
+}
+
+// A large upload writes through the lanes too; the value reads back whole,
+// and a source that fails half-way leaves nothing behind.
+func TestPutThroughLanes(t *testing.T) {
+	s := sshdtest.Start(t)
+	tr := laneTier(t, options(s))
+	b := tiertest.Data(10, 40<<20+777)
+	for i := range 2 {
+		k := tiertest.Key(fmt.Sprint("lane put ", i))
+		before := tr.laneChunks.Load()
+		tiertest.Put(t, tr, k, b)
+		if n := tr.laneChunks.Load() - before; n == 0 && i > 0 {
+			t.Fatalf("put %d wrote no chunk through a lane", i)
+		}
+		if !bytes.Equal(tiertest.Get(t, tr, k), b) {
+			t.Fatalf("put %d reads back different", i)
+		}
+	}
+	k := tiertest.Key("lane put fails")
+	src := io.MultiReader(bytes.NewReader(b[:20<<20]), iotest.ErrReader(errors.New("boom")))
+	if _, err := tr.Put(context.Background(), k, src, tiers.Meta{Size: int64(len(b))}); err == nil {
+		t.Fatal("put of a failing source succeeded")
+	}
+	noEntry(t, tr, k)
+	eventuallyNoTemps(t, tr)
 }

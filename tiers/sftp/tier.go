@@ -511,9 +511,12 @@ func (t *Tier) putFinal(ctx context.Context, c *conn, w *watch, k digest.Key, r 
 	if m.Size >= 0 {
 		src.max = m.Size
 	}
-	if small {
+	switch {
+	case small:
 		err = t.writeSmall(f, src, m.Size)
-	} else {
+	case m.Size >= 0 && c.wantLanes(m.Size):
+		err = t.writeLanes(c, f, tmp, src)
+	default:
 		_, err = f.ReadFromWithConcurrency(src, t.opt.Concurrency)
 	}
 	if err != nil || src.err != nil {
