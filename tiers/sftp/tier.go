@@ -49,7 +49,7 @@ type Tier struct {
 	warnedAt    time.Time
 	orphans     []string // temp files to remove once connected again
 
-	laneChunks atomic.Int64  // fetch chunks read through lanes (lanes.go)
+	laneChunks atomic.Int64  // chunks fetched or uploaded through lanes (lanes.go)
 	laneRTT    time.Duration // laneRTT; tests lower it
 	swept      bool
 }
