@@ -133,11 +133,13 @@
 //
 // Open sends the data file's open and the sum record's READLINK together.
 // With a record, Open returns when both have answered (one round trip) with
-// the record's size, hash and time, and the first 64 KiB (the head) are
-// read in the background, with an fstat beside them for a value of 64 KiB
-// or more: ReadAt and WriteTo wait for them, and a data file whose size
-// disagrees with the record fails them with ErrCorrupt. A small value has
-// arrived after two round trips, and a lookup of it answers after one.
+// the record's size, hash and time, and the first 64 KiB (the head; a
+// smaller value's recorded size exactly) are read in the background, with
+// an fstat beside them: ReadAt and WriteTo wait for them, and a data file
+// whose size disagrees with the record fails them with ErrCorrupt. A small
+// value has arrived after two round trips, and a lookup of it answers
+// after one. (Asking for more than the recorded size would cost a third:
+// pkg/sftp's ReadAt asks again after a short reply, to see the end.)
 // Without a record (or with a garbled one) Open reads the head and fstats
 // before it returns, and a size that disagrees fails Open. WriteTo writes
 // the head and reads from where it ends. Stat is a STAT and a READLINK, one

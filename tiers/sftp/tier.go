@@ -279,8 +279,7 @@ func (t *Tier) info(c *conn, k digest.Key, fi os.FileInfo, sf sumResult) (tiers.
 // The sum record's READLINK goes out with the data file's open. With a
 // record, Open returns once both have answered (one round trip; Info is the
 // record's) and the first bytes (the head) are read in the background, with
-// the fstat beside them for a value longer than the head: reads wait for
-// them, and a data file whose size disagrees with the record fails them
+// an fstat beside them: reads wait for them, and a data file whose size disagrees with the record fails them
 // with ErrCorrupt. A lookup of a small value thus answers after one round
 // trip while the value is on its way, and a fetch starts one round trip
 // earlier. Without a record, Open reads the head and fstats before it
@@ -329,68 +328,55 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 	return r, nil
 }
 
-// readHead reads the first headSize bytes of r's file into r.head and, when
-// sf leaves the size open, fstats: a head read that ends short has seen the
-// end of the file and gives its size, so a small value with a record of
-// that size needs no fstat (a request saved per small hit); a longer one
-// has its fstat sent with the head read. When it fstats and setInfo is
-// set (Open has not returned r yet), r.info is set from the data file and
-// the record. A size that disagrees with the record is ErrCorrupt.
+// readHead reads the first headSize bytes of r's file into r.head, with an
+// fstat sent beside the read. When setInfo is set (Open has not returned r
+// yet), r.info is set from the data file and the record. A size that
+// disagrees with the record is ErrCorrupt.
+//
+// With a record of a value shorter than the head, the read asks for
+// exactly the recorded size. A read of more would come back short, and
+// pkg/sftp's File.ReadAt then asks again from where the reply ended to see
+// the end of the file: a second round trip, which made a cold read of a
+// small value three round trips (open, read, read at the end) instead of
+// two. The fstat, answered in the same round trip, tells a file longer
+// than its record.
 func (r *reader) readHead(sf sumResult, setInfo bool) error {
 	t, c, f := r.t, r.c, r.f
 	headLen := r.headLen()
-	recorded := sf.err == nil && sf.found
+	if sf.err == nil && sf.found && !sf.s.created.IsZero() && sf.s.size < headLen {
+		headLen = sf.s.size
+	}
 	type statResult struct {
 		fi  os.FileInfo
 		err error
 	}
-	var statc chan statResult
-	// A head read that fills its buffer has not seen the end: a value of
-	// headLen bytes or more needs the fstat.
-	if !recorded || sf.s.size >= headLen || sf.s.created.IsZero() {
-		statc = make(chan statResult, 1)
-		go func() {
-			fi, err := f.Stat()
-			statc <- statResult{fi, err}
-		}()
-	}
+	statc := make(chan statResult, 1)
+	go func() {
+		fi, err := f.Stat()
+		statc <- statResult{fi, err}
+	}()
 	b := make([]byte, headLen)
 	n, err := f.ReadAt(b, 0)
-	eof := err == io.EOF && n < len(b)
+	st := <-statc
 	if err != nil && err != io.EOF {
 		// A read that fails on what is not a regular file (a directory
 		// under a key's name) is damage, not an I/O error.
-		var st statResult
-		if statc != nil {
-			st = <-statc
-		} else {
-			st.fi, st.err = f.Stat()
-		}
 		if st.err == nil && !st.fi.Mode().IsRegular() {
 			return fmt.Errorf("%w: %s is not a regular file (%v)", tiers.ErrCorrupt, t.dataPath(r.info.Key), st.fi.Mode().Type())
 		}
 		return t.failure(c, err)
 	}
 	r.head = b[:n]
-	if statc == nil {
-		// A record, and a value no longer than the head.
-		if !eof || int64(n) != sf.s.size {
-			size := fmt.Sprintf("at least %d", n)
-			if eof {
-				size = fmt.Sprint(n)
-			}
-			t.log.Warn("sftp entry has the wrong size", "tier", t.opt.Name, "key", r.info.Key, "size", size, "recorded", sf.s.size)
-			return fmt.Errorf("%w: remote file has %s bytes, its sum record says %d", tiers.ErrCorrupt, size, sf.s.size)
-		}
-		return nil
-	}
-	st := <-statc
 	if st.err != nil {
 		return t.failure(c, st.err)
 	}
 	info, err := t.info(c, r.info.Key, st.fi, sf) // ErrCorrupt if the sizes disagree
 	if err != nil {
 		return err
+	}
+	if int64(n) < min(headLen, info.Size) {
+		// Shorter than it said a moment ago.
+		return fmt.Errorf("%w: remote file ended at %d bytes, its size is %d", tiers.ErrCorrupt, n, info.Size)
 	}
 	if setInfo {
 		r.info = info
