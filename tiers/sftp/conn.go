@@ -53,7 +53,7 @@ type conn struct {
 
 	lastRecv atomic.Int64 // unix nanos of the last bytes from the server
 
-	lanes lanePool      // more SFTP sessions for large fetches (lanes.go)
+	lanes lanePool      // more SFTP sessions for large transfers (lanes.go)
 	rtt   time.Duration // one round trip, measured at the dial
 }
 
