@@ -346,7 +346,7 @@ func TestOutageFailsFast(t *testing.T) {
 	within(t, "stat on the frozen connection", stat(), start, faultTimeout)
 	start = time.Now()
 	within(t, "stat with the first dial", stat(), start, faultTimeout)
-	const bound = 250 * time.Millisecond
+	const bound = time.Second // far below the 2 s a dial takes here
 	var slowest time.Duration
 	for end := time.Now().Add(2*faultTimeout + time.Second); time.Now().Before(end); {
 		start := time.Now()
