@@ -153,8 +153,9 @@
 // 40 ms round trip, whatever the bandwidth. On a connection whose round
 // trip (measured at the dial with one keepalive@openssh.com, beside the
 // directory's requests) is 2 ms or more, a fetch or upload of more than
-// 4 MiB spreads its chunks of four packets over the main session and
-// Options.Channels-1 more (lanes), each chunk on the least busy handle. The
+// 2 MiB spreads its chunks of four packets over the main session and
+// Options.Channels-1 more (lanes), each chunk on the least busy handle with
+// fewer than three in flight (more would queue behind one window). The
 // lanes start in the background at the first large transfer (or Open of a
 // large value) and live with the connection; a server that refuses more
 // sessions leaves transfers on the main one. A fetch uses a lane's handle
