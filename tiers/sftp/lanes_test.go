@@ -151,11 +151,20 @@ func TestLanesOnlyOnLongLinks(t *testing.T) {
 			t.Fatal("fetch differs")
 		}
 	}
-	if n := direct.laneChunks.Load(); n != 0 {
-		t.Fatalf("loopback (round trip %v): %d chunks through lanes", direct.cur.rtt, n)
+	// The rule, whatever this machine measured: a loaded CI machine can
+	// make even loopback take 2 ms.
+	for _, c := range []struct {
+		name string
+		tr   *Tier
+	}{{"loopback", direct}, {"4 ms link", slow}} {
+		rtt, n := c.tr.cur.rtt, c.tr.laneChunks.Load()
+		if (n > 0) != (rtt >= laneRTT) {
+			t.Errorf("%s: round trip %v, %d chunks through lanes", c.name, rtt, n)
+		}
+		t.Logf("%s: round trip %v, %d chunks through lanes", c.name, rtt, n)
 	}
-	if n := slow.laneChunks.Load(); n == 0 {
-		t.Fatalf("4 ms link (round trip %v): no chunk through lanes", slow.cur.rtt)
+	if slow.cur.rtt < laneRTT {
+		t.Fatalf("the 4 ms link measured %v", slow.cur.rtt)
 	}
 }
 
