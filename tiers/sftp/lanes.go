@@ -331,11 +331,7 @@ func (t *Tier) writeLanes(c *conn, f *xsftp.File, tmp string, src *putSource) er
 		if !ok {
 			break
 		}
-		bp, _ := chunkBufs.Get().(*[]byte)
-		if bp == nil || cap(*bp) < chunk {
-			b := make([]byte, chunk)
-			bp = &b
-		}
+		bp := getChunk(chunk)
 		b := (*bp)[:chunk]
 		n, rerr := io.ReadFull(src, b)
 		if n > 0 {

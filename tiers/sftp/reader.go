@@ -205,6 +205,17 @@ const fetchChunks = 4
 
 var chunkBufs sync.Pool
 
+// getChunk returns a buffer of at least n bytes from chunkBufs (put it
+// back there).
+func getChunk(n int) *[]byte {
+	bp, _ := chunkBufs.Get().(*[]byte)
+	if bp == nil || cap(*bp) < n {
+		b := make([]byte, n)
+		bp = &b
+	}
+	return bp
+}
+
 // fetch writes the value from offset from to its end to dst, with
 // Concurrency/fetchChunks ReadAts of fetchChunks packets each in flight.
 // It returns the bytes written and the first error (a short read is not one:
@@ -244,11 +255,7 @@ func (r *reader) fetch(dst io.Writer, from int64) (int64, error) {
 			if !ok {
 				return
 			}
-			bp, _ := chunkBufs.Get().(*[]byte)
-			if bp == nil || int64(cap(*bp)) < chunk {
-				b := make([]byte, chunk)
-				bp = &b
-			}
+			bp := getChunk(int(chunk))
 			b := (*bp)[:min(chunk, size-off)]
 			ch := make(chan result, 1)
 			select {

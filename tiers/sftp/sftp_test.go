@@ -50,27 +50,22 @@ func localPath(tr *Tier, p ...string) string {
 	return filepath.Join(append([]string{filepath.FromSlash(tr.rem.root)}, p...)...)
 }
 
-func TestConformance(t *testing.T) {
-	s := sshdtest.Start(t)
-	tiertest.Run(t, func(t *testing.T) tiers.Tier {
-		tr, err := Open(context.Background(), options(s))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tr
-	}, tiertest.Options{})
-}
+func TestConformance(t *testing.T) { conformance(t, false) }
 
 // The suite again with every large fetch through lanes (lanes.go), which
 // loopback does not use otherwise.
-func TestConformanceLanes(t *testing.T) {
+func TestConformanceLanes(t *testing.T) { conformance(t, true) }
+
+func conformance(t *testing.T, lanes bool) {
 	s := sshdtest.Start(t)
 	tiertest.Run(t, func(t *testing.T) tiers.Tier {
 		tr, err := Open(context.Background(), options(s))
 		if err != nil {
 			t.Fatal(err)
 		}
-		tr.laneRTT = 0
+		if lanes {
+			tr.laneRTT = 0
+		}
 		return tr
 	}, tiertest.Options{})
 }
