@@ -92,7 +92,8 @@ func (s *Stack) openRemote(ctx context.Context, l *layer, k digest.Key, want dig
 // at once, in the background: the Open that usually follows a lookup joins
 // that fetch, and the whole lookup, open and read of a small remote value
 // costs one remote open and one read instead of a stat, an open and a read.
-// A larger value, or one without a checksum, is not fetched.
+// A larger value is not fetched; one without a checksum is not found
+// (refuseUnsummed).
 func (s *Stack) statRemote(ctx context.Context, l *layer, k digest.Key) (Info, error) {
 	octx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
 	r, err := l.Tier.Open(octx, k)
@@ -107,8 +108,9 @@ func (s *Stack) statRemote(ctx context.Context, l *layer, k digest.Key) (Info, e
 	}
 	info := r.Info()
 	if info.Sum.IsZero() {
+		// Found, but not servable: the lookup answers what an Open would.
 		go r.Close()
-		return info, nil
+		return Info{}, s.refuseUnsummed(l, k, info)
 	}
 	if info.Size > memFill {
 		s.park(l, k, r)
@@ -154,15 +156,7 @@ func (s *Stack) startFill(ctx context.Context, f *fill, k digest.Key, want diges
 	info := r.Info()
 	if info.Sum.IsZero() {
 		r.Close()
-		if age := time.Since(info.Created); age < unverifiedGrace {
-			// A healthy upload looks like this for one round trip: its
-			// data is in place, its sum file comes next. Not served, and
-			// not removed from under the writer, who counts it uploaded.
-			s.log.Warn("remote copy has no checksum yet (an upload in progress?); not served", "tier", l.name, "key", k.String(), "age", age.Round(time.Millisecond))
-		} else {
-			s.corrupt(l, k, fmt.Errorf("%w: the remote copy has no checksum, so it cannot be verified", ErrCorrupt))
-		}
-		return nil, Wrap(l.name, "open", k, ErrNotFound)
+		return nil, s.refuseUnsummed(l, k, info)
 	}
 	if !want.IsZero() && info.Sum != want {
 		r.Close()
@@ -182,6 +176,26 @@ func (s *Stack) startFill(ctx context.Context, f *fill, k digest.Key, want diges
 	l.hits.Add(1)
 	f.info, f.f = info, sp
 	return r, nil
+}
+
+// refuseUnsummed answers a remote copy without a checksum, for a lookup
+// and an open alike: not found. A young one may be a healthy upload between
+// its two renames (its data is in place, its sum file comes next): it is
+// not removed from under the writer, who counts it uploaded. An old one is
+// garbage: counted, logged and removed.
+//
+// A lookup must not answer "found" where the open that follows answers
+// "not found": besides `[ -e f ] || compute > f; cat f` failing, a lookup
+// made while a corrupt copy is being removed (its sum file gone, its data
+// not yet) gave the kernel an inode of the wrong value, and its open failed
+// with ESTALE.
+func (s *Stack) refuseUnsummed(l *layer, k digest.Key, info Info) error {
+	if age := time.Since(info.Created); age < unverifiedGrace {
+		s.log.Warn("remote copy has no checksum yet (an upload in progress?); not served", "tier", l.name, "key", k.String(), "age", age.Round(time.Millisecond))
+	} else {
+		s.corrupt(l, k, fmt.Errorf("%w: the remote copy has no checksum, so it cannot be verified", ErrCorrupt))
+	}
+	return Wrap(l.name, "open", k, ErrNotFound)
 }
 
 // joinableFill returns the fetch of k from l that an Open can join (any

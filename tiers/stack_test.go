@@ -28,6 +28,7 @@ type faultTier struct {
 	dead   atomic.Bool  // its readers say they are not Live (a dropped connection)
 	putErr func() error
 	onPut  func(ctx context.Context, k digest.Key, m tiers.Meta) error // called first by Put; its error fails it
+	info   func(tiers.Info) tiers.Info                                   // rewrites its readers' Info, if set
 }
 
 func (f *faultTier) Name() string { return f.name }
@@ -95,6 +96,13 @@ type faultReader struct {
 }
 
 func (r *faultReader) Live() bool { return !r.f.dead.Load() }
+
+func (r *faultReader) Info() tiers.Info {
+	if r.f.info != nil {
+		return r.f.info(r.Reader.Info())
+	}
+	return r.Reader.Info()
+}
 
 func (r *faultReader) Close() error {
 	r.f.closes.Add(1)
@@ -452,5 +460,41 @@ func TestStatFetchesSmallRemote(t *testing.T) {
 	got, err = read(t, s, large)
 	if err != nil || !bytes.Equal(got, vl) {
 		t.Fatalf("read of the large value: %v", err)
+	}
+}
+
+// TestUnsummedRemoteNotFound: a remote copy without a checksum (what an
+// SFTP upload between its two renames looks like, or a file put there by
+// hand) is not found by a lookup either, as it is not by an open; an old
+// one is removed. A lookup that answered "found" gave the kernel an inode
+// its open then refused (ESTALE, or ENOENT after `[ -e f ]` said yes).
+func TestUnsummedRemoteNotFound(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		age     time.Duration
+		removed bool
+	}{{"young", time.Second, false}, {"old", 2 * time.Hour, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
+			remote.info = func(i tiers.Info) tiers.Info {
+				i.Sum, i.Created = digest.Sum{}, time.Now().Add(-tc.age)
+				return i
+			}
+			s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
+			k := tiertest.Key("unsummed " + tc.name)
+			tiertest.Put(t, remote, k, tiertest.Data(3, 16<<10))
+			if info, err := s.Stat(context.Background(), k); !errors.Is(err, tiers.ErrNotFound) {
+				t.Errorf("stat: %+v, %v; want ErrNotFound", info, err)
+			}
+			if _, err := read(t, s, k); !errors.Is(err, tiers.ErrNotFound) {
+				t.Errorf("open: %v; want ErrNotFound", err)
+			}
+			if gone := !has(remote, k); gone != tc.removed {
+				t.Errorf("removed from the remote: %v, want %v", gone, tc.removed)
+			}
+			if has(ram, k) {
+				t.Error("promoted into RAM")
+			}
+		})
 	}
 }
