@@ -28,7 +28,7 @@ type faultTier struct {
 	dead   atomic.Bool  // its readers say they are not Live (a dropped connection)
 	putErr func() error
 	onPut  func(ctx context.Context, k digest.Key, m tiers.Meta) error // called first by Put; its error fails it
-	info   func(tiers.Info) tiers.Info                                   // rewrites its readers' Info, if set
+	info   func(tiers.Info) tiers.Info                                 // rewrites its readers' Info, if set
 }
 
 func (f *faultTier) Name() string { return f.name }
