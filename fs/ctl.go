@@ -59,10 +59,12 @@ func (d *ctlDir) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetA
 }
 
 func (d *ctlDir) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	return syscall.EPERM
+	return xattrRefusal(attr)
 }
 
-func (d *ctlDir) Removexattr(ctx context.Context, attr string) syscall.Errno { return syscall.EPERM }
+func (d *ctlDir) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	return xattrRefusal(attr)
+}
 
 // ctlFile is a read-only file whose content gen makes at every open. It is
 // served with FOPEN_DIRECT_IO and reports size 0, as /proc files do: the
@@ -98,10 +100,12 @@ func (c *ctlFile) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.Set
 }
 
 func (c *ctlFile) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	return syscall.EPERM
+	return xattrRefusal(attr)
 }
 
-func (c *ctlFile) Removexattr(ctx context.Context, attr string) syscall.Errno { return syscall.EPERM }
+func (c *ctlFile) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	return xattrRefusal(attr)
+}
 
 // bytesHandle serves a snapshot taken at open.
 type bytesHandle []byte

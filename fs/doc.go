@@ -105,10 +105,13 @@
 //	create of an existing entry                     EEXIST
 //	open of an entry for writing, O_TRUNC, O_APPEND EACCES (O_RDONLY|O_TRUNC: EPERM, the kernel's truncate)
 //	mkdir, mknod, symlink, link, rename, rmdir      EPERM
-//	chmod, chown, utimes, truncate of an entry      EPERM
-//	chmod, chown of a file being written            EPERM (utimes is accepted and ignored:
-//	                                                an entry's mtime is its publish time)
-//	setxattr, removexattr                           EPERM
+//	truncate of an entry                            EPERM
+//	chmod, chown, utimes of an entry or of a file   0, and nothing changes: an entry is
+//	being written                                   r--r--r--, its mtime the publish time
+//	                                                (so cp -p, mv from another filesystem
+//	                                                and Python's shutil.copy/copy2 work)
+//	setxattr, removexattr                           EPERM (of a POSIX ACL, system.posix_acl_*:
+//	                                                EOPNOTSUPP, so copiers fall back to chmod)
 //	getxattr of an unknown name                     ENODATA
 //	unlink of an absent or invalid name             ENOENT
 //	write after the value was published             EIO
@@ -229,9 +232,12 @@
 //
 // # Caveats
 //
-//   - Programs that chmod, chown or rename their output (install -m,
-//     Python's shutil.copy, rsync without --inplace, editors' write-then-
-//     rename) fail: write the result with plain open/write/close.
+//   - Programs that rename their output into place (rsync without
+//     --inplace, editors' write-then-rename, a temp name in the mount
+//     renamed to the key) fail with EPERM: write the result under its key
+//     with plain open/write/close, or copy or move it in from another
+//     filesystem (cp, mv, shutil.copy). Modes, owners and times given by
+//     chmod, chown, utimes or `install -m` are accepted and not kept.
 //   - The value a writer's descriptor reads back before close is its own;
 //     after close, reads through that descriptor fail (EIO).
 //   - A file being written cannot be mapped shared and writable (its

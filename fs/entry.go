@@ -101,9 +101,18 @@ func (n *entryNode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, 
 	return &readHandle{r: n.r, key: n.key, rd: rd}, fl, 0
 }
 
-// Setattr: a published entry never changes.
+// Setattr: a published entry never changes. A change of its size
+// (truncate) is EPERM. A change of mode, owner or times is accepted and
+// changes nothing (an entry is r--r--r--, its mtime the publish time):
+// copiers set them after the data, once the entry is published, and an
+// error then says the copy failed when it did not (Python's shutil.copy
+// and copy2 raised PermissionError, `cp -p` exited 1, `mv` from another
+// filesystem complained). The reply has the entry's real attributes.
 func (n *entryNode) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	return syscall.EPERM
+	if _, ok := in.GetSize(); ok {
+		return syscall.EPERM
+	}
+	return n.Getattr(ctx, f, out)
 }
 
 // Fsync waits until the entry is in the persistent local tier.
@@ -146,11 +155,11 @@ func xattrReply(dest, val []byte) (uint32, syscall.Errno) {
 }
 
 func (n *entryNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	return syscall.EPERM
+	return xattrRefusal(attr)
 }
 
 func (n *entryNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
-	return syscall.EPERM
+	return xattrRefusal(attr)
 }
 
 // readHandle reads a published entry through a tiers.Reader.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	iofs "io/fs"
 	"log/slog"
+	"strings"
 	"syscall"
 
 	"github.com/flechefs/flechefs/digest"
@@ -78,4 +79,15 @@ func toErrno(log *slog.Logger, err error) syscall.Errno {
 	}
 	log.Error("flechefs: unexpected error, answering EIO", "err", err)
 	return syscall.EIO
+}
+
+// xattrRefusal answers setxattr and removexattr, which no node of the mount
+// allows: POSIX ACLs (system.posix_acl_*) are not supported (EOPNOTSUPP,
+// which cp -p and other copiers take for "no ACLs here" and fall back to
+// chmod, accepted by entries); any other attribute is EPERM.
+func xattrRefusal(attr string) syscall.Errno {
+	if strings.HasPrefix(attr, "system.posix_acl_") {
+		return syscall.EOPNOTSUPP
+	}
+	return syscall.EPERM
 }

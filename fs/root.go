@@ -469,10 +469,10 @@ func (r *root) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 func (r *root) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) { return 0, 0 }
 
 func (r *root) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	return syscall.EPERM
+	return xattrRefusal(attr)
 }
 
-func (r *root) Removexattr(ctx context.Context, attr string) syscall.Errno { return syscall.EPERM }
+func (r *root) Removexattr(ctx context.Context, attr string) syscall.Errno { return xattrRefusal(attr) }
 
 // dirHandle lists the root: ".", "..", ".flechefs" and Stack.List's keys in
 // name order, read once per opendir (or rewinddir).

@@ -30,13 +30,11 @@ func (n *writerNode) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse
 	return 0
 }
 
-// Setattr applies ftruncate to the value being written. Times are accepted
-// and ignored (an entry's mtime is its publish time, so touch(1) works);
-// mode and owner changes are EPERM.
+// Setattr applies ftruncate to the value being written. Mode, owner and
+// times are accepted and ignored, as on a published entry (entryNode.Setattr):
+// an entry is r--r--r-- and its mtime is its publish time, so `touch`,
+// `cp -p` and Python's shutil.copy2 work.
 func (n *writerNode) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if in.Valid&(fuse.FATTR_MODE|fuse.FATTR_UID|fuse.FATTR_GID) != 0 {
-		return syscall.EPERM
-	}
 	h := n.h
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -63,11 +61,11 @@ func (n *writerNode) Getxattr(ctx context.Context, attr string, dest []byte) (ui
 func (n *writerNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) { return 0, 0 }
 
 func (n *writerNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	return syscall.EPERM
+	return xattrRefusal(attr)
 }
 
 func (n *writerNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
-	return syscall.EPERM
+	return xattrRefusal(attr)
 }
 
 type writeState int
@@ -290,17 +288,20 @@ func (h *writeHandle) publishLocked(ctx context.Context) syscall.Errno {
 	return 0
 }
 
-// streamLocked feeds the early upload what was appended, starting it when
-// the value has grown past UploadWhileWriting in its spool file. A stack
-// that declines (no remote that takes it, too many running) is asked again
-// after as many bytes more. It never waits for the remote.
 // earlyAfter is how long a handle must have been open before its value
 // starts uploading while it is written. A burst (512 MiB written in 0.6 s)
 // closes before an early upload could gain much, and on 2 cores the upload
 // took CPU from the writer: its close took 0.9-1.2 s instead of 0.6. A
 // value computed and written over seconds uploads while it is written.
+// (2026-12-02, 250 ms tried again: of 512 MiB written in 0.62 s the upload
+// had read 47 MB at close, and the rest took 1.64 s after it, about what
+// it takes from close.)
 const earlyAfter = time.Second
 
+// streamLocked feeds the early upload what was appended, starting it when
+// the value has grown past UploadWhileWriting in its spool file. A stack
+// that declines (no remote that takes it, too many running) is asked again
+// after as many bytes more. It never waits for the remote.
 func (h *writeHandle) streamLocked() {
 	if h.early == nil {
 		if h.r.opt.UploadWhileWriting < 0 || h.sp.size < h.earlyAt || h.sp.f == nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -121,6 +122,22 @@ cat "$f"`
 	if err := exec.Command("test", "-e", n.path(k2)).Run(); err == nil {
 		t.Fatal("test -e true after rm")
 	}
+	// Copiers that set mode and times after the data, once the entry is
+	// published: accepted, nothing changes, and they exit 0.
+	for i, cmd := range [][]string{
+		{"cp", "-p", src},
+		{"install", "-m", "0640", src},
+		{"sh", "-c", `cp -p "$0" "$0.moved" && mv "$0.moved" "$1"`, src},
+	} {
+		kc := key(fmt.Sprintf("copier %d", i))
+		args := append(cmd[1:], n.path(kc))
+		n.run(cmd[0], args...)
+		n.run("cmp", src, n.path(kc))
+		if st, err := os.Stat(n.path(kc)); err != nil || st.Mode().Perm() != 0o444 {
+			t.Errorf("%v: mode of the entry %v, %v", cmd, st.Mode(), err)
+		}
+	}
+	n.run("touch", n.path(k))
 	// A zero-byte result.
 	k4 := key("empty")
 	n.sh(`: > "` + n.path(k4) + `"`)
@@ -192,6 +209,28 @@ assert store.load(d) == value
 assert not os.path.exists(store.path(d) + ".lock")
 names = os.listdir(root)
 assert d in names and not any(n.endswith(".lock") for n in names), names
+
+# shutil copies the data, then sets the mode (copy) or mode and times
+# (copy2) on the published entry: accepted, nothing changes.
+import shutil, tempfile
+src = os.path.join(tempfile.mkdtemp(), "result.bin")
+with open(src, "wb") as f:
+    f.write(os.urandom(300000))
+os.chmod(src, 0o640)
+for copier in (shutil.copy, shutil.copy2, shutil.copyfile, shutil.move):
+    dst = os.path.join(root, key("copied by", copier.__name__))
+    with open(src, "rb") as f:
+        want = f.read()
+    if copier is shutil.move:
+        keep = src + ".keep"
+        shutil.copy2(src, keep)
+        copier(keep, dst)
+        assert not os.path.exists(keep)
+    else:
+        copier(src, dst)
+    with open(dst, "rb") as f:
+        assert f.read() == want, copier.__name__
+    assert os.stat(dst).st_mode & 0o777 == 0o444, (copier.__name__, oct(os.stat(dst).st_mode))
 print("ok")
 `
 	out, err := exec.Command(py, "-c", script, n.mnt).CombinedOutput()
@@ -304,7 +343,6 @@ func TestRefusals(t *testing.T) {
 	check("symlink", os.Symlink(p, other), syscall.EPERM)
 	check("link", os.Link(p, other), syscall.EPERM)
 	check("rename", os.Rename(p, other), syscall.EPERM)
-	check("chmod", os.Chmod(p, 0o644), syscall.EPERM)
 	check("truncate", os.Truncate(p, 0), syscall.EPERM)
 	check("setxattr", syscall.Setxattr(p, "user.x", []byte("y"), 0), syscall.EPERM)
 	check("remove of a missing entry", os.Remove(other), syscall.ENOENT)
