@@ -36,6 +36,11 @@ const (
 	// staleTemp: temp files in .flechefs/tmp untouched this long belong to
 	// writers that died; the first connection sweeps them.
 	staleTemp = time.Hour
+	// settledConn: a connection lost after living this long is dialed
+	// again at once, in the background (lostConn); one lost younger waits
+	// for a caller, so that a server that accepts and then drops
+	// connections is not dialed in a loop.
+	settledConn = 30 * time.Second
 )
 
 // conn is one SSH connection with its SFTP session. It never comes back to
@@ -55,6 +60,7 @@ type conn struct {
 
 	lanes lanePool      // more SFTP sessions for large transfers (lanes.go)
 	rtt   time.Duration // one round trip, measured at the dial
+	born  time.Time     // when the dial ended
 }
 
 func (c *conn) ok() bool {
@@ -90,8 +96,24 @@ func (c *conn) kill(err error) {
 		c.closeLanes()
 		if !errors.Is(err, tiers.ErrClosed) {
 			c.t.log.Warn("sftp connection lost", "tier", c.t.opt.Name, "addr", c.t.rem.addr, "err", err)
+			go c.t.lostConn(c)
 		}
 	})
+}
+
+// lostConn dials again at once, in the background, after the current
+// connection c was lost, so that the next caller finds a connection (or
+// an outage already known, which fails it at once) instead of waiting out
+// a dial: a whole Timeout on a frozen host. Not after a connection younger
+// than t.settled: its caller dials, as before, and an outage's backoff
+// takes over from there.
+func (t *Tier) lostConn(c *conn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed || t.cur != c || t.dialing != nil || time.Since(c.born) < t.settled {
+		return
+	}
+	t.startDial()
 }
 
 func (c *conn) touch() { c.lastRecv.Store(time.Now().UnixNano()) }
@@ -177,7 +199,9 @@ type dialAttempt struct {
 // callers share one dial. During an outage (the last dial failed) callers
 // never wait on a dial: they fail at once with its error while the tier
 // dials again in the background (reprobe). The first dial after a lost
-// connection is waited for, so a server restart costs its callers one dial.
+// connection is waited for, so a server restart costs its callers one dial;
+// after a connection that had lived settledConn, that dial starts when the
+// loss is seen (lostConn), not when the next caller comes.
 func (t *Tier) conn(ctx context.Context) (*conn, error) {
 	t.mu.Lock()
 	if t.closed {
@@ -260,6 +284,7 @@ func (t *Tier) redial(a *dialAttempt) {
 		return
 	}
 	a.c = c
+	c.born = time.Now()
 	if t.failedDials > 0 {
 		t.log.Info("sftp server reachable again", "tier", t.opt.Name, "addr", t.rem.addr, "failed_dials", t.failedDials)
 	}

@@ -100,8 +100,12 @@
 //
 // The tier keeps one SSH connection with one SFTP session behind a mutex.
 // When it breaks (EOF, connection lost, network error, watchdog), it is
-// marked dead and the next operation dials again; concurrent callers share
-// one dial and wait for it. When that dial fails, the tier is in an outage:
+// marked dead and dialed again: at once, in the background, when the lost
+// connection had lived 30s or more (so that the next caller finds a
+// connection, or a known outage, rather than waiting out a dial), else by
+// the next operation (a server that accepts and then drops connections is
+// not dialed in a loop). Concurrent callers share one dial and wait for
+// it. When that dial fails, the tier is in an outage:
 // callers fail at once with the dial's error (they never wait on a dial, so
 // a frozen host does not stall them), and the tier dials again in the
 // background after a backoff of 250ms, doubling to 5s, whether or not

@@ -410,3 +410,51 @@ func TestReconnectsInBackground(t *testing.T) {
 	}
 	works(t, tr, "after")
 }
+
+// A connection that had settled and is then lost, with nobody using the
+// tier, is dialed again at once (lostConn): the outage's background dials
+// start without a caller, and the server is used again as soon as it is
+// back. A connection lost young is left to the next caller, so that a
+// server that accepts and then drops connections is not dialed in a loop.
+func TestRedialsWhenLost(t *testing.T) {
+	for _, settled := range []bool{true, false} {
+		t.Run(fmt.Sprintf("settled=%v", settled), func(t *testing.T) {
+			s := sshdtest.Start(t)
+			tr := faultTier(t, s)
+			if settled {
+				tr.mu.Lock()
+				tr.settled = 0
+				tr.mu.Unlock()
+			}
+			works(t, tr, "before")
+			ok0, _ := dialCounts(tr)
+			s.Stop()
+			// No caller from here on: only the tier dials.
+			if !settled {
+				time.Sleep(2 * time.Second)
+				if ok, failed := dialCounts(tr); ok != ok0 || failed != 0 {
+					t.Fatalf("a young connection's loss was followed by %d dials and %d failed ones, with no caller", ok-ok0, failed)
+				}
+				return
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for _, failed := dialCounts(tr); failed == 0; _, failed = dialCounts(tr) {
+				if time.Now().After(deadline) {
+					t.Fatal("no dial within 5s of losing the connection")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if err := s.Restart(); err != nil {
+				t.Fatal(err)
+			}
+			deadline = time.Now().Add(maxBackoff + 5*time.Second)
+			for ok, _ := dialCounts(tr); ok == ok0; ok, _ = dialCounts(tr) {
+				if time.Now().After(deadline) {
+					t.Fatalf("not connected %v after the server came back", maxBackoff+5*time.Second)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			works(t, tr, "after")
+		})
+	}
+}

@@ -52,6 +52,9 @@ type Tier struct {
 	laneChunks atomic.Int64  // chunks fetched or uploaded through lanes (lanes.go)
 	laneRTT    time.Duration // laneRTT; tests lower it
 	swept      bool
+	// settled is how long a connection must have lived for its loss to
+	// be followed by a dial at once (conn.go, lostConn); tests lower it.
+	settled time.Duration
 }
 
 var _ tiers.Tier = (*Tier)(nil)
@@ -82,6 +85,7 @@ func Open(ctx context.Context, opt Options) (*Tier, error) {
 		signers: signers,
 		log:     opt.Logger,
 		laneRTT: laneRTT,
+		settled: settledConn,
 	}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	if !opt.Lazy {
