@@ -198,6 +198,28 @@ func (s *Stack) refuseUnsummed(l *layer, k digest.Key, info Info) error {
 	return Wrap(l.name, "open", k, ErrNotFound)
 }
 
+// fetchingLocked returns the Info of a fetch of k in progress that has
+// opened its remote copy and not failed: a lookup made meanwhile answers
+// from it rather than open the remote copy again. It is the lookup the
+// kernel makes again after an open answered ESTALE (an inode made from a
+// remote listing, which has no hash: fs.entryNode.Open), or a second
+// process's, while the first reads. s.mu is held.
+func (s *Stack) fetchingLocked(k digest.Key) (Info, bool) {
+	f := s.fills[k]
+	if f == nil || f.deleted || s.deleting[k] > 0 {
+		return Info{}, false
+	}
+	select {
+	case <-f.ready:
+	default:
+		return Info{}, false
+	}
+	if f.openErr != nil || f.failed() {
+		return Info{}, false
+	}
+	return f.info, true
+}
+
 // joinableFill returns the fetch of k from l that an Open can join (any
 // layer when l is nil), with a reference taken for it; or nil. s.mu is held.
 func (s *Stack) joinableFill(k digest.Key, l *layer) *fill {

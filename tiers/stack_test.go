@@ -29,6 +29,7 @@ type faultTier struct {
 	putErr func() error
 	onPut  func(ctx context.Context, k digest.Key, m tiers.Meta) error // called first by Put; its error fails it
 	info   func(tiers.Info) tiers.Info                                 // rewrites its readers' Info, if set
+	gate   chan struct{}                                               // if set, its readers' reads wait until it is closed
 }
 
 func (f *faultTier) Name() string { return f.name }
@@ -110,6 +111,9 @@ func (r *faultReader) Close() error {
 }
 
 func (r *faultReader) ReadAt(p []byte, off int64) (int, error) {
+	if r.f.gate != nil {
+		<-r.f.gate
+	}
 	if err := r.f.check("read", r.Info().Key); err != nil {
 		return 0, err
 	}
@@ -496,5 +500,34 @@ func TestUnsummedRemoteNotFound(t *testing.T) {
 				t.Error("promoted into RAM")
 			}
 		})
+	}
+}
+
+// TestStatDuringFetch: a lookup made while a remote value is being fetched
+// answers from the fetch instead of opening the remote copy again (the
+// kernel looks a name up again after an open answered ESTALE).
+func TestStatDuringFetch(t *testing.T) {
+	ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
+	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
+	k, v := tiertest.Key("fetching"), tiertest.Data(9, 3<<20)
+	tiertest.Put(t, remote, k, v)
+	remote.gate = make(chan struct{})
+	r, err := s.Open(context.Background(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	opens := remote.opens.Load()
+	info, err := s.Stat(context.Background(), k)
+	if err != nil || info.Size != int64(len(v)) || info.Sum != digest.Of(v) {
+		t.Fatalf("stat during the fetch: %+v, %v", info, err)
+	}
+	if n := remote.opens.Load() - opens; n != 0 {
+		t.Errorf("stat during the fetch opened the remote copy %d more times", n)
+	}
+	close(remote.gate)
+	got, err := tiers.ReadAll(r)
+	if err != nil || !bytes.Equal(got, v) {
+		t.Fatalf("read: %v", err)
 	}
 }
