@@ -164,7 +164,11 @@
 //     never change the size the kernel holds for the new one (it would
 //     clip reads of the new value short). An open through a name the
 //     kernel still maps to the old value is answered ESTALE, on which the
-//     kernel looks the name up again and opens the new one.
+//     kernel looks the name up again and opens the new one. An inode made
+//     from a remote listing, which gives a size but no hash (its
+//     generation is the size), serves any value of that size: the kernel's
+//     size is right, and an ESTALE there cost every read after a readdir
+//     one more lookup, a round trip to the remote.
 //   - READ and WRITE requests are up to 1 MiB (MaxWrite), and after
 //     mounting, as root, /sys/class/bdi/<dev>/read_ahead_kb is raised to
 //     ReadAheadKB (default 1024; the kernel starts a FUSE mount at 128).

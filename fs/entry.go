@@ -82,7 +82,7 @@ func (n *entryNode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, 
 	if err != nil {
 		return nil, 0, n.r.errno(err)
 	}
-	if valueGen(rd.Info()) != n.StableAttr().Gen {
+	if valueGen(rd.Info()) != n.StableAttr().Gen && !n.listedAs(rd.Info()) {
 		// The key was deleted and published again since the lookup: the
 		// kernel's size for this inode is the old value's. ESTALE makes it
 		// look the name up again (LOOKUP_REVAL) and open the new inode.
@@ -99,6 +99,16 @@ func (n *entryNode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, 
 		fl = fuse.FOPEN_KEEP_CACHE
 	}
 	return &readHandle{r: n.r, key: n.key, rd: rd}, fl, 0
+}
+
+// listedAs reports whether n, made from a remote listing that gave a size
+// but no hash (its generation is that size), may serve info: the kernel's
+// size for n is then info's, which is all an open needs. Without it, every
+// open of a remote entry after a readdir answered ESTALE, and the kernel
+// looked the name up again: one more round trip to the remote per file
+// (300 listed 16 KiB files read 1.3-1.6 s against 0.8-1.0 s unlisted).
+func (n *entryNode) listedAs(info tiers.Info) bool {
+	return n.info.Sum.IsZero() && n.info.Size == info.Size
 }
 
 // Setattr: a published entry never changes. A change of its size

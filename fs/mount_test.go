@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -355,6 +356,67 @@ func TestReaddir(t *testing.T) {
 		if e.Name() != ctlName && fi.Size() != int64(len(e.Name())) {
 			t.Errorf("%s: size %d", e.Name(), fi.Size())
 		}
+	}
+}
+
+// remoteListing is a stack whose listing has no hashes, as a remote
+// tier's has not, and which counts its opens.
+type remoteListing struct {
+	stack
+	opens atomic.Int64
+	size  func(tiers.Info) int64 // the size the listing says, if set
+}
+
+func (s *remoteListing) List(ctx context.Context, fn func(tiers.Info) error) error {
+	return s.stack.List(ctx, func(i tiers.Info) error {
+		if s.size != nil {
+			i.Size = s.size(i)
+		}
+		i.Sum = digest.Sum{}
+		return fn(i)
+	})
+}
+
+func (s *remoteListing) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
+	s.opens.Add(1)
+	return s.stack.Open(ctx, k)
+}
+
+// TestReadAfterListing: an entry the kernel knows from a listing without
+// hashes (READDIRPLUS of remote entries) is opened with one open of the
+// stack, as one it looked up: the listing's size is the value's, which is
+// all the kernel's inode needs. Where the listing's size is not the
+// value's (deleted and published again with another size since), the open
+// answers ESTALE, and the kernel looks the name up again and reads it whole.
+func TestReadAfterListing(t *testing.T) {
+	for _, stale := range []bool{false, true} {
+		t.Run(fmt.Sprintf("stale=%v", stale), func(t *testing.T) {
+			st := &remoteListing{stack: newStack(t)}
+			if stale {
+				st.size = func(i tiers.Info) int64 { return i.Size - 1 }
+			}
+			m := mountStack(t, st, Options{})
+			k, v := newKey(), pattern(100<<10, 3)
+			if err := os.WriteFile(m.path(k), v, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.ReadDir(m.dir); err != nil {
+				t.Fatal(err)
+			}
+			before := st.opens.Load()
+			got, err := os.ReadFile(m.path(k))
+			if err != nil {
+				t.Fatal(err)
+			}
+			mustEqual(t, got, v)
+			want := int64(1)
+			if stale {
+				want = 2 // ESTALE, then the inode of the fresh lookup
+			}
+			if n := st.opens.Load() - before; n != want {
+				t.Errorf("the read after the listing opened the value %d times, want %d", n, want)
+			}
+		})
 	}
 }
 
