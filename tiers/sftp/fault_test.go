@@ -325,6 +325,22 @@ func dialCounts(tr *Tier) (ok, failed int) {
 	return tr.dials, tr.failedDials
 }
 
+// restartAndReconnect starts the stopped server again and waits, with no
+// caller, until the tier has connected more often than the before it had.
+func restartAndReconnect(t *testing.T, s *sshdtest.Server, tr *Tier, before int) {
+	t.Helper()
+	if err := s.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(maxBackoff + 5*time.Second)
+	for ok, _ := dialCounts(tr); ok == before; ok, _ = dialCounts(tr) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not connected %v after the server came back", maxBackoff+5*time.Second)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // During an outage a caller never waits on a dial, also once the backoff
 // has ended: the dials go on in the background. A frozen host makes each of
 // them last the whole Timeout, which a caller would otherwise wait out.
@@ -395,16 +411,7 @@ func TestReconnectsInBackground(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	before, _ := dialCounts(tr)
-	if err := s.Restart(); err != nil {
-		t.Fatal(err)
-	}
-	deadline = time.Now().Add(maxBackoff + 5*time.Second)
-	for ok, _ := dialCounts(tr); ok == before; ok, _ = dialCounts(tr) {
-		if time.Now().After(deadline) {
-			t.Fatalf("not connected %v after the server came back", maxBackoff+5*time.Second)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	restartAndReconnect(t, s, tr, before)
 	if _, failed := dialCounts(tr); failed != 0 {
 		t.Fatalf("failed dials not reset after the reconnect: %d", failed)
 	}
@@ -444,16 +451,7 @@ func TestRedialsWhenLost(t *testing.T) {
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
-			if err := s.Restart(); err != nil {
-				t.Fatal(err)
-			}
-			deadline = time.Now().Add(maxBackoff + 5*time.Second)
-			for ok, _ := dialCounts(tr); ok == ok0; ok, _ = dialCounts(tr) {
-				if time.Now().After(deadline) {
-					t.Fatalf("not connected %v after the server came back", maxBackoff+5*time.Second)
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+			restartAndReconnect(t, s, tr, ok0)
 			works(t, tr, "after")
 		})
 	}
