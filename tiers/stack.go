@@ -205,11 +205,11 @@ func (s *Stack) Stat(ctx context.Context, k digest.Key) (Info, error) {
 		s.mu.Unlock()
 		return p.info, nil
 	}
-	if info, ok := s.fetchingLocked(k); ok {
-		s.mu.Unlock()
+	info, fetching := s.fetchingLocked(k)
+	s.mu.Unlock()
+	if fetching {
 		return info, nil
 	}
-	s.mu.Unlock()
 	var listedUntil time.Time // the earliest end of the snapshots that answered
 	for _, l := range s.layers {
 		if !l.Remote {

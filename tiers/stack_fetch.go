@@ -200,10 +200,9 @@ func (s *Stack) refuseUnsummed(l *layer, k digest.Key, info Info) error {
 
 // fetchingLocked returns the Info of a fetch of k in progress that has
 // opened its remote copy and not failed: a lookup made meanwhile answers
-// from it rather than open the remote copy again. It is the lookup the
-// kernel makes again after an open answered ESTALE (an inode made from a
-// remote listing, which has no hash: fs.entryNode.Open), or a second
-// process's, while the first reads. s.mu is held.
+// from it rather than open the remote copy again: a second process's
+// lookup while the first reads, or the kernel's after an open answered
+// ESTALE (fs.entryNode.Open). s.mu is held.
 func (s *Stack) fetchingLocked(k digest.Key) (Info, bool) {
 	f := s.fills[k]
 	if f == nil || f.deleted || s.deleting[k] > 0 {

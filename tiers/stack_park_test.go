@@ -16,8 +16,7 @@ import (
 // size bytes, which a Stat has just found (parking its remote reader).
 func lookedUp(t *testing.T, name string, seed uint64, size int64) (*tiers.Stack, *faultTier, digest.Key, []byte) {
 	t.Helper()
-	ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
-	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
+	_, remote, s := ramOverRemote(t)
 	k, v := tiertest.Key(name), tiertest.Data(seed, size)
 	tiertest.Put(t, remote, k, v)
 	if _, err := s.Stat(context.Background(), k); err != nil {

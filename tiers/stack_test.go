@@ -178,6 +178,13 @@ func newStack(t *testing.T, opt tiers.StackOptions, layers ...tiers.Layer) *tier
 	return s
 }
 
+// ramOverRemote is a stack over a RAM tier and a remote one, 64 MiB each.
+func ramOverRemote(t *testing.T) (ram, remote *faultTier, s *tiers.Stack) {
+	t.Helper()
+	ram, remote = mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
+	return ram, remote, newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
+}
+
 func TestPromoteFromLocal(t *testing.T) {
 	for _, mode := range []tiers.Promote{tiers.PromoteAll, tiers.PromoteBase} {
 		t.Run(string(mode), func(t *testing.T) {
@@ -242,8 +249,7 @@ func TestRemoteFetchStreamsAndPromotes(t *testing.T) {
 }
 
 func TestRemoteCorruptionNeverServed(t *testing.T) {
-	ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
-	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
+	ram, remote, s := ramOverRemote(t)
 	k, v := tiertest.Key("bad"), tiertest.Data(3, 5<<20)
 	tiertest.Put(t, remote, k, v)
 	remote.flip.Store(true)
@@ -479,12 +485,11 @@ func TestUnsummedRemoteNotFound(t *testing.T) {
 		removed bool
 	}{{"young", time.Second, false}, {"old", 2 * time.Hour, true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
+			ram, remote, s := ramOverRemote(t)
 			remote.info = func(i tiers.Info) tiers.Info {
 				i.Sum, i.Created = digest.Sum{}, time.Now().Add(-tc.age)
 				return i
 			}
-			s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
 			k := tiertest.Key("unsummed " + tc.name)
 			tiertest.Put(t, remote, k, tiertest.Data(3, 16<<10))
 			if info, err := s.Stat(context.Background(), k); !errors.Is(err, tiers.ErrNotFound) {
@@ -507,8 +512,7 @@ func TestUnsummedRemoteNotFound(t *testing.T) {
 // answers from the fetch instead of opening the remote copy again (the
 // kernel looks a name up again after an open answered ESTALE).
 func TestStatDuringFetch(t *testing.T) {
-	ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
-	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
+	_, remote, s := ramOverRemote(t)
 	k, v := tiertest.Key("fetching"), tiertest.Data(9, 3<<20)
 	tiertest.Put(t, remote, k, v)
 	remote.gate = make(chan struct{})

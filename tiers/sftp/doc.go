@@ -156,8 +156,8 @@
 // moves at most 2 MiB per round trip in either direction: 44 MiB/s at a
 // 40 ms round trip, whatever the bandwidth. On a connection whose round
 // trip (measured at the dial, the least of three keepalive@openssh.com,
-// beside the directory's requests) is 2 ms or more, a fetch or upload of more than
-// 2 MiB spreads its chunks of four packets over the main session and
+// beside the directory's requests) is 2 ms or more, a fetch or upload of
+// more than 2 MiB spreads its chunks of four packets over the main session and
 // Options.Channels-1 more (lanes), each chunk on the least busy handle with
 // fewer than three in flight (more would queue behind one window). The
 // lanes start in the background at the first large transfer (or Open of a

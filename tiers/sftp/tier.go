@@ -283,8 +283,8 @@ func (t *Tier) info(c *conn, k digest.Key, fi os.FileInfo, sf sumResult) (tiers.
 // The sum record's READLINK goes out with the data file's open. With a
 // record, Open returns once both have answered (one round trip; Info is the
 // record's) and the first bytes (the head) are read in the background, with
-// an fstat beside them: reads wait for them, and a data file whose size disagrees with the record fails them
-// with ErrCorrupt. A lookup of a small value thus answers after one round
+// an fstat beside them: reads wait for them, and a data file whose size
+// disagrees with the record fails them with ErrCorrupt. A lookup of a small value thus answers after one round
 // trip while the value is on its way, and a fetch starts one round trip
 // earlier. Without a record, Open reads the head and fstats before it
 // returns, and takes the size and time from the data file.
