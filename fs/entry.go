@@ -94,9 +94,10 @@ func (n *entryNode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, 
 	keep := n.cached == id
 	n.cached = id
 	n.mu.Unlock()
-	var fl uint32
+	// No FLUSH at close: a read handle has nothing to flush (fs/doc.go).
+	fl := uint32(fuse.FOPEN_NOFLUSH)
 	if keep {
-		fl = fuse.FOPEN_KEEP_CACHE
+		fl |= fuse.FOPEN_KEEP_CACHE
 	}
 	return &readHandle{r: n.r, key: n.key, rd: rd}, fl, 0
 }
