@@ -72,7 +72,8 @@ type Stack struct {
 	publishing   sync.WaitGroup // Publish calls between the closed check and the persist queue
 
 	list   listCache
-	absent absentSet // absence snapshots of the remotes (stack_absent.go)
+	absent absentSet  // absence snapshots of the remotes (stack_absent.go)
+	deferq deferQueue // copies into slower local tiers that wait for a pause (stack_defer.go)
 
 	uploaded, uploadedBytes, uploadErrors atomic.Int64
 	conflicts, dropped                    atomic.Int64
@@ -162,6 +163,7 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 			s.log.Info("resuming upload queue", "entries", len(keys))
 		}
 	}
+	s.initDefer()
 	for range 4 {
 		s.persistWG.Add(1)
 		go s.persister()
@@ -200,6 +202,7 @@ func (s *Stack) remotesUp() bool {
 // Stat finds k in the first tier (or the unpersisted publishes) that holds it.
 // A miss everywhere is ErrNotFound, also when a remote tier was unavailable.
 func (s *Stack) Stat(ctx context.Context, k digest.Key) (Info, error) {
+	s.used()
 	s.mu.Lock()
 	if p, ok := s.pending[k]; ok {
 		s.mu.Unlock()
@@ -288,6 +291,7 @@ func (s *Stack) noteErr(l *layer, err error) {
 // arrived; the last byte is held back until the whole value has matched its
 // hash, so a reader never reaches EOF on a bad value (it gets ErrCorrupt).
 func (s *Stack) Open(ctx context.Context, k digest.Key) (Reader, error) {
+	s.used()
 	s.mu.Lock()
 	if p, ok := s.pending[k]; ok {
 		p.refs++
@@ -411,9 +415,11 @@ func (s *Stack) endPromotion(k digest.Key, done chan struct{}) {
 }
 
 // copyTo puts the value of r (read from layer src, which may be nil for a
-// spool) into every target. A hash mismatch blames the source.
-func (s *Stack) copyTo(src *layer, r Reader, targets []*layer) {
+// spool) into every target and reports whether every target holds it. A
+// hash mismatch blames the source.
+func (s *Stack) copyTo(src *layer, r Reader, targets []*layer) bool {
 	info := r.Info()
+	all := true
 	for _, t := range targets {
 		if t.idx > 0 && info.Size <= memFill {
 			s.promoteGate()
@@ -427,14 +433,18 @@ func (s *Stack) copyTo(src *layer, r Reader, targets []*layer) {
 		switch {
 		case err == nil:
 			t.promotions.Add(1)
-		case errors.Is(err, ErrExist), errors.Is(err, ErrNoSpace), errors.Is(err, context.Canceled):
+		case errors.Is(err, ErrExist):
+		case errors.Is(err, ErrNoSpace), errors.Is(err, context.Canceled):
+			all = false
 		case errors.Is(err, ErrCorrupt) && src != nil:
 			s.corrupt(src, info.Key, err)
-			return
+			return false
 		default:
+			all = false
 			s.noteErr(t, err)
 		}
 	}
+	return all
 }
 
 // promoteDelay is how long a copy of a small value into a tier after the
@@ -638,6 +648,7 @@ func (s *Stack) Stats() Stats {
 	st.Queue = int64(s.up.len())
 	st.Unpersisted = int64(s.unpersistedLocked())
 	st.Fetching = int64(len(s.fills))
+	st.Deferred = s.deferredLenLocked()
 	s.mu.Unlock()
 	for _, l := range s.layers {
 		ts := TierStats{
@@ -670,6 +681,7 @@ func (s *Stack) Close() error {
 	s.publishing.Wait()
 	close(s.persistCh)
 	s.persistWG.Wait()
+	s.drainDeferred(s.ctx, true)
 	s.cancel()
 	s.wg.Wait()
 	s.dropParked(nil)

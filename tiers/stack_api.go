@@ -118,4 +118,7 @@ type Stats struct {
 	// Unpersisted is the number of published entries not yet in a persistent tier.
 	Unpersisted int64 `json:"unpersisted"`
 	Fetching    int64 `json:"fetching"`
+	// Deferred: values fetched from a remote, in tier 0, whose copies into
+	// the slower local tiers wait for a pause in reads (stack_defer.go).
+	Deferred int64 `json:"deferred"`
 }

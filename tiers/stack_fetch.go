@@ -327,8 +327,21 @@ func (f *fill) run(r Reader) {
 		deleted := f.deleted
 		f.s.mu.Unlock()
 		if done := f.s.startPromotion(k); done != nil && !deleted {
-			f.s.copyTo(nil, &spoolReader{f: f}, f.s.promoteTargets(f.l.idx))
+			targets, later := f.s.promoteTargets(f.l.idx), []*layer(nil)
+			if deferrable(f.info.Size, targets) {
+				// Into tier 0 now, into the slower tiers once reads
+				// pause (stack_defer.go), queued once this copy ends.
+				if f.s.copyTo(nil, &spoolReader{f: f}, targets[:1]) {
+					targets, later = nil, targets[1:]
+				} else {
+					targets = targets[1:]
+				}
+			}
+			f.s.copyTo(nil, &spoolReader{f: f}, targets)
 			f.s.endPromotion(k, done)
+			if later != nil {
+				f.s.deferCopies(k, f.info.Size, later)
+			}
 		} else if done != nil {
 			f.s.endPromotion(k, done)
 		}

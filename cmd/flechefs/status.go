@@ -128,6 +128,9 @@ func printStatus(w io.Writer, st *tiers.Stats) {
 	if st.Fetching > 0 {
 		fmt.Fprintf(tw, "fetching:\t%d from remote tiers\n", st.Fetching)
 	}
+	if st.Deferred > 0 {
+		fmt.Fprintf(tw, "deferred copies:\t%d fetched values wait for a pause in reads to be copied into the local tiers\n", st.Deferred)
+	}
 	for _, t := range st.Tiers {
 		if t.Listings > 0 {
 			fmt.Fprintf(tw, "listed misses:\t%d in %s without a round trip (%d listings)\n", t.ListedMisses, t.Name, t.Listings)

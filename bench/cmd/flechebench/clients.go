@@ -240,6 +240,7 @@ type stats struct {
 	Queue       int64 `json:"queue"`
 	Unpersisted int64 `json:"unpersisted"`
 	Fetching    int64 `json:"fetching"`
+	Deferred    int64 `json:"deferred"`
 }
 
 func (c *flechefsClient) stats() (stats, string, error) {
@@ -261,8 +262,8 @@ func (c *flechefsClient) settle() {
 		if err != nil {
 			return
 		}
-		sig := fmt.Sprint(st.Tiers, st.Unpersisted, st.Fetching)
-		if st.Fetching == 0 && st.Unpersisted == 0 && sig == last {
+		sig := fmt.Sprint(st.Tiers, st.Unpersisted, st.Fetching, st.Deferred)
+		if st.Fetching == 0 && st.Unpersisted == 0 && st.Deferred == 0 && sig == last {
 			return
 		}
 		last = sig

@@ -1,0 +1,200 @@
+package tiers
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/flechefs/flechefs/digest"
+)
+
+// Deferred promotion. A small value fetched from a remote tier is copied
+// into tier 0 (RAM) at once, and into the slower local tiers (bbolt) only
+// when reads pause. A loop of cold reads of small remote values otherwise
+// paid for a bbolt commit beside every read: on the 2-core test machines
+// the copies into bbolt took a fifth of the daemon's CPU and made each read
+// 20-30% slower (integration TestTmpColdLatency, 1000 reads of 16 KiB).
+//
+// The queue holds keys, not bytes: the drain reads each value back from
+// tier 0, and a value tier 0 has evicted by then is not copied (the next
+// read fetches it again). The queue is drained when
+//   - no Stat or Open came for deferIdle,
+//   - its values add up to a quarter of tier 0's limit (at most
+//     deferMaxBytes), so that tier 0 still holds them,
+//   - its oldest entry waited deferMaxAge,
+//   - and at Close.
+//
+// A killed daemon loses the queue: those values are in no local tier
+// after a restart, and are fetched from the remote again.
+
+const (
+	deferIdle     = 250 * time.Millisecond
+	deferMaxAge   = 10 * time.Second
+	deferMaxBytes = 64 << 20
+	// deferWorkers copy at once, so that their puts share commits.
+	deferWorkers = 32
+)
+
+type deferredCopy struct {
+	key     digest.Key
+	size    int64
+	targets []*layer
+	at      time.Time
+}
+
+type deferQueue struct {
+	items   []deferredCopy // under Stack.mu
+	bytes   int64          // under Stack.mu
+	limit   int64          // set by NewStack
+	running int64          // copies being drained, under Stack.mu
+	kick    chan struct{}
+	lastUse atomic.Int64 // unix nanoseconds of the last Stat or Open
+}
+
+// initDefer sets the queue's byte limit from tier 0's and starts its drainer.
+func (s *Stack) initDefer() {
+	q := &s.deferq
+	q.kick = make(chan struct{}, 1)
+	q.limit = deferMaxBytes
+	if u, ok := s.layers[0].Tier.(UsageReporter); ok {
+		if l := u.Usage().Limit; l > 0 {
+			q.limit = min(q.limit, l/4)
+		}
+	}
+	s.wg.Add(1)
+	go s.deferrer()
+}
+
+// used records a Stat or an Open: the queue waits for a pause.
+func (s *Stack) used() { s.deferq.lastUse.Store(time.Now().UnixNano()) }
+
+// deferrable reports whether the copies of a fetched value of size bytes
+// into targets after the first may wait: the first is tier 0 and the value
+// is small.
+func deferrable(size int64, targets []*layer) bool {
+	return size <= memFill && len(targets) > 1 && targets[0].idx == 0
+}
+
+// deferCopies queues the copies of k into targets.
+func (s *Stack) deferCopies(k digest.Key, size int64, targets []*layer) {
+	q := &s.deferq
+	s.mu.Lock()
+	q.items = append(q.items, deferredCopy{key: k, size: size, targets: targets, at: time.Now()})
+	q.bytes += size
+	first, full := len(q.items) == 1, q.bytes >= q.limit
+	s.mu.Unlock()
+	if first || full {
+		select {
+		case q.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// deferDue says how long the queue may still wait: 0 to drain now, < 0
+// when it is empty.
+func (s *Stack) deferDue(now time.Time) time.Duration {
+	q := &s.deferq
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(q.items) == 0 {
+		return -1
+	}
+	if q.bytes >= q.limit {
+		return 0
+	}
+	idle := now.Sub(time.Unix(0, q.lastUse.Load()))
+	age := now.Sub(q.items[0].at)
+	if idle >= deferIdle || age >= deferMaxAge {
+		return 0
+	}
+	return min(deferIdle-idle, deferMaxAge-age)
+}
+
+func (s *Stack) deferrer() {
+	defer s.wg.Done()
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.deferq.kick:
+		case <-t.C:
+		}
+		wait := s.deferDue(time.Now())
+		if wait == 0 {
+			s.drainDeferred(s.ctx, false)
+			wait = s.deferDue(time.Now())
+		}
+		if wait > 0 {
+			t.Reset(wait)
+		}
+	}
+}
+
+// drainDeferred makes the queued copies, deferWorkers at a time. closing
+// lets them run while the stack closes (Close drains before it cancels).
+func (s *Stack) drainDeferred(ctx context.Context, closing bool) {
+	q := &s.deferq
+	s.mu.Lock()
+	items := q.items
+	q.items, q.bytes = nil, 0
+	q.running += int64(len(items))
+	s.mu.Unlock()
+	sem := make(chan struct{}, deferWorkers)
+	var wg sync.WaitGroup
+	for _, d := range items {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() {
+				s.mu.Lock()
+				q.running--
+				s.mu.Unlock()
+				<-sem
+				wg.Done()
+			}()
+			s.copyDeferred(ctx, d, closing)
+		}()
+	}
+	wg.Wait()
+}
+
+// copyDeferred copies one value from tier 0 into its targets, after any
+// other copy of it, unless a Delete of it runs or tier 0 no longer has it.
+func (s *Stack) copyDeferred(ctx context.Context, d deferredCopy, closing bool) {
+	s.mu.Lock()
+	for s.promoting[d.key] != nil {
+		busy := s.promoting[d.key]
+		s.mu.Unlock()
+		select {
+		case <-busy:
+		case <-ctx.Done():
+			return
+		}
+		s.mu.Lock()
+	}
+	if s.deleting[d.key] > 0 || (s.closed && !closing) {
+		s.mu.Unlock()
+		return
+	}
+	done := make(chan struct{})
+	s.promoting[d.key] = done
+	s.mu.Unlock()
+	defer s.endPromotion(d.key, done)
+	src := s.layers[0]
+	r, err := src.Tier.Open(ctx, d.key)
+	if err != nil {
+		s.log.Debug("deferred copy: gone from the first tier", "key", d.key.String(), "err", err)
+		return
+	}
+	defer r.Close()
+	s.copyTo(src, r, d.targets)
+}
+
+// deferredLen is the number of queued or running deferred copies.
+func (s *Stack) deferredLenLocked() int64 {
+	return int64(len(s.deferq.items)) + s.deferq.running
+}

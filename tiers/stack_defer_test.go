@@ -1,0 +1,167 @@
+package tiers_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/flechefs/flechefs/digest"
+	"github.com/flechefs/flechefs/tiers"
+	"github.com/flechefs/flechefs/tiers/bolt"
+	"github.com/flechefs/flechefs/tiers/memory"
+	"github.com/flechefs/flechefs/tiers/tiertest"
+)
+
+// threeTiers is RAM (limit ramLimit) over a local tier over a remote one.
+func threeTiers(t *testing.T, ramLimit int64) (ram *memory.Tier, local, remote *faultTier, s *tiers.Stack) {
+	t.Helper()
+	ram, err := memory.New(memory.Options{Name: "ram", Limit: ramLimit, MaxEntry: ramLimit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, remote = mem(t, "local", 256<<20), mem(t, "remote", 256<<20)
+	s = newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: local}, tiers.Layer{Tier: remote, Remote: true})
+	return ram, local, remote, s
+}
+
+// busy keeps s in use (a Stat every 20 ms) for d, or until stop is closed.
+func busy(s *tiers.Stack, d time.Duration, stop <-chan struct{}) {
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		s.Stat(context.Background(), tiertest.Key("busy"))
+		select {
+		case <-stop:
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// TestDeferredCopyWaitsForPause: a small value read from the remote is in
+// RAM at once, and reaches the local tier only once the stack has not been
+// used for a moment.
+func TestDeferredCopyWaitsForPause(t *testing.T) {
+	ram, local, remote, s := threeTiers(t, 64<<20)
+	k, v := tiertest.Key("small"), tiertest.Data(1, 16<<10)
+	tiertest.Put(t, remote, k, v)
+	if got, err := read(t, s, k); err != nil || !bytes.Equal(got, v) {
+		t.Fatalf("read: %v", err)
+	}
+	eventually(t, "the copy into RAM", func() bool { return has(ram, k) })
+	busy(s, 600*time.Millisecond, nil)
+	if has(local, k) {
+		t.Fatal("copied into the local tier while reads went on")
+	}
+	if n := s.Stats().Deferred; n != 1 {
+		t.Fatalf("stats say %d deferred copies, want 1", n)
+	}
+	start := time.Now()
+	eventually(t, "the copy into the local tier", func() bool { return has(local, k) })
+	t.Logf("copied %v after the last use", time.Since(start))
+	eventually(t, "no deferred copy", func() bool { return s.Stats().Deferred == 0 })
+	if got := readTier(t, local, k); !bytes.Equal(got, v) {
+		t.Fatal("the local copy differs")
+	}
+}
+
+// TestDeferredCopyBounded: the queue is drained without a pause once its
+// values add up to a quarter of tier 0's limit, before tier 0 evicts them.
+func TestDeferredCopyBounded(t *testing.T) {
+	const size, ramLimit = 64 << 10, 4 << 20 // a quarter is 16 values
+	_, local, remote, s := threeTiers(t, ramLimit)
+	var keys []digest.Key
+	for i := range 20 {
+		k := tiertest.Key(fmt.Sprint("bounded ", i))
+		tiertest.Put(t, remote, k, tiertest.Data(uint64(i), size))
+		keys = append(keys, k)
+	}
+	for _, k := range keys {
+		if _, err := read(t, s, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() { busy(s, time.Minute, stop); close(done) }()
+	defer func() { close(stop); <-done }()
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		n := 0
+		for _, k := range keys[:16] {
+			if has(local, k) {
+				n++
+			}
+		}
+		if n == 16 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of the first 16 values copied into the local tier in 3s of reads", n)
+		}
+	}
+}
+
+// TestDeferredCopyAtClose: Close makes the copies that still wait.
+func TestDeferredCopyAtClose(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "local.db")
+	db, err := bolt.Open(path, bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
+	s, err := tiers.NewStack([]tiers.Layer{{Tier: ram}, {Tier: db}, {Tier: remote, Remote: true}}, tiers.StackOptions{SpoolDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, v := tiertest.Key("closing"), tiertest.Data(2, 16<<10)
+	tiertest.Put(t, remote, k, v)
+	if _, err := read(t, s, k); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the deferred copy", func() bool { return s.Stats().Deferred == 1 })
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err = bolt.Open(path, bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if got := readTier(t, db, k); !bytes.Equal(got, v) {
+		t.Fatal("the local copy differs")
+	}
+}
+
+// TestDeferredCopyAfterDelete: a key deleted while its copy waits is not
+// put back into the local tier.
+func TestDeferredCopyAfterDelete(t *testing.T) {
+	ram, local, remote, s := threeTiers(t, 64<<20)
+	k := tiertest.Key("deleted")
+	tiertest.Put(t, remote, k, tiertest.Data(3, 16<<10))
+	if _, err := read(t, s, k); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the copy into RAM", func() bool { return has(ram, k) })
+	if err := s.Delete(context.Background(), k); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "no deferred copy", func() bool { return s.Stats().Deferred == 0 })
+	time.Sleep(100 * time.Millisecond)
+	if has(local, k) || has(ram, k) || has(remote, k) {
+		t.Fatalf("after the delete: local %v, ram %v, remote %v", has(local, k), has(ram, k), has(remote, k))
+	}
+}
+
+func readTier(t *testing.T, tr tiers.Tier, k digest.Key) []byte {
+	t.Helper()
+	r, err := tr.Open(context.Background(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	b, err := tiers.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
