@@ -296,7 +296,7 @@ func (s *Stack) Open(ctx context.Context, k digest.Key) (Reader, error) {
 	if p, ok := s.pending[k]; ok {
 		p.refs++
 		s.mu.Unlock()
-		return &pubReader{p: p, s: s}, nil
+		return &pubReader{p: p, s: s, fg: true}, nil
 	}
 	// A fetch in progress (one a lookup started, say) is joined before the
 	// local tiers are asked: it leaves s.fills only once its promotion into
@@ -344,7 +344,7 @@ func (s *Stack) openFrom(ctx context.Context, k digest.Key, from int, want diges
 		if targets := s.promoteTargets(l.idx); len(targets) > 0 {
 			s.promoteLocal(l, k, targets)
 		}
-		return &stackReader{s: s, l: l, k: k, r: r}, nil
+		return &stackReader{s: s, l: l, k: k, r: r, fg: true}, nil
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, Wrap("stack", "open", k, err)
@@ -700,6 +700,7 @@ func (s *Stack) Close() error {
 type stackReader struct {
 	s  *Stack
 	k  digest.Key
+	fg bool // returned by Open: its reads are uses (stack_defer.go)
 	mu sync.Mutex
 	l  *layer
 	r  Reader
@@ -712,6 +713,9 @@ func (r *stackReader) Info() Info {
 }
 
 func (r *stackReader) ReadAt(p []byte, off int64) (int, error) {
+	if r.fg {
+		r.s.used()
+	}
 	for {
 		r.mu.Lock()
 		cur, l := r.r, r.l

@@ -14,12 +14,16 @@ import (
 // when reads pause. A loop of cold reads of small remote values otherwise
 // paid for a bbolt commit beside every read: on the 2-core test machines
 // the copies into bbolt took a fifth of the daemon's CPU and made each read
-// 20-30% slower (integration TestTmpColdLatency, 1000 reads of 16 KiB).
+// 10-30% slower (paired runs of 1000-2000 cold reads of 16 KiB through the
+// mount).
 //
 // The queue holds keys, not bytes: the drain reads each value back from
 // tier 0, and a value tier 0 has evicted by then is not copied (the next
 // read fetches it again). The queue is drained when
-//   - no Stat or Open came for deferIdle,
+//   - the stack was not used for deferIdle: no Stat, Open or read of a
+//     reader Open returned (the reads of a large value fetched or read
+//     from bbolt, which the drain would slow down, count), and no remote
+//     fetch runs,
 //   - its values add up to a quarter of tier 0's limit (at most
 //     deferMaxBytes), so that tier 0 still holds them,
 //   - its oldest entry waited deferMaxAge,
@@ -66,7 +70,7 @@ func (s *Stack) initDefer() {
 	go s.deferrer()
 }
 
-// used records a Stat or an Open: the queue waits for a pause.
+// used records a Stat, an Open or a read: the queue waits for a pause.
 func (s *Stack) used() { s.deferq.lastUse.Store(time.Now().UnixNano()) }
 
 // deferrable reports whether the copies of a fetched value of size bytes
@@ -105,6 +109,9 @@ func (s *Stack) deferDue(now time.Time) time.Duration {
 		return 0
 	}
 	idle := now.Sub(time.Unix(0, q.lastUse.Load()))
+	if len(s.fills) > 0 {
+		idle = 0
+	}
 	age := now.Sub(q.items[0].at)
 	if idle >= deferIdle || age >= deferMaxAge {
 		return 0

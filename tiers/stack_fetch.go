@@ -429,9 +429,12 @@ type fillReader struct {
 	once sync.Once
 }
 
-func (r *fillReader) Info() Info                              { return r.f.info }
-func (r *fillReader) ReadAt(p []byte, off int64) (int, error) { return r.f.readAt(p, off) }
-func (r *fillReader) Close() error                            { r.once.Do(r.f.unref); return nil }
+func (r *fillReader) Info() Info { return r.f.info }
+func (r *fillReader) ReadAt(p []byte, off int64) (int, error) {
+	r.f.s.used()
+	return r.f.readAt(p, off)
+}
+func (r *fillReader) Close() error { r.once.Do(r.f.unref); return nil }
 
 // spoolReader reads the verified spool for promotion.
 type spoolReader struct{ f *fill }

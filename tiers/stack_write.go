@@ -506,11 +506,15 @@ type pubReader struct {
 	s      *Stack
 	p      *pub
 	closed bool
+	fg     bool // returned by Open: its reads are uses (stack_defer.go)
 }
 
 func (r *pubReader) Info() Info { return r.p.info }
 
 func (r *pubReader) ReadAt(b []byte, off int64) (int, error) {
+	if r.fg {
+		r.s.used()
+	}
 	if off >= r.p.info.Size {
 		return 0, io.EOF
 	}
