@@ -291,13 +291,11 @@ func (s *Stack) persistAll(batch []*pub) {
 	var wg sync.WaitGroup
 	for len(batch) > 0 {
 		n := min(len(batch), persistBatch)
-		start := time.Now()
 		for _, q := range batch[1:n] {
 			wg.Go(func() { s.persistOne(q) })
 		}
 		s.persistOne(batch[0])
 		wg.Wait()
-		s.log.Debug("persisted", "entries", n, "took", time.Since(start))
 		batch = batch[n:]
 	}
 }
@@ -797,8 +795,15 @@ func (s *Stack) dequeuer() {
 		case <-s.ctx.Done():
 			return
 		case u := <-s.deq:
-			s.lingerDequeue()
-			s.dequeueBatch(s.drainDeq([]uploaded{u}, dequeueBatchMax-1))
+			// Linger a little for more: a commit rewrites every page its
+			// keys fall on, and uploads finishing one by one made a
+			// commit each. A record lost at a crash only makes the next
+			// start check the remote for that value.
+			select {
+			case <-time.After(dequeueLinger):
+			case <-s.ctx.Done():
+			}
+			s.dequeueBatch(s.drainDeq([]uploaded{u}, 1023))
 		}
 	}
 }
@@ -809,40 +814,9 @@ type uploaded struct {
 	item *upItem // the upload queue's item it took
 }
 
-// lingerDequeue waits for more uploads to end before the dequeuer
-// commits: a commit rewrites every page its keys fall on, and uploads
-// finishing one by one made a commit each. While uploads are still queued
-// it waits for them all to end, at most dequeueMaxLinger, or until
-// dequeueBatchMax records wait: a commit every 100 ms beside 2000 uploads
-// of 16 KiB made them 10-15% slower (bench, write 2000 small files, on the
-// remote: 2.96-2.98 s against 2.45-2.78 s in alternating runs), likely
-// through its fdatasyncs. A record lost at a crash only makes the next
-// start check the remote for that value.
-func (s *Stack) lingerDequeue() {
-	end := time.Now().Add(dequeueMaxLinger)
-	for {
-		select {
-		case <-time.After(dequeueLinger):
-		case <-s.ctx.Done():
-			return
-		}
-		s.mu.Lock()
-		uploading := s.up.len() > 0
-		s.mu.Unlock()
-		if !uploading || len(s.deq) >= dequeueBatchMax || time.Now().After(end) {
-			return
-		}
-	}
-}
-
-// dequeueLinger is the least the dequeuer waits for more uploads to end
-// before it commits, dequeueMaxLinger the most, and dequeueBatchMax the
-// records that make it commit at once (s.deq holds 4 times as many).
-const (
-	dequeueLinger    = 100 * time.Millisecond
-	dequeueMaxLinger = 5 * time.Second
-	dequeueBatchMax  = 1024
-)
+// dequeueLinger is how long the dequeuer waits for more uploads to end
+// before it commits.
+const dequeueLinger = 100 * time.Millisecond
 
 // drainDeq appends to batch up to n more uploads that are waiting in s.deq.
 func (s *Stack) drainDeq(batch []uploaded, n int) []uploaded {
