@@ -291,11 +291,13 @@ func (s *Stack) persistAll(batch []*pub) {
 	var wg sync.WaitGroup
 	for len(batch) > 0 {
 		n := min(len(batch), persistBatch)
+		start := time.Now()
 		for _, q := range batch[1:n] {
 			wg.Go(func() { s.persistOne(q) })
 		}
 		s.persistOne(batch[0])
 		wg.Wait()
+		s.log.Debug("persisted", "entries", n, "took", time.Since(start))
 		batch = batch[n:]
 	}
 }
