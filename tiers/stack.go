@@ -681,7 +681,7 @@ func (s *Stack) Close() error {
 	s.publishing.Wait()
 	close(s.persistCh)
 	s.persistWG.Wait()
-	s.drainDeferred(s.ctx, true)
+	s.drainDeferred()
 	s.cancel()
 	s.wg.Wait()
 	s.dropParked(nil)

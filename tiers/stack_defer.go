@@ -53,6 +53,7 @@ type deferQueue struct {
 	limit   int64          // set by NewStack
 	running int64          // copies being drained, under Stack.mu
 	kick    chan struct{}
+	drainMu sync.Mutex   // one drain at a time: Close's waits for the drainer's
 	lastUse atomic.Int64 // unix nanoseconds of the last Stat or Open
 }
 
@@ -132,7 +133,7 @@ func (s *Stack) deferrer() {
 		}
 		wait := s.deferDue(time.Now())
 		if wait == 0 {
-			s.drainDeferred(s.ctx, false)
+			s.drainDeferred()
 			wait = s.deferDue(time.Now())
 		}
 		if wait > 0 {
@@ -141,10 +142,13 @@ func (s *Stack) deferrer() {
 	}
 }
 
-// drainDeferred makes the queued copies, deferWorkers at a time. closing
-// lets them run while the stack closes (Close drains before it cancels).
-func (s *Stack) drainDeferred(ctx context.Context, closing bool) {
+// drainDeferred makes the queued copies, deferWorkers at a time. Close
+// calls it before it cancels the stack's context: it waits for a drain
+// under way, then makes the copies still queued.
+func (s *Stack) drainDeferred() {
 	q := &s.deferq
+	q.drainMu.Lock()
+	defer q.drainMu.Unlock()
 	s.mu.Lock()
 	items := q.items
 	q.items, q.bytes = nil, 0
@@ -163,7 +167,7 @@ func (s *Stack) drainDeferred(ctx context.Context, closing bool) {
 				<-sem
 				wg.Done()
 			}()
-			s.copyDeferred(ctx, d, closing)
+			s.copyDeferred(d)
 		}()
 	}
 	wg.Wait()
@@ -171,19 +175,15 @@ func (s *Stack) drainDeferred(ctx context.Context, closing bool) {
 
 // copyDeferred copies one value from tier 0 into its targets, after any
 // other copy of it, unless a Delete of it runs or tier 0 no longer has it.
-func (s *Stack) copyDeferred(ctx context.Context, d deferredCopy, closing bool) {
+func (s *Stack) copyDeferred(d deferredCopy) {
 	s.mu.Lock()
 	for s.promoting[d.key] != nil {
 		busy := s.promoting[d.key]
 		s.mu.Unlock()
-		select {
-		case <-busy:
-		case <-ctx.Done():
-			return
-		}
+		<-busy // a fetch's or a local hit's copy: ends, at Close by cancel
 		s.mu.Lock()
 	}
-	if s.deleting[d.key] > 0 || (s.closed && !closing) {
+	if s.deleting[d.key] > 0 {
 		s.mu.Unlock()
 		return
 	}
@@ -192,7 +192,7 @@ func (s *Stack) copyDeferred(ctx context.Context, d deferredCopy, closing bool) 
 	s.mu.Unlock()
 	defer s.endPromotion(d.key, done)
 	src := s.layers[0]
-	r, err := src.Tier.Open(ctx, d.key)
+	r, err := src.Tier.Open(context.Background(), d.key)
 	if err != nil {
 		s.log.Debug("deferred copy: gone from the first tier", "key", d.key.String(), "err", err)
 		return
