@@ -57,9 +57,9 @@
 // arrived, so the tiers do not hash them again.
 //
 // The copies of a fetched value of at most 1 MiB into the tiers after tier
-// 0 wait until the stack has not been used (Stat, Open) for 250 ms, or
-// until such values add up to a quarter of tier 0's limit, or for at most
-// 10 s, and are made at Close (stack_defer.go): the copy goes into tier 0
+// 0 wait until the stack has not been used (Stat, Open, reads) for 250 ms,
+// or until such values add up to a quarter of tier 0's limit or number
+// 4096, or for at most 10 s, and are made at Close (stack_defer.go): the copy goes into tier 0
 // at once, and a loop of cold reads no longer pays for a bbolt commit
 // beside every read. The queue holds keys; the drain reads the values back
 // from tier 0, and one evicted meanwhile is not copied.

@@ -25,7 +25,8 @@ import (
 //     from bbolt, which the drain would slow down, count), and no remote
 //     fetch runs,
 //   - its values add up to a quarter of tier 0's limit (at most
-//     deferMaxBytes), so that tier 0 still holds them,
+//     deferMaxBytes), so that tier 0 still holds them, or it holds
+//     deferMaxCount of them (tiny values),
 //   - its oldest entry waited deferMaxAge,
 //   - and at Close.
 //
@@ -36,6 +37,7 @@ const (
 	deferIdle     = 250 * time.Millisecond
 	deferMaxAge   = 10 * time.Second
 	deferMaxBytes = 64 << 20
+	deferMaxCount = 4096
 	// deferWorkers copy at once, so that their puts share commits.
 	deferWorkers = 32
 )
@@ -71,6 +73,9 @@ func (s *Stack) initDefer() {
 	go s.deferrer()
 }
 
+// full reports whether the queue is to be drained now. Under Stack.mu.
+func (q *deferQueue) full() bool { return q.bytes >= q.limit || len(q.items) >= deferMaxCount }
+
 // used records a Stat, an Open or a read: the queue waits for a pause.
 func (s *Stack) used() { s.deferq.lastUse.Store(time.Now().UnixNano()) }
 
@@ -87,7 +92,7 @@ func (s *Stack) deferCopies(k digest.Key, size int64, targets []*layer) {
 	s.mu.Lock()
 	q.items = append(q.items, deferredCopy{key: k, size: size, targets: targets, at: time.Now()})
 	q.bytes += size
-	first, full := len(q.items) == 1, q.bytes >= q.limit
+	first, full := len(q.items) == 1, q.full()
 	s.mu.Unlock()
 	if first || full {
 		select {
@@ -106,7 +111,7 @@ func (s *Stack) deferDue(now time.Time) time.Duration {
 	if len(q.items) == 0 {
 		return -1
 	}
-	if q.bytes >= q.limit {
+	if q.full() {
 		return 0
 	}
 	idle := now.Sub(time.Unix(0, q.lastUse.Load()))

@@ -102,6 +102,41 @@ func TestDeferredCopyBounded(t *testing.T) {
 	}
 }
 
+// TestDeferredCopyCounted: tiny values, whose bytes never reach the
+// bound, are drained once 4096 of them wait.
+func TestDeferredCopyCounted(t *testing.T) {
+	_, local, remote, s := threeTiers(t, 64<<20)
+	const n = 4100
+	var keys []digest.Key
+	for i := range n {
+		k := tiertest.Key(fmt.Sprint("tiny ", i))
+		tiertest.Put(t, remote, k, tiertest.Data(uint64(i), 8))
+		keys = append(keys, k)
+	}
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() { busy(s, time.Minute, stop); close(done) }()
+	defer func() { close(stop); <-done }()
+	for _, k := range keys {
+		if _, err := read(t, s, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		c := 0
+		for _, k := range keys {
+			if has(local, k) {
+				c++
+			}
+		}
+		if c >= 4096 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d tiny values copied into the local tier while reads went on, want 4096", c, n)
+		}
+	}
+}
+
 // TestDeferredCopyAtClose: Close makes the copies that still wait.
 func TestDeferredCopyAtClose(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "local.db")
