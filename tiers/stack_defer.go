@@ -56,7 +56,7 @@ type deferQueue struct {
 	running int64          // copies being drained, under Stack.mu
 	kick    chan struct{}
 	drainMu sync.Mutex   // one drain at a time: Close's waits for the drainer's
-	lastUse atomic.Int64 // unix nanoseconds of the last Stat or Open
+	lastUse atomic.Int64 // unix nanoseconds of the last Stat, Open or read
 }
 
 // initDefer sets the queue's byte limit from tier 0's and starts its drainer.
