@@ -85,21 +85,8 @@ func TestDeferredCopyBounded(t *testing.T) {
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() { busy(s, time.Minute, stop); close(done) }()
 	defer func() { close(stop); <-done }()
-	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		// The 16 queued first (fetches end in any order) are drained.
-		n := 0
-		for _, k := range keys {
-			if has(local, k) {
-				n++
-			}
-		}
-		if n >= 16 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of 20 values copied into the local tier in 3s of reads, want 16", n)
-		}
-	}
+	// The 16 queued first (fetches end in any order) are drained.
+	waitCopied(t, local, keys, 16, 3*time.Second)
 }
 
 // TestDeferredCopyCounted: tiny values, whose bytes never reach the
@@ -121,20 +108,7 @@ func TestDeferredCopyCounted(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		c := 0
-		for _, k := range keys {
-			if has(local, k) {
-				c++
-			}
-		}
-		if c >= 4096 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d tiny values copied into the local tier while reads went on, want 4096", c, n)
-		}
-	}
+	waitCopied(t, local, keys, 4096, 10*time.Second)
 }
 
 // TestDeferredCopyAtClose: Close makes the copies that still wait.
@@ -200,4 +174,24 @@ func readTier(t *testing.T, tr tiers.Tier, k digest.Key) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// waitCopied waits until want of keys are in tr, for at most within while
+// the caller keeps the stack busy.
+func waitCopied(t *testing.T, tr tiers.Tier, keys []digest.Key, want int, within time.Duration) {
+	t.Helper()
+	for deadline := time.Now().Add(within); ; time.Sleep(10 * time.Millisecond) {
+		n := 0
+		for _, k := range keys {
+			if has(tr, k) {
+				n++
+			}
+		}
+		if n >= want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d values copied into %s in %v of reads, want %d", n, len(keys), tr.Name(), within, want)
+		}
+	}
 }
