@@ -405,6 +405,32 @@ func (s *Stack) startPromotion(k digest.Key) chan struct{} {
 	return done
 }
 
+// startPromotionAfter is startPromotion, except that it waits for a copy
+// of k already running to end instead of giving up. A fetch's copies
+// need it: a local hit's copy that finds that copy corrupt (and removes
+// it) may still run when the fetch that replaces it from the remote ends,
+// and a fetch that gave up then left the value in no local tier.
+func (s *Stack) startPromotionAfter(k digest.Key) chan struct{} {
+	s.mu.Lock()
+	for s.promoting[k] != nil && !s.closed && s.deleting[k] == 0 {
+		busy := s.promoting[k]
+		s.mu.Unlock()
+		select {
+		case <-busy:
+		case <-s.ctx.Done():
+			return nil
+		}
+		s.mu.Lock()
+	}
+	defer s.mu.Unlock()
+	if s.promoting[k] != nil || s.deleting[k] > 0 || s.closed {
+		return nil
+	}
+	done := make(chan struct{})
+	s.promoting[k] = done
+	return done
+}
+
 func (s *Stack) endPromotion(k digest.Key, done chan struct{}) {
 	s.mu.Lock()
 	if s.promoting[k] == done {

@@ -326,7 +326,7 @@ func (f *fill) run(r Reader) {
 		f.s.mu.Lock()
 		deleted := f.deleted
 		f.s.mu.Unlock()
-		if done := f.s.startPromotion(k); done != nil && !deleted {
+		if done := f.s.startPromotionAfter(k); done != nil && !deleted {
 			targets, later := f.s.promoteTargets(f.l.idx), []*layer(nil)
 			if deferrable(f.info.Size, targets) {
 				// Into tier 0 now, into the slower tiers once reads
