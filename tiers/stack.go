@@ -397,6 +397,12 @@ func (s *Stack) promoteLocal(src *layer, k digest.Key, targets []*layer) {
 func (s *Stack) startPromotion(k digest.Key) chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.registerPromotionLocked(k)
+}
+
+// registerPromotionLocked registers a copy of k, or returns nil (see
+// startPromotion).
+func (s *Stack) registerPromotionLocked(k digest.Key) chan struct{} {
 	if s.promoting[k] != nil || s.deleting[k] > 0 || s.closed {
 		return nil
 	}
@@ -423,12 +429,7 @@ func (s *Stack) startPromotionAfter(k digest.Key) chan struct{} {
 		s.mu.Lock()
 	}
 	defer s.mu.Unlock()
-	if s.promoting[k] != nil || s.deleting[k] > 0 || s.closed {
-		return nil
-	}
-	done := make(chan struct{})
-	s.promoting[k] = done
-	return done
+	return s.registerPromotionLocked(k)
 }
 
 func (s *Stack) endPromotion(k digest.Key, done chan struct{}) {
