@@ -56,7 +56,8 @@
 // into the faster tiers are Meta.Verified: its bytes were hashed as they
 // arrived, so the tiers do not hash them again.
 //
-// The copies of a fetched value of at most 1 MiB into the tiers after tier
+// The copies of a fetched value small beside tier 0 (at most a sixteenth
+// of its limit and 16 MiB, or at most 1 MiB) into the tiers after tier
 // 0 wait until the stack has not been used (Stat, Open, reads) for 250 ms,
 // or until such values add up to a quarter of tier 0's limit or number
 // 4096, or for at most 10 s, and are made at Close (stack_defer.go): the copy goes into tier 0

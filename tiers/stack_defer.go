@@ -9,13 +9,16 @@ import (
 	"github.com/flechefs/flechefs/digest"
 )
 
-// Deferred promotion. A small value fetched from a remote tier is copied
-// into tier 0 (RAM) at once, and into the slower local tiers (bbolt) only
-// when reads pause. A loop of cold reads of small remote values otherwise
-// paid for a bbolt commit beside every read: on the 2-core test machines
-// the copies into bbolt took a fifth of the daemon's CPU and made each read
-// 10-30% slower (paired runs of 1000-2000 cold reads of 16 KiB through the
-// mount).
+// Deferred promotion. A value fetched from a remote tier that is small
+// beside tier 0 (at most a sixteenth of its limit and 16 MiB, or at most
+// 1 MiB whatever the limit) is copied into
+// tier 0 (RAM) at once, and into the slower local tiers (bbolt) only when
+// reads pause. A loop of cold reads of remote values otherwise paid for a
+// bbolt commit beside every read: on the 2-core test machines the copies
+// into bbolt took a fifth of the daemon's CPU and made each read of 16 KiB
+// 10-30% slower (paired runs of 1000-2000 cold reads through the mount);
+// for 4 MiB values the cold read of eight went from 164-177 to 195-224
+// MiB/s.
 //
 // The queue holds keys, not bytes: the drain reads each value back from
 // tier 0, and a value tier 0 has evicted by then is not copied (the next
@@ -81,9 +84,10 @@ func (s *Stack) used() { s.deferq.lastUse.Store(time.Now().UnixNano()) }
 
 // deferrable reports whether the copies of a fetched value of size bytes
 // into targets after the first may wait: the first is tier 0 and the value
-// is small.
-func deferrable(size int64, targets []*layer) bool {
-	return size <= memFill && len(targets) > 1 && targets[0].idx == 0
+// is small beside the queue's bound (at least four such values fit in it),
+// or at most memFill bytes.
+func (s *Stack) deferrable(size int64, targets []*layer) bool {
+	return size <= max(memFill, s.deferq.limit/4) && len(targets) > 1 && targets[0].idx == 0
 }
 
 // deferCopies queues the copies of k into targets.

@@ -39,30 +39,49 @@ func busy(s *tiers.Stack, d time.Duration, stop <-chan struct{}) {
 	}
 }
 
-// TestDeferredCopyWaitsForPause: a small value read from the remote is in
-// RAM at once, and reaches the local tier only once the stack has not been
-// used for a moment.
+// TestDeferredCopyWaitsForPause: a value read from the remote that is
+// small beside the RAM tier (a 16 KiB one fetched into memory, a 2 MiB one
+// through a spool file) is in RAM at once, and reaches the local tier only
+// once the stack has not been used for a moment. One too large to wait in
+// RAM (over a sixteenth of its limit) is copied at once.
 func TestDeferredCopyWaitsForPause(t *testing.T) {
-	ram, local, remote, s := threeTiers(t, 64<<20)
-	k, v := tiertest.Key("small"), tiertest.Data(1, 16<<10)
-	tiertest.Put(t, remote, k, v)
-	if got, err := read(t, s, k); err != nil || !bytes.Equal(got, v) {
-		t.Fatalf("read: %v", err)
-	}
-	eventually(t, "the copy into RAM", func() bool { return has(ram, k) })
-	busy(s, 600*time.Millisecond, nil)
-	if has(local, k) {
-		t.Fatal("copied into the local tier while reads went on")
-	}
-	if n := s.Stats().Deferred; n != 1 {
-		t.Fatalf("stats say %d deferred copies, want 1", n)
-	}
-	start := time.Now()
-	eventually(t, "the copy into the local tier", func() bool { return has(local, k) })
-	t.Logf("copied %v after the last use", time.Since(start))
-	eventually(t, "no deferred copy", func() bool { return s.Stats().Deferred == 0 })
-	if got := readTier(t, local, k); !bytes.Equal(got, v) {
-		t.Fatal("the local copy differs")
+	for _, c := range []struct {
+		size     int64
+		deferred bool
+	}{{16 << 10, true}, {2 << 20, true}, {6 << 20, false}} {
+		t.Run(fmt.Sprint(c.size), func(t *testing.T) {
+			ram, local, remote, s := threeTiers(t, 64<<20)
+			k, v := tiertest.Key("value"), tiertest.Data(1, c.size)
+			tiertest.Put(t, remote, k, v)
+			if got, err := read(t, s, k); err != nil || !bytes.Equal(got, v) {
+				t.Fatalf("read: %v", err)
+			}
+			eventually(t, "the copy into RAM", func() bool { return has(ram, k) })
+			if !c.deferred {
+				eventually(t, "the copy into the local tier while reads go on", func() bool {
+					s.Stat(context.Background(), tiertest.Key("busy"))
+					return has(local, k)
+				})
+				if n := s.Stats().Deferred; n != 0 {
+					t.Fatalf("stats say %d deferred copies, want 0", n)
+				}
+				return
+			}
+			busy(s, 600*time.Millisecond, nil)
+			if has(local, k) {
+				t.Fatal("copied into the local tier while reads went on")
+			}
+			if n := s.Stats().Deferred; n != 1 {
+				t.Fatalf("stats say %d deferred copies, want 1", n)
+			}
+			start := time.Now()
+			eventually(t, "the copy into the local tier", func() bool { return has(local, k) })
+			t.Logf("copied %v after the last use", time.Since(start))
+			eventually(t, "no deferred copy", func() bool { return s.Stats().Deferred == 0 })
+			if got := readTier(t, local, k); !bytes.Equal(got, v) {
+				t.Fatal("the local copy differs")
+			}
+		})
 	}
 }
 

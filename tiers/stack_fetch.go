@@ -328,7 +328,7 @@ func (f *fill) run(r Reader) {
 		f.s.mu.Unlock()
 		if done := f.s.startPromotionAfter(k); done != nil && !deleted {
 			targets, later := f.s.promoteTargets(f.l.idx), []*layer(nil)
-			if deferrable(f.info.Size, targets) {
+			if f.s.deferrable(f.info.Size, targets) {
 				// Into tier 0 now, into the slower tiers once reads
 				// pause (stack_defer.go), queued once this copy ends.
 				if f.s.copyTo(nil, &spoolReader{f: f}, targets[:1]) {
