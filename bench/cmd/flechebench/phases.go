@@ -42,6 +42,9 @@ func (b *bench) mainPhase() error {
 	}
 	for r := range b.opt.repeats {
 		for _, c := range clients {
+			if d := quiesce(); d > 4*time.Second {
+				b.logf("repeat %d: the machine was still busy after %v; measuring %s anyway", r+1, d.Round(time.Millisecond), c.name())
+			}
 			t := time.Now()
 			if err := b.oneClient(c, r); err != nil {
 				c.stop()
@@ -50,6 +53,7 @@ func (b *bench) mainPhase() error {
 			b.logf("repeat %d: %s done in %v", r+1, c.name(), time.Since(t).Round(time.Millisecond))
 		}
 		if want["sftp"] {
+			quiesce()
 			t := time.Now()
 			if err := b.sftpAll(); err != nil {
 				return err
