@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -212,5 +213,50 @@ func waitCopied(t *testing.T, tr tiers.Tier, keys []digest.Key, want int, within
 		if time.Now().After(deadline) {
 			t.Fatalf("%d of %d values copied into %s in %v of reads, want %d", n, len(keys), tr.Name(), within, want)
 		}
+	}
+}
+
+// TestDeferredCopyInflightBounded: a drain copies values that add up to at
+// most 4 MiB at once (a larger one alone), since each copy holds its value
+// in the target's buffers until their commit.
+func TestDeferredCopyInflightBounded(t *testing.T) {
+	const size, n = 3 << 20, 6
+	_, local, remote, s := threeTiers(t, 256<<20) // values up to 16 MiB are deferred
+	var mu sync.Mutex
+	var inflight, peak int64
+	local.onPut = func(ctx context.Context, k digest.Key, m tiers.Meta) error {
+		mu.Lock()
+		inflight += m.Size
+		peak = max(peak, inflight)
+		mu.Unlock()
+		time.Sleep(50 * time.Millisecond) // long enough for any other copy to start
+		mu.Lock()
+		inflight -= m.Size
+		mu.Unlock()
+		return nil
+	}
+	var keys []digest.Key
+	for i := range n {
+		k := tiertest.Key(fmt.Sprint("inflight ", i))
+		tiertest.Put(t, remote, k, tiertest.Data(uint64(i), size))
+		keys = append(keys, k)
+	}
+	for _, k := range keys {
+		if _, err := read(t, s, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "the deferred copies", func() bool {
+		for _, k := range keys {
+			if !has(local, k) {
+				return false
+			}
+		}
+		return true
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if peak != size {
+		t.Fatalf("%d bytes were being copied at once, want one value's %d", peak, size)
 	}
 }
