@@ -40,6 +40,24 @@ func busy(s *tiers.Stack, d time.Duration, stop <-chan struct{}) {
 	}
 }
 
+// readFromRemote puts n values of size bytes into remote, under keys named
+// after prefix, and reads each through s.
+func readFromRemote(t *testing.T, s *tiers.Stack, remote *faultTier, prefix string, n int, size int64) []digest.Key {
+	t.Helper()
+	var keys []digest.Key
+	for i := range n {
+		k := tiertest.Key(fmt.Sprint(prefix, " ", i))
+		tiertest.Put(t, remote, k, tiertest.Data(uint64(i), size))
+		keys = append(keys, k)
+	}
+	for _, k := range keys {
+		if _, err := read(t, s, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return keys
+}
+
 // TestDeferredCopyWaitsForPause: a value read from the remote that is
 // small beside the RAM tier (a 16 KiB one fetched into memory, a 2 MiB one
 // through a spool file) is in RAM at once, and reaches the local tier only
@@ -91,17 +109,7 @@ func TestDeferredCopyWaitsForPause(t *testing.T) {
 func TestDeferredCopyBounded(t *testing.T) {
 	const size, ramLimit = 64 << 10, 4 << 20 // a quarter is 16 values
 	_, local, remote, s := threeTiers(t, ramLimit)
-	var keys []digest.Key
-	for i := range 20 {
-		k := tiertest.Key(fmt.Sprint("bounded ", i))
-		tiertest.Put(t, remote, k, tiertest.Data(uint64(i), size))
-		keys = append(keys, k)
-	}
-	for _, k := range keys {
-		if _, err := read(t, s, k); err != nil {
-			t.Fatal(err)
-		}
-	}
+	keys := readFromRemote(t, s, remote, "bounded", 20, size)
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() { busy(s, time.Minute, stop); close(done) }()
 	defer func() { close(stop); <-done }()
@@ -235,17 +243,7 @@ func TestDeferredCopyInflightBounded(t *testing.T) {
 		mu.Unlock()
 		return nil
 	}
-	var keys []digest.Key
-	for i := range n {
-		k := tiertest.Key(fmt.Sprint("inflight ", i))
-		tiertest.Put(t, remote, k, tiertest.Data(uint64(i), size))
-		keys = append(keys, k)
-	}
-	for _, k := range keys {
-		if _, err := read(t, s, k); err != nil {
-			t.Fatal(err)
-		}
-	}
+	keys := readFromRemote(t, s, remote, "inflight", n, size)
 	eventually(t, "the deferred copies", func() bool {
 		for _, k := range keys {
 			if !has(local, k) {
