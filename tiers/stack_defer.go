@@ -13,9 +13,8 @@ import (
 
 // Deferred promotion. A value fetched from a remote tier that is small
 // beside tier 0 (at most a sixteenth of its limit and 16 MiB, or at most
-// 1 MiB whatever the limit) is copied into
-// tier 0 (RAM) at once, and into the slower local tiers (bbolt) only when
-// reads pause. A loop of cold reads of remote values otherwise paid for a
+// 1 MiB whatever the limit) is copied into tier 0 (RAM) at once, and into
+// the slower local tiers (bbolt) only when reads pause. A loop of cold reads of remote values otherwise paid for a
 // bbolt commit beside every read: on the 2-core test machines the copies
 // into bbolt took a fifth of the daemon's CPU and made each read of 16 KiB
 // 10-30% slower (paired runs of 1000-2000 cold reads through the mount);
@@ -47,7 +46,7 @@ const (
 	// the values they copy add up to at most deferInflight bytes (a value
 	// larger than that is copied alone): each copy holds its value in the
 	// target's buffers until their commit, and the copies of four 4 MiB
-	// values at once raised the daemon's peak RSS by 25 MiB.
+	// values at once raised the daemon's peak RSS by about 20 MiB.
 	deferWorkers  = 32
 	deferInflight = 4 << 20
 )

@@ -219,7 +219,7 @@ func loadavg() string {
 // measured right after the dataset's generation or another client's writes
 // otherwise shares the machine with their writeback and exiting daemons
 // (the first client of a run read the 512 MiB file at 216-240 MiB/s in full
-// runs, 326-363 in runs of it alone). It returns how long it waited.
+// runs, 326-374 in runs of it alone). It returns how long it waited.
 func quiesce() time.Duration {
 	start := time.Now()
 	syscall.Sync()
