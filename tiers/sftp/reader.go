@@ -203,6 +203,16 @@ func (h *headFirst) Write(p []byte) (int, error) {
 // fetchChunks is how many packets one ReadAt of fetch asks for.
 const fetchChunks = 4
 
+// fetchDepth is how many chunks (of fetchChunks packets, 1 MiB) a fetch
+// through one session keeps in flight: twice the 2 MiB the session's
+// window lets the server send ahead. Each chunk holds a buffer; the
+// Concurrency/fetchChunks chunks of before (16 at the default) held 16 MiB
+// for no speed: BenchmarkFetch read 513-579 MB/s with 4 against 440-590
+// with 16, and the bench's peak RSS (64 MiB RAM tier) was 121-125 MiB
+// against 124-129 (bench/run.sh -only memory -repeats 3, two pairs).
+// A fetch with lanes keeps laneSlots per session instead.
+const fetchDepth = 4
+
 var chunkBufs sync.Pool
 
 // getChunk returns a buffer of at least n bytes from chunkBufs (put it
@@ -216,14 +226,19 @@ func getChunk(n int) *[]byte {
 	return bp
 }
 
-// fetch writes the value from offset from to its end to dst, with
-// Concurrency/fetchChunks ReadAts of fetchChunks packets each in flight.
+// fetch writes the value from offset from to its end to dst, with up to
+// Concurrency/fetchChunks ReadAts of fetchChunks packets each in flight
+// (fetchDepth through one session, laneSlots per session with lanes).
 // It returns the bytes written and the first error (a short read is not one:
 // the caller compares the count with the size).
 func (r *reader) fetch(dst io.Writer, from int64) (int64, error) {
 	size := r.info.Size
 	chunk := int64(r.c.packet * fetchChunks)
+	lanes := r.c.wantLanes(size - from)
 	depth := max(1, r.t.opt.Concurrency/fetchChunks)
+	if !lanes {
+		depth = min(depth, fetchDepth)
+	}
 	type result struct {
 		bp  *[]byte // from chunkBufs
 		b   []byte  // the chunk asked for, in *bp
@@ -234,7 +249,6 @@ func (r *reader) fetch(dst io.Writer, from int64) (int64, error) {
 	// capacity bounds the ReadAts running.
 	inflight := make(chan chan result, depth)
 	stop := make(chan struct{})
-	lanes := r.c.wantLanes(size - from)
 	lf := newLaneFiles(r.t, r.f, depth, lanes)
 	if lanes {
 		done := make(chan struct{})
