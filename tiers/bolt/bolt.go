@@ -31,9 +31,16 @@ const (
 
 const (
 	// stageBytes is how much of a value one staging transaction writes: a
-	// value larger than this is written in several transactions, so a write
-	// transaction never holds more than about this much in dirty pages.
-	stageBytes = 8 << 20
+	// value announced at most twice this is written whole in one
+	// transaction; a larger one (or one of unknown size) in several of this
+	// many bytes, so that a put never holds more than about this much in
+	// buffers and its transaction as much again in dirty pages. It was
+	// 8 MiB (each value over 8 MiB): persisting the bench's 512 MiB value
+	// then raised the daemon's peak RSS (64 MiB RAM tier) to 123-125 MiB,
+	// against 114-118 with 4 MiB (bench/run.sh -only memory -repeats 3,
+	// two pairs). The price is twice the commits for a large value: three
+	// puts of 128 MiB took 567-760 ms against 439-586 with 8 MiB.
+	stageBytes = 4 << 20
 	// flushInterval is how often access times are written to the LRU index.
 	flushInterval = time.Second
 	// listPage is how many entries List reads per read transaction.

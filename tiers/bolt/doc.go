@@ -26,8 +26,9 @@
 //
 //   - Put is atomic and durable: when it returns nil the entry is committed
 //     and fsynced (bbolt's default sync on commit is kept); when it fails
-//     nothing is visible. A value up to 8 MiB is written in one transaction;
-//     a larger one is staged 8 MiB per transaction under an id recorded in
+//     nothing is visible. A value announced at most 8 MiB is written in one
+//     transaction; a larger one (or one of unknown size) is staged 4 MiB per
+//     transaction under an id recorded in
 //     "staging" and published by one last transaction that writes the entry
 //     record and removes the staging mark. A failed put deletes its staged
 //     chunks; Open deletes those a killed process left.

@@ -16,9 +16,10 @@ import (
 
 // Put stores the value read from r under k. See tiers.Tier.
 //
-// The value is read in chunks; up to 8 MiB of them are kept in memory. A
-// larger value is written in several transactions under a staging id, and
-// one last transaction publishes it: entry record, LRU or queue record and
+// The value is read in chunks. One announced at most 8 MiB is kept in
+// memory whole; a larger one (or one of unknown size) is written 4 MiB at a
+// time in several transactions under a staging id, and one last
+// transaction publishes it: entry record, LRU or queue record and
 // stats, after evicting what the limit needs. That transaction goes through
 // the group commit, so concurrent small puts share one fsync. Put returns
 // when the value is on stable storage.
@@ -72,6 +73,10 @@ func (t *Tier) put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 	}()
 
 	h := tiers.NewSummer(m)
+	stageAt := t.stage
+	if m.Size >= 0 && m.Size <= 2*int64(t.stage) {
+		stageAt = math.MaxInt // held whole: the announced size is enforced below
+	}
 	for done := false; !done; {
 		if err := ctx.Err(); err != nil {
 			return info, err
@@ -102,7 +107,7 @@ func (t *Tier) put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 		} else if len(e.chunks)+int(e.base) > math.MaxUint32 {
 			return info, fmt.Errorf("%w: more than %d chunks", tiers.ErrNoSpace, uint32(math.MaxUint32))
 		}
-		if !done && len(e.chunks)*t.chunk >= t.stage {
+		if !done && len(e.chunks)*t.chunk >= stageAt {
 			if err := t.stageChunks(ctx, e, m.Size); err != nil {
 				return info, err
 			}
