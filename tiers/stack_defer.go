@@ -14,12 +14,12 @@ import (
 // Deferred promotion. A value fetched from a remote tier that is small
 // beside tier 0 (at most a sixteenth of its limit and 16 MiB, or at most
 // 1 MiB whatever the limit) is copied into tier 0 (RAM) at once, and into
-// the slower local tiers (bbolt) only when reads pause. A loop of cold reads of remote values otherwise paid for a
-// bbolt commit beside every read: on the 2-core test machines the copies
-// into bbolt took a fifth of the daemon's CPU and made each read of 16 KiB
-// 10-30% slower (paired runs of 1000-2000 cold reads through the mount);
-// for 4 MiB values the cold read of eight went from 164-177 to 195-224
-// MiB/s.
+// the slower local tiers (bbolt) only when reads pause. A loop of cold
+// reads of remote values otherwise paid for a bbolt commit beside every
+// read: on the 2-core test machines the copies into bbolt took a fifth of
+// the daemon's CPU and made each read of 16 KiB 10-30% slower (paired runs
+// of 1000-2000 cold reads through the mount); for 4 MiB values the cold
+// read of eight went from 164-177 to 195-224 MiB/s.
 //
 // The queue holds keys, not bytes: the drain reads each value back from
 // tier 0, and a value tier 0 has evicted by then is not copied (the next
@@ -169,21 +169,21 @@ func (s *Stack) drainDeferred() {
 	q.items, q.bytes = nil, 0
 	q.running += int64(len(items))
 	s.mu.Unlock()
-	sem := make(chan struct{}, deferWorkers)
-	bytes := semaphore.NewWeighted(deferInflight)
+	// One weighted semaphore bounds both: a copy weighs its value's size,
+	// at least deferInflight/deferWorkers (so at most deferWorkers run)
+	// and at most deferInflight (so a larger value runs alone).
+	sem := semaphore.NewWeighted(deferInflight)
 	var wg sync.WaitGroup
 	for _, d := range items {
-		sem <- struct{}{}
-		w := min(max(d.size, 1), deferInflight)
-		bytes.Acquire(context.Background(), w) // fails only on a done context
+		w := min(max(d.size, deferInflight/deferWorkers), deferInflight)
+		sem.Acquire(context.Background(), w) // fails only on a done context
 		wg.Add(1)
 		go func() {
 			defer func() {
 				s.mu.Lock()
 				q.running--
 				s.mu.Unlock()
-				bytes.Release(w)
-				<-sem
+				sem.Release(w)
 				wg.Done()
 			}()
 			s.copyDeferred(d)
