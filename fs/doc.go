@@ -257,6 +257,9 @@
 //   - Attributes come from Stat or List when the kernel looks a name up; a
 //     key deleted and published again with another size elsewhere can show
 //     the old size until the entry timeout (1 s for READDIRPLUS entries).
-//   - statfs reports no capacity (the stack's tiers have their own limits;
-//     see .flechefs/stats).
+//   - statfs (df) reports the largest local tier (bbolt by default): its
+//     size, its values' bytes as used, and the rest as free, at most what
+//     its disk has free. The RAM tier and the remote are not in it (the
+//     remote's room would take a round trip); .flechefs/stats has every
+//     tier.
 package fs

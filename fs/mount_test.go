@@ -21,6 +21,8 @@ import (
 
 	"github.com/flechefs/flechefs/digest"
 	"github.com/flechefs/flechefs/tiers"
+	"github.com/flechefs/flechefs/tiers/bolt"
+	"github.com/flechefs/flechefs/tiers/memory"
 )
 
 func TestWriteCloseRead(t *testing.T) {
@@ -899,5 +901,77 @@ func TestLockFileRemovedAfterClose(t *testing.T) {
 		if err := syscall.Unlink(p); err != nil {
 			t.Fatalf("round %d: unlink right after close: %v", i, err)
 		}
+	}
+}
+
+// statsStack reports a disk nearly full under its bbolt tier (a fault:
+// the test disk cannot be filled).
+type statsStack struct {
+	stack
+	diskFree atomic.Int64
+}
+
+func (s *statsStack) Stats() tiers.Stats {
+	st := s.stack.Stats()
+	for i := range st.Tiers {
+		if st.Tiers[i].DiskBytes > 0 && s.diskFree.Load() > 0 {
+			st.Tiers[i].DiskFree = s.diskFree.Load()
+		}
+	}
+	return st
+}
+
+// TestStatfs: df reports the largest local tier (bbolt here, not RAM):
+// its size, its values' bytes as used, and no more free room than its
+// disk has.
+func TestStatfs(t *testing.T) {
+	mem, err := memory.New(memory.Options{Limit: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const limit = 256 << 20
+	bt, err := bolt.Open(filepath.Join(t.TempDir(), "cache.db"), bolt.Options{Limit: limit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := tiers.NewStack([]tiers.Layer{{Tier: mem}, {Tier: bt}}, tiers.StackOptions{SpoolDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	fake := &statsStack{stack: st}
+	m := mountStack(t, fake, Options{})
+	statfs := func() syscall.Statfs_t {
+		t.Helper()
+		var fs syscall.Statfs_t
+		if err := syscall.Statfs(m.dir, &fs); err != nil {
+			t.Fatal(err)
+		}
+		return fs
+	}
+	fs := statfs()
+	if fs.Bsize != 4096 || fs.Blocks != limit/4096 || fs.Bfree != fs.Blocks || fs.Bavail != fs.Blocks || fs.Files != fs.Ffree {
+		t.Fatalf("empty: bsize %d blocks %d bfree %d bavail %d files %d ffree %d; want %d blocks, all free",
+			fs.Bsize, fs.Blocks, fs.Bfree, fs.Bavail, fs.Files, fs.Ffree, limit/4096)
+	}
+	f, err := os.Create(m.path(newKey()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(pattern(400<<10, 3)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil { // in bbolt now
+		t.Fatal(err)
+	}
+	f.Close()
+	fs = statfs()
+	if want := uint64(limit-400<<10) / 4096; fs.Bfree != want || fs.Bavail != want || fs.Files != fs.Ffree+1 {
+		t.Errorf("one 400 KiB entry: bfree %d bavail %d files %d ffree %d; want %d free blocks, 1 file",
+			fs.Bfree, fs.Bavail, fs.Files, fs.Ffree, want)
+	}
+	fake.diskFree.Store(1 << 20)
+	if fs = statfs(); fs.Bfree != 256 || fs.Blocks != limit/4096 {
+		t.Errorf("disk with 1 MiB free: bfree %d, blocks %d; want 256 free of %d", fs.Bfree, fs.Blocks, limit/4096)
 	}
 }

@@ -427,10 +427,37 @@ func (r *root) OpendirHandle(ctx context.Context, flags uint32) (fusefs.FileHand
 	return &dirHandle{r: r}, 0, 0
 }
 
+// Statfs reports, for df(1), the capacity of the local cache: that of the
+// local tier with the largest size (bbolt, by default), with its size as
+// the total, its values' bytes as used, and the rest as free, but no more
+// than the disk that holds it has free. The remote's room is not asked
+// for: df would wait on the server. Without a bounded local tier the
+// figures are zero. Files counts the entries, and one more free per free
+// block.
 func (r *root) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
-	out.Bsize = 4096
-	out.Frsize = 4096
+	const bsize = 4096
+	out.Bsize = bsize
+	out.Frsize = bsize
 	out.NameLen = digest.MaxNameLen
+	var c *tiers.TierStats
+	st := r.st.Stats()
+	for i := range st.Tiers {
+		if t := &st.Tiers[i]; !t.Remote && t.Limit > 0 && (c == nil || t.Limit > c.Limit) {
+			c = t
+		}
+	}
+	if c == nil {
+		return 0
+	}
+	free := max(c.Limit-c.Bytes, 0)
+	if c.DiskFree > 0 {
+		free = min(free, c.DiskFree)
+	}
+	out.Blocks = uint64(c.Limit / bsize)
+	out.Bfree = uint64(free / bsize)
+	out.Bavail = out.Bfree
+	out.Ffree = out.Bfree
+	out.Files = uint64(c.Entries) + out.Ffree
 	return 0
 }
 

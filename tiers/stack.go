@@ -686,7 +686,7 @@ func (s *Stack) Stats() Stats {
 		ts.Listings, ts.ListedMisses = s.absent.counts(l)
 		if u, ok := l.Tier.(UsageReporter); ok {
 			us := u.Usage()
-			ts.Entries, ts.Bytes, ts.Limit, ts.Evictions, ts.DiskBytes = us.Entries, us.Bytes, us.Limit, us.Evictions, us.DiskBytes
+			ts.Entries, ts.Bytes, ts.Limit, ts.Evictions, ts.DiskBytes, ts.DiskFree = us.Entries, us.Bytes, us.Limit, us.Evictions, us.DiskBytes, us.DiskFree
 		}
 		st.Tiers = append(st.Tiers, ts)
 	}

@@ -96,6 +96,7 @@ type TierStats struct {
 	Bytes       int64  `json:"bytes"`
 	Limit       int64  `json:"limit"`
 	DiskBytes   int64  `json:"disk_bytes,omitempty"`
+	DiskFree    int64  `json:"disk_free,omitempty"`
 	// Listings of a remote tier made to answer misses (absence snapshots),
 	// and the misses they answered without a round trip.
 	Listings     int64 `json:"listings,omitempty"`

@@ -177,6 +177,7 @@ type Usage struct {
 	Limit     int64 // 0: unbounded
 	Evictions int64
 	DiskBytes int64 // bytes on disk, where there is a disk
+	DiskFree  int64 // bytes the disk holding it has free for it, where known
 }
 
 // UsageReporter is implemented by tiers that know their fill.

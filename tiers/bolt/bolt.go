@@ -390,7 +390,9 @@ func (t *Tier) Name() string { return t.name }
 // Path returns the database file's path.
 func (t *Tier) Path() string { return t.path }
 
-// Usage reports the tier's fill. DiskBytes is the size of the file.
+// Usage reports the tier's fill. DiskBytes is the size of the file,
+// DiskFree what an unprivileged writer may still add to the filesystem
+// that holds it.
 func (t *Tier) Usage() tiers.Usage {
 	u := tiers.Usage{
 		Entries:   t.entries.Load(),
@@ -400,6 +402,10 @@ func (t *Tier) Usage() tiers.Usage {
 	}
 	if fi, err := os.Stat(t.path); err == nil {
 		u.DiskBytes = fi.Size()
+	}
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(filepath.Dir(t.path), &fs); err == nil {
+		u.DiskFree = int64(fs.Bavail) * fs.Bsize
 	}
 	return u
 }

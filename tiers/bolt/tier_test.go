@@ -66,6 +66,14 @@ func checkUsage(t testing.TB, tr *Tier) {
 	if u.Limit > 0 && u.Bytes > u.Limit {
 		t.Fatalf("usage %+v is over the limit", u)
 	}
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(filepath.Dir(tr.path), &fs); err != nil {
+		t.Fatal(err)
+	}
+	// What df says of the disk, give or take what it gained or lost since.
+	if disk := int64(fs.Bavail) * fs.Bsize; u.DiskFree <= 0 || u.DiskFree > disk+64<<20 || u.DiskFree < disk-64<<20 {
+		t.Fatalf("usage says %d bytes free on the disk, statfs %d", u.DiskFree, disk)
+	}
 }
 
 func TestEviction(t *testing.T) {
