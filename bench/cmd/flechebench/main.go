@@ -220,14 +220,35 @@ func loadavg() string {
 // otherwise shares the machine with their writeback and exiting daemons
 // (the first client of a run read the 512 MiB file at 216-240 MiB/s in full
 // runs, 326-374 in runs of it alone). It returns how long it waited.
+// stealMeter measures the share of the machine's CPU time the hypervisor
+// took (steal) between its start and Percent. On the project's VMs it
+// explains a good part of the swings between runs, so the bench records it
+// beside every client's figures.
+type stealMeter struct{ steal, total uint64 }
+
+func startSteal() stealMeter {
+	_, st, tot, _ := cpuTimes()
+	return stealMeter{st, tot}
+}
+
+// Percent is the steal share since start, or -1 when /proc/stat is not
+// readable.
+func (m stealMeter) Percent() float64 {
+	_, st, tot, ok := cpuTimes()
+	if !ok || tot <= m.total {
+		return -1
+	}
+	return 100 * float64(st-m.steal) / float64(tot-m.total)
+}
+
 func quiesce() time.Duration {
 	start := time.Now()
 	syscall.Sync()
 	deadline := start.Add(5 * time.Second)
-	prevIdle, prevTotal, ok := cpuTimes()
+	prevIdle, _, prevTotal, ok := cpuTimes()
 	for ok && time.Now().Before(deadline) {
 		time.Sleep(200 * time.Millisecond)
-		idle, total, ok2 := cpuTimes()
+		idle, _, total, ok2 := cpuTimes()
 		if !ok2 {
 			break
 		}
@@ -239,26 +260,30 @@ func quiesce() time.Duration {
 	return time.Since(start)
 }
 
-// cpuTimes returns the idle (with iowait) and total jiffies of /proc/stat.
-func cpuTimes() (idle, total uint64, ok bool) {
+// cpuTimes returns the idle (with iowait), steal and total jiffies of
+// /proc/stat. Steal is time the hypervisor gave this VM's CPUs to others.
+func cpuTimes() (idle, steal, total uint64, ok bool) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
 	line, _, _ := strings.Cut(string(b), "\n")
 	f := strings.Fields(line)
 	if len(f) < 6 || f[0] != "cpu" {
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
 	for i, s := range f[1:] {
 		v, err := strconv.ParseUint(s, 10, 64)
 		if err != nil {
-			return 0, 0, false
+			return 0, 0, 0, false
 		}
 		total += v
-		if i == 3 || i == 4 { // idle, iowait
+		switch i {
+		case 3, 4: // idle, iowait
 			idle += v
+		case 7:
+			steal += v
 		}
 	}
-	return idle, total, true
+	return idle, steal, total, true
 }

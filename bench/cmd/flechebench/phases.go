@@ -45,23 +45,37 @@ func (b *bench) mainPhase() error {
 			if d := quiesce(); d > 4*time.Second {
 				b.logf("repeat %d: the machine was still busy after %v; measuring %s anyway", r+1, d.Round(time.Millisecond), c.name())
 			}
-			t := time.Now()
+			t, sm := time.Now(), startSteal()
 			if err := b.oneClient(c, r); err != nil {
 				c.stop()
 				return err
 			}
-			b.logf("repeat %d: %s done in %v", r+1, c.name(), time.Since(t).Round(time.Millisecond))
+			steal := b.noteSteal(c.name(), sm)
+			b.logf("repeat %d: %s done in %v (steal %s)", r+1, c.name(), time.Since(t).Round(time.Millisecond), steal)
 		}
 		if want["sftp"] {
 			quiesce()
-			t := time.Now()
+			t, sm := time.Now(), startSteal()
 			if err := b.sftpAll(); err != nil {
 				return err
 			}
-			b.logf("repeat %d: sftp done in %v", r+1, time.Since(t).Round(time.Millisecond))
+			steal := b.noteSteal("sftp", sm)
+			b.logf("repeat %d: sftp done in %v (steal %s)", r+1, time.Since(t).Round(time.Millisecond), steal)
 		}
 	}
 	return nil
+}
+
+// noteSteal records, as the client's machine.steal figure, the share of
+// CPU time the hypervisor took while the client was measured, and returns
+// it for the log.
+func (b *bench) noteSteal(client string, sm stealMeter) string {
+	p := sm.Percent()
+	if p < 0 {
+		return "unknown"
+	}
+	b.res.add(client, "machine.steal", "%", p)
+	return fmt.Sprintf("%.0f%%", p)
 }
 
 func (b *bench) oneClient(c client, repeat int) error {
