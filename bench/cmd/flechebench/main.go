@@ -214,16 +214,10 @@ func loadavg() string {
 	return strings.Join(f[:3], " ")
 }
 
-// quiesce flushes dirty pages and waits, at most 5 s, until the machine
-// has been nearly idle (at least 90% of its CPU time) for 200 ms: a client
-// measured right after the dataset's generation or another client's writes
-// otherwise shares the machine with their writeback and exiting daemons
-// (the first client of a run read the 512 MiB file at 216-240 MiB/s in full
-// runs, 326-374 in runs of it alone). It returns how long it waited.
 // stealMeter measures the share of the machine's CPU time the hypervisor
-// took (steal) between its start and Percent. On the project's VMs it
-// explains a good part of the swings between runs, so the bench records it
-// beside every client's figures.
+// took (steal) between its start and Percent. On the project's VMs it went
+// from 1% to 25% within a minute, so the bench records it beside every
+// client's figures.
 type stealMeter struct{ steal, total uint64 }
 
 func startSteal() stealMeter {
@@ -241,6 +235,12 @@ func (m stealMeter) Percent() float64 {
 	return 100 * float64(st-m.steal) / float64(tot-m.total)
 }
 
+// quiesce flushes dirty pages and waits, at most 5 s, until the machine
+// has been nearly idle (at least 90% of its CPU time) for 200 ms: a client
+// measured right after the dataset's generation or another client's writes
+// otherwise shares the machine with their writeback and exiting daemons
+// (the first client of a run read the 512 MiB file at 216-240 MiB/s in full
+// runs, 326-374 in runs of it alone). It returns how long it waited.
 func quiesce() time.Duration {
 	start := time.Now()
 	syscall.Sync()
