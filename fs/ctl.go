@@ -119,7 +119,7 @@ func (b bytesHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 }
 
 func (r *root) statsJSON() ([]byte, error) {
-	b, err := json.MarshalIndent(r.st.Stats(), "", "  ")
+	b, err := json.MarshalIndent(MountStats{Stats: r.st.Stats(), Writes: r.counts.snapshot(r.scratch.len())}, "", "  ")
 	return append(b, '\n'), err
 }
 

@@ -40,13 +40,13 @@ func TestUndurablePruned(t *testing.T) {
 	key := func(i int) digest.Key { return digest.MustParse(fmt.Sprintf("%064x", i+1)) }
 	st.fail = key(3)
 	for i := range undurablePrune - 1 {
-		r.doneWriting(key(i), true)
+		r.settled(key(i), true)
 	}
 	time.Sleep(10 * time.Millisecond)
 	if n := st.calls.Load(); n != 0 {
 		t.Fatalf("%d WaitPersisted calls before undurablePrune publishes", n)
 	}
-	r.doneWriting(key(undurablePrune-1), true)
+	r.settled(key(undurablePrune-1), true)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		r.mu.Lock()

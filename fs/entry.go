@@ -73,10 +73,22 @@ func (n *entryNode) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.
 	return 0
 }
 
-// Open opens the entry for reading. Any intent to write is EACCES.
+// Open opens the entry for reading. An open for writing with O_CREAT
+// (a writer that found the key absent and lost the race, a rerun of rsync
+// --inplace) gets a shadow write handle whose value is dropped at close:
+// first writer wins, and the writer does not fail. Without O_CREAT, an
+// intent to write is EACCES.
 func (n *entryNode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&(syscall.O_TRUNC|syscall.O_APPEND) != 0 {
-		return nil, 0, syscall.EACCES
+		if flags&syscall.O_ACCMODE == syscall.O_RDONLY {
+			return nil, 0, syscall.EACCES
+		}
+		if pid, ok := callerPid(ctx); !ok || !openCreates(pid) {
+			return nil, 0, syscall.EACCES
+		}
+		// Direct I/O: the shadow's writes never reach the entry's
+		// page cache, which other readers share.
+		return newWriteHandle(ctx, n.r, n.key, true), fuse.FOPEN_DIRECT_IO, 0
 	}
 	rd, err := n.r.st.Open(uninterrupted(ctx), n.key)
 	if err != nil {
@@ -119,11 +131,36 @@ func (n *entryNode) listedAs(info tiers.Info) bool {
 // error then says the copy failed when it did not (Python's shutil.copy
 // and copy2 raised PermissionError, `cp -p` exited 1, `mv` from another
 // filesystem complained). The reply has the entry's real attributes.
+//
+// A size given through a shadow write handle (ftruncate) applies to the
+// shadow's value, and so does the truncate to 0 of its open(O_TRUNC),
+// which the kernel sends after the open without the handle; the reply
+// keeps the entry's size, so the kernel keeps its pages.
 func (n *entryNode) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if _, ok := in.GetSize(); ok {
-		return syscall.EPERM
+	if size, ok := in.GetSize(); ok {
+		h, shadow := f.(*writeHandle)
+		switch {
+		case shadow:
+			h.mu.Lock()
+			errno := h.truncateLocked(int64(size))
+			h.mu.Unlock()
+			if errno != 0 {
+				return errno
+			}
+		case size == 0 && n.openTruncate(ctx):
+			// A shadow is empty when opened: nothing to truncate.
+		default:
+			return syscall.EPERM
+		}
 	}
 	return n.Getattr(ctx, f, out)
+}
+
+// openTruncate reports whether the caller is opening this entry with a
+// shadow write handle.
+func (n *entryNode) openTruncate(ctx context.Context) bool {
+	pid, ok := callerPid(ctx)
+	return ok && n.r.writers.shadowOf(n.key, pid)
 }
 
 // Fsync waits until the entry is in the persistent local tier.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -181,4 +182,18 @@ func mustEqual(t testing.TB, got, want []byte) {
 		}
 		t.Fatalf("content differs: got %d bytes, want %d; first difference at %d", len(got), len(want), i)
 	}
+}
+
+// writeStats reads the mount's write counters from .flechefs/stats.
+func (m *testMount) writeStats(t testing.TB) WriteStats {
+	t.Helper()
+	b, err := os.ReadFile(m.path(ctlName + "/stats"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st MountStats
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Writes
 }

@@ -33,6 +33,10 @@ const (
 	// readahead the kernel is asked for at INIT.
 	maxIO = 1 << 20
 
+	// maxBackground is the kernel's limit of background requests (reads
+	// ahead, RELEASE) in flight.
+	maxBackground = 256
+
 	// DefaultUploadWhileWriting is Options.UploadWhileWriting's default.
 	DefaultUploadWhileWriting = 8 << 20
 )
@@ -68,6 +72,11 @@ type Options struct {
 	// before it is published (default 8 MiB; negative: uploads start at
 	// publish). See doc.go, "Spool".
 	UploadWhileWriting int64
+	// PublishFailed publishes a value even when a process holding its file
+	// exited with a non-zero status. By default such a value is dropped,
+	// as make's .DELETE_ON_ERROR does: "./simulate > f" that fails midway
+	// must not leave its partial output cached for good (see doc.go).
+	PublishFailed bool
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -186,6 +195,11 @@ func mount(mountpoint string, st stack, opt Options) (*Server, error) {
 			// still prepares a pipe for every READ reply, and warns when
 			// a 1 MiB reply does not fit in one.
 			DisableSplice: true,
+			// RELEASE, which publishes a value, is a background request:
+			// the kernel queues it behind MaxBackground others (12 by
+			// default, and slow remote reads hold slots), and lookups of
+			// the name wait for it.
+			MaxBackground: maxBackground,
 			Debug:         opt.Debug,
 			// go-fuse's request trace when Debug (so it shows at the
 			// default level), its rare complaints otherwise.

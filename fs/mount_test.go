@@ -195,7 +195,44 @@ func TestInvisibleUntilClose(t *testing.T) {
 	}
 }
 
-func TestWriteAfterPublishIsEIO(t *testing.T) {
+// TestPublishAtLastClose: closing one descriptor of the open file (a dup,
+// an inherited copy) publishes nothing; the last close does, with every
+// byte written through any of them.
+func TestPublishAtLastClose(t *testing.T) {
+	m := mountT(t, Options{})
+	p := m.path(newKey())
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := syscall.Dup(int(f.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := syscall.Write(fd, []byte("first ")); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Close(fd); err != nil {
+		t.Fatalf("close of dup: %v", err)
+	}
+	if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("visible after the close of a dup: %v", err)
+	}
+	if _, err := f.Write([]byte("second")); err != nil {
+		t.Fatalf("write after the close of a dup: %v", err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// No sleep: the lookup waits for the RELEASE the close queued.
+	if got, err := os.ReadFile(p); err != nil || string(got) != "first second" {
+		t.Fatalf("content %q, %v", got, err)
+	}
+}
+
+// TestWriteAfterFsyncIsEIO: fsync of a write descriptor publishes at once;
+// later writes fail.
+func TestWriteAfterFsyncIsEIO(t *testing.T) {
 	m := mountT(t, Options{})
 	p := m.path(newKey())
 	f, err := os.Create(p)
@@ -203,19 +240,20 @@ func TestWriteAfterPublishIsEIO(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	// A duplicate descriptor: closing it publishes.
-	fd, err := syscall.Dup(int(f.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
 	if _, err := f.Write([]byte("first")); err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Close(fd); err != nil {
-		t.Fatalf("close of dup: %v", err)
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(p); err != nil || string(got) != "first" {
+		t.Fatalf("after fsync, before close: %q, %v", got, err)
 	}
 	if _, err := f.Write([]byte("second")); !errors.Is(err, syscall.EIO) {
-		t.Fatalf("write after publish: %v, want EIO", err)
+		t.Fatalf("write after fsync: %v, want EIO", err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatalf("close after fsync: %v", err)
 	}
 	if got, err := os.ReadFile(p); err != nil || string(got) != "first" {
 		t.Fatalf("content %q, %v", got, err)
@@ -237,14 +275,20 @@ func TestRefusals(t *testing.T) {
 	}
 	_, err := os.OpenFile(pub, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	is("O_EXCL of a published entry", err, syscall.EEXIST)
-	for _, fl := range []int{os.O_WRONLY, os.O_RDWR, os.O_WRONLY | os.O_TRUNC, os.O_WRONLY | os.O_CREATE | os.O_TRUNC, os.O_RDONLY | os.O_APPEND} {
+	for _, fl := range []int{os.O_WRONLY, os.O_RDWR, os.O_WRONLY | os.O_TRUNC, os.O_RDONLY | os.O_APPEND} {
 		_, err := os.OpenFile(pub, fl, 0)
 		is(fmt.Sprintf("open(published, %#x)", fl), err, syscall.EACCES)
 	}
-	_, err = os.Create(m.path("not-a-key"))
-	is("create invalid name", err, syscall.EINVAL)
-	_, err = os.Create(m.path(strings.ToUpper(newKey())))
-	is("create uppercase name", err, syscall.EINVAL)
+	// With O_CREAT: a writer that lost the race; its value is dropped.
+	for _, fl := range []int{os.O_WRONLY | os.O_CREATE | os.O_TRUNC, os.O_RDWR | os.O_CREATE, os.O_WRONLY | os.O_CREATE | os.O_APPEND} {
+		f, err := os.OpenFile(pub, fl, 0o644)
+		is(fmt.Sprintf("open(published, %#x)", fl), err, nil)
+		if err == nil {
+			_, err = f.Write([]byte("loser's value"))
+			is(fmt.Sprintf("write through open(published, %#x)", fl), err, nil)
+			is(fmt.Sprintf("close of open(published, %#x)", fl), f.Close(), nil)
+		}
+	}
 	for _, bad := range []string{"ABCDEF0123456789", "abc", "0123456789abcdeg", strings.ToUpper(filepath.Base(pub))} {
 		_, err := os.Stat(m.path(bad))
 		is("stat "+bad, err, syscall.ENOENT)
@@ -252,7 +296,8 @@ func TestRefusals(t *testing.T) {
 	is("mkdir", os.Mkdir(fresh, 0o755), syscall.EPERM)
 	is("symlink", os.Symlink(pub, fresh), syscall.EPERM)
 	is("link", os.Link(pub, fresh), syscall.EPERM)
-	is("rename", os.Rename(pub, fresh), syscall.EPERM)
+	is("rename into .flechefs", os.Rename(pub, m.path(ctlName+"/"+newKey())), syscall.EPERM)
+	is("rename of .flechefs", os.Rename(m.path(ctlName), fresh), syscall.EPERM)
 	is("mknod", syscall.Mknod(fresh, syscall.S_IFIFO|0o644, 0), syscall.EPERM)
 	before, err := os.Stat(pub)
 	if err != nil {
@@ -680,32 +725,44 @@ func TestPublishErrors(t *testing.T) {
 	}
 	m := mountStack(t, fs, Options{})
 	for _, c := range []struct {
-		err     error
-		want    error // from close
-		visible bool
+		err  error
+		want error // from fsync
 	}{
-		{tiers.ErrNoSpace, syscall.ENOSPC, false},
-		{tiers.ErrReadOnly, syscall.EROFS, false},
-		{tiers.ErrExist, nil, false}, // another writer won: close succeeds
+		{tiers.ErrNoSpace, syscall.ENOSPC},
+		{tiers.ErrReadOnly, syscall.EROFS},
+		{tiers.ErrExist, nil}, // another writer won: fsync succeeds
 	} {
 		failMu.Lock()
 		fail = c.err
 		failMu.Unlock()
-		p := m.path(newKey())
-		f, err := os.Create(p)
-		if err != nil {
-			t.Fatal(err)
+		for _, fsync := range []bool{true, false} {
+			p := m.path(newKey())
+			f, err := os.Create(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.Write([]byte("data")); err != nil {
+				t.Fatal(err)
+			}
+			if fsync {
+				err = f.Sync()
+				if (c.want == nil && err != nil) || (c.want != nil && !errors.Is(err, c.want)) {
+					t.Errorf("publish failing with %v: fsync = %v, want %v", c.err, err, c.want)
+				}
+			}
+			// The last close does not wait for the publish: nobody
+			// would hear its error (it is logged and counted).
+			if err := f.Close(); err != nil && !fsync {
+				t.Errorf("publish failing with %v: close = %v", c.err, err)
+			}
+			if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("publish failing with %v: stat = %v", c.err, err)
+			}
 		}
-		if _, err := f.Write([]byte("data")); err != nil {
-			t.Fatal(err)
-		}
-		err = f.Close()
-		if (c.want == nil && err != nil) || (c.want != nil && !errors.Is(err, c.want)) {
-			t.Errorf("publish failing with %v: close = %v, want %v", c.err, err, c.want)
-		}
-		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("publish failing with %v: stat = %v", c.err, err)
-		}
+	}
+	w := m.writeStats(t)
+	if w.Dropped.PublishError != 4 || w.Dropped.Exists != 2 || w.Published != 0 {
+		t.Errorf("write counters %+v, want 4 publish errors, 2 existing, 0 published", w)
 	}
 }
 

@@ -23,35 +23,51 @@ func callerPid(ctx context.Context) (uint32, bool) {
 // pfExiting is the kernel's PF_EXITING task flag.
 const pfExiting = 0x4
 
-// killedBySignal reports whether task pid is exiting because a signal killed
-// it. The kernel sets PF_EXITING and the exit code before it closes a dying
-// task's files, so a FLUSH sent by that close can tell: the low 7 bits of
-// the exit code are the killing signal (0 for exit(2)). Best effort: any
-// trouble reading /proc says "not killed".
-func killedBySignal(pid uint32) bool {
+// exit says how a task that sent a FLUSH is ending.
+type exit int
+
+const (
+	notExiting exit = iota // alive (or unknown)
+	exitedOK               // exit(0)
+	exitFailed             // exit(n), n != 0
+	exitKilled             // killed by a signal
+)
+
+// exitOf reports whether task pid is exiting, and how. The kernel sets
+// PF_EXITING and the exit code before it closes a dying task's files, so a
+// FLUSH sent by that close can tell: the exit code is in waitpid's form,
+// its low 7 bits the killing signal, the next 8 the exit status. Best
+// effort: any trouble reading /proc says "not exiting".
+func exitOf(pid uint32) exit {
 	var buf [1024]byte
 	n, ok := procStat.read(pid, buf[:])
 	if !ok {
-		return false
+		return notExiting
 	}
 	b := buf[:n]
 	// Fields after the command name, which may contain spaces and ')'.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return false
+		return notExiting
 	}
 	f := bytes.Fields(b[i+1:])
 	// f[0] is field 3 (state); flags is field 9, exit_code field 52.
 	const flagsIdx, exitIdx = 9 - 3, 52 - 3
 	if len(f) <= exitIdx {
-		return false
+		return notExiting
 	}
 	flags, err1 := strconv.ParseUint(string(f[flagsIdx]), 10, 64)
 	code, err2 := strconv.ParseInt(string(f[exitIdx]), 10, 64)
-	if err1 != nil || err2 != nil {
-		return false
+	if err1 != nil || err2 != nil || flags&pfExiting == 0 {
+		return notExiting
 	}
-	return flags&pfExiting != 0 && code&0x7f != 0
+	switch {
+	case code&0x7f != 0:
+		return exitKilled
+	case code != 0:
+		return exitFailed
+	}
+	return exitedOK
 }
 
 // procStat keeps /proc/<pid>/stat open for the last few callers: a program

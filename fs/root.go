@@ -56,10 +56,14 @@ type root struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	// writers holds the write handles not yet ended, per key.
+	writers *pendingWrites
+	// scratch holds the scratch files (names that are not keys).
+	scratch *scratchFiles
+	// counts are the mount's write counters (.flechefs/stats "writes").
+	counts writeCounters
+
 	mu sync.Mutex
-	// writing counts the open write handles per key (the names that must
-	// look absent to lookups until their writer's close).
-	writing map[digest.Key]int
 	// neg is the daemon's negative cache: key -> expiry.
 	neg map[digest.Key]time.Time
 	// epoch is bumped by every publish, unlink and end of a write: a lookup
@@ -74,11 +78,6 @@ type root struct {
 	undurable map[digest.Key]struct{}
 	pruneAt   int
 	pruning   bool
-	// closing holds the keys whose writer was closed before it wrote
-	// anything (touch, os.open(O_CREAT).close()): it publishes an empty
-	// value at RELEASE, which the kernel sends after close(2) returned.
-	// The channel is closed when that writer ends.
-	closing map[digest.Key]chan struct{}
 }
 
 func newRoot(st stack, opt Options) *root {
@@ -88,12 +87,12 @@ func newRoot(st stack, opt Options) *root {
 		owner:   fuse.Owner{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())},
 		started: time.Now(),
 		ctx:     ctx, cancel: cancel,
-		writing:   map[digest.Key]int{},
+		writers:   newPendingWrites(),
+		scratch:   newScratchFiles(),
 		neg:       map[digest.Key]time.Time{},
 		live:      map[uint64]digest.Key{},
 		undurable: map[digest.Key]struct{}{},
 		pruneAt:   undurablePrune,
-		closing:   map[digest.Key]chan struct{}{},
 	}
 }
 
@@ -208,10 +207,13 @@ func (r *root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fu
 	}
 	k, err := digest.Parse(name)
 	if err != nil {
+		if sf := r.scratch.get(name); sf != nil {
+			return r.scratchInode(ctx, sf, out), 0
+		}
 		out.SetEntryTimeout(r.opt.NegativeTTL)
 		return nil, syscall.ENOENT
 	}
-	r.waitClosing(k)
+	r.writers.wait(k)
 	r.mu.Lock()
 	epoch := r.epoch
 	if exp, ok := r.neg[k]; ok {
@@ -263,7 +265,7 @@ func (r *root) missed(k digest.Key, epoch uint64, ttl time.Duration) time.Durati
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.epoch != epoch || r.writing[k] > 0 {
+	if r.epoch != epoch || r.writers.writing(k) {
 		return 0
 	}
 	now := time.Now()
@@ -288,37 +290,41 @@ func (r *root) pruneNegLocked(now time.Time) {
 	}
 }
 
-// Create starts a write handle for a new entry. The inode it returns is the
-// writer's own, with zero timeouts, distinct from the published entry's
-// inode: other processes' lookups miss until the writer's close publishes.
+// Create starts a write handle for a new entry, or a scratch file for a
+// name that is not a key. The inode it returns is the writer's own, with
+// zero timeouts, distinct from the published entry's inode: other
+// processes' lookups miss until the value is published.
+//
+// Without O_EXCL the name is not looked up: if the key exists, or another
+// writer publishes it first, this value is dropped at its last close (first
+// writer wins), and the open succeeds whichever way the race went.
 func (r *root) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
 	k, err := digest.Parse(name)
 	if err != nil {
-		return nil, nil, 0, syscall.EINVAL
+		if name == ctlName {
+			return nil, nil, 0, syscall.EEXIST
+		}
+		return r.createScratch(ctx, name, flags, mode, out)
 	}
-	// The kernel looked the name up just before (or holds a negative
-	// entry no older than NegativeTTL). If this daemon recorded that miss
-	// within NegativeTTL, the name is known absent as surely as the kernel
-	// knows it, and a remote Stat per create is saved. A key published
-	// elsewhere meanwhile is caught by Publish (ErrExist: first writer wins).
-	r.mu.Lock()
-	exp, ok := r.neg[k]
-	recentMiss := ok && time.Now().Before(exp)
-	r.mu.Unlock()
-	if !recentMiss {
+	r.writers.wait(k)
+	if flags&syscall.O_EXCL != 0 && !r.recentMiss(k) {
+		// A miss this daemon recorded within NegativeTTL is as sure as
+		// the kernel's negative entry that sent this create, and saves a
+		// remote Stat per lock file. A key published elsewhere meanwhile
+		// is caught by Publish (ErrExist: first writer wins).
 		if _, err := r.st.Stat(uninterrupted(ctx), k); err == nil {
+			r.settled(k, false) // the kernel drops its negative entry too
 			return nil, nil, 0, syscall.EEXIST
 		} else if !errors.Is(err, tiers.ErrNotFound) {
 			return nil, nil, 0, r.errno(err)
 		}
 	}
+	h := newWriteHandle(ctx, r, k, false)
 	r.mu.Lock()
-	r.writing[k]++
 	delete(r.neg, k)
 	r.epoch++
 	r.mu.Unlock()
 
-	h := newWriteHandle(r, k)
 	h.attr(&out.Attr)
 	out.SetEntryTimeout(0)
 	out.SetAttrTimeout(0)
@@ -328,15 +334,60 @@ func (r *root) Create(ctx context.Context, name string, flags uint32, mode uint3
 	return ch, h, fuse.FOPEN_DIRECT_IO, 0
 }
 
-// doneWriting ends a write handle's claim on k. published says the handle's
-// value became k's value; then the key is tracked until it is durable.
-func (r *root) doneWriting(k digest.Key, published bool) {
+// recentMiss reports whether this daemon saw k missing within NegativeTTL.
+func (r *root) recentMiss(k digest.Key) bool {
 	r.mu.Lock()
-	if r.writing[k] <= 1 {
-		delete(r.writing, k)
+	defer r.mu.Unlock()
+	exp, ok := r.neg[k]
+	return ok && time.Now().Before(exp)
+}
+
+// publish hands a finished spool to the stack as k's value. hash is the
+// running hash of sequential writes (nil: hash the spool now); early is the
+// upload begun while writing (nil: none). won is false when k had a value
+// already (first writer wins): this one is dropped. The spool is the
+// stack's (or closed) afterwards, whatever happens.
+func (r *root) publish(ctx context.Context, k digest.Key, sp *spool, hash *runningHash, early *tiers.EarlyUpload) (won bool, err error) {
+	var sum digest.Sum
+	if hash != nil {
+		sum, err = hash.sum()
 	} else {
-		r.writing[k]--
+		sum, err = sp.sum()
 	}
+	if err != nil {
+		if early != nil {
+			early.Abort()
+		}
+		if hash != nil {
+			hash.drop()
+		}
+		sp.close()
+		return false, err
+	}
+	// Not cancelled by an interrupt: a publish, once begun, ends.
+	_, err = r.st.Publish(context.WithoutCancel(ctx), k, sp.blob(early), sum)
+	switch {
+	case err == nil:
+		r.counts.published.Add(1)
+		return true, nil
+	case errors.Is(err, tiers.ErrExist):
+		return false, nil
+	}
+	return false, err
+}
+
+// doneWriting ends a write handle's claim on its key. published says the
+// handle's value became the key's value; then the key is tracked until it
+// is durable.
+func (r *root) doneWriting(h *writeHandle, published bool) {
+	r.writers.remove(h)
+	r.settled(h.key, published)
+}
+
+// settled records that a write of k ended: a cached miss of k is stale, and
+// a published value is tracked until it is durable.
+func (r *root) settled(k digest.Key, published bool) {
+	r.mu.Lock()
 	delete(r.neg, k)
 	r.epoch++
 	prune := false
@@ -345,10 +396,6 @@ func (r *root) doneWriting(k digest.Key, published bool) {
 		if len(r.undurable) >= r.pruneAt && !r.pruning {
 			r.pruning, prune = true, true
 		}
-	}
-	if c, ok := r.closing[k]; ok {
-		close(c)
-		delete(r.closing, k)
 	}
 	r.mu.Unlock()
 	if prune {
@@ -411,9 +458,9 @@ func (r *root) Unlink(ctx context.Context, name string) syscall.Errno {
 	}
 	k, err := digest.Parse(name)
 	if err != nil {
-		return syscall.ENOENT
+		return r.scratch.unlink(name)
 	}
-	r.waitClosing(k)
+	r.writers.wait(k)
 	// A delete that has begun is finished even if the caller is interrupted.
 	err = r.st.Delete(context.WithoutCancel(ctx), k)
 	r.mu.Lock()
@@ -479,14 +526,134 @@ func (r *root) Link(ctx context.Context, target fusefs.InodeEmbedder, name strin
 	return nil, syscall.EPERM
 }
 
+// Rename moves a name within the root (see doc.go, "Renames"):
+//
+//   - a scratch file to a key publishes its bytes under the key (if the key
+//     has a value, the rename succeeds and that value stays);
+//   - a scratch file to another name that is not a key renames it;
+//   - an entry to another key gives that key the entry's value and deletes
+//     the entry;
+//   - an entry to a name that is not a key is EXDEV (mv then copies).
+//
+// RENAME_NOREPLACE is EEXIST when the target exists; RENAME_EXCHANGE and
+// renames into .flechefs are refused.
 func (r *root) Rename(ctx context.Context, name string, newParent fusefs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
-	return syscall.EPERM
+	if newParent.EmbeddedInode() != r.EmbeddedInode() || name == ctlName || newName == ctlName {
+		return syscall.EPERM
+	}
+	if flags&^uint32(renameNoReplace) != 0 {
+		return syscall.EINVAL
+	}
+	noReplace := flags&renameNoReplace != 0
+	src, srcErr := digest.Parse(name)
+	dst, dstErr := digest.Parse(newName)
+	var errno syscall.Errno
+	switch {
+	case srcErr != nil && dstErr != nil:
+		errno = r.renameScratch(name, newName, noReplace)
+	case srcErr != nil:
+		errno = r.publishRenamed(ctx, name, dst, noReplace)
+	case dstErr != nil:
+		return syscall.EXDEV
+	default:
+		errno = r.renameEntry(ctx, src, dst, noReplace)
+	}
+	if errno == 0 {
+		// The kernel moves its dentry: newName now names the source's
+		// inode, an entry's with a long timeout. Invalidate it once the
+		// rename is done (the kernel holds the directory's lock until
+		// then, and this waits for it), so the next lookup finds the
+		// published value's own inode.
+		go r.NotifyEntry(newName)
+	}
+	return errno
+}
+
+// renameNoReplace is RENAME_NOREPLACE of renameat2(2).
+const renameNoReplace = 1
+
+func (r *root) renameScratch(name, newName string, noReplace bool) syscall.Errno {
+	if noReplace && r.scratch.get(newName) != nil {
+		return syscall.EEXIST
+	}
+	f := r.scratch.take(name)
+	if f == nil {
+		return syscall.ENOENT
+	}
+	r.scratch.put(newName, f)
+	return 0
+}
+
+// publishRenamed publishes the scratch file name under k.
+func (r *root) publishRenamed(ctx context.Context, name string, k digest.Key, noReplace bool) syscall.Errno {
+	if r.scratch.get(name) == nil {
+		return syscall.ENOENT
+	}
+	r.writers.wait(k)
+	if noReplace {
+		if errno := r.exists(ctx, k); errno != syscall.ENOENT {
+			return cmp.Or(errno, syscall.EEXIST)
+		}
+	}
+	f := r.scratch.take(name)
+	if f == nil {
+		return syscall.ENOENT
+	}
+	sp := f.takeForKey(k)
+	if sp == nil {
+		return 0 // published at the last close of its open handles
+	}
+	return r.errno(r.publishScratch(ctx, k, sp))
+}
+
+// exists answers 0 when k has a value, ENOENT when not, or the error.
+func (r *root) exists(ctx context.Context, k digest.Key) syscall.Errno {
+	_, err := r.st.Stat(uninterrupted(ctx), k)
+	return r.errno(err)
+}
+
+// renameEntry gives dst the value of src and deletes src.
+func (r *root) renameEntry(ctx context.Context, src, dst digest.Key, noReplace bool) syscall.Errno {
+	r.writers.wait(src)
+	r.writers.wait(dst)
+	if src == dst {
+		return r.exists(ctx, src)
+	}
+	if noReplace {
+		if errno := r.exists(ctx, dst); errno != syscall.ENOENT {
+			return cmp.Or(errno, syscall.EEXIST)
+		}
+	}
+	rd, err := r.st.Open(uninterrupted(ctx), src)
+	if err != nil {
+		return r.errno(err)
+	}
+	sp := newSpool(r.opt.SpoolDir, r.opt.SpoolThreshold)
+	err = sp.readFrom(rd)
+	rd.Close()
+	if err != nil {
+		sp.close()
+		return r.errno(err)
+	}
+	won, err := r.publish(ctx, dst, sp, nil, nil)
+	if err != nil {
+		return r.errno(err)
+	}
+	r.settled(dst, won)
+	err = r.st.Delete(context.WithoutCancel(ctx), src)
+	r.mu.Lock()
+	r.epoch++
+	delete(r.undurable, src)
+	r.mu.Unlock()
+	return r.errno(err)
 }
 
 func (r *root) Rmdir(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
 
+// Setattr of the root (chmod, chown, utimes: tar -x of an archive holding
+// ".", cp -a dir/. mnt/) is accepted and changes nothing, as for entries.
 func (r *root) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	return syscall.EPERM
+	return r.Getattr(ctx, f, out)
 }
 
 func (r *root) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
@@ -514,6 +681,8 @@ type dirHandle struct {
 }
 
 func (d *dirHandle) load(ctx context.Context) syscall.Errno {
+	// A value whose last close has returned is listed.
+	d.r.writers.waitAll()
 	var infos []tiers.Info
 	err := d.r.st.List(ctx, func(i tiers.Info) error {
 		infos = append(infos, i)
@@ -588,36 +757,3 @@ func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 }
 
 func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {}
-
-// closedEmpty records that k's writer was closed before any write.
-func (r *root) closedEmpty(k digest.Key) {
-	r.mu.Lock()
-	if _, ok := r.closing[k]; !ok {
-		r.closing[k] = make(chan struct{})
-	}
-	r.mu.Unlock()
-}
-
-// closingWait bounds how long a lookup or unlink waits for a writer closed
-// before any write to publish at RELEASE. RELEASE comes microseconds after
-// close(2) returns; but a shell's "cmd > f" closes its own descriptor
-// before cmd writes, and a lookup of f meanwhile must not wait for cmd.
-const closingWait = 250 * time.Millisecond
-
-// waitClosing waits (at most closingWait) for the RELEASE of a writer of k
-// that was closed before it wrote: a program that creates an empty file
-// (a lock file) and then looks it up or removes it must find it.
-func (r *root) waitClosing(k digest.Key) {
-	r.mu.Lock()
-	c, ok := r.closing[k]
-	r.mu.Unlock()
-	if !ok {
-		return
-	}
-	t := time.NewTimer(closingWait)
-	defer t.Stop()
-	select {
-	case <-c:
-	case <-t.C:
-	}
-}

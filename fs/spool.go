@@ -125,6 +125,28 @@ func readSpool(mem []byte, f *os.File, size int64, p []byte, off int64) (int, er
 	return n, err
 }
 
+// readFrom appends everything src holds, from offset 0 to EOF.
+func (s *spool) readFrom(src io.ReaderAt) error {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	for off := int64(0); ; {
+		n, err := src.ReadAt(buf, off)
+		if n > 0 {
+			if werr := s.writeAt(buf[:n], s.size); werr != nil {
+				return werr
+			}
+			off += int64(n)
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
 // sum hashes the whole content, for a value not written sequentially.
 func (s *spool) sum() (digest.Sum, error) {
 	h := digest.NewHasher()

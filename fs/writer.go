@@ -2,9 +2,9 @@ package fs
 
 import (
 	"context"
-	"errors"
 	"math"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -73,27 +73,34 @@ type writeState int
 const (
 	stateWriting   writeState = iota
 	statePublished            // handed to the stack (or dropped: another writer won)
-	stateFailed               // publishing failed or was refused; nothing published
+	stateFailed               // dropped or refused; nothing published
 )
 
-// writeHandle spools one value and publishes it at the first close after a
-// write (see doc.go).
+// writeHandle spools one value and publishes it when the last descriptor
+// of its open file is gone (RELEASE), or at fsync (see doc.go).
 type writeHandle struct {
 	r      *root
 	key    digest.Key
 	opened time.Time
+	// shadow: opened on an entry that exists (open(O_CREAT) of a
+	// published name): the handle works, its value is always dropped.
+	shadow bool
+	pid    uint32 // the opener's thread id (0: unknown)
+	// ended is closed when the handle leaves stateWriting.
+	ended chan struct{}
+	// flushedAt is the time of the last FLUSH (unix ns; 0: none yet):
+	// lookups of the name wait for the RELEASE that may follow it.
+	flushedAt atomic.Int64
 
 	mu    sync.Mutex
 	state writeState
-	errno syscall.Errno // stateFailed: what close reports
+	errno syscall.Errno // stateFailed: what close and fsync report
 	sp    *spool        // nil once published or failed
 	size  int64         // the value's size, kept after sp is handed over
 	// hash is the running SHA-256 while every write appended at the end;
 	// nil once a write went elsewhere or the size was changed, and the
 	// value is hashed again at publish.
-	hash        *runningHash
-	written     bool // a write or truncate happened since open
-	wantDurable bool // fsync came before the publish: close waits for durability
+	hash *runningHash
 	// early uploads the value while it is written (nil: none); earlyAt is
 	// the size at which to ask the stack for one.
 	early   *tiers.EarlyUpload
@@ -102,14 +109,21 @@ type writeHandle struct {
 	earlyTimer *time.Timer
 }
 
-func newWriteHandle(r *root, k digest.Key) *writeHandle {
-	return &writeHandle{
-		r: r, key: k, opened: time.Now(),
-		sp:   newSpool(r.opt.SpoolDir, r.opt.SpoolThreshold),
-		hash: newRunningHash(),
+func newWriteHandle(ctx context.Context, r *root, k digest.Key, shadow bool) *writeHandle {
+	pid, _ := callerPid(ctx)
+	h := &writeHandle{
+		r: r, key: k, opened: time.Now(), shadow: shadow, pid: pid,
+		ended: make(chan struct{}),
+		sp:    newSpool(r.opt.SpoolDir, r.opt.SpoolThreshold),
+		hash:  newRunningHash(),
 
 		earlyAt: r.opt.UploadWhileWriting,
 	}
+	if shadow {
+		h.earlyAt = math.MaxInt64 // never uploaded
+	}
+	r.writers.add(h)
+	return h
 }
 
 // attr fills the writer inode's attributes; h.mu held.
@@ -127,7 +141,7 @@ func (h *writeHandle) Write(ctx context.Context, data []byte, off int64) (uint32
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.state != stateWriting {
-		return 0, syscall.EIO
+		return 0, h.endedErrno()
 	}
 	if off < 0 {
 		return 0, syscall.EINVAL
@@ -141,7 +155,7 @@ func (h *writeHandle) Write(ctx context.Context, data []byte, off int64) (uint32
 		// The spool may hold part of data and the writer was told its
 		// value is incomplete: it is never published (see doc.go).
 		errno := h.r.errno(err)
-		h.failLocked(errno)
+		h.failLocked(errno, dropWriteError)
 		return 0, errno
 	}
 	if appending {
@@ -151,26 +165,32 @@ func (h *writeHandle) Write(ctx context.Context, data []byte, off int64) (uint32
 		h.dropHashLocked()
 	}
 	h.size = h.sp.size
-	h.written = true
 	return uint32(len(data)), 0
+}
+
+// endedErrno is what a write, truncate or read of an ended handle gets.
+func (h *writeHandle) endedErrno() syscall.Errno {
+	if h.state == stateFailed && h.errno != 0 {
+		return h.errno
+	}
+	return syscall.EIO
 }
 
 // truncateLocked changes the size of the value being written.
 func (h *writeHandle) truncateLocked(size int64) syscall.Errno {
 	if h.state != stateWriting {
-		return syscall.EIO
+		return h.endedErrno()
 	}
 	if size != h.sp.size {
 		h.abortEarlyLocked()
 		if err := h.sp.truncate(size); err != nil {
 			errno := h.r.errno(err)
-			h.failLocked(errno)
+			h.failLocked(errno, dropWriteError)
 			return errno
 		}
 		h.dropHashLocked()
 	}
 	h.size = size
-	h.written = true
 	return 0
 }
 
@@ -179,7 +199,7 @@ func (h *writeHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.state != stateWriting {
-		return nil, syscall.EIO
+		return nil, h.endedErrno()
 	}
 	n, err := h.sp.readAt(dest, off)
 	if err != nil && n == 0 && off < h.sp.size {
@@ -188,10 +208,13 @@ func (h *writeHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
-// Flush is close(2) of one descriptor of the handle. The first Flush after a
-// write publishes; a Flush before any write (the shell's close after dup2)
-// does nothing. A publish, once begun, is not cancelled by an interrupt:
-// close either publishes or reports why not.
+// Flush is close(2) of one descriptor of the open file. It never
+// publishes: other descriptors (dups, copies inherited by children, the
+// shell's own) may still write. It drops the value when the closing
+// process is dying of a signal, or exiting with a non-zero status unless
+// PublishFailed: the value is likely cut short, and a cache must not keep
+// it. Otherwise it notes the time, so lookups of the name wait for the
+// RELEASE that may follow.
 func (h *writeHandle) Flush(ctx context.Context) syscall.Errno {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -199,28 +222,32 @@ func (h *writeHandle) Flush(ctx context.Context) syscall.Errno {
 	case stateFailed:
 		return h.errno
 	case statePublished:
-		if h.wantDurable {
-			return h.r.errno(h.r.st.WaitDurable(context.WithoutCancel(ctx), h.key))
+		return 0
+	}
+	if h.shadow {
+		return 0
+	}
+	if pid, ok := callerPid(ctx); ok {
+		switch exitOf(pid) {
+		case exitKilled:
+			h.r.log.Info("flechefs: a process holding the file was killed by a signal, value dropped", "key", h.key, "pid", pid)
+			h.failLocked(syscall.EIO, dropKilled)
+			return syscall.EIO
+		case exitFailed:
+			if !h.r.opt.PublishFailed {
+				h.r.log.Info("flechefs: a process holding the file exited with a failure status, value dropped", "key", h.key, "pid", pid)
+				h.failLocked(syscall.EIO, dropFailedExit)
+				return syscall.EIO
+			}
 		}
-		return 0
 	}
-	if pid, ok := callerPid(ctx); ok && killedBySignal(pid) {
-		// A process holding the value is dying of a signal: what it
-		// wrote (or did not write yet) is likely cut short, and a cache
-		// must not keep a partial result, nor an empty one at release.
-		h.r.log.Info("flechefs: writer killed by a signal, value dropped", "key", h.key, "pid", pid)
-		h.failLocked(syscall.EIO)
-		return syscall.EIO
-	}
-	if !h.written {
-		h.r.closedEmpty(h.key)
-		return 0
-	}
-	return h.publishLocked(ctx)
+	h.flushedAt.Store(time.Now().UnixNano())
+	return 0
 }
 
-// Fsync before the publish asks the publishing close to wait until the
-// value is durable; after it, it waits now.
+// Fsync publishes the value now and waits until it is durable, returning
+// any error: later writes through the open file fail with EIO. After the
+// publish it waits for durability again.
 func (h *writeHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	h.mu.Lock()
 	switch h.state {
@@ -228,74 +255,68 @@ func (h *writeHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 		defer h.mu.Unlock()
 		return h.errno
 	case stateWriting:
-		defer h.mu.Unlock()
-		h.wantDurable = true
-		return 0
+		if h.shadow {
+			h.mu.Unlock()
+			return 0
+		}
+		if errno := h.publishLocked(ctx); errno != 0 || h.state != statePublished {
+			h.mu.Unlock()
+			return errno
+		}
 	}
 	h.mu.Unlock()
 	return h.r.errno(h.r.st.WaitDurable(ctx, h.key))
 }
 
-// Release is the last close of the handle. A handle that was never flushed
-// after a write (no write at all: touch, ": > f") publishes here, so an
-// empty entry appears slightly after close returns.
+// Release is the last close of the open file: the value is published
+// now, unless it was dropped. Nobody waits for the answer, so an error is
+// logged and counted (see doc.go).
 func (h *writeHandle) Release(ctx context.Context) syscall.Errno {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.state == stateWriting {
-		if errno := h.publishLocked(ctx); errno != 0 {
-			h.r.log.Warn("flechefs: publish at release failed", "key", h.key, "errno", errno)
-		}
+	if h.state != stateWriting {
+		return 0
+	}
+	if h.shadow {
+		h.failLocked(0, dropExists)
+		return 0
+	}
+	if errno := h.publishLocked(ctx); errno != 0 {
+		h.r.log.Warn("flechefs: publish at the last close failed, value dropped", "key", h.key, "errno", errno)
 	}
 	return 0
 }
 
 // publishLocked hands the spool to the stack. ErrExist (another writer
-// published the key first) counts as success: the name holds a complete
-// value, and the stack counts the dropped one.
+// published the key first) is not an error: the name holds a complete
+// value, and the dropped one is counted.
 func (h *writeHandle) publishLocked(ctx context.Context) syscall.Errno {
-	var sum digest.Sum
-	var err error
-	if h.hash != nil {
-		sum, err = h.hash.sum()
-	} else {
-		sum, err = h.sp.sum()
+	if h.earlyTimer != nil {
+		h.earlyTimer.Stop()
 	}
-	if err != nil {
-		errno := h.r.errno(err)
-		h.failLocked(errno)
-		return errno
-	}
-	b := h.sp.blob(h.early)
+	sp, hash, early := h.sp, h.hash, h.early
 	h.sp, h.hash, h.early = nil, nil, nil
-	_, err = h.r.st.Publish(context.WithoutCancel(ctx), h.key, b, sum)
+	won, err := h.r.publish(ctx, h.key, sp, hash, early)
 	switch {
-	case err == nil:
-		h.state = statePublished
-		h.r.doneWriting(h.key, true)
-	case errors.Is(err, tiers.ErrExist):
-		h.state = statePublished
-		h.r.doneWriting(h.key, false)
-		h.r.log.Debug("flechefs: key published by another writer first, value dropped", "key", h.key)
-	default:
+	case err != nil:
 		errno := h.r.errno(err)
-		h.failLocked(errno)
+		h.failLocked(errno, dropPublishError)
 		return errno
+	case !won:
+		h.failLocked(0, dropExists)
+		h.r.log.Debug("flechefs: key published by another writer first, value dropped", "key", h.key)
+		return 0
 	}
-	if h.wantDurable {
-		return h.r.errno(h.r.st.WaitDurable(context.WithoutCancel(ctx), h.key))
-	}
+	h.state = statePublished
+	h.endLocked(true)
 	return 0
 }
 
 // earlyAfter is how long a handle must have been open before its value
-// starts uploading while it is written. A burst (512 MiB written in 0.6 s)
-// closes before an early upload could gain much, and on 2 cores the upload
-// took CPU from the writer: its close took 0.9-1.2 s instead of 0.6. A
-// value computed and written over seconds uploads while it is written.
-// (2026-12-02, 250 ms tried again: of 512 MiB written in 0.62 s the upload
-// had read 47 MB at close, and the rest took 1.64 s after it, about what
-// it takes from close.)
+// starts uploading while it is written. A writer that finishes sooner
+// closes before an early upload gains much, and on a small machine the
+// upload would take CPU from the writer; a value computed and written over
+// seconds uploads while it is written.
 const earlyAfter = time.Second
 
 // streamLocked feeds the early upload what was appended, starting it when
@@ -349,8 +370,9 @@ func (h *writeHandle) dropHashLocked() {
 	}
 }
 
-// failLocked ends the handle without publishing.
-func (h *writeHandle) failLocked(errno syscall.Errno) {
+// failLocked ends the handle without publishing. errno is what its close
+// and fsync report from now on (0: nothing, as for a value that lost).
+func (h *writeHandle) failLocked(errno syscall.Errno, why dropReason) {
 	h.abortEarlyLocked()
 	if h.earlyTimer != nil {
 		h.earlyTimer.Stop()
@@ -361,5 +383,13 @@ func (h *writeHandle) failLocked(errno syscall.Errno) {
 		h.sp = nil
 	}
 	h.state, h.errno = stateFailed, errno
-	h.r.doneWriting(h.key, false)
+	h.r.counts.dropped[why].Add(1)
+	h.endLocked(false)
+}
+
+// endLocked takes the handle out of the pending writes: lookups of the
+// name stop waiting for it.
+func (h *writeHandle) endLocked(published bool) {
+	close(h.ended)
+	h.r.doneWriting(h, published)
 }

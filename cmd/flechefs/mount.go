@@ -227,11 +227,12 @@ func (m *mounter) fsOptions() fs.Options {
 		neg = -1 // fs: negative disables, 0 is the default
 	}
 	return fs.Options{
-		SpoolDir:    m.cfg.SpoolDir,
-		NegativeTTL: neg,
-		AllowOther:  m.cfg.AllowOther,
-		Debug:       m.debugFUSE,
-		Logger:      m.log,
+		SpoolDir:      m.cfg.SpoolDir,
+		NegativeTTL:   neg,
+		AllowOther:    m.cfg.AllowOther,
+		PublishFailed: m.cfg.PublishFailed,
+		Debug:         m.debugFUSE,
+		Logger:        m.log,
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	flfs "github.com/flechefs/flechefs/fs"
 	"github.com/flechefs/flechefs/internal/config"
 	"github.com/flechefs/flechefs/tiers"
 )
@@ -42,7 +43,7 @@ Examples:
 			if len(args) != 1 {
 				return c.usageError("want one MOUNTPOINT, got %d arguments", len(args))
 			}
-			raw, st, err := readStats(args[0])
+			raw, st, w, err := readMountStats(args[0])
 			if err != nil {
 				return c.fail("%v", err)
 			}
@@ -54,29 +55,46 @@ Examples:
 				return exitOK
 			}
 			printStatus(c.stdout, st)
+			printWrites(c.stdout, w)
 			return exitOK
 		}
 	},
 }
 
-// readStats reads and decodes MOUNTPOINT/.flechefs/stats.
+// readStats reads and decodes the stack's part of MOUNTPOINT/.flechefs/stats.
 func readStats(mountpoint string) ([]byte, *tiers.Stats, error) {
+	raw, st, _, err := readMountStats(mountpoint)
+	return raw, st, err
+}
+
+// readMountStats reads and decodes MOUNTPOINT/.flechefs/stats.
+func readMountStats(mountpoint string) ([]byte, *tiers.Stats, *flfs.WriteStats, error) {
 	p := filepath.Join(mountpoint, statsFile)
 	raw, err := os.ReadFile(p)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			if _, statErr := os.Stat(mountpoint); statErr != nil {
-				return nil, nil, statErr
+				return nil, nil, nil, statErr
 			}
-			return nil, nil, fmt.Errorf("%s is not a flechefs mount (it has no %s)", mountpoint, statsFile)
+			return nil, nil, nil, fmt.Errorf("%s is not a flechefs mount (it has no %s)", mountpoint, statsFile)
 		}
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	var st tiers.Stats
+	var st flfs.MountStats
 	if err := json.Unmarshal(raw, &st); err != nil {
-		return nil, nil, fmt.Errorf("%s: %v", p, err)
+		return nil, nil, nil, fmt.Errorf("%s: %v", p, err)
 	}
-	return raw, &st, nil
+	return raw, &st.Stats, &st.Writes, nil
+}
+
+// printWrites shows what became of the values written through the mount.
+func printWrites(w io.Writer, ws *flfs.WriteStats) {
+	d := ws.Dropped
+	fmt.Fprintf(w, "written:          %d published, %d scratch files\n", ws.Published, ws.Scratch)
+	if n := d.Killed + d.FailedExit + d.WriteError + d.Exists + d.PublishError; n > 0 {
+		fmt.Fprintf(w, "dropped values:   %d (%d killed writers, %d failed exits, %d failed writes, %d keys that existed, %d failed publishes)\n",
+			n, d.Killed, d.FailedExit, d.WriteError, d.Exists, d.PublishError)
+	}
 }
 
 func printStatus(w io.Writer, st *tiers.Stats) {

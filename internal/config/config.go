@@ -75,6 +75,7 @@ type Config struct {
 	SpoolDir      string        // absolute
 	AllowOther    bool          // other users may use the mount
 	UploadWorkers int
+	PublishFailed bool // publish a value whose writer exited with a failure status
 
 	// Tiers, fastest first.
 	Tiers []Tier

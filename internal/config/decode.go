@@ -42,7 +42,7 @@ const (
 
 var topKeys = []string{
 	"promote", "write", "negative_ttl", "remote_timeout", "list_ttl",
-	"delete_remote", "spool_dir", "allow_other", "upload_workers", "tier",
+	"delete_remote", "spool_dir", "allow_other", "upload_workers", "publish_failed", "tier",
 }
 
 // tierKeys maps each tier key to the kinds that use it.
@@ -300,6 +300,8 @@ func (p *parser) top(c *Config, raw map[string]any) {
 			f.boolean(&c.AllowOther)
 		case "upload_workers":
 			f.integer(1, MaxUploadWorkers, &c.UploadWorkers)
+		case "publish_failed":
+			f.boolean(&c.PublishFailed)
 		case "tier":
 			p.tiers(c, f)
 		default:

@@ -27,6 +27,7 @@ func (c *Config) TOML() string {
 	fmt.Fprintf(&b, "spool_dir = %s\n", quotePath(c.SpoolDir))
 	fmt.Fprintf(&b, "allow_other = %t\n", c.AllowOther)
 	fmt.Fprintf(&b, "upload_workers = %d\n", c.UploadWorkers)
+	fmt.Fprintf(&b, "publish_failed = %t\n", c.PublishFailed)
 	for _, t := range c.Tiers {
 		fmt.Fprintf(&b, "\n[[tier]]  # %s\n", comment(t.At))
 		fmt.Fprintf(&b, "kind = %q\n", t.Kind)
