@@ -52,13 +52,25 @@ func idOf(i tiers.Info) valueID {
 
 func (n *entryNode) OnForget() { n.r.forgetIno(n.ino, n.key) }
 
+// current is the key this inode's value is under now: its name in the
+// tree. A rename moves the kernel's dentry (and go-fuse's) to the new name
+// with the same inode, whose value the new key now holds (root.Rename).
+func (n *entryNode) current() digest.Key {
+	if name, p := n.Parent(); p != nil && name != n.key.String() {
+		if k, err := digest.Parse(name); err == nil {
+			return k
+		}
+	}
+	return n.key
+}
+
 func (n *entryNode) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	var info tiers.Info
 	if h, ok := f.(*readHandle); ok {
 		info = h.rd.Info()
 	} else {
 		var err error
-		if info, err = n.r.st.Stat(uninterrupted(ctx), n.key); err != nil {
+		if info, err = n.r.st.Stat(uninterrupted(ctx), n.current()); err != nil {
 			return n.r.errno(err)
 		}
 		if valueGen(info) != n.StableAttr().Gen {
@@ -88,9 +100,9 @@ func (n *entryNode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, 
 		}
 		// Direct I/O: the shadow's writes never reach the entry's
 		// page cache, which other readers share.
-		return newWriteHandle(ctx, n.r, n.key, true), fuse.FOPEN_DIRECT_IO, 0
+		return newWriteHandle(ctx, n.r, n.current(), true), fuse.FOPEN_DIRECT_IO, 0
 	}
-	rd, err := n.r.st.Open(uninterrupted(ctx), n.key)
+	rd, err := n.r.st.Open(uninterrupted(ctx), n.current())
 	if err != nil {
 		return nil, 0, n.r.errno(err)
 	}
@@ -111,7 +123,7 @@ func (n *entryNode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, 
 	if keep {
 		fl |= fuse.FOPEN_KEEP_CACHE
 	}
-	return &readHandle{r: n.r, key: n.key, rd: rd}, fl, 0
+	return &readHandle{r: n.r, key: n.current(), rd: rd}, fl, 0
 }
 
 // listedAs reports whether n, made from a remote listing that gave a size
@@ -160,21 +172,21 @@ func (n *entryNode) Setattr(ctx context.Context, f fusefs.FileHandle, in *fuse.S
 // shadow write handle.
 func (n *entryNode) openTruncate(ctx context.Context) bool {
 	pid, ok := callerPid(ctx)
-	return ok && n.r.writers.shadowOf(n.key, pid)
+	return ok && n.r.writers.shadowOf(n.current(), pid)
 }
 
 // Fsync waits until the entry is in the persistent local tier.
 func (n *entryNode) Fsync(ctx context.Context, f fusefs.FileHandle, flags uint32) syscall.Errno {
-	return n.r.errno(n.r.st.WaitDurable(ctx, n.key))
+	return n.r.errno(n.r.st.WaitDurable(ctx, n.current()))
 }
 
 func (n *entryNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
 	var val string
 	switch attr {
 	case xattrTiers:
-		val = strings.Join(n.r.st.Where(ctx, n.key), ",")
+		val = strings.Join(n.r.st.Where(ctx, n.current()), ",")
 	case xattrSHA256:
-		info, err := n.r.st.Stat(ctx, n.key)
+		info, err := n.r.st.Stat(ctx, n.current())
 		if err != nil {
 			return 0, n.r.errno(err)
 		}
@@ -183,7 +195,7 @@ func (n *entryNode) Getxattr(ctx context.Context, attr string, dest []byte) (uin
 		}
 		val = info.Sum.String()
 	case xattrUpload:
-		val = string(n.r.st.UploadState(n.key))
+		val = string(n.r.st.UploadState(n.current()))
 	default:
 		return 0, syscall.ENODATA
 	}
