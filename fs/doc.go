@@ -12,73 +12,126 @@
 //
 // # Visibility and publishing
 //
-// open(O_CREAT) of a valid, absent name returns a write descriptor. Until
-// the value is published, the name does not exist for anybody, the writer
-// included: lookups of it (stat, open, ls) miss on this mount and the
-// writer's descriptor is the only way to the data. The descriptor supports
-// write and pwrite at any offset, ftruncate, fstat (the current size) and
-// reading back what was written (O_RDWR).
+// open(O_CREAT) of a valid name returns a write descriptor. Until the
+// value is published, the name does not exist for anybody, the writer
+// included: lookups of it (stat, access, open, ls) miss on this mount and
+// the writer's descriptor is the only way to the data. The descriptor
+// supports write and pwrite at any offset, ftruncate, fstat (the current
+// size) and reading back what was written (O_RDWR).
 //
-// The value is published by the first close(2) of a descriptor of that
-// open file after at least one write or ftruncate: the close sends FLUSH,
-// the daemon hands the bytes to Stack.Publish, and close returns when the
-// stack has accepted them. When close returns 0 the entry is visible, with
-// its complete value, to every process on this mount (other mounts of the
-// same stack see it within their NegativeTTL, at most 2 s). A later write
-// through another descriptor of the same open file (a dup, an inherited
-// descriptor) fails with EIO.
+// The value is published when the last descriptor of its open file is
+// gone: every dup, every copy inherited by a child, in every process (the
+// kernel's RELEASE). So "{ cmd1; cmd2; } > f", "( cmd1; cmd2 ) > f", dash's
+// "exec 3> f; cmd >&3; cmd >&3; exec 3>&-", Python's
+// subprocess.run(cmd, stdout=fh) followed by fh.write, and a file that is
+// never written (": > f", touch, a lock file) all publish the whole value.
+// close(2) of one descriptor (the kernel's FLUSH) never publishes.
 //
-// A close before any write publishes nothing. This is the shell's
-// redirection, "cmd > f": the shell opens f, dup2s it onto stdout and
-// closes the original before cmd runs; the value is published when cmd's
-// stdout is closed (at the latest when cmd exits). A file that is never
-// written (": > f", touch) is published, empty, when its last descriptor is
-// released; RELEASE reaches the daemon just after close returns, so an empty
-// entry appears slightly after close. A lookup or unlink of its name
-// meanwhile waits for that RELEASE (at most 250 ms, since the shell's
-// redirection also closes before writing), so a lock file created, closed
-// and removed at once (fleche's PickleFile) is found. Consequences:
+// Read-after-close: RELEASE is queued by the kernel before the last
+// close(2) (or the exit of the last holder) returns, but it is not
+// synchronised with the caller, and a later lookup may reach the daemon
+// first. So a lookup, open, unlink, create or rename of a name whose open
+// file has had a FLUSH, and a listing, waits for that file's RELEASE, at
+// most until 1 s after its last FLUSH (releaseWait): once the last close
+// has returned, every process on this mount that stats, opens or lists
+// the name sees the complete value. A FLUSH that is not the last close (the
+// shell's own close after its dup2, a child's exit inside a brace group)
+// makes lookups of that name in the next second wait that long, then
+// answer absent.
 //
-//   - "{ cmd1; cmd2; } > f" with two external commands publishes cmd1's
-//     output when cmd1 exits; cmd2's writes fail with EIO. Likewise a writer
-//     whose forked children close an inherited copy of the descriptor.
-//   - A process that is killed by a signal while it holds the descriptor
-//     publishes nothing: the close made by its death is recognised (the
-//     task is exiting with a signal status, read from /proc/<pid>/stat) and
-//     the value is dropped, so a cache never keeps a result cut short. The
-//     exit status of a normal exit is not looked at.
+// A value is dropped, never published, when:
 //
-// If Publish fails, that close returns the error (ENOSPC, EROFS, EIO...),
-// nothing is published and the name stays absent. So it is when a write or
-// ftruncate failed (ENOSPC from a full SpoolDir, EIO): the writer was told
-// its value is incomplete, so the handle is finished unpublished, later
-// writes fail with EIO and close returns the first error. If another writer
-// published the same key first (Stack.Publish says ErrExist), the value is
-// dropped (the stack counts it in dropped_publishes) and close returns 0:
-// the name exists with a complete value, just not this writer's. Several
-// processes may write the same absent name at once; the first to close
-// wins. A writer that opens after the winner published gets EACCES (open for
-// writing of an entry) or EEXIST (O_EXCL).
+//   - a process holding the file is killed by a signal (SIGKILL, SIGTERM,
+//     timeout(1)), whether or not that process wrote: the close made by its
+//     death is recognised at FLUSH (the task is exiting and its exit code
+//     holds a signal, read from /proc/<pid>/stat), so a cache never keeps a
+//     result cut short;
+//   - a process holding the file exits with a non-zero status, unless
+//     Options.PublishFailed: "./simulate > f" that fails midway leaves
+//     nothing, as make's .DELETE_ON_ERROR does. This includes a command
+//     that fails inside a group, "{ grep x; echo; } > f" with a grep that
+//     matched nothing; a pipeline hides the producer's status ("cmd | cat
+//     > f" publishes whatever cmd wrote), so "cmd > f" is the form to use;
+//   - a write or ftruncate failed (ENOSPC from a full SpoolDir, EIO): the
+//     writer was told its value is incomplete; later writes fail with the
+//     same error, and so do close and fsync;
+//   - the key has a value already (another writer published first: first
+//     writer wins);
+//   - the stack refuses it at RELEASE (ENOSPC, EROFS...): nobody waits for
+//     a RELEASE, so the error is logged and counted and the name stays
+//     absent. A writer that must know calls fsync.
+//
+// Each drop is counted by reason in .flechefs/stats ("writes", "dropped")
+// and shown by flechefs status. Detecting a writer's death needs the
+// daemon to see the writer's pid namespace.
+//
+// Racing writers: several processes may find a key absent and write it.
+// Each one's open succeeds whichever way the race goes: a create without
+// O_EXCL never looks the key up, and an open(O_CREAT) of an entry that
+// exists (the kernel sends it without O_CREAT; the daemon reads the flags
+// from the caller's /proc/<pid>/syscall) returns a shadow write handle.
+// The first value to be published stays, the others are dropped and
+// counted; a shadow handle's value is always dropped. O_EXCL of an
+// existing entry is EEXIST; an open for writing without O_CREAT is EACCES.
+// To replace a value: rm, then write.
+//
+// # Scratch files and renames
+//
+// A name that is not a key (".KEY.x81Ab", "tmpa1b2", "KEY.npy.tmp") may be
+// created as a private scratch file of this mount: it is reachable by name
+// on this mount (stat, open, read back, chmod, utimes, fsync), is not
+// listed, is never uploaded, lives in memory (64 KiB) and SpoolDir, and is
+// gone when unlinked, renamed to a key or when the mount ends (a writer
+// killed mid-way leaves it until then). At most 1024 are held at once: a
+// create beyond that first drops the ones neither open nor used for an
+// hour, then fails with ENOSPC. Note that "KEY.tmp" is itself a key (one
+// suffix): it is an entry, published at its last close.
+//
+// rename(2) within the mount:
+//
+//   - a scratch file to a key publishes its bytes under the key,
+//     atomically; if the key has a value, the rename succeeds and that value
+//     stays (first writer wins). A scratch file still open is published at
+//     its last close instead;
+//   - an entry to an absent key gives that key the same value and deletes
+//     the entry (to an existing key: the existing value stays, the source
+//     is deleted);
+//   - an entry to a name that is not a key is EXDEV (mv copies instead);
+//   - RENAME_NOREPLACE onto an existing name is EEXIST; RENAME_EXCHANGE
+//     is EINVAL.
+//
+// So rsync (default and --inplace), Python's mkstemp + os.replace,
+// "KEY.tmp" then os.replace, mv within the mount and npm's
+// write-file-atomic work.
 //
 // # Durability
 //
 // Publishing makes an entry visible, not durable: the stack persists it in
 // the background (entries written in a burst once the burst pauses, at
 // most 2 s after it began; one over 1 MiB, with a remote to upload to, once
-// its upload has ended, at most 30 s later; see tiers/doc.go). fsync(2) of a write descriptor before the publishing
-// close makes that close wait until the entry is in the persistent local
-// tier (Stack.WaitDurable); fsync after it, fsync of a read descriptor and
-// fsync of the root directory (every entry this mount published) wait
-// likewise. A publishing close is not interrupted by signals (the publish
-// and its durability wait run without the request's cancellation); fsync is.
-// Lookups and opens are not interrupted either (a signal to a process
-// waiting in stat or open, a Go program's preemption signal included, would
-// otherwise make it fail with EINTR, which SA_RESTART does not restart):
-// the stack bounds them by its remote timeout.
+// its upload has ended, at most 30 s later; see tiers/doc.go).
+//
+//   - close(2) returns 0 once the data is in the spool; it does not publish,
+//     and neither it nor the last close waits for durability or reports a
+//     publish error (close reports a failed write's error).
+//   - fsync(2) of a write descriptor publishes the value at once, waits
+//     until it is in the persistent local tier (Stack.WaitDurable) and
+//     returns any error (ENOSPC, EROFS, EIO): it is how a writer learns that
+//     its value is kept. Later writes through that open file fail with EIO.
+//     fsync of a read descriptor, and fsync of the root directory (every
+//     entry this mount published), wait likewise.
+//   - "flechefs sync" waits until every entry published before it started
+//     is uploaded (see the README).
+//
+// The publish and its durability wait are not interrupted by signals;
+// fsync's wait is. Lookups and opens are not interrupted either (a signal
+// to a process waiting in stat or open, a Go program's preemption signal
+// included, would otherwise make it fail with EINTR, which SA_RESTART does
+// not restart): the stack bounds them by its remote timeout.
 // When the persistence fails (ENOSPC: the disk under the persistent tier is
-// full), that close or fsync returns the error but the entry stays
-// published, complete, served from memory or its spool until it is evicted
-// or the mount stops (a second write of the name finds it existing).
+// full), fsync returns the error but the entry stays published, complete,
+// served from memory or its spool until it is evicted or the mount stops (a
+// second write of the name finds it existing).
 //
 // # Errors
 //
@@ -100,22 +153,29 @@
 //
 // What the mount answers by itself:
 //
-//	lookup of a name that is not a key              ENOENT
-//	create of a name that is not a key              EINVAL
-//	create of an existing entry                     EEXIST
-//	open of an entry for writing, O_TRUNC, O_APPEND EACCES (O_RDONLY|O_TRUNC: EPERM, the kernel's truncate)
-//	mkdir, mknod, symlink, link, rename, rmdir      EPERM
+//	lookup of a name that is neither a key nor a   ENOENT
+//	scratch file
+//	create of a name that is not a key              a scratch file (see above)
+//	create of an existing entry with O_EXCL         EEXIST
+//	open of an entry for writing with O_CREAT       a shadow handle; its value is dropped
+//	open of an entry for writing without O_CREAT,   EACCES (O_RDONLY|O_TRUNC: EPERM, the kernel's truncate)
+//	  O_TRUNC or O_APPEND
+//	mkdir, mknod, symlink, link, rmdir              EPERM
+//	rename into or of .flechefs                     EPERM
+//	rename of an entry to a name that is not a key  EXDEV
 //	truncate of an entry                            EPERM
-//	chmod, chown, utimes of an entry or of a file   0, and nothing changes: an entry is
-//	being written                                   r--r--r--, its mtime the publish time
-//	                                                (so cp -p, mv from another filesystem
-//	                                                and Python's shutil.copy/copy2 work)
+//	chmod, chown, utimes of an entry, of a file     0, and nothing changes: an entry is
+//	being written or of the root directory          r--r--r--, its mtime the publish time
+//	                                                (so cp -p, cp -a, tar -x, mv from another
+//	                                                filesystem and shutil.copy/copy2 work)
 //	setxattr, removexattr                           EPERM (of a POSIX ACL, system.posix_acl_*:
 //	                                                EOPNOTSUPP, so copiers fall back to chmod)
 //	getxattr of an unknown name                     ENODATA
 //	unlink of an absent or invalid name             ENOENT
-//	write after the value was published             EIO
+//	write after the value was published (fsync)     EIO
+//	write after the value was dropped               EIO (or the failed write's error)
 //	open of a writer's inode by another path        EACCES (/proc/self/fd/N)
+//	create of more than 1024 scratch files          ENOSPC
 //	create, mkdir... in .flechefs; write to its files  EACCES; unlink, rename there: EPERM
 //
 // unlink(2) deletes the entry from the stack (Stack.Delete). Descriptors
@@ -212,7 +272,7 @@
 // early upload gains much, and on 2 cores it would only take the writer's
 // CPU):
 // the handle asks Stack.BeginUpload for an early upload, which follows the
-// spool file's tail, and the publishing close hands it to the stack with
+// spool file's tail, and the publishing last close hands it to the stack with
 // the value (see tiers/doc.go, "Early uploads"). Smaller values take the
 // usual path, uploaded after publish. A write anywhere but at the end, or a
 // truncate, abandons the early upload before it changes the spool (the published value is uploaded by the queue
@@ -225,27 +285,32 @@
 // go-fuse serves requests concurrently. The locks, none held across a call
 // into the kernel:
 //
-//   - root.mu guards the names being written, the negative cache, the
-//     epoch counter, the inode-number map and the set of entries not yet
-//     durable. It is never held during stack I/O.
-//   - writeHandle.mu serialises a handle's writes, truncates, flushes and
-//     release; it is held while that handle publishes (a concurrent write
-//     waits, then gets EIO).
+//   - root.mu guards the negative cache, the epoch counter, the
+//     inode-number map and the set of entries not yet durable. It is never
+//     held during stack I/O.
+//   - writeHandle.mu serialises a handle's writes, truncates, flushes,
+//     fsyncs and release; it is held while that handle publishes (a
+//     concurrent write waits, then gets EIO).
 //   - entryNode.mu guards the identity of the cached value.
 //
-// The mount never sends notifications (NotifyEntry...) to the kernel: an
-// INVAL_ENTRY takes the directory's lock, which a concurrent create,
-// lookup or unlink of the directory holds while it waits for the daemon.
-// Visibility after close relies on the zero timeouts above instead.
+// The mount sends one kind of notification to the kernel: after a rename,
+// an INVAL_ENTRY of the new name, from its own goroutine (an INVAL_ENTRY
+// takes the directory's lock, which the rename holds until the daemon has
+// answered; the goroutine waits for it). Visibility after close relies on
+// the zero timeouts above and on lookups waiting for RELEASE.
+//
+//   - root.writers (pendingWrites) has its own lock: the write handles not
+//     yet ended, per key, which lookups wait for.
+//   - root.scratch (scratchFiles) has its own lock, and each scratch file
+//     one for its data.
 //
 // # Caveats
 //
-//   - Programs that rename their output into place (rsync without
-//     --inplace, editors' write-then-rename, a temp name in the mount
-//     renamed to the key) fail with EPERM: write the result under its key
-//     with plain open/write/close, or copy or move it in from another
-//     filesystem (cp, mv, shutil.copy). Modes, owners and times given by
-//     chmod, chown, utimes or `install -m` are accepted and not kept.
+//   - Modes, owners and times given by chmod, chown, utimes or
+//     `install -m` are accepted and not kept on entries (scratch files keep
+//     mode and mtime until they are renamed into place).
+//   - A daemon started inside the redirection that inherits the
+//     descriptor delays the publish until it exits (or closes it).
 //   - The value a writer's descriptor reads back before close is its own;
 //     after close, reads through that descriptor fail (EIO).
 //   - A file being written cannot be mapped shared and writable (its
