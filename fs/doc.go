@@ -72,7 +72,8 @@
 // from the caller's /proc/<pid>/syscall) returns a shadow write handle.
 // The first value to be published stays, the others are dropped and
 // counted; a shadow handle's value is always dropped. O_EXCL of an
-// existing entry is EEXIST; an open for writing without O_CREAT is EACCES.
+// existing entry is EEXIST; an open for writing without O_CREAT, or with
+// O_APPEND ("cmd >> f": it means to change the value), is EACCES.
 // To replace a value: rm, then write.
 //
 // # Scratch files and renames
@@ -159,7 +160,7 @@
 //	create of an existing entry with O_EXCL         EEXIST
 //	open of an entry for writing with O_CREAT       a shadow handle; its value is dropped
 //	open of an entry for writing without O_CREAT,   EACCES (O_RDONLY|O_TRUNC: EPERM, the kernel's truncate)
-//	  O_TRUNC or O_APPEND
+//	  or with O_APPEND
 //	mkdir, mknod, symlink, link, rmdir              EPERM
 //	rename into or of .flechefs                     EPERM
 //	rename of an entry to a name that is not a key  EXDEV

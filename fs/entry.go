@@ -88,11 +88,13 @@ func (n *entryNode) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.
 // Open opens the entry for reading. An open for writing with O_CREAT
 // (a writer that found the key absent and lost the race, a rerun of rsync
 // --inplace) gets a shadow write handle whose value is dropped at close:
-// first writer wins, and the writer does not fail. Without O_CREAT, an
-// intent to write is EACCES.
+// first writer wins, and the writer does not fail. Without O_CREAT, or
+// with O_APPEND, an intent to write is EACCES.
 func (n *entryNode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&(syscall.O_TRUNC|syscall.O_APPEND) != 0 {
-		if flags&syscall.O_ACCMODE == syscall.O_RDONLY {
+		// O_APPEND means changing the value there, which an entry
+		// never allows: refused aloud rather than dropped at close.
+		if flags&syscall.O_ACCMODE == syscall.O_RDONLY || flags&syscall.O_APPEND != 0 {
 			return nil, 0, syscall.EACCES
 		}
 		if pid, ok := callerPid(ctx); !ok || !openCreates(pid) {
