@@ -32,9 +32,11 @@ import (
 
 // TestBadNames creates, stats and removes names that are not keys, or are
 // not even names, through the mount: each gets the documented errno from
-// the daemon (EINVAL for a create of a non-key, ENOENT for a lookup) or from
-// the kernel (ENAMETOOLONG, EISDIR, ENOTDIR...), keys with a suffix work,
-// and the daemon is still mounted and serving afterwards.
+// the daemon (a name that is not a key is a scratch file of this mount,
+// never listed; EINVAL for one with control characters, ENAMETOOLONG past
+// NAME_MAX, ENOENT for a lookup of an absent one) or from the kernel
+// (ENAMETOOLONG, EISDIR, ENOTDIR...), keys with a suffix work, and the
+// daemon is still mounted and serving afterwards.
 func TestBadNames(t *testing.T) {
 	n := mounttest.NewNode(t, "names", nil, mounttest.Opts{})
 	existing := mounttest.Key("names-existing")
@@ -46,35 +48,39 @@ func TestBadNames(t *testing.T) {
 	for _, tc := range []struct {
 		what, rel   string
 		create, get error // nil: works
+		scratch     bool  // a scratch file: never listed
 	}{
-		{"a key", hex16, nil, nil},
-		{"a key with a suffix", hex16 + ".lock", nil, nil},
-		{"the longest key", maxKey, nil, nil},
-		{"one past the longest key", "a" + maxKey, syscall.EINVAL, syscall.ENOENT},
+		{"a key", hex16, nil, nil, false},
+		{"a key with a suffix", hex16 + ".lock", nil, nil, false},
+		{"the longest key", maxKey, nil, nil, false},
+		// Names that are not keys are scratch files (temp files of
+		// atomic-write idioms): they work on this mount, unlisted.
+		{"one past the longest key", "a" + maxKey, nil, nil, true},
+		{"uppercase hex", strings.ToUpper(hex16) + "AB", nil, nil, true},
+		{"15 hex digits", hex16[:15], nil, nil, true},
+		{"unicode suffix", hex16 + ".é", nil, nil, true},
+		{"unicode name", "ünïcødé-ключ", nil, nil, true},
+		{"empty suffix", hex16 + ".", nil, nil, true},
+		{"two suffixes", hex16 + ".a.b", nil, nil, true},
+		{"dot dot in a name", hex16 + "..x", nil, nil, true},
 		// This kernel (6.18) passes names longer than NAME_MAX to FUSE
-		// daemons; only PATH_MAX stops them.
-		{"257 hex digits", strings.Repeat("a", 257), syscall.EINVAL, syscall.ENOENT},
-		{"1025 hex digits", strings.Repeat("a", 1025), syscall.EINVAL, syscall.ENOENT},
-		{"10 KB of hex", strings.Repeat("b", 10000), syscall.ENAMETOOLONG, syscall.ENAMETOOLONG},
-		{"uppercase hex", strings.ToUpper(hex16) + "AB", syscall.EINVAL, syscall.ENOENT},
-		{"15 hex digits", hex16[:15], syscall.EINVAL, syscall.ENOENT},
-		{"unicode suffix", hex16 + ".é", syscall.EINVAL, syscall.ENOENT},
-		{"unicode name", "ünïcødé-ключ", syscall.EINVAL, syscall.ENOENT},
-		{"newline", hex16 + "\n", syscall.EINVAL, syscall.ENOENT},
-		{"tab", "\t" + hex16, syscall.EINVAL, syscall.ENOENT},
-		{"escape", hex16 + ".\x1b[31m", syscall.EINVAL, syscall.ENOENT},
-		{"DEL", hex16 + "\x7f", syscall.EINVAL, syscall.ENOENT},
-		{"empty suffix", hex16 + ".", syscall.EINVAL, syscall.ENOENT},
-		{"two suffixes", hex16 + ".a.b", syscall.EINVAL, syscall.ENOENT},
-		{"dot dot in a name", hex16 + "..x", syscall.EINVAL, syscall.ENOENT},
-		{"a component under an absent key", hex16 + "0/" + hex16, syscall.ENOENT, syscall.ENOENT},
-		{"a component under an entry", existing + "/" + hex16, syscall.ENOTDIR, syscall.ENOTDIR},
-		{"..", "..", syscall.EEXIST, nil},
-		{".", ".", syscall.EEXIST, nil},
-		{"entry/..", existing + "/..", syscall.ENOTDIR, syscall.ENOTDIR},
-		{"entry/.", existing + "/.", syscall.ENOTDIR, syscall.ENOTDIR},
-		{".flechefs", ".flechefs", syscall.EEXIST, nil},
-		{"a key in .flechefs", ".flechefs/" + hex16, syscall.EACCES, syscall.ENOENT},
+		// daemons; only PATH_MAX stops them. The daemon refuses them.
+		{"256 bytes", strings.Repeat("x", 256), syscall.ENAMETOOLONG, syscall.ENOENT, false},
+		{"257 hex digits", strings.Repeat("a", 257), syscall.ENAMETOOLONG, syscall.ENOENT, false},
+		{"1025 hex digits", strings.Repeat("a", 1025), syscall.ENAMETOOLONG, syscall.ENOENT, false},
+		{"10 KB of hex", strings.Repeat("b", 10000), syscall.ENAMETOOLONG, syscall.ENAMETOOLONG, false},
+		{"newline", hex16 + "\n", syscall.EINVAL, syscall.ENOENT, false},
+		{"tab", "\t" + hex16, syscall.EINVAL, syscall.ENOENT, false},
+		{"escape", hex16 + ".\x1b[31m", syscall.EINVAL, syscall.ENOENT, false},
+		{"DEL", hex16 + "\x7f", syscall.EINVAL, syscall.ENOENT, false},
+		{"a component under an absent key", hex16 + "0/" + hex16, syscall.ENOENT, syscall.ENOENT, false},
+		{"a component under an entry", existing + "/" + hex16, syscall.ENOTDIR, syscall.ENOTDIR, false},
+		{"..", "..", syscall.EEXIST, nil, false},
+		{".", ".", syscall.EEXIST, nil, false},
+		{"entry/..", existing + "/..", syscall.ENOTDIR, syscall.ENOTDIR, false},
+		{"entry/.", existing + "/.", syscall.ENOTDIR, syscall.ENOTDIR, false},
+		{".flechefs", ".flechefs", syscall.EEXIST, nil, false},
+		{"a key in .flechefs", ".flechefs/" + hex16, syscall.EACCES, syscall.ENOENT, false},
 	} {
 		p := n.Mnt + "/" + tc.rel // not filepath.Join, which cleans ".." away
 		if tc.get != nil {
@@ -98,6 +104,9 @@ func TestBadNames(t *testing.T) {
 		}
 		if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, data) {
 			t.Errorf("%s: read back: %q, %v", tc.what, got, err)
+		}
+		if tc.scratch && slices.Contains(listNames(t, n.Mnt), tc.rel) {
+			t.Errorf("%s: the scratch file is listed", tc.what)
 		}
 		if err := os.Remove(p); err != nil {
 			t.Errorf("%s: remove: %v", tc.what, err)
@@ -123,7 +132,7 @@ func TestBadNames(t *testing.T) {
 			t.Errorf("the name before the NUL: %q, %v", got, err)
 		}
 	}
-	// unlink of non-keys: ENOENT, as documented.
+	// unlink of absent non-keys: ENOENT, as documented.
 	for _, name := range []string{"NOTAKEY", hex16 + "\n", strings.ToUpper(hex16)} {
 		if err := os.Remove(n.Path(name)); !errors.Is(err, syscall.ENOENT) {
 			t.Errorf("unlink %q: %v, want ENOENT", name, err)
@@ -147,7 +156,9 @@ func TestOddOpenFlags(t *testing.T) {
 		}
 		return err
 	}
-	// Existing entries refuse any intent to write (EACCES); O_EXCL EEXIST.
+	// Existing entries refuse any intent to write (EACCES); O_EXCL EEXIST;
+	// open(O_CREAT) of an entry works, as for a writer that lost the race
+	// to publish: its value is dropped at close and the entry stays.
 	for _, tc := range []struct {
 		what  string
 		flags int
@@ -160,7 +171,7 @@ func TestOddOpenFlags(t *testing.T) {
 		{"O_RDONLY|O_TRUNC", syscall.O_RDONLY | syscall.O_TRUNC, syscall.EPERM},
 		{"O_WRONLY|O_TRUNC", syscall.O_WRONLY | syscall.O_TRUNC, syscall.EACCES},
 		{"O_WRONLY|O_APPEND", syscall.O_WRONLY | syscall.O_APPEND, syscall.EACCES},
-		{"O_CREAT|O_WRONLY|O_TRUNC", syscall.O_CREAT | syscall.O_WRONLY | syscall.O_TRUNC, syscall.EACCES},
+		{"O_CREAT|O_WRONLY|O_TRUNC", syscall.O_CREAT | syscall.O_WRONLY | syscall.O_TRUNC, nil},
 		{"O_CREAT|O_EXCL", syscall.O_CREAT | syscall.O_EXCL | syscall.O_WRONLY, syscall.EEXIST},
 		{"O_RDONLY|O_APPEND", syscall.O_RDONLY | syscall.O_APPEND, syscall.EACCES},
 	} {
@@ -719,4 +730,18 @@ func assertNoKeyMaterial(t *testing.T, s *sshdtest.Server, text string) {
 			}
 		}
 	}
+}
+
+// listNames lists the directory dir.
+func listNames(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatalf("list %s: %v", dir, err)
+	}
+	names := make([]string, len(ents))
+	for i, e := range ents {
+		names[i] = e.Name()
+	}
+	return names
 }

@@ -32,7 +32,9 @@
 // synchronised with the caller, and a later lookup may reach the daemon
 // first. So a lookup, open, unlink, create or rename of a name whose open
 // file has had a FLUSH, and a listing, waits for that file's RELEASE, at
-// most until 1 s after its last FLUSH (releaseWait): once the last close
+// most until 1 s after its last FLUSH (releaseWait), and once RELEASE has
+// come, until its publish is done (hashing a value written out of order
+// takes as long as reading it): once the last close
 // has returned, every process on this mount that stats, opens or lists
 // the name sees the complete value. A FLUSH that is not the last close (the
 // shell's own close after its dup2, a child's exit inside a brace group)
@@ -157,6 +159,8 @@
 //	lookup of a name that is neither a key nor a   ENOENT
 //	scratch file
 //	create of a name that is not a key              a scratch file (see above)
+//	create of a name with a control character       EINVAL
+//	create of a name longer than NAME_MAX (255)     ENAMETOOLONG
 //	create of an existing entry with O_EXCL         EEXIST
 //	open of an entry for writing with O_CREAT       a shadow handle; its value is dropped
 //	open of an entry for writing without O_CREAT,   EACCES (O_RDONLY|O_TRUNC: EPERM, the kernel's truncate)

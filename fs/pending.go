@@ -95,8 +95,9 @@ func (p *pendingWrites) flushed(k digest.Key, all bool) []*writeHandle {
 	return out
 }
 
-// wait waits until every flushed handle of k has ended, or until
-// releaseWait after its last FLUSH.
+// wait waits until every flushed handle of k has ended: one whose RELEASE
+// has come until its publish is done, any other until releaseWait after its
+// last FLUSH.
 func (p *pendingWrites) wait(k digest.Key) { waitEnded(p.flushed(k, false)) }
 
 // waitAll is wait for every key (a listing).
@@ -105,6 +106,10 @@ func (p *pendingWrites) waitAll() { waitEnded(p.flushed(digest.Key{}, true)) }
 func waitEnded(hs []*writeHandle) {
 	for _, h := range hs {
 		for {
+			if h.releasing.Load() {
+				<-h.ended
+				break
+			}
 			left := time.Until(time.Unix(0, h.flushedAt.Load()).Add(releaseWait))
 			if left <= 0 {
 				break
@@ -114,7 +119,7 @@ func waitEnded(hs []*writeHandle) {
 			case <-h.ended:
 				t.Stop()
 			case <-t.C:
-				continue // a later FLUSH may have moved the bound
+				continue // a later FLUSH may have moved the bound, or RELEASE come
 			}
 			break
 		}

@@ -573,6 +573,9 @@ func (r *root) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 const renameNoReplace = 1
 
 func (r *root) renameScratch(name, newName string, noReplace bool) syscall.Errno {
+	if errno := scratchNameErr(newName); errno != 0 {
+		return errno
+	}
 	if noReplace && r.scratch.get(newName) != nil {
 		return syscall.EEXIST
 	}

@@ -186,8 +186,31 @@ func (f *scratchFile) attr(r *root, a *fuse.Attr) {
 	a.SetTimes(&f.used, &f.mtime, &f.ctime)
 }
 
+// scratchNameErr says whether name may be a scratch file's: at most
+// NAME_MAX bytes (this kernel passes longer names to FUSE daemons; a local
+// filesystem refuses them with ENAMETOOLONG, and so does the mount), and
+// no control characters (EINVAL: no temp-file idiom makes such names, and
+// a newline or an escape in a name is a bug in the caller's script).
+func scratchNameErr(name string) syscall.Errno {
+	if len(name) > nameMax {
+		return syscall.ENAMETOOLONG
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c < 0x20 || c == 0x7f {
+			return syscall.EINVAL
+		}
+	}
+	return 0
+}
+
+// nameMax is NAME_MAX of Linux.
+const nameMax = 255
+
 // createScratch creates (or, without O_EXCL, opens) the scratch file name.
 func (r *root) createScratch(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*fusefs.Inode, fusefs.FileHandle, uint32, syscall.Errno) {
+	if errno := scratchNameErr(name); errno != 0 {
+		return nil, nil, 0, errno
+	}
 	f, errno := r.scratch.create(r, name, mode, flags&syscall.O_EXCL != 0)
 	if errno != 0 {
 		return nil, nil, 0, errno

@@ -91,6 +91,10 @@ type writeHandle struct {
 	// flushedAt is the time of the last FLUSH (unix ns; 0: none yet):
 	// lookups of the name wait for the RELEASE that may follow it.
 	flushedAt atomic.Int64
+	// releasing is set when RELEASE has come: the value is being
+	// published, and lookups wait for that however long it takes
+	// (hashing a large value written out of order).
+	releasing atomic.Bool
 
 	mu    sync.Mutex
 	state writeState
@@ -272,6 +276,7 @@ func (h *writeHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 // now, unless it was dropped. Nobody waits for the answer, so an error is
 // logged and counted (see doc.go).
 func (h *writeHandle) Release(ctx context.Context) syscall.Errno {
+	h.releasing.Store(true)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.state != stateWriting {
