@@ -118,7 +118,10 @@ func (b bytesHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 	return fuse.ReadResultData(b[off:end]), 0
 }
 
+// statsJSON is the stats file. It waits for the RELEASEs of closed
+// writers first, as a listing does: counts read after a close include it.
 func (r *root) statsJSON() ([]byte, error) {
+	r.writers.waitAll()
 	b, err := json.MarshalIndent(MountStats{Stats: r.st.Stats(), Writes: r.counts.snapshot(r.scratch.len())}, "", "  ")
 	return append(b, '\n'), err
 }

@@ -72,15 +72,17 @@ func (p *pendingWrites) shadowOf(k digest.Key, pid uint32) bool {
 	return false
 }
 
-// flushed returns the handles of k (every key when all) that have had a
-// FLUSH and not ended.
+// flushed returns the handles of k that have had a FLUSH and not ended,
+// shadows excepted; when all, those of every key, shadows included.
 func (p *pendingWrites) flushed(k digest.Key, all bool) []*writeHandle {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var out []*writeHandle
 	add := func(hs map[*writeHandle]struct{}) {
 		for h := range hs {
-			if h.flushedAt.Load() != 0 {
+			// A lookup of a name with a shadow handle finds the entry
+			// that exists: it need not wait for the shadow.
+			if h.flushedAt.Load() != 0 && (all || !h.shadow) {
 				out = append(out, h)
 			}
 		}

@@ -229,6 +229,9 @@ func (h *writeHandle) Flush(ctx context.Context) syscall.Errno {
 		return 0
 	}
 	if h.shadow {
+		// Its value is dropped whatever happens; the time only lets a
+		// listing or the stats wait for its RELEASE (and its count).
+		h.flushedAt.Store(time.Now().UnixNano())
 		return 0
 	}
 	if pid, ok := callerPid(ctx); ok {
