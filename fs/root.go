@@ -461,8 +461,13 @@ func (r *root) Unlink(ctx context.Context, name string) syscall.Errno {
 		return r.scratch.unlink(name)
 	}
 	r.writers.wait(k)
-	// A delete that has begun is finished even if the caller is interrupted.
-	err = r.st.Delete(context.WithoutCancel(ctx), k)
+	return r.deleteKey(ctx, k)
+}
+
+// deleteKey deletes k's value from every tier. A delete that has begun is
+// finished even if the caller is interrupted.
+func (r *root) deleteKey(ctx context.Context, k digest.Key) syscall.Errno {
+	err := r.st.Delete(context.WithoutCancel(ctx), k)
 	r.mu.Lock()
 	r.epoch++
 	delete(r.undurable, k)
@@ -643,12 +648,7 @@ func (r *root) renameEntry(ctx context.Context, src, dst digest.Key, noReplace b
 		return r.errno(err)
 	}
 	r.settled(dst, won)
-	err = r.st.Delete(context.WithoutCancel(ctx), src)
-	r.mu.Lock()
-	r.epoch++
-	delete(r.undurable, src)
-	r.mu.Unlock()
-	return r.errno(err)
+	return r.deleteKey(ctx, src)
 }
 
 func (r *root) Rmdir(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }

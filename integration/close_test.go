@@ -874,15 +874,7 @@ func TestCloseRacingWriters(t *testing.T) {
 		m, _ := strconv.Atoi(l[0])
 		wrote += m
 	}
-	os.WriteFile(stopFile, nil, 0o644)
-	if err := watcher.Wait(); err != nil {
-		t.Errorf("watcher: %v\n%s", err, watchOut.String())
-	}
-	if l := lines(watchOut.String()); len(l) != 1 {
-		t.Errorf("watcher saw missing or partial values:\n%s", watchOut.String())
-	} else {
-		t.Logf("watcher: %s", l[0])
-	}
+	stopWatcher(t, stopFile, watcher, &watchOut)
 
 	for _, k := range keys {
 		got, err := os.ReadFile(n.path(k))
@@ -1053,12 +1045,20 @@ func TestCloseVisibility(t *testing.T) {
 			t.Errorf("%s: after the writer exited: %d bytes %q, %v; want %d bytes", w.name, len(got), trunc(got), err, len(w.v))
 		}
 	}
+	stopWatcher(t, stopFile, watcher, &watchOut)
+}
+
+// stopWatcher tells the watcher script to stop (its stop file), waits for
+// it and fails the test unless its one line of output says it saw no
+// missing, failing or partial value.
+func stopWatcher(t *testing.T, stopFile string, watcher *exec.Cmd, out *bytes.Buffer) {
+	t.Helper()
 	os.WriteFile(stopFile, nil, 0o644)
 	if err := watcher.Wait(); err != nil {
-		t.Errorf("watcher: %v\n%s", err, watchOut.String())
+		t.Errorf("watcher: %v\n%s", err, out.String())
 	}
-	if l := lines(watchOut.String()); len(l) != 1 {
-		t.Errorf("the watcher saw names exist then fail, or partial values:\n%s", watchOut.String())
+	if l := lines(out.String()); len(l) != 1 {
+		t.Errorf("the watcher saw names exist then fail, or partial values:\n%s", out.String())
 	} else {
 		t.Logf("watcher: %s", l[0])
 	}
