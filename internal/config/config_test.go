@@ -137,11 +137,11 @@ identity = "key"
 				{Kind: Bolt, Name: "bolt", Size: 1e12, Path: "/data/shared.db", ReadOnly: true},
 				{Kind: SFTP, Name: "sftp", URL: "sftp://cache@example.org:2222/srv/flechefs",
 					Identity: []string{"/home/u/.ssh/id_ed25519", "/home/alice/key"}, KnownHosts: "/etc/ssh/known",
-					Concurrency: 8, Channels: 5, Timeout: 30 * time.Second,
+					Concurrency: 8, Channels: 5, Timeout: 30 * time.Second, Mode: 0o640,
 					Ciphers: []string{"aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"}},
 				{Kind: SFTP, Name: "sftp2", URL: "sftp://mirror/cache", ReadOnly: true, Agent: true,
 					Identity: []string{"/etc/flechefs/key"}, KnownHosts: "/home/u/.ssh/known_hosts",
-					Concurrency: 64, Channels: 3, Timeout: 2 * time.Second},
+					Concurrency: 64, Channels: 3, Timeout: 2 * time.Second, Mode: 0o640},
 			},
 		}},
 		{"inline tables", inline, &Config{
@@ -150,7 +150,7 @@ identity = "key"
 			Tiers: []Tier{
 				{Kind: Memory, Name: "ram", Size: 1 << 30},
 				{Kind: SFTP, Name: "sftp", URL: "sftp://h/p", Identity: []string{}, Agent: true,
-					KnownHosts: "/home/u/.ssh/known_hosts", Concurrency: 64, Channels: 3, Timeout: 10 * time.Second},
+					KnownHosts: "/home/u/.ssh/known_hosts", Concurrency: 64, Channels: 3, Timeout: 10 * time.Second, Mode: 0o640},
 			},
 		}},
 	} {
