@@ -275,7 +275,7 @@ func TestRecordInterleavings(t *testing.T) {
 		w1, a, d := mk("w1"), mk("a"), mk("d")
 		os.MkdirAll(localPath(w1.tr), 0o755)
 		os.WriteFile(localPath(w1.tr, k.String()), v0, 0o644) // foreign: no record
-		h := a.holdAt("adopt")                                  // hashed v0
+		h := a.holdAt("adopt")                                // hashed v0
 		ra := a.adopt(k)
 		h.wait(t)
 		if err := d.tr.Delete(ctx, k); err != nil {
