@@ -94,6 +94,8 @@ func (s *Stack) hashRemote(ctx context.Context, r *layer, k digest.Key) (Info, e
 		return info, nil // a record appeared meanwhile
 	}
 	info.Sum = h.Sum()
+	s.log.Info("remote copy has no checksum record; hashed it to learn its value", "tier", r.name, "key", k.String(),
+		"sha256", info.Sum.String(), "size", info.Size)
 	if a, ok := r.Tier.(Adopter); ok && r.writable() {
 		if err := a.Adopt(ctx, k, info, mtime); err != nil && !errors.Is(err, ErrExist) {
 			s.log.Warn("could not record the hash of a remote copy", "tier", r.name, "key", k.String(), "err", err)
