@@ -211,6 +211,12 @@ colour = "blue"
 			`config.toml:8:1: tier 2 (bolt): unknown key "colour"`,
 			`config.toml:14:1: tier 3 (bolt): unknown key "colour"`,
 		}},
+		{"mode", "[[tier]]\nkind = \"sftp\"\nurl = \"sftp://h/p\"\nmode = 640\n[[tier]]\nkind = \"sftp\"\nname = \"b\"\nurl = \"sftp://h/q\"\nmode = \"4755\"\n[[tier]]\nkind = \"sftp\"\nname = \"c\"\nurl = \"sftp://h/r\"\nmode = \"0040\"\n[[tier]]\nkind = \"sftp\"\nname = \"d\"\nurl = \"sftp://h/s\"\nmode = \"rw\"\n", []string{
+			`config.toml:4:8: tier 1 (sftp): mode: want a string of octal digits such as "0640", got`,
+			`config.toml:9:8: tier 2 (sftp): mode "4755": want permission bits only`,
+			`config.toml:14:8: tier 3 (sftp): mode "0040": the owner must be able to read`,
+			`config.toml:19:8: tier 4 (sftp): mode "rw": want octal permission bits`,
+		}},
 		{"key of another kind", "[[tier]]\nkind = \"memory\"\nsize = \"1G\"\npath = \"/x\"\n", []string{
 			`config.toml:4:1: tier 1 (memory): key "path" does not apply to memory tiers (it is for bolt tiers)`,
 		}},

@@ -169,7 +169,7 @@ func (o *Options) setDefaults() error {
 	home, _ := os.UserHomeDir()
 	if o.KnownHosts == "" {
 		if home == "" {
-			return errors.New("no KnownHosts file and no home directory to find ~/.ssh/known_hosts")
+			return errors.New("no known_hosts file set and no home directory to find ~/.ssh/known_hosts")
 		}
 		o.KnownHosts = filepath.Join(home, ".ssh", "known_hosts")
 	}

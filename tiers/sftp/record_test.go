@@ -3,8 +3,12 @@ package sftp
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"encoding/pem"
 	"errors"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +17,7 @@ import (
 	"github.com/flechefs/flechefs/internal/sshdtest"
 	"github.com/flechefs/flechefs/tiers"
 	"github.com/flechefs/flechefs/tiers/tiertest"
+	"golang.org/x/crypto/ssh"
 )
 
 // The interleavings of the record protocol (doc.go, "Records and
@@ -438,5 +443,21 @@ func TestMode(t *testing.T) {
 	opt.Mode = 0o4755
 	if _, err := Open(context.Background(), opt); err == nil {
 		t.Error("mode 04755 accepted")
+	}
+}
+
+// An identity file with a passphrase and no agent: the error names the
+// config key (agent), not a Go field.
+func TestPassphraseKeyNamesAgentKey(t *testing.T) {
+	_, priv, _ := ed25519.GenerateKey(nil)
+	blk, err := ssh.MarshalPrivateKeyWithPassphrase(priv, "", []byte("pw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc := filepath.Join(t.TempDir(), "id_enc")
+	os.WriteFile(enc, pem.EncodeToMemory(blk), 0o600)
+	_, err = loadSigners([]string{enc}, false)
+	if err == nil || !strings.Contains(err.Error(), "agent = true") || strings.Contains(err.Error(), "UseAgent") {
+		t.Fatalf("error %v: want one naming the config key agent", err)
 	}
 }
