@@ -3,6 +3,7 @@ package tiers
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -917,6 +918,13 @@ func (s *Stack) uploadExisting(ctx context.Context, r *layer, info Info, put fun
 		switch {
 		case serr == nil && rinfo.Size == info.Size && rinfo.Sum == info.Sum:
 			return false, nil
+		case serr == nil && info.Key.Ext() == "" && info.Key.Hex() == info.Sum.String():
+			// The key is our value's SHA-256: no other value can be
+			// the key's, so the remote copy is damage (or a write in
+			// progress), not a conflict. Ours is not dropped for it;
+			// the upload is retried.
+			return false, Wrap(r.name, "put", info.Key, fmt.Errorf("%w: the remote copy (%d bytes, sha256 %s) is not the value its name is the hash of",
+				ErrCorrupt, rinfo.Size, rinfo.Sum))
 		case serr == nil:
 			s.conflict(r, info, rinfo)
 			return true, nil
