@@ -195,7 +195,10 @@
 //     Stats.Conflicts, logged once, and this mount's copies of the losing
 //     value are dropped from the local tiers (readers that have it open
 //     finish), so the next read fetches the remote's; UploadState is
-//     "conflict" until then, and Sync waits for the drop. No remote copy is
+//     "conflict" until then, and Sync waits for the drop. A key that is
+//     the local value's SHA-256 proves that value: another remote copy
+//     under it is damage (ErrCorrupt, the upload retried), never a
+//     conflict. No remote copy is
 //     ever removed or replaced by an upload, save one that fails
 //     verification (ErrCorrupt), which goes to corrupt.
 //
