@@ -447,11 +447,11 @@ func TestCrashDuringWrites(t *testing.T) {
 			visible, c := wl.verifyMount(t, n, false)
 			n.Sync(3 * time.Minute)
 			tmp := verifyRemote(t, srv.Dir, visible)
-			// Uploads the kill cut between the data's and the sum file's
-			// renames, found and redone by the resumed queue.
-			nosum := strings.Count(n.Stderr(), "remote copy has no checksum")
+			// Uploads the kill cut between the data's rename and its
+			// record, found, hashed and recorded by the resumed queue.
+			nosum := strings.Count(n.Stderr(), "remote copy has no checksum record; hashed it")
 			replaced += nosum
-			t.Logf("kill after %d closes: %d writes started, %d closed, %d durable; after restart %d visible (%d undurable survived, %d undurable lost), %d root fsyncs; bbolt %d entries ok; remote tmp leftovers %d, copies without sum file replaced %d",
+			t.Logf("kill after %d closes: %d writes started, %d closed, %d durable; after restart %d visible (%d undurable survived, %d undurable lost), %d root fsyncs; bbolt %d entries ok; remote tmp leftovers %d, copies without sum record hashed and recorded %d",
 				killAt, c.started, c.closed, c.durable, c.visible, c.survived, c.lostUndurable, c.dirSyncs, boltN, tmp, nosum)
 			total.started += c.started
 			total.closed += c.closed

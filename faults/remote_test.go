@@ -373,10 +373,10 @@ func TestRemoteStopMidUpload(t *testing.T) {
 			t.Errorf("tier %s counted %d corruptions", ts.Name, ts.Corruptions)
 		}
 	}
-	// Stops between an upload's two renames leave data without its sum
-	// file; the retry replaces it.
-	cut := strings.Count(n.Stderr(), "published without its sum file")
-	t.Logf("%d stops mid-upload, %d entries (%d still queued just before the stops): all on the remote with matching sum files after sync; %d upload attempts failed (%d cut between the data's and the sum file's renames, then replaced); %d leftovers in .flechefs/tmp; slowest write while down %v, slowest sync after restart %v",
+	// Stops between an upload's rename and its record leave data without
+	// its record; the retry finds it, hashes it and records it.
+	cut := strings.Count(n.Stderr(), "published without its sum record")
+	t.Logf("%d stops mid-upload, %d entries (%d still queued just before the stops): all on the remote with matching sum files after sync; %d upload attempts failed (%d cut between the data's rename and its record, then hashed and recorded); %d leftovers in .flechefs/tmp; slowest write while down %v, slowest sync after restart %v",
 		trials, len(want), queuedAtStop, st.UploadErrors, cut, tmp, maxDown.Round(time.Millisecond), maxSync.Round(time.Millisecond))
 }
 

@@ -203,7 +203,8 @@
 // the extended attributes user.flechefs.tiers (the tiers holding it, fastest
 // first, comma-separated; "unpersisted" first while the stack has not
 // copied it yet), user.flechefs.sha256 (hex) and user.flechefs.upload
-// (none, pending or done).
+// (none, pending, done, or conflict: the remote holds another value, and
+// this mount dropped its own).
 //
 // .flechefs is a read-only directory (0555) with "stats", the JSON of
 // Stack.Stats generated at each open, and "version". Both are served with

@@ -95,7 +95,7 @@ func (o Options) withDefaults() (Options, error) {
 	case o.NegativeTTL < 0:
 		o.NegativeTTL = 0
 	case o.NegativeTTL > MaxNegativeTTL:
-		return o, fmt.Errorf("flechefs: NegativeTTL %v is above the %v limit", o.NegativeTTL, MaxNegativeTTL)
+		return o, fmt.Errorf("flechefs: negative_ttl %v is above the %v limit", o.NegativeTTL, MaxNegativeTTL)
 	}
 	if o.EntryTTL <= 0 {
 		o.EntryTTL = DefaultEntryTTL

@@ -187,7 +187,20 @@
 //     persistence, as a worker's upload does; any failure (ErrExist, a
 //     mismatch, the remote down) hands the item back to the workers at
 //     once, which upload it from the published value the usual way and
-//     settle ErrExist as a conflict or a replacement.
+//     settle ErrExist as below.
+//   - An upload refused with ErrExist learns the remote's value: its
+//     record, or, when it has none after a few seconds, its bytes hashed
+//     (and recorded, through the tier's Adopt). The same value ends the
+//     upload. Another value is a conflict: the remote wins; counted in
+//     Stats.Conflicts, logged once, and this mount's copies of the losing
+//     value are dropped from the local tiers (readers that have it open
+//     finish), so the next read fetches the remote's; UploadState is
+//     "conflict" until then, and Sync waits for the drop. A key that is
+//     the local value's SHA-256 proves that value: another remote copy
+//     under it is damage (ErrCorrupt, the upload retried), never a
+//     conflict. No remote copy is
+//     ever removed or replaced by an upload, save one that fails
+//     verification (ErrCorrupt), which goes to corrupt.
 //
 // # Failure
 //

@@ -78,6 +78,11 @@ type Stack struct {
 	uploaded, uploadedBytes, uploadErrors atomic.Int64
 	conflicts, dropped                    atomic.Int64
 	lastUploadErr                         atomic.Value // string
+	// lost: keys whose value here lost a conflict, with that value's hash,
+	// until the remote's value is in a local tier (stack_conflict.go).
+	// settling counts the drops of such values still running. Under mu.
+	lost     map[digest.Key]digest.Sum
+	settling int
 }
 
 // NewStack builds a stack over layers, fastest first, and resumes the upload queue.
@@ -318,13 +323,14 @@ func (s *Stack) Open(ctx context.Context, k digest.Key) (Reader, error) {
 // whose hash is want (or any copy when want is zero).
 func (s *Stack) openFrom(ctx context.Context, k digest.Key, from int, want digest.Sum) (Reader, error) {
 	unavailable := false
+	var spoolErr *spoolError
 	for _, l := range s.layers[from:] {
 		if l.Remote {
 			r, err := s.openRemote(ctx, l, k, want)
 			if err == nil {
 				return r, nil
 			}
-			if !errors.Is(err, ErrNotFound) {
+			if !errors.Is(err, ErrNotFound) && !errors.As(err, &spoolErr) {
 				unavailable = true
 			}
 			continue
@@ -351,6 +357,9 @@ func (s *Stack) openFrom(ctx context.Context, k digest.Key, from int, want diges
 	}
 	if unavailable {
 		return nil, Wrap("stack", "open", k, ErrUnavailable)
+	}
+	if spoolErr != nil {
+		return nil, Wrap("stack", "open", k, spoolErr)
 	}
 	return nil, Wrap("stack", "open", k, ErrNotFound)
 }
@@ -618,6 +627,9 @@ func (s *Stack) UploadState(k digest.Key) UploadState {
 	if !s.hasWritableRemote() {
 		return UploadNone
 	}
+	if s.lostState(k) {
+		return UploadConflict
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.up.has(k) {
@@ -629,14 +641,15 @@ func (s *Stack) UploadState(k digest.Key) UploadState {
 	return UploadDone
 }
 
-// Sync waits until every published entry is persisted and every queued
-// upload has reached the remote, calling progress (if not nil) with the
+// Sync waits until every published entry is persisted, every queued
+// upload has reached the remote, and every value that lost a conflict has
+// left the local tiers, calling progress (if not nil) with the
 // number of entries still waiting as it changes.
 func (s *Stack) Sync(ctx context.Context, progress func(queued int64)) error {
 	last := int64(-1)
 	for {
 		s.mu.Lock()
-		n := int64(s.up.len() + s.unpersistedLocked())
+		n := int64(s.up.len() + s.unpersistedLocked() + s.settling)
 		ch := s.changed
 		s.mu.Unlock()
 		if progress != nil && n != last {

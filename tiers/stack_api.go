@@ -76,6 +76,10 @@ const (
 	UploadNone    UploadState = "none"    // no remote tier configured
 	UploadPending UploadState = "pending" // waiting in the upload queue
 	UploadDone    UploadState = "done"    // on the remote (or not queued)
+	// UploadConflict: the remote holds another value of the key (another
+	// mount wrote it first); this value is being dropped here, and the
+	// next read fetches the remote's.
+	UploadConflict UploadState = "conflict"
 )
 
 // TierStats are one tier's counters.

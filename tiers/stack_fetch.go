@@ -112,6 +112,7 @@ func (s *Stack) statRemote(ctx context.Context, l *layer, k digest.Key) (Info, e
 		go r.Close()
 		return Info{}, s.refuseUnsummed(l, k, info)
 	}
+	s.foundRemote(k, info.Sum)
 	if info.Size > memFill {
 		s.park(l, k, r)
 		return info, nil
@@ -162,6 +163,7 @@ func (s *Stack) startFill(ctx context.Context, f *fill, k digest.Key, want diges
 		r.Close()
 		return nil, Wrap(l.name, "open", k, ErrNotFound)
 	}
+	s.foundRemote(k, info.Sum)
 	if info.Size <= memFill {
 		l.hits.Add(1)
 		f.info, f.mem = info, make([]byte, info.Size)
@@ -170,13 +172,23 @@ func (s *Stack) startFill(ctx context.Context, f *fill, k digest.Key, want diges
 	sp, err := os.CreateTemp(s.opt.SpoolDir, "fetch-*")
 	if err != nil {
 		r.Close()
-		return nil, Wrap("stack", "open", k, fmt.Errorf("spool: %w", err))
+		// The local spool failed, not the remote: said so, and not as
+		// the file system's errno (EACCES would read as the entry's).
+		err = &spoolError{fmt.Errorf("cannot fetch from %s: the spool directory %s (spool_dir) is not usable: %v", l.name, s.opt.SpoolDir, err)}
+		s.log.Error("remote fetch failed in the local spool", "key", k.String(), "err", err)
+		return nil, Wrap("stack", "open", k, err)
 	}
 	os.Remove(sp.Name()) // unlinked: gone with the last close, even after a crash
 	l.hits.Add(1)
 	f.info, f.f = info, sp
 	return r, nil
 }
+
+// spoolError is a fetch that failed in the local spool directory: the
+// reader is told that, not that the remote tier is unavailable.
+type spoolError struct{ err error }
+
+func (e *spoolError) Error() string { return e.err.Error() }
 
 // refuseUnsummed answers a remote copy without a checksum, for a lookup
 // and an open alike: not found. A young one may be a healthy upload between

@@ -3,6 +3,7 @@ package tiers
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -866,12 +867,12 @@ func (s *Stack) dequeue(k digest.Key) error {
 	return nil
 }
 
-// uploadTo puts one value on remote r. A remote that already holds the key
-// is success when its hash matches; another valid value is a conflict,
-// counted and logged: first writer wins, the remote keeps its value. An
-// invalid remote copy is replaced (uploadExisting). verified says that src
-// is the published blob whose SHA-256 its writer computed, info.Sum
-// (Meta.Verified): the remote tier need not hash it again.
+// uploadTo puts one value on remote r. A remote that already holds the
+// key ends the upload (uploadExisting): with the same value it is done,
+// with another it is a conflict, and this mount drops its own (first
+// writer wins). verified says that src is the published blob whose
+// SHA-256 its writer computed, info.Sum (Meta.Verified): the remote tier
+// need not hash it again.
 func (s *Stack) uploadTo(ctx context.Context, r *layer, info Info, src io.ReaderAt, verified bool) error {
 	put := func() error {
 		_, err := r.Tier.Put(ctx, info.Key, &countingReader{r: copyReader(src, info.Size), n: &r.bytesIn},
@@ -879,8 +880,14 @@ func (s *Stack) uploadTo(ctx context.Context, r *layer, info Info, src io.Reader
 		return err
 	}
 	err := put()
+	conflict := false
 	if errors.Is(err, ErrExist) {
-		err = s.uploadExisting(ctx, r, info, put)
+		conflict, err = s.uploadExisting(ctx, r, info, put)
+	}
+	if conflict {
+		s.noteErr(r, nil)
+		s.absent.added(r, info.Key)
+		return nil
 	}
 	s.noteUpload(r, info, err)
 	return err
@@ -897,40 +904,42 @@ func (s *Stack) noteUpload(r *layer, info Info, err error) {
 	}
 }
 
-// uploadExisting decides an upload the remote refused because it holds the
-// key. A valid copy ends the upload: ours, or another value (a conflict:
-// the first writer wins). A copy that is not valid would never be served
-// and would leave the remote without the value for good, so it is removed
-// and ours put in its place: a corrupt one (truncated, a garbled sum
-// record), or one without a record (its writer died between its two steps, as a
-// killed daemon does, or it was copied in by hand), which readers treat as
-// corrupt too. A failure to tell is an error: the upload is retried.
-func (s *Stack) uploadExisting(ctx context.Context, r *layer, info Info, put func() error) error {
-	sctx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
-	defer cancel()
-	rinfo, serr := r.Tier.Stat(sctx, info.Key)
-	switch {
-	case serr == nil && rinfo.Sum.IsZero():
-		s.log.Warn("remote copy has no checksum, so it cannot be verified; replacing it with the local value",
-			"key", info.Key.String(), "tier", r.name)
-		if derr := r.Tier.Delete(sctx, info.Key); derr != nil && !errors.Is(derr, ErrNotFound) {
-			return derr
+// uploadExisting decides an upload the remote refused because it holds
+// the key. It never removes or replaces a copy it cannot prove is its own
+// value: it learns the remote's value (remoteValue: its record, or its
+// bytes hashed), and the same value ends the upload, another is a
+// conflict (reported true: this mount's copies are dropped). A copy that
+// fails verification (ErrCorrupt: its size disagrees with its record) is
+// handed to s.corrupt and ours put again. A failure to tell is an error:
+// the upload is retried.
+func (s *Stack) uploadExisting(ctx context.Context, r *layer, info Info, put func() error) (conflict bool, err error) {
+	for range 3 {
+		rinfo, serr := s.remoteValue(ctx, r, info.Key, info.Size)
+		switch {
+		case serr == nil && rinfo.Size == info.Size && rinfo.Sum == info.Sum:
+			return false, nil
+		case serr == nil && info.Key.Ext() == "" && info.Key.Hex() == info.Sum.String():
+			// The key is our value's SHA-256: no other value can be
+			// the key's, so the remote copy is damage (or a write in
+			// progress), not a conflict. Ours is not dropped for it;
+			// the upload is retried.
+			return false, Wrap(r.name, "put", info.Key, fmt.Errorf("%w: the remote copy (%d bytes, sha256 %s) is not the value its name is the hash of",
+				ErrCorrupt, rinfo.Size, rinfo.Sum))
+		case serr == nil:
+			s.conflict(r, info, rinfo)
+			return true, nil
+		case errors.Is(serr, ErrCorrupt):
+			s.corrupt(r, info.Key, serr)
+		case errors.Is(serr, ErrNotFound):
+			// Removed since the Put looked: put again.
+		default:
+			return false, serr
 		}
-	case serr == nil && rinfo.Sum != info.Sum:
-		s.conflicts.Add(1)
-		s.log.Warn("remote already holds another value for this key; keeping the remote's (first writer wins)",
-			"key", info.Key.String(), "tier", r.name, "local_sha256", info.Sum.String(), "remote_sha256", rinfo.Sum.String())
-		return nil
-	case serr == nil:
-		return nil
-	case errors.Is(serr, ErrCorrupt):
-		s.corrupt(r, info.Key, serr) // counted, logged and removed
-	case errors.Is(serr, ErrNotFound):
-		// Removed since the Put looked: put again.
-	default:
-		return serr
+		if err := put(); !errors.Is(err, ErrExist) {
+			return false, err
+		}
 	}
-	return put()
+	return false, Wrap(r.name, "put", info.Key, errors.New("the remote copy keeps changing; will retry"))
 }
 
 // Uploads in the background yield to a burst of writes. On 2 cores, 2000

@@ -297,7 +297,7 @@ func (m *mounter) openTier(t config.Tier) (tiers.Tier, error) {
 	case config.SFTP:
 		return sftp.Open(context.Background(), sftp.Options{
 			Name: t.Name, URL: t.URL, IdentityFiles: t.Identity, KnownHosts: t.KnownHosts,
-			UseAgent: t.Agent, Timeout: t.Timeout, ReadOnly: t.ReadOnly,
+			UseAgent: t.Agent, Timeout: t.Timeout, ReadOnly: t.ReadOnly, Mode: os.FileMode(t.Mode),
 			Concurrency: t.Concurrency, Channels: t.Channels, Ciphers: t.Ciphers, Logger: m.log, Lazy: true,
 		})
 	}

@@ -137,6 +137,9 @@ func printStatus(w io.Writer, st *tiers.Stats) {
 	fmt.Fprintln(tw)
 	fmt.Fprintf(tw, "uploaded:\t%d (%s), %d failed attempts, %d conflicts\n",
 		st.Uploaded, config.FormatSize(st.UploadedBytes), st.UploadErrors, st.Conflicts)
+	// A line of its own, even at 0: a value this mount wrote and the
+	// remote refused is one that this mount no longer serves.
+	fmt.Fprintf(tw, "conflicts:\t%d (the remote held another value of a key written here; this mount dropped its own and reads the remote's)\n", st.Conflicts)
 	if st.LastUploadError != "" {
 		fmt.Fprintf(tw, "last upload error:\t%s\n", oneLine(st.LastUploadError))
 	}

@@ -73,6 +73,7 @@ func TestStatus(t *testing.T) {
 	for _, want := range []string{
 		"upload queue:      4 waiting, 2 not yet on local disk\n",
 		"uploaded:          12 (5MiB), 3 failed attempts, 0 conflicts\n",
+		"conflicts:         0 (the remote held another value of a key written here; this mount dropped its own and reads the remote's)\n",
 		"last upload error: sftp: put 0123456789abcdef: tier unavailable (dial tcp: connection refused)\n",
 		"dropped publishes: 1 (the key existed: first writer wins)\n",
 		"listed misses:     500 in sftp without a round trip (2 listings)\n",

@@ -110,6 +110,7 @@ type Tier struct {
 	Channels    int      // SFTP sessions a large fetch reads through
 	Timeout     time.Duration
 	Ciphers     []string // SSH ciphers offered, in order; nil: the library's defaults
+	Mode        int      // permission bits of uploaded values (sftp), default 0640
 
 	// At is where the tier was declared: "config.toml:12:1", or the flag
 	// that added it ("--remote").

@@ -137,11 +137,11 @@ identity = "key"
 				{Kind: Bolt, Name: "bolt", Size: 1e12, Path: "/data/shared.db", ReadOnly: true},
 				{Kind: SFTP, Name: "sftp", URL: "sftp://cache@example.org:2222/srv/flechefs",
 					Identity: []string{"/home/u/.ssh/id_ed25519", "/home/alice/key"}, KnownHosts: "/etc/ssh/known",
-					Concurrency: 8, Channels: 5, Timeout: 30 * time.Second,
+					Concurrency: 8, Channels: 5, Timeout: 30 * time.Second, Mode: 0o640,
 					Ciphers: []string{"aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"}},
 				{Kind: SFTP, Name: "sftp2", URL: "sftp://mirror/cache", ReadOnly: true, Agent: true,
 					Identity: []string{"/etc/flechefs/key"}, KnownHosts: "/home/u/.ssh/known_hosts",
-					Concurrency: 64, Channels: 3, Timeout: 2 * time.Second},
+					Concurrency: 64, Channels: 3, Timeout: 2 * time.Second, Mode: 0o640},
 			},
 		}},
 		{"inline tables", inline, &Config{
@@ -150,7 +150,7 @@ identity = "key"
 			Tiers: []Tier{
 				{Kind: Memory, Name: "ram", Size: 1 << 30},
 				{Kind: SFTP, Name: "sftp", URL: "sftp://h/p", Identity: []string{}, Agent: true,
-					KnownHosts: "/home/u/.ssh/known_hosts", Concurrency: 64, Channels: 3, Timeout: 10 * time.Second},
+					KnownHosts: "/home/u/.ssh/known_hosts", Concurrency: 64, Channels: 3, Timeout: 10 * time.Second, Mode: 0o640},
 			},
 		}},
 	} {
@@ -210,6 +210,12 @@ colour = "blue"
 `, []string{
 			`config.toml:8:1: tier 2 (bolt): unknown key "colour"`,
 			`config.toml:14:1: tier 3 (bolt): unknown key "colour"`,
+		}},
+		{"mode", "[[tier]]\nkind = \"sftp\"\nurl = \"sftp://h/p\"\nmode = 640\n[[tier]]\nkind = \"sftp\"\nname = \"b\"\nurl = \"sftp://h/q\"\nmode = \"4755\"\n[[tier]]\nkind = \"sftp\"\nname = \"c\"\nurl = \"sftp://h/r\"\nmode = \"0040\"\n[[tier]]\nkind = \"sftp\"\nname = \"d\"\nurl = \"sftp://h/s\"\nmode = \"rw\"\n", []string{
+			`config.toml:4:8: tier 1 (sftp): mode: want a string of octal digits such as "0640", got`,
+			`config.toml:9:8: tier 2 (sftp): mode "4755": want permission bits only`,
+			`config.toml:14:8: tier 3 (sftp): mode "0040": the owner must be able to read`,
+			`config.toml:19:8: tier 4 (sftp): mode "rw": want octal permission bits`,
 		}},
 		{"key of another kind", "[[tier]]\nkind = \"memory\"\nsize = \"1G\"\npath = \"/x\"\n", []string{
 			`config.toml:4:1: tier 1 (memory): key "path" does not apply to memory tiers (it is for bolt tiers)`,

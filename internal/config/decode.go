@@ -25,7 +25,10 @@ const (
 	DefaultUploadWorkers = 8
 	DefaultConcurrency   = 64
 	DefaultChannels      = 3
-	DefaultBoltSize      = 10 << 30
+	// DefaultMode is the permission of the values an sftp tier uploads:
+	// the remote's owner reads and writes, its group reads.
+	DefaultMode     = 0o640
+	DefaultBoltSize = 10 << 30
 )
 
 // Bounds of the settings: values outside are refused, not clamped.
@@ -61,6 +64,7 @@ var tierKeys = map[string][]Kind{
 	"channels":    {SFTP},
 	"timeout":     {SFTP},
 	"ciphers":     {SFTP},
+	"mode":        {SFTP},
 }
 
 // kindAliases are names people reach for, mapped to the kind they mean.
@@ -227,6 +231,31 @@ func (f field) duration(lo, hi time.Duration, dst *time.Duration) {
 		return
 	}
 	*dst = d
+}
+
+// mode accepts a permission as a string of octal digits ("0640", "600"):
+// as a TOML integer, 640 and 0o640 would be easy to mix up. The owner must
+// be able to read (flechefs reads back what it uploads).
+func (f field) mode(dst *int) {
+	s, ok := f.v.(string)
+	if !ok {
+		f.wrongType(`a string of octal digits such as "0640"`)
+		return
+	}
+	n, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || len(s) < 3 || len(s) > 4 {
+		f.bad(`want octal permission bits such as "0640" or "0600"`)
+		return
+	}
+	if n > 0o777 {
+		f.bad("want permission bits only (at most 0777; no setuid, setgid or sticky bit)")
+		return
+	}
+	if n&0o400 == 0 {
+		f.bad("the owner must be able to read (flechefs reads back what it uploads): want 0400 set")
+		return
+	}
+	*dst = int(n)
 }
 
 // size accepts "512MiB"-like strings and plain integers (bytes); it must
@@ -419,6 +448,8 @@ func (p *parser) tier(i int, m map[string]any) Tier {
 			t.timeoutSet = true
 		case "ciphers":
 			p.ciphers(f, &t)
+		case "mode":
+			f.mode(&t.Mode)
 		}
 	}
 	missing := func(key, example string) {
@@ -527,6 +558,7 @@ func (t *Tier) setDefaults() {
 		t.Agent = true
 		t.Concurrency = DefaultConcurrency
 		t.Channels = DefaultChannels
+		t.Mode = DefaultMode
 	}
 }
 

@@ -155,7 +155,7 @@ func loadSigners(files []string, useAgent bool) ([]ssh.Signer, error) {
 				continue
 			}
 			return nil, fmt.Errorf("identity file %s is encrypted with a passphrase; flechefs does not read passphrases: "+
-				"load it into ssh-agent (ssh-add %s) and set UseAgent", f, f)
+				"load it into ssh-agent (ssh-add %s) and set agent = true in the tier's configuration", f, f)
 		case err != nil:
 			return nil, fmt.Errorf("identity file %s is not a private key flechefs can read (OpenSSH or PEM format)", f)
 		}
@@ -173,7 +173,7 @@ func (t *Tier) authMethod() (ssh.AuthMethod, func(), error) {
 		sock := os.Getenv("SSH_AUTH_SOCK")
 		if sock == "" {
 			if len(signers) == 0 {
-				return nil, done, errors.New("UseAgent is set but SSH_AUTH_SOCK is empty, and no identity file is usable")
+				return nil, done, errors.New("agent = true but SSH_AUTH_SOCK is empty, and no identity file is usable")
 			}
 		} else if ac, err := net.Dial("unix", sock); err != nil {
 			if len(signers) == 0 {
@@ -193,7 +193,7 @@ func (t *Tier) authMethod() (ssh.AuthMethod, func(), error) {
 		}
 	}
 	if len(signers) == 0 {
-		return nil, done, errors.New("no identity: set IdentityFiles or UseAgent")
+		return nil, done, errors.New("no identity: set identity (key files) or agent = true")
 	}
 	return ssh.PublicKeys(signers...), done, nil
 }

@@ -41,12 +41,17 @@
 //     sftp-server implements the rename with link(2) then unlink(2), so it
 //     fails when the name exists: of concurrent writers exactly one wins,
 //     the others see the name exist and get ErrExist;
-//  4. makes the sum record .flechefs/sums/<key> (one SYMLINK), after
-//     removing a stale one left by a data file someone removed by hand.
-//     Only the winner of step 3 gets here. If this step fails (the
-//     connection dropped), Put fails although the data is in place: the
-//     caller retries, finds the key without its sum record and replaces it
-//     (tiers.Stack does).
+//  4. makes the sum record .flechefs/sums/<key> (one SYMLINK). Only the
+//     winner of step 3 gets here; a record already there is decided as
+//     "Records and concurrent writers" says, never removed blindly. If
+//     this step fails (the connection dropped), Put fails although the
+//     data is in place: the caller's retry finds the key (ErrExist) without
+//     a record, hashes the data and records it (tiers.Stack does, with
+//     Adopt).
+//
+// The temp file gets Options.Mode (default 0640) with an FSETSTAT sent
+// beside the writes and answered before the rename, so a value never
+// appears with the server's umask.
 //
 // A small value thus costs five requests (open, write, close, rename,
 // symlink; the close is not waited for) in four round trips. With a sum
@@ -60,16 +65,86 @@
 // an hour are removed at the first connect.
 //
 // Why data before sum: the data file only ever appears complete (it is
-// renamed into place), and only the writer that placed it writes the sum
-// record. A reader can therefore see a data file without a record (for one
-// round trip during a Put, or for good if the writer died between steps 3
-// and 4, or if someone copied a file in by hand); Info.Sum is then zero,
-// which the stack treats as unverifiable. Writing the sum first would let
+// renamed into place), and only the writer that placed it (or an adopter
+// that hashed it) writes the sum record. A reader can therefore see a data
+// file without a record (for one round trip during a Put, or until it is
+// adopted if the writer died between steps 3 and 4, or if someone copied a
+// file in by hand); Info.Sum is then zero. Writing the sum first would let
 // two concurrent writers with different bytes leave the loser's sum next to
 // the winner's data.
 //
 // Delete removes the sum record, then the data file, so an interrupted Delete
 // also leaves a valid entry without sum, never a sum claiming missing data.
+//
+// # Records and concurrent writers
+//
+// Who writes a record: the writer whose rename placed the data file (step
+// 4, writeSum), and an adopter, a party that found a data file without a
+// record and hashed it whole (Adopt: tiers.Stack when an upload meets such
+// a copy; readers that adopt foreign files). Nobody replaces a record in
+// place; a record is removed by Delete, and by the two rules below, each
+// only after hashing the data file and finding other bytes than the
+// record says, and only if the record still reads as it did (removeSumIf).
+//
+// Rules. Writer W, after winning its rename, SYMLINKs its record; on
+// failure it reads the record there: the same sum and size, done (an
+// adopter hashed W's data, or W's own earlier try); gone, link again;
+// another, hash the data file: other bytes than W's mean W's data was
+// deleted after its rename and another writer's is there, so W touches
+// nothing and fails with ErrExist (the stack then learns the remote's
+// value: a conflict); W's bytes mean the record is stale (its data was
+// removed by hand, or an adopter hashed a file replaced before it
+// linked): W removes it, links its own, and hashes the data once more,
+// removing its record again and failing with ErrExist if the data changed
+// meanwhile. Adopter A SYMLINKs the record of what it hashed; on failure it
+// leaves the record there alone; after linking, it stats the data file,
+// and if the size or modification time differ from what it hashed, it
+// removes its record (if still its own) and fails with ErrExist. Deleter D
+// removes the record, then the data.
+//
+// The steps, for two writers W1 and W2 (values v1 ≠ v2), an adopter A and
+// a deleter D: W.r (rename), W.s (record), W.h (hash on a record conflict),
+// A.h (hash), A.s (record), A.c (check), D.r (remove record), D.d (remove
+// data). Every interleaving below is forced against a real sshd by
+// TestRecordInterleavings (hooks hold an actor between two steps while the
+// others run); the end state is checked on the server's disk and by a
+// verified read.
+//
+//	row  interleaving                                   end state      results
+//	R1   W1.r  W2.r✗  [W2 stat: no record]  W1.s          v1 + rec(v1)   W2 ErrExist; its stack waits for the record
+//	R2   (rec(v0) stale)  W1.r  W1.s✗  W1.h=v1  W1.s      v1 + rec(v1)   W1 ok
+//	R3   W1.r  D.r  D.d  W2.r  W2.s  W1.s✗  W1.h=v2        v2 + rec(v2)   W1 ErrExist (conflict), W2 ok
+//	R4   W1.r  D.r  D.d  W2.r  W1.s  W2.s✗  W2.h=v2        v2 + rec(v2)   W1 ok (see Residual), W2 ok
+//	R5   (stale)  W1.r  W1.s✗  W1.h=v1  D.r D.d W2.r W2.s  v2 + rec(v2)   W1 finds rec(v2): hashes v2, ErrExist
+//	     W1.s✗  W1.h=v2
+//	R6   (stale)  W1.r  W1.s✗  W1.h=v1  W1.s  D.r  D.d     v2 + rec(v2)   W1's check hashes v2, finds rec(v2)
+//	     W2.r  W2.s  W1.h=v2                                              and leaves it: ErrExist
+//	R7   (v0, no record)  A.h=v0  D.d  W1.r  W1.s  A.s✗    v1 + rec(v1)   A ErrExist, W1 ok
+//	R8   (v0)  A.h=v0  D.d  W1.r  A.s  A.c✗  W1.s          v1 + rec(v1)   A removes its record, ErrExist; W1 ok
+//	R9   (v0)  A.h=v0  D.d  W1.r  A.s  W1.s✗ W1.h=v1       v1 + rec(v1)   W1 replaces A's stale record; A's check
+//	     W1.s  A.c✗                                                       finds W1's record, leaves it: ErrExist
+//	R10  W1.r  A.h=v1  A.s  A.c  W1.s✗(same)              v1 + rec(v1)   both ok
+//	R11  (v1 + rec)  D.r  W2.r✗  D.d  W2.r  W2.s          v2 + rec(v2)   W2 ErrExist, then ok on retry
+//	R12  W1.r  (W1 dies)  W2.r✗  W2 hashes  A.s (by W2)   v1 + rec(v1)   the data is adopted
+//
+// No row ends with a record that disagrees with its data, or with a valid
+// record removed. With v1 = v2 every row ends with that value and no
+// conflict.
+//
+// Residual. In R4 W1's record lands beside W2's data (a reader in that
+// one-step window sees a size or hash mismatch: not served) and W1's Put
+// succeeds although the remote then holds v2: W1's mount keeps v1 until it
+// drops it. It takes an explicit delete of the key (rm with delete_remote on
+// another mount, or by hand) between W1's rename and its record, plus a
+// second writer inside the same window. removeSumIf has a window of one
+// round trip between its read and its remove, in which only a delete plus
+// a rename plus a record by others could slip a record in; the writer's
+// final hash then removes its own record again, leaving the data without
+// a record, which the next uploader or reader adopts. An adopter's check
+// compares size and modification time (seconds): a file replaced within
+// the same second with the same size by a writer that died before its
+// record keeps the adopter's record; a reader's hash check then refuses to
+// serve it.
 //
 // # Verification
 //
@@ -176,6 +251,10 @@
 //     replace (OpenSSH's sftp-server on a filesystem with hard links).
 //     pkg/sftp's own server and OpenSSH on a filesystem without hard links
 //     fall back to a check-then-rename that two writers can race.
+//   - Modes: values get Options.Mode; records are symbolic links, whose
+//     mode Linux ignores: whoever may search .flechefs/sums reads them
+//     (a SHA-256, a size and a time, never the value). The directories
+//     are created with the server's umask.
 //   - Full disks are reported as the server reports them: SFTP version 3
 //     has no "no space" code, so it is a plain failure, not ErrNoSpace.
 //   - One connection carries all traffic; one sshd process (one core on the

@@ -57,6 +57,13 @@ type Options struct {
 	Ciphers []string
 	// Logger receives connection events. Default slog.Default().
 	Logger *slog.Logger
+	// Mode is the permission of the values this tier uploads, set on the
+	// temp file before it is renamed into place (the server's umask does
+	// not apply). Default 0640: the owner reads and writes, the group
+	// reads, others nothing. Records are symbolic links, whose own mode
+	// Linux ignores: who can read a record is decided by the directory
+	// .flechefs/sums.
+	Mode os.FileMode
 	// Lazy makes Open succeed without contacting the server; the first
 	// operation connects. A mount starts in degraded mode this way when the
 	// server is down.
@@ -67,6 +74,7 @@ const (
 	defaultTimeout     = 10 * time.Second
 	defaultConcurrency = 64
 	defaultChannels    = 3
+	defaultMode        = 0o640
 	maxChannels        = 8
 	// openSSHPacket is OpenSSH's SFTP_MAX_READ_LENGTH (256 KiB - 1024): its
 	// sftp-server answers a larger read with this many bytes, which
@@ -149,13 +157,19 @@ func (o *Options) setDefaults() error {
 	if o.PacketSize < 0 || (o.PacketSize > 0 && o.PacketSize < 512) {
 		return fmt.Errorf("packet size %d is too small", o.PacketSize)
 	}
+	if o.Mode == 0 {
+		o.Mode = defaultMode
+	}
+	if o.Mode&^os.ModePerm != 0 {
+		return fmt.Errorf("mode %#o: want permission bits only (0 to 0777)", uint32(o.Mode))
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
 	home, _ := os.UserHomeDir()
 	if o.KnownHosts == "" {
 		if home == "" {
-			return errors.New("no KnownHosts file and no home directory to find ~/.ssh/known_hosts")
+			return errors.New("no known_hosts file set and no home directory to find ~/.ssh/known_hosts")
 		}
 		o.KnownHosts = filepath.Join(home, ".ssh", "known_hosts")
 	}

@@ -49,6 +49,11 @@ type Tier struct {
 	warnedAt    time.Time
 	orphans     []string // temp files to remove once connected again
 
+	// hook, if set (tests), is called at the steps of the record protocol
+	// (record.go): "renamed", "record", "record-other", "record-stale",
+	// "record-check", "adopt", "adopt-check", "delete-record-removed".
+	hook func(step string, k digest.Key)
+
 	laneChunks atomic.Int64  // chunks fetched or uploaded through lanes (lanes.go)
 	laneRTT    time.Duration // laneRTT; tests lower it
 	swept      bool
@@ -75,7 +80,7 @@ func Open(ctx context.Context, opt Options) (*Tier, error) {
 		return nil, fmt.Errorf("%s tier: %w", opt.Name, err)
 	}
 	if len(signers) == 0 && !opt.UseAgent {
-		return nil, fmt.Errorf("%s tier: no identity: set IdentityFiles or UseAgent", opt.Name)
+		return nil, fmt.Errorf("%s tier: no identity: set identity (key files) or agent = true", opt.Name)
 	}
 	t := &Tier{
 		opt:     opt,
@@ -186,6 +191,7 @@ type sumResult struct {
 	s     sumFile
 	found bool
 	err   error
+	raw   string // what was read: the link's target, or "file:" and the file's bytes
 }
 
 // readSumAsync reads the sum record of k in parallel with the caller's own
@@ -204,9 +210,9 @@ func (t *Tier) readSum(c *conn, k digest.Key) sumResult {
 	case err == nil:
 		s, err := parseSumLink(target)
 		if err != nil {
-			return sumResult{found: true, err: fmt.Errorf("%w: %s: %v", tiers.ErrCorrupt, t.sumPath(k), err)}
+			return sumResult{found: true, raw: target, err: fmt.Errorf("%w: %s: %v", tiers.ErrCorrupt, t.sumPath(k), err)}
 		}
-		return sumResult{s: s, found: true}
+		return sumResult{s: s, found: true, raw: target}
 	case errors.Is(err, os.ErrNotExist):
 		return sumResult{}
 	case isConnErr(err):
@@ -243,14 +249,15 @@ func (t *Tier) readSumFile(c *conn, k digest.Key) sumResult {
 		// Created, not yet written: an upload between its two steps.
 		return sumResult{}
 	}
+	raw := "file:" + string(buf[:min(n, maxSumFile)])
 	if n > maxSumFile {
-		return sumResult{found: true, err: fmt.Errorf("%w: sum file %s is %d bytes or more, not a sum file", tiers.ErrCorrupt, t.sumPath(k), n)}
+		return sumResult{found: true, raw: raw, err: fmt.Errorf("%w: sum file %s is %d bytes or more, not a sum file", tiers.ErrCorrupt, t.sumPath(k), n)}
 	}
 	s, err := parseSumFile(buf[:n])
 	if err != nil {
-		return sumResult{found: true, err: fmt.Errorf("%w: sum file %s: %v", tiers.ErrCorrupt, t.sumPath(k), err)}
+		return sumResult{found: true, raw: raw, err: fmt.Errorf("%w: sum file %s: %v", tiers.ErrCorrupt, t.sumPath(k), err)}
 	}
-	return sumResult{s: s, found: true}
+	return sumResult{s: s, found: true, raw: raw}
 }
 
 // info combines the data file's attributes and the sum record.
@@ -494,6 +501,11 @@ func (t *Tier) putFinal(ctx context.Context, c *conn, w *watch, k digest.Key, r 
 	if err != nil {
 		return tiers.Info{}, t.failure(c, err)
 	}
+	// The value's mode is chosen, not the server's umask (Options.Mode):
+	// set on the temp file, so that the name appears with it. The FSETSTAT
+	// goes out beside the writes; its answer is awaited before the rename.
+	chmodc := make(chan error, 1)
+	go func() { chmodc <- f.Chmod(t.opt.Mode) }()
 	// A value streamed while it is written (final != nil) starts with an
 	// unknown Meta, so it is always hashed: its writer may still change
 	// bytes already sent.
@@ -509,6 +521,7 @@ func (t *Tier) putFinal(ctx context.Context, c *conn, w *watch, k digest.Key, r 
 	default:
 		_, err = f.ReadFromWithConcurrency(src, t.opt.Concurrency)
 	}
+	chmodErr := <-chmodc
 	if err != nil || src.err != nil {
 		f.Close()
 		switch {
@@ -534,6 +547,10 @@ func (t *Tier) putFinal(ctx context.Context, c *conn, w *watch, k digest.Key, r 
 		f.Close()
 		return tiers.Info{}, fmt.Errorf("%w: value has sha256 %s, announced %s", tiers.ErrCorrupt, sum, m.Sum)
 	}
+	if chmodErr != nil {
+		f.Close()
+		return tiers.Info{}, t.failure(c, fmt.Errorf("set mode %#o: %w", t.opt.Mode, chmodErr))
+	}
 	created := m.Created
 	if created.IsZero() {
 		created = time.Now()
@@ -553,14 +570,19 @@ func (t *Tier) putFinal(ctx context.Context, c *conn, w *watch, k digest.Key, r 
 		return tiers.Info{}, t.failure(c, err)
 	}
 	success = true
-	// We own the key now; our sum file replaces any stale one. If this
-	// fails (the connection dropped between the two steps) the data is in
-	// place without its sum file, which no reader serves: the Put fails,
-	// so that the caller retries and replaces that copy, rather than count
-	// the value uploaded while no one can ever read it.
-	if err := t.writeSum(c, k, sumFile{sum: sum, size: size, created: created}); err != nil {
-		t.log.Warn("sftp entry published without its sum file", "tier", t.opt.Name, "key", k, "err", err)
-		return tiers.Info{}, t.failure(c, fmt.Errorf("sum file: %w", err))
+	t.at(w, "renamed", k)
+	// We placed the data: we write its record (record.go). If this fails
+	// (the connection dropped between the two steps) the data is in place
+	// without its record: the Put fails, and the caller's retry finds the
+	// data (ErrExist) and, without a record, hashes it and adopts it. If
+	// the data is no longer ours (removed and put again by another writer
+	// meanwhile), ErrExist: the caller learns the remote's value.
+	if err := t.writeSum(c, w, k, sumFile{sum: sum, size: size, created: created}); err != nil {
+		if errors.Is(err, tiers.ErrExist) {
+			return tiers.Info{}, err
+		}
+		t.log.Warn("sftp entry published without its sum record", "tier", t.opt.Name, "key", k, "err", err)
+		return tiers.Info{}, t.failure(c, fmt.Errorf("sum record: %w", err))
 	}
 	return info, nil
 }
@@ -603,30 +625,6 @@ func (t *Tier) mkdirs(c *conn) error {
 	return nil
 }
 
-// writeSum records k's sum: a symlink whose target is the record, one
-// request that either creates it whole or fails. A record already there
-// (stale: left by a data file someone removed by hand, or of the earlier
-// format) is removed first and the link made again.
-func (t *Tier) writeSum(c *conn, k digest.Key, s sumFile) error {
-	p, target := t.sumPath(k), s.link()
-	err := c.sftp.Symlink(target, p)
-	if err == nil || isConnErr(err) {
-		return err
-	}
-	if errors.Is(err, os.ErrNotExist) {
-		err = t.mkdirs(c)
-	} else {
-		err = c.sftp.Remove(p)
-		if errors.Is(err, os.ErrNotExist) {
-			err = nil
-		}
-	}
-	if err != nil {
-		return err
-	}
-	return c.sftp.Symlink(target, p)
-}
-
 // removeTemps removes temp files now, or after the next connect if c is
 // dead.
 func (t *Tier) removeTemps(c *conn, paths ...string) {
@@ -661,6 +659,7 @@ func (t *Tier) Delete(ctx context.Context, k digest.Key) error {
 	if err := c.sftp.Remove(t.sumPath(k)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return t.wrap("delete", k, t.failure(c, err))
 	}
+	t.at(w, "delete-record-removed", k)
 	if err := c.sftp.Remove(t.dataPath(k)); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			err = tiers.ErrNotFound
