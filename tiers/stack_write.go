@@ -3,6 +3,7 @@ package tiers
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -899,23 +900,33 @@ func (s *Stack) noteUpload(r *layer, info Info, err error) {
 
 // uploadExisting decides an upload the remote refused because it holds the
 // key. A valid copy ends the upload: ours, or another value (a conflict:
-// the first writer wins). A copy that is not valid would never be served
-// and would leave the remote without the value for good, so it is removed
-// and ours put in its place: a corrupt one (truncated, a garbled sum
-// record), or one without a record (its writer died between its two steps, as a
-// killed daemon does, or it was copied in by hand), which readers treat as
-// corrupt too. A failure to tell is an error: the upload is retried.
+// the first writer wins). A corrupt copy (truncated, a garbled sum record)
+// would never be served and would leave the remote without the value for
+// good: it is moved to the tier's quarantine (corrupt) and ours put in its
+// place. A copy without a record (its writer died between its two steps,
+// as a killed daemon does, or it was copied in by hand) is read, hashed
+// and adopted, never removed, and then judged like a recorded one; one
+// the tier does not serve (ErrForeign) is left alone, a conflict. A
+// failure to tell is an error: the upload is retried.
 func (s *Stack) uploadExisting(ctx context.Context, r *layer, info Info, put func() error) error {
 	sctx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
 	defer cancel()
 	rinfo, serr := r.Tier.Stat(sctx, info.Key)
+	if serr == nil && rinfo.Sum.IsZero() {
+		// A copy without a record (an upload of ours the daemon's death
+		// cut between its rename and its record, or a file flechefs did
+		// not write), which the tier serves: never removed. It is read,
+		// hashed and adopted (its record written), then judged as any
+		// other copy.
+		s.log.Warn("remote copy has no checksum record; reading it to record its checksum", "key", info.Key.String(), "tier", r.name)
+		rinfo.Sum, serr = s.adoptRemote(ctx, r, info.Key)
+	}
 	switch {
-	case serr == nil && rinfo.Sum.IsZero():
-		s.log.Warn("remote copy has no checksum, so it cannot be verified; replacing it with the local value",
+	case errors.Is(serr, ErrForeign):
+		s.conflicts.Add(1)
+		s.log.Warn("remote holds a file flechefs did not write under this key and does not serve it (its foreign setting); not uploaded, the file is left alone",
 			"key", info.Key.String(), "tier", r.name)
-		if derr := r.Tier.Delete(sctx, info.Key); derr != nil && !errors.Is(derr, ErrNotFound) {
-			return derr
-		}
+		return nil
 	case serr == nil && rinfo.Sum != info.Sum:
 		s.conflicts.Add(1)
 		s.log.Warn("remote already holds another value for this key; keeping the remote's (first writer wins)",
@@ -931,6 +942,36 @@ func (s *Stack) uploadExisting(ctx context.Context, r *layer, info Info, put fun
 		return serr
 	}
 	return put()
+}
+
+// adoptRemote reads k's copy in r, which has no checksum record, whole,
+// hashes it and has the tier record that sum (Adopter). It returns the sum.
+func (s *Stack) adoptRemote(ctx context.Context, r *layer, k digest.Key) (digest.Sum, error) {
+	octx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
+	rd, err := r.Tier.Open(octx, k)
+	cancel()
+	if err != nil {
+		return digest.Sum{}, err
+	}
+	defer rd.Close()
+	h := digest.NewHasher()
+	n, err := io.Copy(h, io.NewSectionReader(rd, 0, rd.Info().Size))
+	if err == nil && n != rd.Info().Size {
+		err = fmt.Errorf("read %d bytes of %d", n, rd.Info().Size)
+	}
+	if err != nil {
+		return digest.Sum{}, err
+	}
+	if want := rd.Info().Sum; !want.IsZero() && h.Sum() != want {
+		// A name that is a SHA-256 (foreign = "verify") the content is not.
+		return digest.Sum{}, Wrap(r.name, "read", k, fmt.Errorf("%w: sha256 %s, its name says %s", ErrCorrupt, h.Sum(), want))
+	}
+	if a, ok := rd.(Adopter); ok {
+		if err := a.Adopt(ctx, h.Sum()); err != nil {
+			return digest.Sum{}, err
+		}
+	}
+	return h.Sum(), nil
 }
 
 // Uploads in the background yield to a burst of writes. On 2 cores, 2000

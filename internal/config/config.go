@@ -110,6 +110,10 @@ type Tier struct {
 	Channels    int      // SFTP sessions a large fetch reads through
 	Timeout     time.Duration
 	Ciphers     []string // SSH ciphers offered, in order; nil: the library's defaults
+	// Foreign is what the tier does with a remote file that has no sum
+	// record: "adopt" (serve it and record its sum), "verify" (only a
+	// name that is the SHA-256 of the content), "ignore".
+	Foreign string
 
 	// At is where the tier was declared: "config.toml:12:1", or the flag
 	// that added it ("--remote").

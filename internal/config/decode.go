@@ -61,6 +61,7 @@ var tierKeys = map[string][]Kind{
 	"channels":    {SFTP},
 	"timeout":     {SFTP},
 	"ciphers":     {SFTP},
+	"foreign":     {SFTP},
 }
 
 // kindAliases are names people reach for, mapped to the kind they mean.
@@ -419,6 +420,8 @@ func (p *parser) tier(i int, m map[string]any) Tier {
 			t.timeoutSet = true
 		case "ciphers":
 			p.ciphers(f, &t)
+		case "foreign":
+			f.enum(&t.Foreign, "adopt", "verify", "ignore")
 		}
 	}
 	missing := func(key, example string) {
@@ -527,6 +530,7 @@ func (t *Tier) setDefaults() {
 		t.Agent = true
 		t.Concurrency = DefaultConcurrency
 		t.Channels = DefaultChannels
+		t.Foreign = "adopt"
 	}
 }
 
