@@ -181,6 +181,14 @@ func TestForeignFiles(t *testing.T) {
 	if _, err := tr.Open(ctx, dirKey); !errors.Is(err, tiers.ErrNotFound) {
 		t.Fatalf("open of a directory under a key's name: %v", err)
 	}
+	// Nor is a symlink (out of the root, here): Open and Stat would
+	// follow it.
+	if _, err := tr.Stat(ctx, linkKey); !errors.Is(err, tiers.ErrNotFound) {
+		t.Fatalf("stat of a symlink under a key's name: %v", err)
+	}
+	if _, err := tr.Open(ctx, linkKey); !errors.Is(err, tiers.ErrNotFound) {
+		t.Fatalf("open of a symlink under a key's name: %v", err)
+	}
 }
 
 // age sets p's mtime d in the past, as a file written that long ago.

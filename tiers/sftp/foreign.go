@@ -85,25 +85,57 @@ func (t *Tier) needLock(k digest.Key) bool {
 	return t.opt.Foreign != ForeignIgnore && !isLockName(k)
 }
 
-// lockAsync asks whether <key>.lock exists, beside the caller's requests.
-func (t *Tier) lockAsync(c *conn, k digest.Key) <-chan error {
-	ch := make(chan error, 1)
+// probe is what deciding on a record-less file needs besides the file's
+// own attributes: whether <key>.lock exists, and whether the name itself
+// is a regular file (Open and Stat follow symbolic links; a symlink under
+// a key's name, which may point out of the root, is nobody's entry).
+type probe struct {
+	lockErr error // the lock's Lstat; nil when not asked (ignore, or a lock's name)
+	asked   bool
+	fi      os.FileInfo // the name's Lstat
+	err     error
+}
+
+// probeAsync asks for the probe of k beside the caller's requests: one
+// round trip, two requests in flight.
+func (t *Tier) probeAsync(c *conn, k digest.Key) <-chan probe {
+	ch := make(chan probe, 1)
 	go func() {
-		_, err := c.sftp.Lstat(t.lockPath(k))
-		ch <- err
+		var p probe
+		var lockc chan error
+		if t.needLock(k) {
+			p.asked = true
+			lockc = make(chan error, 1)
+			go func() {
+				_, err := c.sftp.Lstat(t.lockPath(k))
+				lockc <- err
+			}()
+		}
+		p.fi, p.err = c.sftp.Lstat(t.dataPath(k))
+		if lockc != nil {
+			p.lockErr = <-lockc
+		}
+		ch <- p
 	}()
 	return ch
 }
 
-// lockResult turns the lock's Lstat into whether it exists.
-func (t *Tier) lockResult(c *conn, err error) (bool, error) {
+// result tells whether <key>.lock exists, or why the name is not a
+// regular file (ErrNotFound), or the failure.
+func (p probe) result(t *Tier, c *conn, k digest.Key) (lock bool, err error) {
 	switch {
-	case err == nil:
-		return true, nil
-	case errors.Is(err, os.ErrNotExist):
+	case errors.Is(p.err, os.ErrNotExist):
+		return false, tiers.ErrNotFound
+	case p.err != nil:
+		return false, t.failure(c, p.err)
+	case !p.fi.Mode().IsRegular():
+		return false, fmt.Errorf("%w: %s has no sum record and is not a regular file (%v)", tiers.ErrNotFound, t.dataPath(k), p.fi.Mode().Type())
+	case !p.asked || errors.Is(p.lockErr, os.ErrNotExist):
 		return false, nil
+	case p.lockErr == nil:
+		return true, nil
 	}
-	return false, t.failure(c, err)
+	return false, t.failure(c, p.lockErr)
 }
 
 // listFilter applies foreign's rules to a listing: it reads the sum records'

@@ -185,18 +185,15 @@ func (t *Tier) Stat(ctx context.Context, k digest.Key) (tiers.Info, error) {
 }
 
 // statForeign is Stat of a data file without a sum record: what foreign
-// decides, after asking for <key>.lock when that matters (a second round
-// trip, for such files only).
+// decides, after the probe (is the name itself a regular file, is there a
+// <key>.lock): a second round trip, for such files only.
 func (t *Tier) statForeign(c *conn, k digest.Key, fi os.FileInfo) (tiers.Info, error) {
 	if !fi.Mode().IsRegular() {
 		return tiers.Info{}, fmt.Errorf("%w: %s has no sum record and is not a regular file", tiers.ErrNotFound, t.dataPath(k))
 	}
-	lock := false
-	if t.needLock(k) {
-		var err error
-		if lock, err = t.lockResult(c, <-t.lockAsync(c, k)); err != nil {
-			return tiers.Info{}, err
-		}
+	lock, err := (<-t.probeAsync(c, k)).result(t, c, k)
+	if err != nil {
+		return tiers.Info{}, err
 	}
 	return t.foreign(k, fi.Size(), fi.ModTime(), lock, time.Now())
 }
@@ -344,15 +341,15 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 			return r, nil
 		}
 	}
-	var lockc <-chan error
+	var probec <-chan probe
 	noRecord := sf.err == nil && !sf.found
-	if noRecord && t.needLock(k) {
-		lockc = t.lockAsync(c, k) // beside the head's read
+	if noRecord {
+		probec = t.probeAsync(c, k) // beside the head's read
 	}
 	err = r.readHead(sf, true)
 	close(r.headReady)
 	if noRecord {
-		err = r.openForeign(err, lockc)
+		err = r.openForeign(err, <-probec)
 	}
 	if err != nil {
 		go f.Close()
@@ -365,15 +362,14 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 // head is read (headErr): served as foreign decides, or absent. A file
 // that is not a regular one or that changed while its head was read is
 // absent, not damaged: nothing vouched for it.
-func (r *reader) openForeign(headErr error, lockc <-chan error) error {
+func (r *reader) openForeign(headErr error, p probe) error {
 	t, k := r.t, r.info.Key
-	lock := false
-	if lockc != nil {
-		var err error
-		lock, err = t.lockResult(r.c, <-lockc)
-		if headErr == nil && err != nil {
-			headErr = err
-		}
+	lock, err := p.result(t, r.c, k)
+	if errors.Is(err, tiers.ErrNotFound) {
+		return err
+	}
+	if headErr == nil && err != nil {
+		headErr = err
 	}
 	if errors.Is(headErr, tiers.ErrCorrupt) {
 		return fmt.Errorf("%w: %s has no sum record and is not a regular file or changed while it was read", tiers.ErrNotFound, t.dataPath(k))
