@@ -136,7 +136,7 @@ func (s *Stack) startFill(ctx context.Context, f *fill, k digest.Key, want diges
 		r, err = l.Tier.Open(octx, k)
 		cancel()
 		if errors.Is(err, ErrCorrupt) {
-			s.corrupt(l, k, err) // counted, logged and removed, as after a read
+			s.corrupt(l, k, err) // counted, logged and quarantined, as after a read
 		} else {
 			s.noteErr(l, err)
 		}

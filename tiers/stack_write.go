@@ -935,7 +935,7 @@ func (s *Stack) uploadExisting(ctx context.Context, r *layer, info Info, put fun
 	case serr == nil:
 		return nil
 	case errors.Is(serr, ErrCorrupt):
-		s.corrupt(r, info.Key, serr) // counted, logged and removed
+		s.corrupt(r, info.Key, serr) // counted, logged and quarantined; then ours is put
 	case errors.Is(serr, ErrNotFound):
 		// Removed since the Put looked: put again.
 	default:
