@@ -260,7 +260,8 @@ func (s *Stack) statLayer(ctx context.Context, l *layer, k digest.Key) (Info, er
 	if errors.Is(err, ErrCorrupt) {
 		// A copy found bad before any read (a remote data file whose size
 		// differs from its sum file, a garbled sum file) is a corruption
-		// like one found by reading: counted, logged, moved to the quarantine (corrupt).
+		// like one found by reading: counted, logged, and removed (local) or
+		// moved to the quarantine (remote): corrupt.
 		s.corrupt(l, k, err)
 		return info, err
 	}
