@@ -104,6 +104,14 @@ func (s *Stack) statRemote(ctx context.Context, l *layer, k digest.Key) (Info, e
 		return Info{}, err
 	}
 	info := r.Info()
+	// Found: the cached listing names it from now on, as the next refresh
+	// would (a lookup and a listing of one mount agree).
+	s.mu.Lock()
+	deleting := s.deleting[k] > 0
+	s.mu.Unlock()
+	if !deleting {
+		s.list.add(Info{Key: k, Size: info.Size, Created: info.Created})
+	}
 	if info.Size > memFill {
 		s.park(l, k, r)
 		return info, nil
