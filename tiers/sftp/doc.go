@@ -233,7 +233,10 @@
 //     server) serves it.
 //   - The settle time of files without a record compares the server's mtime
 //     with this machine's clock: a server clock ahead delays such files by
-//     as much, one behind shortens the settle time by as much. A foreign
+//     as much, one behind shortens the settle time by as much. SFTP version
+//     3 reports mtimes in whole seconds, so the settle time is 4 to 5 s,
+//     and Adopt's check does not see a rewrite of the same size within the
+//     second the file was opened. A foreign
 //     writer that pauses longer than 5 s inside a file without a lock
 //     beside it, or rewrites a file in place after it was adopted, is
 //     beyond what the tier can see: the first may be served partial (and
