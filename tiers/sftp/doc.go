@@ -100,7 +100,8 @@
 //     its pickles by the SHA-256 of the call, not of the content, so a name
 //     that is not the content's hash is not damage.
 //   - ForeignVerify serves only names whose hex part is 64 digits, with
-//     Info.Sum set from the name: the stack's check of the fetched bytes
+//     the Reader's Info.Sum set from the name (Stat's stays zero: it says
+//     what is recorded): the stack's check of the fetched bytes
 //     against it is the verification, and a file whose content is not its
 //     name's SHA-256 is damage (quarantined). Other names are
 //     tiers.ErrForeign.

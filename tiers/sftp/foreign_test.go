@@ -221,9 +221,16 @@ func TestForeignVerifyAndIgnore(t *testing.T) {
 				}
 			}
 			if mode == ForeignVerify {
-				info, err := tr.Stat(context.Background(), callNamed)
-				if err != nil || info.Sum.String() != callNamed.String() {
-					t.Fatalf("verify: stat %+v, %v: want the name as the sum", info, err)
+				r, err := tr.Open(context.Background(), callNamed)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r.Info().Sum.String() != callNamed.String() {
+					t.Fatalf("verify: open %+v: want the name as the sum", r.Info())
+				}
+				r.Close()
+				if info, err := tr.Stat(context.Background(), callNamed); err != nil || !info.Sum.IsZero() {
+					t.Fatalf("verify: stat %+v, %v: want found, with no recorded sum", info, err)
 				}
 			} else if _, err := tr.Stat(context.Background(), self); !errors.Is(err, tiers.ErrForeign) {
 				t.Fatalf("ignore: stat %v, want ErrForeign", err)

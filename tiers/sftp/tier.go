@@ -185,7 +185,7 @@ func (t *Tier) Stat(ctx context.Context, k digest.Key) (tiers.Info, error) {
 }
 
 // statForeign is Stat of a data file without a sum record: what foreign
-// decides, after the probe (is the name itself a regular file, is there a
+// decides (with a zero Sum), after the probe (is the name itself a regular file, is there a
 // <key>.lock): a second round trip, for such files only.
 func (t *Tier) statForeign(c *conn, k digest.Key, fi os.FileInfo) (tiers.Info, error) {
 	if !fi.Mode().IsRegular() {
@@ -195,7 +195,12 @@ func (t *Tier) statForeign(c *conn, k digest.Key, fi os.FileInfo) (tiers.Info, e
 	if err != nil {
 		return tiers.Info{}, err
 	}
-	return t.foreign(k, fi.Size(), fi.ModTime(), lock, time.Now())
+	info, err := t.foreign(k, fi.Size(), fi.ModTime(), lock, time.Now())
+	// Zero, even when the name is a sum (ForeignVerify): Stat says what is
+	// recorded, and a caller that acts on a sum (an upload deciding
+	// whether the remote holds its value) must read the file to know it.
+	info.Sum = digest.Sum{}
+	return info, err
 }
 
 var sumBufs = sync.Pool{New: func() any { return new([]byte) }}
