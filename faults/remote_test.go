@@ -374,9 +374,10 @@ func TestRemoteStopMidUpload(t *testing.T) {
 		}
 	}
 	// Stops between an upload's rename and its record leave data without
-	// its record; the retry finds it, hashes it and records it.
+	// its record; the retry, once the settle time has passed, hashes it,
+	// finds its own value and records its sum (adoption), never removing it.
 	cut := strings.Count(n.Stderr(), "published without its sum record")
-	t.Logf("%d stops mid-upload, %d entries (%d still queued just before the stops): all on the remote with matching sum files after sync; %d upload attempts failed (%d cut between the data's rename and its record, then hashed and recorded); %d leftovers in .flechefs/tmp; slowest write while down %v, slowest sync after restart %v",
+	t.Logf("%d stops mid-upload, %d entries (%d still queued just before the stops): all on the remote with matching sum files after sync; %d upload attempts failed (%d cut between the data's rename and its record, then adopted); %d leftovers in .flechefs/tmp; slowest write while down %v, slowest sync after restart %v",
 		trials, len(want), queuedAtStop, st.UploadErrors, cut, tmp, maxDown.Round(time.Millisecond), maxSync.Round(time.Millisecond))
 }
 
@@ -489,12 +490,14 @@ func snapshot(t *testing.T, dir, skip string) map[string]string {
 }
 
 // TestRemoteGarbage damages remote entries every way a remote can:
-// truncated, extended, flipped bytes, a foreign file without a sum file,
-// wrong, garbled and lying sum files, plus junk names, a directory and a
-// symlink under keys' names. Every damaged entry is detected, never served
-// (EIO, or ENOENT when the damage shows already at lookup), counted as a
-// corruption and logged; a node holding a good copy serves it; nothing
-// outside the remote root changes.
+// truncated, extended, flipped bytes, wrong, garbled and lying sum files,
+// plus junk names, a directory and a symlink under keys' names. Every
+// damaged entry is detected, never served (EIO, or ENOENT when the damage
+// shows already at lookup), counted as a corruption, logged and moved to
+// the quarantine; a node holding a good copy serves it; nothing outside the
+// remote root changes. (A file without a sum record is not damage: it is
+// served as a foreign file, see TestOldUnrecordedFileNeverRemoved; a
+// symlink without one is nobody's entry, absent and not counted.)
 func TestRemoteGarbage(t *testing.T) {
 	srv := sshdtest.Start(t)
 	root := filepath.Join(srv.Dir, "root")
@@ -506,11 +509,10 @@ func TestRemoteGarbage(t *testing.T) {
 	outside := filepath.Join(srv.Dir, "outside")
 	os.MkdirAll(outside, 0o755)
 	os.WriteFile(filepath.Join(outside, "secret"), []byte("not an entry"), 0o644)
-	// Copies without a sum file are garbage once old (a young one may be
-	// an upload between its two renames: TestRemoteReaderSparesUploadInProgress).
+	// Old, so that a file without a record would be served if the name
+	// were followed (TestRemoteReaderSparesUploadInProgress).
 	long := time.Now().Add(-2 * time.Hour)
 	os.Chtimes(filepath.Join(outside, "secret"), long, long)
-	age := func(k string) { os.Chtimes(filepath.Join(root, k), long, long) }
 
 	type damage struct {
 		name  string
@@ -533,12 +535,6 @@ func TestRemoteGarbage(t *testing.T) {
 		{"flipped first byte", func(k string, d []byte) { flip(k, 0) }},
 		{"flipped middle byte", func(k string, d []byte) { flip(k, len(d)/2) }},
 		{"flipped last byte", func(k string, d []byte) { flip(k, len(d)-1) }},
-		{"old foreign partial file without sum", func(k string, d []byte) {
-			os.Remove(filepath.Join(root, ".flechefs", "sums", k))
-			os.Truncate(filepath.Join(root, k), int64(len(d)/3))
-			age(k)
-		}},
-		{"old complete file without sum", func(k string, d []byte) { os.Remove(filepath.Join(root, ".flechefs", "sums", k)); age(k) }},
 		{"wrong checksum", func(k string, d []byte) { writeSum(t, root, k, mounttest.Sum([]byte("other")), int64(len(d))) }},
 		{"sum file of another size", func(k string, d []byte) { writeSum(t, root, k, mounttest.Sum(d), int64(len(d)+1)) }},
 		{"garbled sum file", func(k string, d []byte) { garbleSum(root, k, "\x00\xffgarbage\nsha256 zz\n", false) }},
@@ -626,7 +622,8 @@ func TestRemoteGarbage(t *testing.T) {
 		// A directory at the sum file's path reads as a plain SFTP
 		// failure (SSH_FX_FAILURE), which the tier cannot tell from an
 		// I/O error: never served, but not counted as a corruption.
-		if c1 == c0 && what != "sum file is a directory" {
+		// A symlink without a record is nobody's entry: absent.
+		if c1 == c0 && what != "sum file is a directory" && what != "old symlink out of the root, no sum" {
 			t.Errorf("%s: not counted as a corruption (%s)", what, strings.Join(errs, "; "))
 		}
 		t.Logf("%-34s %d corruptions: %s", what, c1-c0, strings.Join(errs, "; "))
@@ -647,13 +644,13 @@ func TestRemoteGarbage(t *testing.T) {
 			t.Errorf("tier %s counted %d corruptions", ts.Name, ts.Corruptions)
 		}
 	}
-	if corrupt < int64(len(damages)-1) {
-		t.Errorf("sftp corruptions %d, want at least %d (one per damaged entry but the sum directory)", corrupt, len(damages)-1)
+	if corrupt < int64(len(damages)-2) {
+		t.Errorf("sftp corruptions %d, want at least %d (one per damaged entry but the sum directory and the symlink)", corrupt, len(damages)-2)
 	}
 	log := n.Stderr()
-	logged := strings.Count(log, "corrupt copy detected")
+	logged := strings.Count(log, "corrupt remote copy detected")
 	for k, what := range keys {
-		if !strings.Contains(log, k) && what != "sum file is a directory" {
+		if !strings.Contains(log, k) && what != "sum file is a directory" && what != "old symlink out of the root, no sum" {
 			t.Errorf("%s: %s not in the log", what, k[:12])
 		}
 	}
@@ -689,14 +686,21 @@ func TestRemoteGarbage(t *testing.T) {
 			t.Errorf("junk %q: %v", j, err)
 		}
 	}
-	t.Logf("%d damaged entries: %d reads failed with EIO, %d with ENOENT (damage seen at lookup), 0 served; sftp corruptions %d; %d 'corrupt copy detected' log lines; %d junk names never listed; nothing outside the root changed; the good node served all from RAM, then bbolt",
-		len(keys), eio, enoent, corrupt, logged, len(junk)+1)
+	// Damaged copies were moved aside, never deleted.
+	quarantined, _ := filepath.Glob(filepath.Join(root, ".flechefs", "quarantine", "*"))
+	q := n.TierStats("sftp").Quarantined
+	if nq := int64(len(quarantined)); q == 0 || nq < q {
+		t.Errorf("quarantined %d (stats), %d files in the quarantine", q, nq)
+	}
+	t.Logf("%d damaged entries: %d reads failed with EIO, %d with ENOENT (damage seen at lookup), 0 served; sftp corruptions %d; %d 'corrupt remote copy detected' log lines; %d moved to the quarantine (%d files with their records); %d junk names never listed; nothing outside the root changed; the good node served all from RAM, then bbolt",
+		len(keys), eio, enoent, corrupt, logged, q, len(quarantined), len(junk)+1)
 }
 
 // TestRemoteGarbageHealedByUpload puts damaged copies on the remote before
 // a node uploads the same keys: a damage the remote's Stat shows (sizes
-// that disagree, a garbled sum file) is counted, the bad copy removed and
-// the good value uploaded in its place; sync does not return before.
+// that disagree, a garbled sum file) is counted, the bad copy moved to the
+// quarantine and the good value uploaded in its place; sync does not
+// return before.
 func TestRemoteGarbageHealedByUpload(t *testing.T) {
 	srv := sshdtest.Start(t)
 	root := srv.Dir
@@ -740,20 +744,22 @@ func TestRemoteGarbageHealedByUpload(t *testing.T) {
 	n.Sync(time.Minute)
 	tmp := verifyRemote(t, root, want)
 	ts := n.TierStats("sftp")
-	if ts.Corruptions != int64(len(damages)) {
-		t.Errorf("sftp corruptions %d, want %d", ts.Corruptions, len(damages))
+	if ts.Corruptions != int64(len(damages)) || ts.Quarantined != int64(len(damages)) {
+		t.Errorf("sftp corruptions %d, quarantined %d, want %d", ts.Corruptions, ts.Quarantined, len(damages))
 	}
 	st := n.Stats()
 	t.Logf("%d damaged remote copies replaced by the uploads: corruptions %d, conflicts %d, upload errors %d, tmp leftovers %d",
 		len(damages), ts.Corruptions, st.Conflicts, st.UploadErrors, tmp)
 }
 
-// TestRemoteReaderSparesUploadInProgress: a data file without its sum file
-// is also what a healthy upload looks like for one round trip (the tier
-// renames the data into place, then the sum file). A reader meeting it then
-// must not serve it, and must not delete it either: the writer is about to
-// complete it and believes its upload done. A copy without a sum file that
-// is old is garbage: counted, logged and removed.
+// TestRemoteReaderSparesUploadInProgress: a data file without its sum
+// record is also what a healthy upload looks like for one round trip (the
+// tier renames the data into place, then writes the record). A reader
+// meeting it then must not serve it (it looks like a write in progress:
+// modified within the settle time) and must not remove it: the writer is
+// about to complete it. One without a record that is old is served (a
+// foreign file, or an upload whose record the writer's death cut), adopted
+// and never removed or counted as damage.
 func TestRemoteReaderSparesUploadInProgress(t *testing.T) {
 	srv := sshdtest.Start(t)
 	n := mounttest.NewNode(t, "reader", srv, mounttest.Opts{RemoteTimeout: remoteTimeout.String()})
@@ -766,19 +772,22 @@ func TestRemoteReaderSparesUploadInProgress(t *testing.T) {
 	long := time.Now().Add(-2 * time.Hour)
 	os.Chtimes(filepath.Join(srv.Dir, old), long, long)
 
+	if _, n, err, _ := timedRead(n.Path(young), nil, 0); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a fresh copy without its record: %d bytes, %v; want ENOENT", n, err)
+	}
+	if sum, _, err, _ := timedRead(n.Path(old), nil, 0); err != nil || sum != mounttest.Sum(do) {
+		t.Fatalf("an old copy without its record: %v; want it served", err)
+	}
 	for _, k := range []string{young, old} {
-		if _, n, err, _ := timedRead(n.Path(k), nil, 0); err == nil {
-			t.Fatalf("%s without its sum file was served (%d bytes)", k[:12], n)
+		if _, err := os.Stat(filepath.Join(srv.Dir, k)); err != nil {
+			t.Fatalf("the reader removed %s: %v", k[:12], err)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(srv.Dir, young)); err != nil {
-		t.Fatalf("the reader removed an upload in progress: %v", err)
+	if s, sz, err := readSum(srv.Dir, old); err != nil || s != mounttest.Sum(do) || sz != int64(len(do)) {
+		t.Errorf("the old copy's record after its read: %s %d, %v", s, sz, err)
 	}
-	if _, err := os.Stat(filepath.Join(srv.Dir, old)); err == nil {
-		t.Errorf("a copy without a sum file, 2 hours old, was not removed")
-	}
-	if c := n.TierStats("sftp").Corruptions; c != 1 {
-		t.Errorf("sftp corruptions %d, want 1 (the old copy only)", c)
+	if c := n.TierStats("sftp").Corruptions; c != 0 {
+		t.Errorf("sftp corruptions %d, want 0", c)
 	}
 	// The writer completes its upload: the entry is served, whole.
 	writeSum(t, srv.Dir, young, mounttest.Sum(dy), int64(len(dy)))
@@ -788,5 +797,5 @@ func TestRemoteReaderSparesUploadInProgress(t *testing.T) {
 		sum, _, err, _ = timedRead(n.Path(young), nil, 0)
 		return err == nil && sum == mounttest.Sum(dy)
 	})
-	t.Logf("a fresh copy without sum file: not served, kept, served once its sum file came; a 2-hour-old one: not served, counted, removed")
+	t.Logf("a fresh copy without its record: not served, kept, served once its record came; a 2-hour-old one: served, adopted, kept, not counted")
 }

@@ -35,7 +35,8 @@
 // faster than i, with "base" to tier 0 only. Copies run in the background,
 // one per key at a time, and every copy is checked against the value's
 // SHA-256 by the receiving tier's Put: a mismatch is never stored, it is
-// counted as a corruption of the source, logged, and the bad copy deleted.
+// counted as a corruption of the source, logged, and the bad copy deleted
+// (a local one) or moved to the quarantine (a remote one; see below).
 //
 // A remote hit streams: one fetch per key (concurrent readers share it)
 // writes into an unlinked spool file in SpoolDir (into memory for a value
@@ -46,15 +47,42 @@
 // once, and the reader of a larger one is kept for a second (at most 64
 // such readers), for the Open that follows and takes it instead of opening
 // again (a Delete of the key closes it). A reader therefore never reaches EOF
-// on bad bytes: it gets ErrCorrupt (EIO at the mount). A remote copy without
-// a checksum cannot be verified and is never served (ErrNotFound); it is
-// treated as corrupt (counted, logged, removed) once its data file is 10
-// minutes old: a younger one may be an upload between its two renames,
-// which the writer completes and counts as done. A remote copy found
-// corrupt by Stat (sizes that disagree, a garbled checksum record) is counted
-// and removed likewise. Only a verified spool is promoted, and its copies
+// on bad bytes: it gets ErrCorrupt (EIO at the mount). A remote copy found
+// corrupt by Stat (sizes that disagree, a garbled checksum record) is
+// counted likewise. Only a verified spool is promoted, and its copies
 // into the faster tiers are Meta.Verified: its bytes were hashed as they
 // arrived, so the tiers do not hash them again.
+//
+// # Remote copies without a checksum, and damaged ones
+//
+// The stack never deletes a remote copy except for a Delete (an explicit
+// rm, unless KeepRemoteOnDelete). A remote copy without a checksum record
+// (a file flechefs did not write, or an upload cut between its rename and
+// its record) is whatever the tier makes of it: a tier answers ErrNotFound
+// for one it does not serve (the SFTP tier: a write in progress, or its
+// foreign setting) and otherwise returns it with a zero Info.Sum (or, for
+// a name that vouches for its content, that sum). The stack serves it like
+// any remote copy: it hashes the bytes as they arrive, and before it
+// releases the last byte it calls the Reader's Adopt (Adopter) with that
+// hash, which checks that the copy did not change meanwhile and records
+// the sum beside it, so that later readers verify it; the fetch's Info
+// then carries the sum and its promotions are Meta.Verified. A failed
+// Adopt fails the read (EIO) and moves nothing. With a zero Sum, a size
+// that differs is a copy that changed under the reader, not damage. An
+// upload that finds such a copy under its key settles it as "Uploads"
+// says (its record awaited, else its bytes hashed and adopted); one the
+// tier does not serve (ErrForeign) is left alone, counted as a conflict,
+// and the local value kept, since the remote serves none for the key.
+//
+// A remote copy that fails verification (its record against its content
+// or size, a garbled record, a name that is not its content's SHA-256
+// under foreign = "verify") is never served: it is counted (Corruptions)
+// and logged, and the stack asks the tier to move it into its quarantine
+// (Quarantiner; TierStats.Quarantined). When the quarantine is full or the
+// move fails, the copy stays in place, unserved (TierStats.Unquarantined,
+// logged). An upload that finds a damaged copy under its key does the same
+// and then puts the verified local value, which repairs the remote once
+// the name is free.
 //
 // The copies of a fetched value small beside tier 0 (at most a sixteenth
 // of its limit and 16 MiB, or at most 1 MiB) into the tiers after tier
@@ -107,9 +135,10 @@
 // does not ask the remote, which would cost a round trip per publish (the
 // mount looked the name up before creating it). A remote that already
 // holds the key with another value keeps it (first writer wins); the
-// conflict is counted and logged. A remote copy
-// that is not valid (corrupt, or without its checksum because its writer
-// died between its two renames) is removed and replaced by the upload.
+// conflict is counted and logged. A damaged remote copy is moved to the
+// quarantine and replaced by the upload; one without a checksum record
+// (its writer died between its rename and its record) is read, adopted
+// and judged like a recorded one, never removed.
 //
 // Delete removes the key from every writable tier, the remote ones too
 // unless KeepRemoteOnDelete, and cancels its pending upload. Whatever could
@@ -190,7 +219,7 @@
 //     settle ErrExist as below.
 //   - An upload refused with ErrExist learns the remote's value: its
 //     record, or, when it has none after a few seconds, its bytes hashed
-//     (and recorded, through the tier's Adopt). The same value ends the
+//     (and recorded, through its Reader's Adopt). The same value ends the
 //     upload. Another value is a conflict: the remote wins; counted in
 //     Stats.Conflicts, logged once, and this mount's copies of the losing
 //     value are dropped from the local tiers (readers that have it open
@@ -198,9 +227,9 @@
 //     "conflict" until then, and Sync waits for the drop. A key that is
 //     the local value's SHA-256 proves that value: another remote copy
 //     under it is damage (ErrCorrupt, the upload retried), never a
-//     conflict. No remote copy is
-//     ever removed or replaced by an upload, save one that fails
-//     verification (ErrCorrupt), which goes to corrupt.
+//     conflict. No remote copy is ever removed or replaced by an
+//     upload, save one that fails verification (ErrCorrupt), which goes
+//     to corrupt (the tier's quarantine).
 //
 // # Failure
 //
@@ -222,4 +251,7 @@
 //     large) stay in their spool files until restart, and the upload queue
 //     lives in memory only.
 //   - The stack trusts a tier's Stat for existence; only reads are verified.
+//   - A remote copy without a checksum record that the tier serves is
+//     trusted as complete for its first read (nothing vouches for it
+//     otherwise); that read's hash becomes its record.
 package tiers

@@ -22,7 +22,10 @@ type layer struct {
 
 	hits, misses, bytesIn, bytesOut atomic.Int64
 	promotions, corruptions, errs   atomic.Int64
-	unavailable                     atomic.Bool
+	// quarantined: damaged remote copies moved aside; unquarantined: those
+	// left in place (quarantine full, or the move failed), unserved.
+	quarantined, unquarantined atomic.Int64
+	unavailable                atomic.Bool
 }
 
 func (l *layer) writable() bool { return !l.ReadOnly }
@@ -262,7 +265,8 @@ func (s *Stack) statLayer(ctx context.Context, l *layer, k digest.Key) (Info, er
 	if errors.Is(err, ErrCorrupt) {
 		// A copy found bad before any read (a remote data file whose size
 		// differs from its sum file, a garbled sum file) is a corruption
-		// like one found by reading: counted, logged, removed.
+		// like one found by reading: counted, logged, and removed (local) or
+		// moved to the quarantine (remote): corrupt.
 		s.corrupt(l, k, err)
 		return info, err
 	}
@@ -514,9 +518,35 @@ func (s *Stack) promoteGate() {
 	}
 }
 
-// corrupt counts and logs a bad copy in l and removes it.
+// corrupt counts and logs a bad copy in l and removes it from a local tier
+// (which only holds what this stack wrote). A remote copy is never
+// deleted: it may be a file flechefs did not write, or the evidence of a
+// failing disk. It is moved into the tier's quarantine (Quarantiner); when
+// that is full, or the move fails, it stays in place, unserved (it fails
+// verification again at every read), and is logged. An upload that finds
+// it in the way tries again (uploadExisting), which repairs the remote
+// from the verified local copy once the name is free.
 func (s *Stack) corrupt(l *layer, k digest.Key, err error) {
 	l.corruptions.Add(1)
+	if l.Remote {
+		s.log.Error("corrupt remote copy detected; not served, moving it to quarantine", "tier", l.name, "key", k.String(), "err", err)
+		q, ok := l.Tier.(Quarantiner)
+		if !ok || !l.writable() {
+			l.unquarantined.Add(1)
+			return
+		}
+		ctx, cancel := context.WithTimeout(s.ctx, s.opt.RemoteTimeout)
+		defer cancel()
+		switch qerr := q.Quarantine(ctx, k); {
+		case qerr == nil:
+			l.quarantined.Add(1)
+		case errors.Is(qerr, ErrNotFound):
+		default:
+			l.unquarantined.Add(1)
+			s.log.Error("damaged remote copy left in place, unserved", "tier", l.name, "key", k.String(), "err", qerr)
+		}
+		return
+	}
 	s.log.Error("corrupt copy detected; not served, removing it", "tier", l.name, "key", k.String(), "err", err)
 	if l.writable() {
 		ctx, cancel := context.WithTimeout(s.ctx, s.opt.RemoteTimeout)
@@ -695,6 +725,7 @@ func (s *Stack) Stats() Stats {
 			Name: l.name, Remote: l.Remote, ReadOnly: l.ReadOnly, Available: !l.unavailable.Load(),
 			Hits: l.hits.Load(), Misses: l.misses.Load(), BytesIn: l.bytesIn.Load(), BytesOut: l.bytesOut.Load(),
 			Promotions: l.promotions.Load(), Corruptions: l.corruptions.Load(), Errors: l.errs.Load(),
+			Quarantined: l.quarantined.Load(), Unquarantined: l.unquarantined.Load(),
 		}
 		ts.Listings, ts.ListedMisses = s.absent.counts(l)
 		if u, ok := l.Tier.(UsageReporter); ok {

@@ -95,12 +95,17 @@ type TierStats struct {
 	Promotions  int64  `json:"promotions"`
 	Evictions   int64  `json:"evictions"`
 	Corruptions int64  `json:"corruptions"`
-	Errors      int64  `json:"errors"`
-	Entries     int64  `json:"entries"`
-	Bytes       int64  `json:"bytes"`
-	Limit       int64  `json:"limit"`
-	DiskBytes   int64  `json:"disk_bytes,omitempty"`
-	DiskFree    int64  `json:"disk_free,omitempty"`
+	// Quarantined: damaged copies of a remote tier moved into its
+	// quarantine by this mount; Unquarantined: those left in place,
+	// unserved (the quarantine was full, or the move failed).
+	Quarantined   int64 `json:"quarantined,omitempty"`
+	Unquarantined int64 `json:"unquarantined,omitempty"`
+	Errors        int64 `json:"errors"`
+	Entries       int64 `json:"entries"`
+	Bytes         int64 `json:"bytes"`
+	Limit         int64 `json:"limit"`
+	DiskBytes     int64 `json:"disk_bytes,omitempty"`
+	DiskFree      int64 `json:"disk_free,omitempty"`
 	// Listings of a remote tier made to answer misses (absence snapshots),
 	// and the misses they answered without a round trip.
 	Listings     int64 `json:"listings,omitempty"`

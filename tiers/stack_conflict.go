@@ -26,14 +26,6 @@ const recordWait = 3 * time.Second
 // maxLost bounds the keys remembered as lost to a conflict (lost).
 const maxLost = 4096
 
-// Adopter is a remote tier that can record the hash of a copy found
-// without one, once the caller has read and hashed it whole (tiers/sftp's
-// Adopt). mtime is the copy's modification time (Unix seconds) when it
-// was opened.
-type Adopter interface {
-	Adopt(ctx context.Context, k digest.Key, info Info, mtime int64) error
-}
-
 // remoteValue returns the value remote r holds for k: its Info, with the
 // hash from its record, or, when it has none after recordWait, from its
 // bytes (a copy whose writer died between its rename and its record, or
@@ -46,12 +38,20 @@ func (s *Stack) remoteValue(ctx context.Context, r *layer, k digest.Key, size in
 		sctx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
 		rinfo, err := r.Tier.Stat(sctx, k)
 		cancel()
-		if err != nil || !rinfo.Sum.IsZero() || rinfo.Size != size {
+		// Not found right after the Put was refused: a copy without a
+		// record that the tier hides while it may still be written (a
+		// young one, tiers/sftp's foreign rules), or one removed since.
+		// Both are asked again until the deadline.
+		hidden := errors.Is(err, ErrNotFound)
+		if err != nil && !hidden || err == nil && (!rinfo.Sum.IsZero() || rinfo.Size != size) {
 			// A record, an error, or a size that already tells another
 			// value (its hash is not needed to call it a conflict).
 			return rinfo, err
 		}
 		if time.Now().After(deadline) {
+			if hidden {
+				return Info{}, err
+			}
 			return s.hashRemote(ctx, r, k)
 		}
 		select {
@@ -63,9 +63,10 @@ func (s *Stack) remoteValue(ctx context.Context, r *layer, k digest.Key, size in
 	}
 }
 
-// hashRemote reads k's copy in r whole and hashes it; when r is an
-// Adopter, it records the hash, so that readers verify the copy from now
-// on.
+// hashRemote reads k's copy in r whole and hashes it; when its Reader is
+// an Adopter, it records the hash, so that readers verify the copy from
+// now on. A copy that changed while it was hashed, or whose record came
+// meanwhile and disagrees, is an error: the caller asks again.
 func (s *Stack) hashRemote(ctx context.Context, r *layer, k digest.Key) (Info, error) {
 	rd, err := r.Tier.Open(ctx, k)
 	if err != nil {
@@ -73,7 +74,6 @@ func (s *Stack) hashRemote(ctx context.Context, r *layer, k digest.Key) (Info, e
 	}
 	defer rd.Close()
 	info := rd.Info()
-	mtime := info.Created.Unix()
 	h := digest.NewHasher()
 	var n int64
 	if wt, ok := rd.(io.WriterTo); ok {
@@ -96,9 +96,11 @@ func (s *Stack) hashRemote(ctx context.Context, r *layer, k digest.Key) (Info, e
 	info.Sum = h.Sum()
 	s.log.Info("remote copy has no checksum record; hashed it to learn its value", "tier", r.name, "key", k.String(),
 		"sha256", info.Sum.String(), "size", info.Size)
-	if a, ok := r.Tier.(Adopter); ok && r.writable() {
-		if err := a.Adopt(ctx, k, info, mtime); err != nil && !errors.Is(err, ErrExist) {
-			s.log.Warn("could not record the hash of a remote copy", "tier", r.name, "key", k.String(), "err", err)
+	if a, ok := rd.(Adopter); ok && r.writable() {
+		if err := a.Adopt(ctx, info.Sum); err != nil {
+			// A record that disagrees, or a copy replaced while it was
+			// hashed: what was hashed is not the remote's value.
+			return Info{}, err
 		}
 	}
 	return info, nil

@@ -48,11 +48,6 @@ type fill struct {
 // transfer of a 16 KiB value.
 const memFill = 1 << 20
 
-// unverifiedGrace is how old a remote copy without a checksum must be (by
-// its data file's mtime) to be treated as corrupt and removed; a younger
-// one may be an upload between its two renames.
-const unverifiedGrace = 10 * time.Minute
-
 // openRemote opens k from remote layer l. Concurrent opens of one key share
 // one fetch: the first registers the fill before it talks to the remote,
 // the others wait for it to be opened.
@@ -92,8 +87,10 @@ func (s *Stack) openRemote(ctx context.Context, l *layer, k digest.Key, want dig
 // at once, in the background: the Open that usually follows a lookup joins
 // that fetch, and the whole lookup, open and read of a small remote value
 // costs one remote open and one read instead of a stat, an open and a read.
-// A larger value is not fetched; one without a checksum is not found
-// (refuseUnsummed).
+// A larger value is not fetched. A copy without a checksum record is
+// found when the tier serves it (its foreign setting, which answers
+// ErrNotFound for one it does not): the fetch hashes it and the tier
+// records that sum (Adopter).
 func (s *Stack) statRemote(ctx context.Context, l *layer, k digest.Key) (Info, error) {
 	octx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
 	r, err := l.Tier.Open(octx, k)
@@ -107,10 +104,13 @@ func (s *Stack) statRemote(ctx context.Context, l *layer, k digest.Key) (Info, e
 		return Info{}, err
 	}
 	info := r.Info()
-	if info.Sum.IsZero() {
-		// Found, but not servable: the lookup answers what an Open would.
-		go r.Close()
-		return Info{}, s.refuseUnsummed(l, k, info)
+	// Found: the cached listing names it from now on, as the next refresh
+	// would (a lookup and a listing of one mount agree).
+	s.mu.Lock()
+	deleting := s.deleting[k] > 0
+	s.mu.Unlock()
+	if !deleting {
+		s.list.add(Info{Key: k, Size: info.Size, Created: info.Created})
 	}
 	s.foundRemote(k, info.Sum)
 	if info.Size > memFill {
@@ -145,7 +145,7 @@ func (s *Stack) startFill(ctx context.Context, f *fill, k digest.Key, want diges
 		r, err = l.Tier.Open(octx, k)
 		cancel()
 		if errors.Is(err, ErrCorrupt) {
-			s.corrupt(l, k, err) // counted, logged and removed, as after a read
+			s.corrupt(l, k, err) // counted, logged and quarantined, as after a read
 		} else {
 			s.noteErr(l, err)
 		}
@@ -155,10 +155,6 @@ func (s *Stack) startFill(ctx context.Context, f *fill, k digest.Key, want diges
 		}
 	}
 	info := r.Info()
-	if info.Sum.IsZero() {
-		r.Close()
-		return nil, s.refuseUnsummed(l, k, info)
-	}
 	if !want.IsZero() && info.Sum != want {
 		r.Close()
 		return nil, Wrap(l.name, "open", k, ErrNotFound)
@@ -189,26 +185,6 @@ func (s *Stack) startFill(ctx context.Context, f *fill, k digest.Key, want diges
 type spoolError struct{ err error }
 
 func (e *spoolError) Error() string { return e.err.Error() }
-
-// refuseUnsummed answers a remote copy without a checksum, for a lookup
-// and an open alike: not found. A young one may be a healthy upload between
-// its two renames (its data is in place, its sum file comes next): it is
-// not removed from under the writer, who counts it uploaded. An old one is
-// garbage: counted, logged and removed.
-//
-// A lookup must not answer "found" where the open that follows answers
-// "not found": besides `[ -e f ] || compute > f; cat f` failing, a lookup
-// made while a corrupt copy is being removed (its sum file gone, its data
-// not yet) gave the kernel an inode of the wrong value, and its open failed
-// with ESTALE.
-func (s *Stack) refuseUnsummed(l *layer, k digest.Key, info Info) error {
-	if age := time.Since(info.Created); age < unverifiedGrace {
-		s.log.Warn("remote copy has no checksum yet (an upload in progress?); not served", "tier", l.name, "key", k.String(), "age", age.Round(time.Millisecond))
-	} else {
-		s.corrupt(l, k, fmt.Errorf("%w: the remote copy has no checksum, so it cannot be verified", ErrCorrupt))
-	}
-	return Wrap(l.name, "open", k, ErrNotFound)
-}
 
 // fetchingLocked returns the Info of a fetch of k in progress that has
 // opened its remote copy and not failed: a lookup made meanwhile answers
@@ -253,7 +229,7 @@ func (f *fill) join(ctx context.Context, want digest.Sum) (Reader, error) {
 		f.unref()
 		return nil, ctx.Err()
 	}
-	if f.openErr != nil || (!want.IsZero() && f.info.Sum != want) || f.failed() {
+	if f.openErr != nil || (!want.IsZero() && f.infoNow().Sum != want) || f.failed() {
 		f.unref()
 		if f.openErr != nil {
 			return nil, f.openErr
@@ -261,6 +237,14 @@ func (f *fill) join(ctx context.Context, want digest.Sum) (Reader, error) {
 		return nil, Wrap(f.l.name, "open", f.info.Key, ErrNotFound)
 	}
 	return &fillReader{f: f}, nil
+}
+
+// infoNow is f.info, whose Sum the fetch of a copy without a checksum
+// record sets once it has hashed the value (run).
+func (f *fill) infoNow() Info {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.info
 }
 
 func (f *fill) failed() bool {
@@ -312,8 +296,28 @@ func (f *fill) run(r Reader) {
 	if err == nil && f.hasher.Size() != f.info.Size {
 		err = fmt.Errorf("%w: got %d bytes, the remote announced %d", ErrCorrupt, f.hasher.Size(), f.info.Size)
 	}
-	if err == nil && f.hasher.Sum() != f.info.Sum {
+	unrecorded := f.info.Sum.IsZero() // a copy without a checksum record, served by the tier's foreign setting
+	if err == nil && !unrecorded && f.hasher.Sum() != f.info.Sum {
 		err = fmt.Errorf("%w: sha256 %s, the remote's checksum says %s", ErrCorrupt, f.hasher.Sum(), f.info.Sum)
+	}
+	if unrecorded && errors.Is(err, ErrCorrupt) {
+		// Nothing vouched for these bytes: a size that differs is a file
+		// that changed under the reader, not damage. Not served, not moved.
+		err = fmt.Errorf("the remote copy has no checksum record and changed while it was read: %v", err)
+	}
+	if a, ok := r.(Adopter); ok && err == nil {
+		// A copy without a record, read whole: checked unchanged and its
+		// sum recorded, before the last byte is released.
+		actx, cancel := context.WithTimeout(f.s.ctx, f.s.opt.RemoteTimeout)
+		err = a.Adopt(actx, f.hasher.Sum())
+		cancel()
+		if err == nil && unrecorded {
+			f.s.mu.Lock()
+			f.mu.Lock()
+			f.info.Sum = f.hasher.Sum()
+			f.mu.Unlock()
+			f.s.mu.Unlock()
+		}
 	}
 	if err != nil {
 		if errors.Is(err, ErrCorrupt) {
@@ -441,7 +445,7 @@ type fillReader struct {
 	once sync.Once
 }
 
-func (r *fillReader) Info() Info { return r.f.info }
+func (r *fillReader) Info() Info { return r.f.infoNow() }
 func (r *fillReader) ReadAt(p []byte, off int64) (int, error) {
 	r.f.s.used()
 	return r.f.readAt(p, off)

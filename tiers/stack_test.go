@@ -30,6 +30,30 @@ type faultTier struct {
 	onPut  func(ctx context.Context, k digest.Key, m tiers.Meta) error // called first by Put; its error fails it
 	info   func(tiers.Info) tiers.Info                                 // rewrites its readers' Info, if set
 	gate   chan struct{}                                               // if set, its readers' reads wait until it is closed
+	// adopt, if set, makes its readers tiers.Adopters calling it.
+	adopt func(k digest.Key, sum digest.Sum) error
+	// quarantined holds what Quarantine moved aside (key → bytes); qFull
+	// makes Quarantine fail with ErrQuarantineFull.
+	quarantined sync.Map
+	qFull       atomic.Bool
+}
+
+// Quarantine moves k aside, as a remote tier does (tiers.Quarantiner).
+func (f *faultTier) Quarantine(ctx context.Context, k digest.Key) error {
+	if f.qFull.Load() {
+		return tiers.Wrap(f.name, "quarantine", k, tiers.ErrQuarantineFull)
+	}
+	r, err := f.Tier.Open(ctx, k)
+	if err != nil {
+		return err
+	}
+	b, err := tiers.ReadAll(r)
+	r.Close()
+	if err != nil {
+		return err
+	}
+	f.quarantined.Store(k, b)
+	return f.Tier.Delete(ctx, k)
 }
 
 func (f *faultTier) Name() string { return f.name }
@@ -57,7 +81,17 @@ func (f *faultTier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error
 	if err != nil {
 		return nil, err
 	}
+	if f.adopt != nil {
+		return &adoptReader{faultReader{Reader: r, f: f}}, nil
+	}
 	return &faultReader{Reader: r, f: f}, nil
+}
+
+// adoptReader is a faultReader that is a tiers.Adopter.
+type adoptReader struct{ faultReader }
+
+func (r *adoptReader) Adopt(ctx context.Context, sum digest.Sum) error {
+	return r.f.adopt(r.Info().Key, sum)
 }
 
 func (f *faultTier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta) (tiers.Info, error) {
@@ -273,7 +307,36 @@ func TestRemoteCorruptionNeverServed(t *testing.T) {
 		t.Fatalf("corruptions = %d, want 1", c)
 	}
 	if has(remote, k) {
-		t.Fatal("bad remote copy was not removed")
+		t.Fatal("bad remote copy was left under its name")
+	}
+	if _, ok := remote.quarantined.Load(k); !ok {
+		t.Fatal("bad remote copy was not moved to the quarantine")
+	}
+	if q := s.Stats().Tiers[1].Quarantined; q != 1 {
+		t.Fatalf("quarantined = %d, want 1", q)
+	}
+}
+
+// TestRemoteCorruptionQuarantineFull: with the quarantine full, a damaged
+// remote copy stays where it is, is never served and never deleted, and
+// the stats say so.
+func TestRemoteCorruptionQuarantineFull(t *testing.T) {
+	_, remote, s := ramOverRemote(t)
+	k, v := tiertest.Key("bad, no room"), tiertest.Data(5, 40<<10)
+	tiertest.Put(t, remote, k, v)
+	remote.flip.Store(true)
+	remote.qFull.Store(true)
+	for i := range 2 {
+		if got, err := read(t, s, k); !errors.Is(err, tiers.ErrCorrupt) {
+			t.Fatalf("read %d: %d bytes, %v; want ErrCorrupt", i, len(got), err)
+		}
+	}
+	if !has(remote, k) {
+		t.Fatal("damaged remote copy removed although the quarantine was full")
+	}
+	st := s.Stats().Tiers[1]
+	if st.Quarantined != 0 || st.Unquarantined < 1 || st.Corruptions < 1 {
+		t.Fatalf("stats %+v: want quarantined 0, unquarantined and corruptions >= 1", st)
 	}
 }
 
@@ -473,38 +536,76 @@ func TestStatFetchesSmallRemote(t *testing.T) {
 	}
 }
 
-// TestUnsummedRemoteNotFound: a remote copy without a checksum (what an
-// SFTP upload between its two renames looks like, or a file put there by
-// hand) is not found by a lookup either, as it is not by an open; an old
-// one is removed. A lookup that answered "found" gave the kernel an inode
-// its open then refused (ESTALE, or ENOENT after `[ -e f ]` said yes).
-func TestUnsummedRemoteNotFound(t *testing.T) {
+// TestUnrecordedRemoteServed: a remote copy without a checksum record
+// that the tier serves (a file flechefs did not write, or an upload cut
+// between its rename and its record: the tier answers ErrNotFound for one
+// that looks like a write in progress) is found by a lookup and an open
+// alike, of any age, read whole, hashed, adopted (Adopt gets its SHA-256)
+// and promoted with that sum; it is never removed from the remote.
+func TestUnrecordedRemoteServed(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		age     time.Duration
-		removed bool
-	}{{"young", time.Second, false}, {"old", 2 * time.Hour, true}} {
+		name string
+		age  time.Duration
+		size int64
+	}{{"young small", time.Second, 16 << 10}, {"old small", 2 * time.Hour, 16 << 10}, {"old large", 2 * time.Hour, 3 << 20}} {
 		t.Run(tc.name, func(t *testing.T) {
 			ram, remote, s := ramOverRemote(t)
 			remote.info = func(i tiers.Info) tiers.Info {
 				i.Sum, i.Created = digest.Sum{}, time.Now().Add(-tc.age)
 				return i
 			}
-			k := tiertest.Key("unsummed " + tc.name)
-			tiertest.Put(t, remote, k, tiertest.Data(3, 16<<10))
-			if info, err := s.Stat(context.Background(), k); !errors.Is(err, tiers.ErrNotFound) {
-				t.Errorf("stat: %+v, %v; want ErrNotFound", info, err)
+			var adopted sync.Map
+			remote.adopt = func(k digest.Key, sum digest.Sum) error { adopted.Store(k, sum); return nil }
+			k, v := tiertest.Key("unrecorded "+tc.name), tiertest.Data(3, tc.size)
+			tiertest.Put(t, remote, k, v)
+			if info, err := s.Stat(context.Background(), k); err != nil || info.Size != int64(len(v)) {
+				t.Fatalf("stat: %+v, %v; want found, %d bytes", info, err, len(v))
 			}
-			if _, err := read(t, s, k); !errors.Is(err, tiers.ErrNotFound) {
-				t.Errorf("open: %v; want ErrNotFound", err)
+			got, err := read(t, s, k)
+			if err != nil || !bytes.Equal(got, v) {
+				t.Fatalf("read: %d bytes, %v", len(got), err)
 			}
-			if gone := !has(remote, k); gone != tc.removed {
-				t.Errorf("removed from the remote: %v, want %v", gone, tc.removed)
+			if sum, ok := adopted.Load(k); !ok || sum.(digest.Sum) != digest.Of(v) {
+				t.Fatalf("adopted with %v (%v), want %s", sum, ok, digest.Of(v))
 			}
-			if has(ram, k) {
-				t.Error("promoted into RAM")
+			if !has(remote, k) {
+				t.Fatal("removed from the remote")
+			}
+			eventually(t, "promotion with its sum", func() bool {
+				info, err := ram.Stat(context.Background(), k)
+				return err == nil && info.Sum == digest.Of(v)
+			})
+			if info, err := s.Stat(context.Background(), k); err != nil || info.Sum != digest.Of(v) {
+				t.Fatalf("stat after the read: %+v, %v; want sum %s", info, err, digest.Of(v))
 			}
 		})
+	}
+}
+
+// TestUnrecordedRemoteChanged: when Adopt says the copy changed while it
+// was read (or a record that appeared says otherwise), the read fails, the
+// value is not promoted, nothing is counted as damage or moved.
+func TestUnrecordedRemoteChanged(t *testing.T) {
+	ram, remote, s := ramOverRemote(t)
+	remote.info = func(i tiers.Info) tiers.Info { i.Sum = digest.Sum{}; return i }
+	remote.adopt = func(digest.Key, digest.Sum) error { return errors.New("changed while it was read") }
+	k, v := tiertest.Key("changing"), tiertest.Data(4, 20<<10)
+	tiertest.Put(t, remote, k, v)
+	if got, err := read(t, s, k); err == nil || len(got) == len(v) {
+		t.Fatalf("read: %d bytes, %v; want an error before the end", len(got), err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if has(ram, k) {
+		t.Fatal("promoted")
+	}
+	if !has(remote, k) {
+		t.Fatal("removed from the remote")
+	}
+	if _, ok := remote.quarantined.Load(k); ok {
+		t.Fatal("moved to the quarantine")
+	}
+	if st := s.Stats().Tiers[1]; st.Corruptions != 0 {
+		t.Fatalf("counted as damage: %+v", st)
 	}
 }
 

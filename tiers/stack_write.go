@@ -928,8 +928,16 @@ func (s *Stack) uploadExisting(ctx context.Context, r *layer, info Info, put fun
 		case serr == nil:
 			s.conflict(r, info, rinfo)
 			return true, nil
+		case errors.Is(serr, ErrForeign):
+			// A file flechefs did not write that the tier does not
+			// serve (its foreign setting): left alone, and ours kept,
+			// since the remote serves no value for the key.
+			s.conflicts.Add(1)
+			s.log.Warn("remote holds a file flechefs did not write under this key and does not serve it (its foreign setting); not uploaded, the file is left alone",
+				"key", info.Key.String(), "tier", r.name)
+			return false, nil
 		case errors.Is(serr, ErrCorrupt):
-			s.corrupt(r, info.Key, serr)
+			s.corrupt(r, info.Key, serr) // counted, logged and quarantined; then ours is put
 		case errors.Is(serr, ErrNotFound):
 			// Removed since the Put looked: put again.
 		default:

@@ -31,6 +31,15 @@ var (
 	ErrNoSpace = errors.New("no space left in tier")
 	// ErrClosed: the tier was closed.
 	ErrClosed = errors.New("tier closed")
+	// ErrForeign: a remote tier holds a file under the key that flechefs
+	// did not record and, by the tier's setting (foreign = "ignore", or
+	// "verify" and a name that is not a SHA-256), never serves. It wraps
+	// ErrNotFound: lookups answer "absent". An upload that finds one there
+	// leaves it alone (first writer wins).
+	ErrForeign = fmt.Errorf("%w: a file flechefs did not write, not served by the tier's foreign setting", ErrNotFound)
+	// ErrQuarantineFull: a damaged remote copy could not be moved aside
+	// because the quarantine holds its maximum; it stays in place, unserved.
+	ErrQuarantineFull = errors.New("quarantine is full")
 )
 
 // Error is the error type of tier operations.
@@ -168,6 +177,29 @@ type Tier interface {
 	List(ctx context.Context, fn func(Info) error) error
 	// Close releases the tier. Open Readers may fail after it.
 	Close() error
+}
+
+// Adopter is implemented by the Readers of a remote copy that has no
+// checksum record (a file flechefs did not write, or an upload cut between
+// its rename and its record) and that the tier serves anyway (its foreign
+// setting). Such a Reader's Info has a zero Sum, or, for a name that is a
+// SHA-256 under foreign = "verify", the name's. Once the stack has read the
+// whole value and hashed it, Adopt checks that the copy has not changed
+// since it was opened and records sum beside it, so that later readers
+// verify it; a record that appeared meanwhile is kept when it agrees. An
+// error means the bytes read must not be served (they changed under the
+// reader, or a record says otherwise). Adopt of a Reader whose copy had a
+// record does nothing.
+type Adopter interface {
+	Adopt(ctx context.Context, sum digest.Sum) error
+}
+
+// Quarantiner is implemented by remote tiers, which never delete a copy
+// that failed verification: Quarantine moves k's data file (and its record)
+// aside, out of every lookup and listing, and keeps it. ErrQuarantineFull
+// when the quarantine holds its maximum; ErrNotFound when k is not there.
+type Quarantiner interface {
+	Quarantine(ctx context.Context, k digest.Key) error
 }
 
 // Usage is a tier's fill, for status and stats.

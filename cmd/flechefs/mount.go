@@ -299,6 +299,7 @@ func (m *mounter) openTier(t config.Tier) (tiers.Tier, error) {
 			Name: t.Name, URL: t.URL, IdentityFiles: t.Identity, KnownHosts: t.KnownHosts,
 			UseAgent: t.Agent, Timeout: t.Timeout, ReadOnly: t.ReadOnly, Mode: os.FileMode(t.Mode),
 			Concurrency: t.Concurrency, Channels: t.Channels, Ciphers: t.Ciphers, Logger: m.log, Lazy: true,
+			Foreign: sftp.Foreign(t.Foreign),
 		})
 	}
 	return nil, fmt.Errorf("unknown kind %q", t.Kind)

@@ -153,6 +153,12 @@ func printStatus(w io.Writer, st *tiers.Stats) {
 		fmt.Fprintf(tw, "deferred copies:\t%d fetched values wait for a pause in reads to be copied into the local tiers\n", st.Deferred)
 	}
 	for _, t := range st.Tiers {
+		if t.Quarantined > 0 || t.Unquarantined > 0 {
+			fmt.Fprintf(tw, "quarantined:\t%d damaged copies in %s moved to .flechefs/quarantine, %d left in place unserved\n",
+				t.Quarantined, t.Name, t.Unquarantined)
+		}
+	}
+	for _, t := range st.Tiers {
 		if t.Listings > 0 {
 			fmt.Fprintf(tw, "listed misses:\t%d in %s without a round trip (%d listings)\n", t.ListedMisses, t.Name, t.Listings)
 		}

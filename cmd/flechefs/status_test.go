@@ -40,7 +40,8 @@ var sampleStats = tiers.Stats{
 	Tiers: []tiers.TierStats{
 		{Name: "ram", Available: true, Hits: 80, Misses: 20, Entries: 10, Bytes: 64 << 20, Limit: 256 << 20, Promotions: 5, Evictions: 2},
 		{Name: "bolt", Available: true, Hits: 15, Misses: 5, Entries: 1000, Bytes: 3 << 29, Limit: 10 << 30, Corruptions: 1},
-		{Name: "sftp", Remote: true, Available: false, Hits: 3, Misses: 2, Errors: 7, Listings: 2, ListedMisses: 500},
+		{Name: "sftp", Remote: true, Available: false, Hits: 3, Misses: 2, Errors: 7, Listings: 2, ListedMisses: 500,
+			Corruptions: 3, Quarantined: 2, Unquarantined: 1},
 	},
 	Queue: 4, Uploaded: 12, UploadedBytes: 5 << 20, UploadErrors: 3,
 	LastUploadError:  "sftp: put 0123456789abcdef: tier unavailable\n(dial tcp: connection refused)",
@@ -58,7 +59,7 @@ func TestStatus(t *testing.T) {
 		{"TIER", "WHERE", "ENTRIES", "USED", "LIMIT", "FILL", "HITS", "MISSES", "HIT", "RATE", "PROMOTED", "EVICTED", "CORRUPT", "ERRORS", "STATE"},
 		{"ram", "local", "10", "64MiB", "256MiB", "25.0%", "80", "20", "80.0%", "5", "2", "0", "0", "ok"},
 		{"bolt", "local", "1000", "1.5GiB", "10GiB", "15.0%", "15", "5", "75.0%", "0", "0", "1", "0", "ok"},
-		{"sftp", "remote", "-", "-", "-", "-", "3", "2", "60.0%", "0", "0", "0", "7", "UNAVAILABLE"},
+		{"sftp", "remote", "-", "-", "-", "-", "3", "2", "60.0%", "0", "0", "3", "7", "UNAVAILABLE"},
 	} {
 		found := false
 		for _, l := range lines {
@@ -77,6 +78,7 @@ func TestStatus(t *testing.T) {
 		"last upload error: sftp: put 0123456789abcdef: tier unavailable (dial tcp: connection refused)\n",
 		"dropped publishes: 1 (the key existed: first writer wins)\n",
 		"listed misses:     500 in sftp without a round trip (2 listings)\n",
+		"quarantined:       2 damaged copies in sftp moved to .flechefs/quarantine, 1 left in place unserved\n",
 	} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("no %q in\n%s", want, stdout)

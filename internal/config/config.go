@@ -111,6 +111,10 @@ type Tier struct {
 	Timeout     time.Duration
 	Ciphers     []string // SSH ciphers offered, in order; nil: the library's defaults
 	Mode        int      // permission bits of uploaded values (sftp), default 0640
+	// Foreign is what the tier does with a remote file that has no sum
+	// record: "adopt" (serve it and record its sum), "verify" (only a
+	// name that is the SHA-256 of the content), "ignore".
+	Foreign string
 
 	// At is where the tier was declared: "config.toml:12:1", or the flag
 	// that added it ("--remote").

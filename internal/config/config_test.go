@@ -111,6 +111,7 @@ concurrency = 8
 channels = 5
 timeout = "30s"
 ciphers = ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
+foreign = "verify"
 
 [[tier]]
 kind = "sftp"
@@ -137,11 +138,11 @@ identity = "key"
 				{Kind: Bolt, Name: "bolt", Size: 1e12, Path: "/data/shared.db", ReadOnly: true},
 				{Kind: SFTP, Name: "sftp", URL: "sftp://cache@example.org:2222/srv/flechefs",
 					Identity: []string{"/home/u/.ssh/id_ed25519", "/home/alice/key"}, KnownHosts: "/etc/ssh/known",
-					Concurrency: 8, Channels: 5, Timeout: 30 * time.Second, Mode: 0o640,
-					Ciphers: []string{"aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"}},
+					Concurrency: 8, Channels: 5, Timeout: 30 * time.Second,
+					Ciphers: []string{"aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"}, Mode: 0o640, Foreign: "verify"},
 				{Kind: SFTP, Name: "sftp2", URL: "sftp://mirror/cache", ReadOnly: true, Agent: true,
 					Identity: []string{"/etc/flechefs/key"}, KnownHosts: "/home/u/.ssh/known_hosts",
-					Concurrency: 64, Channels: 3, Timeout: 2 * time.Second, Mode: 0o640},
+					Concurrency: 64, Channels: 3, Timeout: 2 * time.Second, Mode: 0o640, Foreign: "adopt"},
 			},
 		}},
 		{"inline tables", inline, &Config{
@@ -150,7 +151,7 @@ identity = "key"
 			Tiers: []Tier{
 				{Kind: Memory, Name: "ram", Size: 1 << 30},
 				{Kind: SFTP, Name: "sftp", URL: "sftp://h/p", Identity: []string{}, Agent: true,
-					KnownHosts: "/home/u/.ssh/known_hosts", Concurrency: 64, Channels: 3, Timeout: 10 * time.Second, Mode: 0o640},
+					KnownHosts: "/home/u/.ssh/known_hosts", Concurrency: 64, Channels: 3, Timeout: 10 * time.Second, Mode: 0o640, Foreign: "adopt"},
 			},
 		}},
 	} {
@@ -265,6 +266,9 @@ url = "sftp://h:99999/p"
 			`config.toml:6:7: tier 2 (sftp): url "sftp://h": no path: want the remote directory, such as sftp://host/srv/flechefs`,
 			`config.toml:9:7: tier 3 (sftp): url "sftp://u:secret@h/p": do not put a password in the URL: use identity files or the SSH agent`,
 			`config.toml:12:7: tier 4 (sftp): url "sftp://h:99999/p": port "99999": want 1 to 65535`,
+		}},
+		{"foreign", "[[tier]]\nkind = \"sftp\"\nurl = \"sftp://h/p\"\nforeign = \"delete\"\n", []string{
+			`config.toml:4:11: tier 1 (sftp): foreign "delete": want "adopt", "verify" or "ignore"`,
 		}},
 		{"channels", "[[tier]]\nkind = \"sftp\"\nurl = \"sftp://h/p\"\nchannels = 9\n", []string{
 			`config.toml:4:12: tier 1 (sftp): channels 9: out of range: want 1 to 8`,

@@ -65,6 +65,7 @@ var tierKeys = map[string][]Kind{
 	"timeout":     {SFTP},
 	"ciphers":     {SFTP},
 	"mode":        {SFTP},
+	"foreign":     {SFTP},
 }
 
 // kindAliases are names people reach for, mapped to the kind they mean.
@@ -450,6 +451,8 @@ func (p *parser) tier(i int, m map[string]any) Tier {
 			p.ciphers(f, &t)
 		case "mode":
 			f.mode(&t.Mode)
+		case "foreign":
+			f.enum(&t.Foreign, "adopt", "verify", "ignore")
 		}
 	}
 	missing := func(key, example string) {
@@ -559,6 +562,7 @@ func (t *Tier) setDefaults() {
 		t.Concurrency = DefaultConcurrency
 		t.Channels = DefaultChannels
 		t.Mode = DefaultMode
+		t.Foreign = "adopt"
 	}
 }
 

@@ -60,6 +60,7 @@ func (c *Config) TOML() string {
 			fmt.Fprintf(&b, "channels = %d\n", t.Channels)
 			fmt.Fprintf(&b, "timeout = %q\n", t.Timeout.String())
 			fmt.Fprintf(&b, "mode = \"%04o\"\n", t.Mode)
+			fmt.Fprintf(&b, "foreign = %q\n", t.Foreign)
 			if t.Ciphers != nil {
 				cs := make([]string, len(t.Ciphers))
 				for i, c := range t.Ciphers {

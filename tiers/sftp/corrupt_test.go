@@ -113,11 +113,13 @@ func TestForeignFiles(t *testing.T) {
 	good := tiertest.Key("good")
 	tiertest.Put(t, tr, good, []byte("good value"))
 
-	// A file someone put under a key's name by hand: no sum file.
+	// A file someone put under a key's name by hand: no sum file. Once
+	// it is older than the settle time it is served (foreign = adopt).
 	foreign := tiertest.Key("foreign")
 	if err := os.WriteFile(localPath(tr, foreign.String()), []byte("by hand"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	age(t, localPath(tr, foreign.String()), time.Minute)
 	info, err := tr.Stat(ctx, foreign)
 	if err != nil || !info.Sum.IsZero() || info.Size != 7 || info.Created.IsZero() {
 		t.Fatalf("stat of foreign file = %+v, %v; want zero sum, size 7", info, err)
@@ -171,15 +173,38 @@ func TestForeignFiles(t *testing.T) {
 			t.Fatalf("list = %v, want %v", got, want)
 		}
 	}
-	if _, err := tr.Stat(ctx, dirKey); !errors.Is(err, tiers.ErrCorrupt) {
+	// Without a record, a directory under a key's name is nobody's
+	// entry: absent, not damage (which would move it).
+	if _, err := tr.Stat(ctx, dirKey); !errors.Is(err, tiers.ErrNotFound) {
 		t.Fatalf("stat of a directory under a key's name: %v", err)
+	}
+	if _, err := tr.Open(ctx, dirKey); !errors.Is(err, tiers.ErrNotFound) {
+		t.Fatalf("open of a directory under a key's name: %v", err)
+	}
+	// Nor is a symlink (out of the root, here): Open and Stat would
+	// follow it.
+	if _, err := tr.Stat(ctx, linkKey); !errors.Is(err, tiers.ErrNotFound) {
+		t.Fatalf("stat of a symlink under a key's name: %v", err)
+	}
+	if _, err := tr.Open(ctx, linkKey); !errors.Is(err, tiers.ErrNotFound) {
+		t.Fatalf("open of a symlink under a key's name: %v", err)
+	}
+}
+
+// age sets p's mtime d in the past, as a file written that long ago.
+func age(t *testing.T, p string, d time.Duration) {
+	t.Helper()
+	at := time.Now().Add(-d)
+	if err := os.Chtimes(p, at, at); err != nil {
+		t.Fatal(err)
 	}
 }
 
 // TestEmptySumFileIsNotYetWritten: the earlier versions wrote the sum file
 // in place after the data's rename, so a reader may see one of theirs
-// created and empty. That is an upload between its two steps (no sum yet,
-// Sum zero), not a corruption, which the stack would delete.
+// created and empty. That is an upload between its two steps (no sum yet:
+// absent while young, then served with Sum zero like any file without a
+// record), not a corruption.
 func TestEmptySumFileIsNotYetWritten(t *testing.T) {
 	s := sshdtest.Start(t)
 	tr := open(t, options(s))
@@ -194,6 +219,11 @@ func TestEmptySumFileIsNotYetWritten(t *testing.T) {
 	if err := os.WriteFile(p, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Just written: a write in progress, absent.
+	if _, err := tr.Stat(ctx, k); !errors.Is(err, tiers.ErrNotFound) {
+		t.Fatalf("young, with an empty sum file: %v, want ErrNotFound", err)
+	}
+	age(t, localPath(tr, k.String()), time.Minute)
 	for _, op := range []func() (tiers.Info, error){
 		func() (tiers.Info, error) { return tr.Stat(ctx, k) },
 		func() (tiers.Info, error) {

@@ -8,6 +8,7 @@
 //	<root>/<key>                    the value's raw bytes, one file per key
 //	<root>/.flechefs/sums/<key>     a symlink to "<sha256>.<size>.<created>"
 //	<root>/.flechefs/tmp/           uploads in progress
+//	<root>/.flechefs/quarantine/    damaged copies moved aside, never deleted
 //
 // Values are plain files named by their key, so other tools (or fleche's
 // PickleFile) can read the directory directly. The sum record says what the
@@ -47,7 +48,7 @@
 //     this step fails (the connection dropped), Put fails although the
 //     data is in place: the caller's retry finds the key (ErrExist) without
 //     a record, hashes the data and records it (tiers.Stack does, with
-//     Adopt).
+//     Adopt; see "Files flechefs did not write"), never removing it.
 //
 // The temp file gets Options.Mode (default 0640) with an FSETSTAT sent
 // beside the writes and answered before the rename, so a value never
@@ -69,12 +70,54 @@
 // that hashed it) writes the sum record. A reader can therefore see a data
 // file without a record (for one round trip during a Put, or until it is
 // adopted if the writer died between steps 3 and 4, or if someone copied a
-// file in by hand); Info.Sum is then zero. Writing the sum first would let
-// two concurrent writers with different bytes leave the loser's sum next to
-// the winner's data.
+// file in by hand): see "Files flechefs did not write". Writing the sum
+// first would let two concurrent writers with different bytes leave the
+// loser's sum next to the winner's data.
 //
 // Delete removes the sum record, then the data file, so an interrupted Delete
 // also leaves a valid entry without sum, never a sum claiming missing data.
+// Delete is only ever called for an explicit rm (delete_remote); nothing
+// else in flechefs removes a data file from the remote.
+//
+// # Files flechefs did not write
+//
+// A data file without a sum record is a file flechefs did not write
+// (fleche's PickleFile writing on the server, rsync or cp seeding the
+// cache, a restored backup) or an upload cut between its rename and its
+// record, whose data is complete since it was renamed into place. It is
+// never removed, moved or changed by a lookup, read, listing, upload or
+// cleanup. What the tier does with one is Options.Foreign, with one rule
+// for Stat, Open and List (foreign.go):
+//
+//   - ForeignAdopt (the default) serves it, with a zero Info.Sum, unless it
+//     looks like a write in progress: a <key>.lock beside it (fleche holds
+//     one around its write), or an mtime less than foreignSettle (5 s) old
+//     by this machine's clock: then it is ErrNotFound until its writer is
+//     done. A <key>.lock without a record is fleche's lock, not an entry.
+//     The stack hashes every fetched value; once it has read the whole
+//     file, the Reader's Adopt (tiers.Adopter) checks by name that its size
+//     and mtime did not change and writes its record (one SYMLINK, which
+//     never replaces a record: one that appeared meanwhile is kept when sum
+//     and size agree, and the read fails when they do not), so that later
+//     readers verify it. A file that changed while it was read is not
+//     served and not moved. A name of 64 hex digits that is the SHA-256 of
+//     the content verifies itself; other names are trusted: fleche names
+//     its pickles by the SHA-256 of the call, not of the content, so a name
+//     that is not the content's hash is not damage.
+//   - ForeignVerify serves only names whose hex part is 64 digits, with
+//     the Reader's Info.Sum set from the name (Stat's stays zero: it says
+//     what is recorded): the stack's check of the fetched bytes
+//     against it is the verification, and a file whose content is not its
+//     name's SHA-256 is damage (quarantined). Other names are
+//     tiers.ErrForeign.
+//   - ForeignIgnore: every such file is tiers.ErrForeign and unlisted.
+//
+// A file without a record that is not a regular file is absent, not damage.
+// List reads .flechefs/sums beside the root and applies the same rules to
+// the names and the .lock files of the same listing, so a listing never
+// names an entry that a lookup made right after refuses. Stat and Open of a
+// file without a record ask for its <key>.lock (Open beside the head's
+// read): one more request, for such files only.
 //
 // # Records and concurrent writers
 //
@@ -154,8 +197,17 @@
 // is ErrCorrupt too. Readers check that the file is as long as
 // recorded and fail with ErrCorrupt when it is shorter (ReadAt, WriteTo) or
 // longer (WriteTo). The tier does not hash on read: the stack checks the
-// fetched bytes against Info.Sum. A corrupt entry is reported, not deleted;
-// the stack deletes it and puts it again.
+// fetched bytes against Info.Sum. A corrupt entry is reported, not
+// deleted: the stack asks Quarantine (tiers.Quarantiner) to move it into
+// .flechefs/quarantine as <key>.<UTC time>, its record beside it as
+// <key>.<UTC time>.sum (data first: an interrupted move leaves a stale
+// record, never damaged data without a record, which would be served as a
+// foreign file). The quarantine keeps at most maxQuarantine (1000) data
+// files; when it is full, the damaged copy stays in place, unserved (it
+// fails verification at every read), and the stack logs it. An upload of
+// the key then finds it in the way and tries again later; once it is moved
+// (or removed by hand), the upload repairs the remote from the verified
+// local copy.
 //
 // # Timeouts
 //
@@ -259,4 +311,18 @@
 //     has no "no space" code, so it is a plain failure, not ErrNoSpace.
 //   - One connection carries all traffic; one sshd process (one core on the
 //     server) serves it.
+//   - The settle time of files without a record compares the server's mtime
+//     with this machine's clock: a server clock ahead delays such files by
+//     as much, one behind shortens the settle time by as much. SFTP version
+//     3 reports mtimes in whole seconds, so the settle time is 4 to 5 s,
+//     and Adopt's check does not see a rewrite of the same size within the
+//     second the file was opened. A foreign
+//     writer that pauses longer than 5 s inside a file without a lock
+//     beside it, or rewrites a file in place after it was adopted, is
+//     beyond what the tier can see: the first may be served partial (and
+//     adopted so), the second fails verification against the adopted record
+//     and is quarantined.
+//   - Quarantine moves what is under the key's name when it runs: a good
+//     copy uploaded by another machine between this machine's failed read
+//     and its move would be moved too (and stays in the quarantine).
 package sftp

@@ -64,10 +64,37 @@ type Options struct {
 	// Linux ignores: who can read a record is decided by the directory
 	// .flechefs/sums.
 	Mode os.FileMode
+	// Foreign says what the tier does with a data file that has no sum
+	// record: a file flechefs did not write (fleche's PickleFile, rsync, cp
+	// on the server) or an upload cut between its rename and its record.
+	// ForeignAdopt (the default) serves it, unless it looks like a write in
+	// progress, and records its sum after the first complete read;
+	// ForeignVerify serves only names that are the SHA-256 of the content;
+	// ForeignIgnore never serves nor lists one. None of them removes it.
+	Foreign Foreign
 	// Lazy makes Open succeed without contacting the server; the first
 	// operation connects. A mount starts in degraded mode this way when the
 	// server is down.
 	Lazy bool
+}
+
+// Foreign is the setting Options.Foreign: what to do with a data file
+// without a sum record (doc.go, "Files flechefs did not write").
+type Foreign string
+
+const (
+	ForeignAdopt  Foreign = "adopt"
+	ForeignVerify Foreign = "verify"
+	ForeignIgnore Foreign = "ignore"
+)
+
+// ParseForeign checks a foreign setting's name.
+func ParseForeign(s string) (Foreign, error) {
+	switch f := Foreign(s); f {
+	case ForeignAdopt, ForeignVerify, ForeignIgnore:
+		return f, nil
+	}
+	return "", fmt.Errorf("foreign %q: want \"adopt\", \"verify\" or \"ignore\"", s)
 }
 
 const (
@@ -165,6 +192,12 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.Foreign == "" {
+		o.Foreign = ForeignAdopt
+	}
+	if _, err := ParseForeign(string(o.Foreign)); err != nil {
+		return err
 	}
 	home, _ := os.UserHomeDir()
 	if o.KnownHosts == "" {

@@ -31,6 +31,10 @@ type reader struct {
 	// mtime is the data file's modification time from the head's fstat
 	// (zero when there was none): lanes check their handles against it.
 	mtime time.Time
+	// foreign: the file has no sum record and is served under
+	// Options.Foreign (foreign.go); a file that turns out shorter is one
+	// that changed, not damage, and Adopt records its sum.
+	foreign bool
 }
 
 // headLen is how much of the value Open reads as the head.
@@ -123,6 +127,9 @@ func (r *reader) short(at int64) error {
 	w.stop()
 	if err != nil {
 		return r.t.failure(r.c, err)
+	}
+	if fi.Size() < r.info.Size && r.foreign {
+		return errChanged
 	}
 	if fi.Size() < r.info.Size {
 		r.t.log.Warn("sftp entry is truncated", "tier", r.t.opt.Name, "key", r.info.Key, "size", fi.Size(), "recorded", r.info.Size)

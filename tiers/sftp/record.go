@@ -179,12 +179,9 @@ func (t *Tier) hashData(c *conn, k digest.Key) (hashed, error) {
 
 // Adopt writes the record of a data file found without one, whose bytes
 // the caller read whole and hashed: info's Sum and Size, read from a file
-// whose modification time (seconds) was mtime. The record goes in with
-// one SYMLINK, only where there is none: a record already there is left
-// alone (ErrExist; nil when it says the same). After linking, the data
-// file is looked at again: if its size or modification time changed (it
-// was removed and put again while the caller hashed it), the record is
-// removed if it is still the one written, and Adopt fails with ErrExist.
+// whose modification time (seconds) was mtime. It is adopt on a
+// connection of its own; a Reader of such a file adopts through its own
+// connection (reader.Adopt, tiers.Adopter).
 func (t *Tier) Adopt(ctx context.Context, k digest.Key, info tiers.Info, mtime int64) error {
 	if t.opt.ReadOnly {
 		return t.wrap("adopt", k, tiers.ErrReadOnly)
@@ -195,27 +192,51 @@ func (t *Tier) Adopt(ctx context.Context, k digest.Key, info tiers.Info, mtime i
 	}
 	defer w.stop()
 	s := sumFile{sum: info.Sum, size: info.Size, created: recordedCreated(info.Created)}
+	return t.wrap("adopt", k, t.adopt(c, w, k, s, mtime))
+}
+
+// adopt is the one way an adopter writes a record. The record goes in
+// with one SYMLINK, only where there is none: a record already there is
+// left alone (ErrExist; nil when it says the same sum and size). After
+// linking, the data file is looked at again: if its size or modification
+// time changed (it was removed and put again while the caller hashed it),
+// the record is removed if it is still the one written, and adopt fails
+// with ErrExist. Nothing else is ever removed.
+func (t *Tier) adopt(c *conn, w *watch, k digest.Key, s sumFile, mtime int64) error {
 	t.at(w, "adopt", k)
-	if err := c.sftp.Symlink(s.link(), t.sumPath(k)); err != nil {
+	p, target := t.sumPath(k), s.link()
+	err := c.sftp.Symlink(target, p)
+	if errors.Is(err, os.ErrNotExist) {
+		if err = t.mkdirs(c); err == nil {
+			err = c.sftp.Symlink(target, p)
+		}
+	}
+	if err != nil {
 		if isConnErr(err) {
-			return t.wrap("adopt", k, t.failure(c, err))
+			return t.failure(c, err)
 		}
 		cur := t.readSum(c, k)
-		if cur.found && cur.err == nil && cur.s.sum == s.sum && cur.s.size == s.size {
-			return nil
+		switch {
+		case cur.err != nil:
+			return t.failure(c, cur.err)
+		case !cur.found:
+			return t.failure(c, err)
+		case cur.s.sum == s.sum && cur.s.size == s.size:
+			return nil // another adopter, or the writer's late record
 		}
-		return t.wrap("adopt", k, tiers.ErrExist)
+		return fmt.Errorf("%w: a sum record appeared while the file was read and says sha256 %s, %d bytes; read %s, %d bytes",
+			tiers.ErrExist, cur.s.sum, cur.s.size, s.sum, s.size)
 	}
 	t.at(w, "adopt-check", k)
 	fi, err := c.sftp.Stat(t.dataPath(k))
-	if err == nil && fi.Size() == info.Size && fi.ModTime().Unix() == mtime {
+	if err == nil && fi.Size() == s.size && fi.ModTime().Unix() == mtime {
 		return nil
 	}
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return t.wrap("adopt", k, t.failure(c, err))
+		return t.failure(c, err)
 	}
-	if rerr := t.removeSumIf(c, k, s.link()); rerr != nil {
-		return t.wrap("adopt", k, t.failure(c, rerr))
+	if rerr := t.removeSumIf(c, k, target); rerr != nil {
+		return t.failure(c, rerr)
 	}
-	return t.wrap("adopt", k, tiers.ErrExist)
+	return fmt.Errorf("%w: the data file changed while its record was written", tiers.ErrExist)
 }

@@ -181,8 +181,31 @@ func (t *Tier) Stat(ctx context.Context, k digest.Key) (tiers.Info, error) {
 		}
 		return tiers.Info{}, t.wrap("stat", k, t.failure(c, err))
 	}
+	if sf.err == nil && !sf.found {
+		info, err := t.statForeign(c, k, fi)
+		return info, t.wrap("stat", k, err)
+	}
 	info, err := t.info(c, k, fi, sf)
 	return info, t.wrap("stat", k, err)
+}
+
+// statForeign is Stat of a data file without a sum record: what foreign
+// decides (with a zero Sum), after the probe (is the name itself a regular file, is there a
+// <key>.lock): a second round trip, for such files only.
+func (t *Tier) statForeign(c *conn, k digest.Key, fi os.FileInfo) (tiers.Info, error) {
+	if !fi.Mode().IsRegular() {
+		return tiers.Info{}, fmt.Errorf("%w: %s has no sum record and is not a regular file", tiers.ErrNotFound, t.dataPath(k))
+	}
+	lock, err := (<-t.probeAsync(c, k)).result(t, c, k)
+	if err != nil {
+		return tiers.Info{}, err
+	}
+	info, err := t.foreign(k, fi.Size(), fi.ModTime(), lock, time.Now())
+	// Zero, even when the name is a sum (ForeignVerify): Stat says what is
+	// recorded, and a caller that acts on a sum (an upload deciding
+	// whether the remote holds its value) must read the file to know it.
+	info.Sum = digest.Sum{}
+	return info, err
 }
 
 var sumBufs = sync.Pool{New: func() any { return new([]byte) }}
@@ -330,13 +353,48 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 			return r, nil
 		}
 	}
+	var probec <-chan probe
+	noRecord := sf.err == nil && !sf.found
+	if noRecord {
+		probec = t.probeAsync(c, k) // beside the head's read
+	}
 	err = r.readHead(sf, true)
 	close(r.headReady)
+	if noRecord {
+		err = r.openForeign(err, <-probec)
+	}
 	if err != nil {
 		go f.Close()
 		return nil, t.wrap("open", k, err)
 	}
 	return r, nil
+}
+
+// openForeign decides an Open of a data file without a sum record once its
+// head is read (headErr): served as foreign decides, or absent. A file
+// that is not a regular one or that changed while its head was read is
+// absent, not damaged: nothing vouched for it.
+func (r *reader) openForeign(headErr error, p probe) error {
+	t, k := r.t, r.info.Key
+	lock, err := p.result(t, r.c, k)
+	if errors.Is(err, tiers.ErrNotFound) {
+		return err
+	}
+	if headErr == nil && err != nil {
+		headErr = err
+	}
+	if errors.Is(headErr, tiers.ErrCorrupt) {
+		return fmt.Errorf("%w: %s has no sum record and is not a regular file or changed while it was read", tiers.ErrNotFound, t.dataPath(k))
+	}
+	if headErr != nil {
+		return headErr
+	}
+	info, err := t.foreign(k, r.info.Size, r.mtime, lock, time.Now())
+	if err != nil {
+		return err
+	}
+	r.info, r.foreign = info, true
+	return nil
 }
 
 // readHead reads the first headSize bytes of r's file into r.head, with an
@@ -669,10 +727,13 @@ func (t *Tier) Delete(ctx context.Context, k digest.Key) error {
 	return nil
 }
 
-// List reports every regular file in the root whose name parses as a key,
-// with its size and mtime, and a zero Sum (reading every sum file would cost
-// a round trip each). Other names — temp files, .flechefs, junk — are
-// skipped: listing names come from the server and are never trusted.
+// List reports every regular file in the root whose name parses as a key
+// and that has a sum record or that a lookup would serve without one (the
+// rules of Options.Foreign: a file being written, a fleche lock, or one
+// the setting does not serve is left out), with its size and mtime, and a
+// zero Sum (reading every record would cost a round trip each). Other
+// names — temp files, .flechefs, junk — are skipped: listing names come
+// from the server and are never trusted.
 func (t *Tier) List(ctx context.Context, fn func(tiers.Info) error) error {
 	if err := ctx.Err(); err != nil {
 		return t.wrap("list", digest.Key{}, err)
@@ -682,17 +743,40 @@ func (t *Tier) List(ctx context.Context, fn func(tiers.Info) error) error {
 		return t.wrap("list", digest.Key{}, unavailable(t.rem.addr, err))
 	}
 	w := c.watch()
+	// The records' names are read beside the root: a file without one is
+	// listed by the rules a lookup applies (foreign), so that a listing
+	// never names an entry a lookup then refuses.
+	type dirResult struct {
+		ents []os.FileInfo
+		err  error
+	}
+	sumc := make(chan dirResult, 1)
+	go func() {
+		ents, err := c.sftp.ReadDirContext(ctx, t.sumDir)
+		sumc <- dirResult{ents, err}
+	}()
 	ents, err := c.sftp.ReadDirContext(ctx, t.rem.root)
+	sr := <-sumc
 	w.stop()
+	if err == nil && sr.err != nil && !errors.Is(sr.err, os.ErrNotExist) {
+		err = sr.err
+	}
 	if err != nil {
 		return t.wrap("list", digest.Key{}, t.failure(c, err))
+	}
+	lf := &listFilter{t: t, sums: make(map[string]bool, len(sr.ents)), names: make(map[string]bool, len(ents)), now: time.Now()}
+	for _, e := range sr.ents {
+		lf.sums[e.Name()] = true
+	}
+	for _, e := range ents {
+		lf.names[e.Name()] = true
 	}
 	for _, e := range ents {
 		if !e.Mode().IsRegular() {
 			continue
 		}
 		k, err := digest.Parse(e.Name())
-		if err != nil {
+		if err != nil || !lf.keep(k, e.Size(), e.ModTime()) {
 			continue
 		}
 		if err := fn(tiers.Info{Key: k, Size: e.Size(), Created: e.ModTime()}); err != nil {
