@@ -118,7 +118,13 @@ func (b bytesHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 	return fuse.ReadResultData(b[off:end]), 0
 }
 
+// statsJSON is .flechefs/stats. It first waits, as a listing does, for
+// the RELEASE of every write handle that has had a FLUSH (at most
+// releaseWait after it): the kernel sends RELEASE after the last close(2)
+// has returned, so without the wait `cmd > f; flechefs sync` could read a
+// queue that does not hold f yet and report nothing to upload.
 func (r *root) statsJSON() ([]byte, error) {
+	r.writers.waitAll()
 	b, err := json.MarshalIndent(MountStats{Stats: r.st.Stats(), Writes: r.counts.snapshot(r.scratch.len())}, "", "  ")
 	return append(b, '\n'), err
 }

@@ -31,7 +31,8 @@
 // close(2) (or the exit of the last holder) returns, but it is not
 // synchronised with the caller, and a later lookup may reach the daemon
 // first. So a lookup, open, unlink, create or rename of a name whose open
-// file has had a FLUSH, and a listing, waits for that file's RELEASE, at
+// file has had a FLUSH, and a listing or an open of .flechefs/stats (which
+// "flechefs sync" reads), waits for that file's RELEASE, at
 // most until 1 s after its last FLUSH (releaseWait): once the last close
 // has returned, every process on this mount that stats, opens or lists
 // the name sees the complete value. A FLUSH that is not the last close (the
