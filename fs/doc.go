@@ -180,7 +180,10 @@
 //	create of more than 1024 scratch files          ENOSPC
 //	create, mkdir... in .flechefs; write to its files  EACCES; unlink, rename there: EPERM
 //
-// unlink(2) deletes the entry from the stack (Stack.Delete). Descriptors
+// unlink(2) deletes the entry from the stack (Stack.Delete). With
+// delete_remote and the remote unreachable it still succeeds: the local
+// copies are gone, the remote delete is queued durably (a tombstone, see
+// tiers/doc.go) and the remote's copy is not served here meanwhile. Descriptors
 // opened before keep reading the old value from the RAM tier, the spool or
 // the page cache; one that reads from the bbolt tier fails with ENOENT at
 // its next read past the cached pages (the chunks are gone), never
