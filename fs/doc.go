@@ -31,7 +31,8 @@
 // close(2) (or the exit of the last holder) returns, but it is not
 // synchronised with the caller, and a later lookup may reach the daemon
 // first. So a lookup, open, unlink, create or rename of a name whose open
-// file has had a FLUSH, and a listing, waits for that file's RELEASE, at
+// file has had a FLUSH, and a listing or an open of .flechefs/stats (which
+// "flechefs sync" reads), waits for that file's RELEASE, at
 // most until 1 s after its last FLUSH (releaseWait), and once RELEASE has
 // come, until its publish is done (hashing a value written out of order
 // takes as long as reading it): once the last close
@@ -183,7 +184,10 @@
 //	create of more than 1024 scratch files          ENOSPC
 //	create, mkdir... in .flechefs; write to its files  EACCES; unlink, rename there: EPERM
 //
-// unlink(2) deletes the entry from the stack (Stack.Delete). Descriptors
+// unlink(2) deletes the entry from the stack (Stack.Delete). With
+// delete_remote and the remote unreachable it still succeeds: the local
+// copies are gone, the remote delete is queued durably (a tombstone, see
+// tiers/doc.go) and the remote's copy is not served here meanwhile. Descriptors
 // opened before keep reading the old value from the RAM tier, the spool or
 // the page cache; one that reads from the bbolt tier fails with ENOENT at
 // its next read past the cached pages (the chunks are gone), never

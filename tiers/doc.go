@@ -148,6 +148,45 @@
 // deleted value never comes back and a value published again after the
 // Delete is never removed by a late cleanup of the old one.
 //
+// # Deletes and tombstones
+//
+// With a writable remote (and not KeepRemoteOnDelete), Delete first
+// records a tombstone for the key: in memory, and in the persistent tier's
+// queue (TombstoneQueue; the bbolt tier writes it in the commit that
+// deletes its copy, so a crash leaves both or neither). The tombstone
+// names the value deleted (the SHA-256 of the local copy; none when no
+// local tier held the key). While it exists, Stat, Open, List and Where do
+// not ask the remote for the key: the deleted value does not come back on
+// this stack, whether or not the remote is reachable. Then the remote
+// delete is made at once, unless the remote is known to be down; if it
+// fails, Delete still succeeds (the local copies are gone and the remote
+// delete is queued), and a background deleter retries it with the
+// uploads' backoff (0.5 s doubling to 1 min, jittered). Tombstones survive
+// a restart; Sync waits for them, and Stats.Deletes counts them.
+//
+// Carrying a tombstone out: each writable remote's copy is removed if it
+// holds the value the tombstone names, or when that cannot be told (the
+// tombstone names none, or the copy has no checksum record). A copy with
+// another SHA-256 is another writer's value, put there after this delete
+// (first writer wins there too): it is left, and logged. The tombstone is
+// then removed durably, and only then from memory.
+//
+// A newer write of the key on this stack (a Publish after the Delete) does
+// not cancel the tombstone: the remote keeps the first value it gets, so
+// the new value could never replace the old one there. Instead, the upload
+// of a key with a tombstone waits (the workers skip it, an early upload
+// does not start, WriteThrough carries the tombstone out first), and
+// starts once the tombstone is gone: the old value is removed from the
+// remote first, then the new one uploaded. If another machine wrote the
+// key meanwhile, the tombstone leaves that value and the upload meets it
+// as any upload does (a conflict: the remote's value stays). A second
+// Delete while a tombstone exists keeps the first: no value of the key
+// has reached the remote from here since. A crash after the remote delete
+// but before the tombstone's removal repeats the delete at the next start,
+// which finds the copy gone, or another writer's value, which it leaves;
+// the same bytes written again elsewhere meanwhile are the value the
+// tombstone names, and are removed.
+//
 // # Absence snapshots
 //
 // A Stat that no local tier answers asks every remote tier, a round trip

@@ -56,6 +56,8 @@ type Stack struct {
 	deleting  map[digest.Key]int           // Deletes in progress: no copy of the key starts
 	settled   uint64                       // counts entries that left pending for the tiers (see Publish)
 	up        uploadQueue
+	tombs     map[digest.Key]*tomb // queued remote deletes (stack_delete.go)
+	tombKick  chan struct{}
 	changed   chan struct{} // closed and replaced when the queue or pending set shrinks
 	// earlyUploads counts the EarlyUploads running (BeginUpload); under mu.
 	earlyUploads int
@@ -122,6 +124,8 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 		opt: opt, log: opt.Logger,
 		pending: map[digest.Key]*pub{}, fills: map[digest.Key]*fill{}, parked: map[digest.Key]*parked{}, promoting: map[digest.Key]chan struct{}{},
 		deleting:     map[digest.Key]int{},
+		tombs:        map[digest.Key]*tomb{},
+		tombKick:     make(chan struct{}, 1),
 		changed:      make(chan struct{}),
 		hurried:      make(chan struct{}),
 		closing:      make(chan struct{}),
@@ -171,6 +175,11 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 			s.log.Info("resuming upload queue", "entries", len(keys))
 		}
 	}
+	if s.hasWritableRemote() {
+		if err := s.loadTombs(); err != nil {
+			return nil, fmt.Errorf("stack: reading the queued remote deletes: %w", err)
+		}
+	}
 	s.initDefer()
 	for range 4 {
 		s.persistWG.Add(1)
@@ -183,6 +192,8 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 		}
 		s.wg.Add(1)
 		go s.dequeuer()
+		s.wg.Add(1)
+		go s.deleter()
 	}
 	return s, nil
 }
@@ -217,12 +228,16 @@ func (s *Stack) Stat(ctx context.Context, k digest.Key) (Info, error) {
 		return p.info, nil
 	}
 	info, fetching := s.fetchingLocked(k)
+	tombstoned := s.tombstonedLocked(k)
 	s.mu.Unlock()
 	if fetching {
 		return info, nil
 	}
 	var listedUntil time.Time // the earliest end of the snapshots that answered
 	for _, l := range s.layers {
+		if l.Remote && tombstoned {
+			continue // deleted here; the remote's delete is queued
+		}
 		if !l.Remote {
 			if info, err := s.statLayer(ctx, l, k); err == nil {
 				return info, nil
@@ -328,7 +343,11 @@ func (s *Stack) Open(ctx context.Context, k digest.Key) (Reader, error) {
 func (s *Stack) openFrom(ctx context.Context, k digest.Key, from int, want digest.Sum) (Reader, error) {
 	unavailable := false
 	var spoolErr *spoolError
+	tombstoned := s.tombstoned(k)
 	for _, l := range s.layers[from:] {
+		if l.Remote && tombstoned {
+			continue // deleted here; the remote's delete is queued
+		}
 		if l.Remote {
 			r, err := s.openRemote(ctx, l, k, want)
 			if err == nil {
@@ -603,9 +622,44 @@ func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
 		<-uploading // cancelled by up.remove; it may have put the value already
 	}
 	s.list.forget(k)
+	remote := s.hasWritableRemote() && !s.opt.KeepRemoteOnDelete
+	var t *tomb
+	newTomb := false
+	if remote {
+		// The remote's delete is queued (a tombstone) before the local
+		// copies go, in the persistent tier's own commit, and lookups
+		// stop asking the remote: whether the remote is reachable now or
+		// not, the value does not come back, and a crash leaves the
+		// delete queued. The tombstone names the value deleted, the one
+		// the remote copy must hold to be removed.
+		var sum digest.Sum
+		if pend {
+			sum = p.info.Sum
+		}
+		for _, l := range s.layers {
+			if l.Remote {
+				continue
+			}
+			if info, err := l.Tier.Stat(ctx, k); err == nil {
+				found = true
+				if sum.IsZero() {
+					sum = info.Sum
+				}
+			}
+		}
+		s.mu.Lock()
+		if t = s.tombs[k]; t == nil {
+			// An older tombstone of k is kept as it is: no value of k
+			// reached the remote from here since (uploads of k wait
+			// for it).
+			t, newTomb = &tomb{sum: sum, busy: true}, true
+			s.tombs[k] = t
+		}
+		s.mu.Unlock()
+	}
 	var firstErr error
 	for _, l := range s.layers {
-		if !l.writable() || (l.Remote && s.opt.KeepRemoteOnDelete) {
+		if !l.writable() || l.Remote && (remote || s.opt.KeepRemoteOnDelete) {
 			continue
 		}
 		dctx := ctx
@@ -613,7 +667,17 @@ func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
 		if l.Remote {
 			dctx, cancel = context.WithTimeout(ctx, s.opt.RemoteTimeout)
 		}
-		err := l.Tier.Delete(dctx, k)
+		var err error
+		if tq, ok := s.tombQueue(); ok && newTomb && l == s.persist {
+			var id uint64
+			if id, err = tq.DeleteQueued(dctx, k, t.sum); err == nil {
+				s.mu.Lock()
+				t.id = id
+				s.mu.Unlock()
+			}
+		} else {
+			err = l.Tier.Delete(dctx, k)
+		}
 		cancel()
 		switch {
 		case err == nil:
@@ -625,6 +689,29 @@ func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
 				firstErr = err
 			}
 		}
+	}
+	if remote {
+		queued := false
+		s.mu.Lock()
+		if newTomb {
+			t.busy = false
+		}
+		s.mu.Unlock()
+		if s.remotesUp() {
+			rf, err := s.settleTomb(ctx, k)
+			found = found || rf
+			queued = err != nil
+			if queued {
+				s.log.Info("remote delete failed; queued, retried when the remote returns", "key", k.String(), "err", err)
+			}
+		} else {
+			// Known down: the deleter retries it, not this caller.
+			queued = true
+			s.kickTombs()
+		}
+		// Deleted here, and the remote's delete queued durably: a
+		// success, whether or not a local tier held the value.
+		found = found || queued
 	}
 	if firstErr != nil {
 		return firstErr
@@ -644,7 +731,11 @@ func (s *Stack) Where(ctx context.Context, k digest.Key) []string {
 	if pend {
 		out = append(out, "unpersisted")
 	}
+	tombstoned := s.tombstoned(k)
 	for _, l := range s.layers {
+		if l.Remote && tombstoned {
+			continue
+		}
 		if _, err := s.statLayer(ctx, l, k); err == nil {
 			out = append(out, l.name)
 		}
@@ -672,14 +763,15 @@ func (s *Stack) UploadState(k digest.Key) UploadState {
 }
 
 // Sync waits until every published entry is persisted, every queued
-// upload has reached the remote, and every value that lost a conflict has
-// left the local tiers, calling progress (if not nil) with the
+// upload has reached the remote, every queued remote delete is done, and
+// every value that lost a conflict has left the local tiers, calling
+// progress (if not nil) with the
 // number of entries still waiting as it changes.
 func (s *Stack) Sync(ctx context.Context, progress func(queued int64)) error {
 	last := int64(-1)
 	for {
 		s.mu.Lock()
-		n := int64(s.up.len() + s.unpersistedLocked() + s.settling)
+		n := int64(s.up.len() + s.unpersistedLocked() + s.settling + len(s.tombs))
 		ch := s.changed
 		s.mu.Unlock()
 		if progress != nil && n != last {
@@ -716,6 +808,7 @@ func (s *Stack) Stats() Stats {
 	st.LastUploadError, _ = s.lastUploadErr.Load().(string)
 	s.mu.Lock()
 	st.Queue = int64(s.up.len())
+	st.Deletes = int64(len(s.tombs))
 	st.Unpersisted = int64(s.unpersistedLocked())
 	st.Fetching = int64(len(s.fills))
 	st.Deferred = s.deferredLenLocked()

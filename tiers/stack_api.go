@@ -116,7 +116,10 @@ type TierStats struct {
 type Stats struct {
 	Tiers []TierStats `json:"tiers"`
 	// Queue is the number of entries waiting for upload.
-	Queue           int64  `json:"queue"`
+	Queue int64 `json:"queue"`
+	// Deletes is the number of remote deletes queued (tombstones): keys
+	// deleted here while the remote could not be reached.
+	Deletes         int64  `json:"deletes,omitempty"`
 	Uploaded        int64  `json:"uploaded"`
 	UploadedBytes   int64  `json:"uploaded_bytes"`
 	UploadErrors    int64  `json:"upload_errors"`

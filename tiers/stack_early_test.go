@@ -33,11 +33,18 @@ type earlyEnv struct {
 	root string // where the server keeps the remote tier's files
 	db   string
 	st   *tiers.Stack
+	// timeout is the remote tier's: an operation waiting on a frozen
+	// server is released only by its watchdog, after this long.
+	timeout time.Duration
 }
 
 func newEarlyEnv(t *testing.T, srv *sshdtest.Server, workers int) *earlyEnv {
+	return newEarlyEnvTimeout(t, srv, workers, 2*time.Second)
+}
+
+func newEarlyEnvTimeout(t *testing.T, srv *sshdtest.Server, workers int, timeout time.Duration) *earlyEnv {
 	n := earlyDirs.Add(1)
-	e := &earlyEnv{t: t, srv: srv, url: fmt.Sprintf("%s/early%d", srv.URL(), n),
+	e := &earlyEnv{t: t, srv: srv, timeout: timeout, url: fmt.Sprintf("%s/early%d", srv.URL(), n),
 		root: filepath.Join(srv.Dir, fmt.Sprintf("early%d", n)), db: filepath.Join(t.TempDir(), "cache.db")}
 	e.open(workers)
 	return e
@@ -50,7 +57,7 @@ func (e *earlyEnv) open(workers int) {
 	quiet := slog.New(slog.DiscardHandler)
 	b := openBolt(t, e.db)
 	r, err := sftp.Open(context.Background(), sftp.Options{URL: e.url, IdentityFiles: []string{e.srv.IdentityFile},
-		KnownHosts: e.srv.KnownHosts, Timeout: 2 * time.Second, Logger: quiet, Lazy: true})
+		KnownHosts: e.srv.KnownHosts, Timeout: e.timeout, Logger: quiet, Lazy: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,16 +78,19 @@ func (e *earlyEnv) temps() map[string]int64 {
 }
 
 // streamed waits until a temp file of the upload holds at least n bytes.
+// It waits up to a minute: an upload is slow on a loaded machine.
 func (e *earlyEnv) streamed(n int64) {
 	e.t.Helper()
-	eventually(e.t, fmt.Sprintf("%d bytes in a remote temp file", n), func() bool {
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Millisecond) {
 		for _, sz := range e.temps() {
 			if sz >= n {
-				return true
+				return
 			}
 		}
-		return false
-	})
+		if time.Now().After(deadline) {
+			e.t.Fatalf("timed out waiting for %d bytes in a remote temp file", n)
+		}
+	}
 }
 
 func (e *earlyEnv) noTemps() {
@@ -314,7 +324,7 @@ func TestEarlyUploadLosesToOtherWriter(t *testing.T) {
 // queue once the server is back.
 func TestEarlyUploadRemoteKilled(t *testing.T) {
 	srv := sshdtest.Start(t)
-	e := newEarlyEnv(t, srv, 2)
+	e := newEarlyEnvTimeout(t, srv, 2, 30*time.Second) // see TestEarlyUploadRemoteFrozen
 	k := tiertest.Key("early-killed")
 	v := tiertest.Data(9, 32<<20)
 	w := e.startEarly(k, v[:12<<20])
@@ -322,8 +332,8 @@ func TestEarlyUploadRemoteKilled(t *testing.T) {
 	start := time.Now()
 	w.write(v[12<<20:])
 	publish(t, e.st, k, w, v)
-	if d := time.Since(start); d > time.Second {
-		t.Fatalf("writing 20 MiB and publishing with the remote dead took %v", d)
+	if d := time.Since(start); d > e.timeout/2 {
+		t.Fatalf("writing 20 MiB and publishing with the remote dead took %v: it waited for the remote (timeout %v)", d, e.timeout)
 	}
 	if up := e.st.UploadState(k); up != tiers.UploadPending {
 		t.Fatalf("upload state %q with the remote dead", up)
@@ -337,10 +347,12 @@ func TestEarlyUploadRemoteKilled(t *testing.T) {
 }
 
 // The remote hangs mid-stream: the writer is not slowed down; the
-// upload finishes once the server answers again.
+// upload finishes once the server answers again. The remote's timeout is
+// long (30 s), so that a writer or publish that waited on the frozen
+// server would take that long, and the bound below holds on any machine.
 func TestEarlyUploadRemoteFrozen(t *testing.T) {
 	srv := sshdtest.Start(t)
-	e := newEarlyEnv(t, srv, 2)
+	e := newEarlyEnvTimeout(t, srv, 2, 30*time.Second)
 	k := tiertest.Key("early-frozen")
 	v := tiertest.Data(10, 48<<20)
 	w := e.startEarly(k, v[:12<<20])
@@ -348,8 +360,8 @@ func TestEarlyUploadRemoteFrozen(t *testing.T) {
 	start := time.Now()
 	w.write(v[12<<20:])
 	publish(t, e.st, k, w, v)
-	if d := time.Since(start); d > time.Second {
-		t.Fatalf("writing 36 MiB and publishing with the remote frozen took %v", d)
+	if d := time.Since(start); d > e.timeout/2 {
+		t.Fatalf("writing 36 MiB and publishing with the remote frozen took %v: it waited for the remote (timeout %v)", d, e.timeout)
 	}
 	time.Sleep(500 * time.Millisecond)
 	srv.Thaw()

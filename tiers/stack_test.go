@@ -22,6 +22,7 @@ type faultTier struct {
 	tiers.Tier
 	name   string
 	down   atomic.Bool  // every call fails with ErrUnavailable
+	noDel  atomic.Bool  // Delete fails with ErrUnavailable
 	flip   atomic.Bool  // readers return flipped bytes
 	opens  atomic.Int64 // Open calls
 	closes atomic.Int64 // Close calls of its readers
@@ -114,6 +115,9 @@ func (f *faultTier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.
 func (f *faultTier) Delete(ctx context.Context, k digest.Key) error {
 	if err := f.check("delete", k); err != nil {
 		return err
+	}
+	if f.noDel.Load() {
+		return tiers.Wrap(f.name, "delete", k, tiers.ErrUnavailable)
 	}
 	return f.Tier.Delete(ctx, k)
 }

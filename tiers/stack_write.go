@@ -133,6 +133,9 @@ func (s *Stack) Publish(ctx context.Context, k digest.Key, b Blob, sum digest.Su
 		if err := s.WaitDurable(ctx, k); err != nil {
 			return info, err
 		}
+		if _, err := s.settleTomb(ctx, k); err != nil {
+			return info, Wrap("stack", "publish", k, err)
+		}
 		for _, r := range s.remotes {
 			if !r.writable() {
 				continue
@@ -593,10 +596,12 @@ func (q *uploadQueue) remove(k digest.Key) {
 }
 
 // next returns the first key due for upload, or the time to wait.
-func (q *uploadQueue) next(now time.Time) (digest.Key, time.Duration, bool) {
+// A key for which held says so waits (its queued remote delete comes
+// first: the remote keeps the first value it gets).
+func (q *uploadQueue) next(now time.Time, held func(digest.Key) bool) (digest.Key, time.Duration, bool) {
 	wait := time.Minute
 	for _, k := range q.order {
-		if _, busy := q.inflight[k]; busy {
+		if _, busy := q.inflight[k]; busy || held(k) {
 			continue
 		}
 		it := q.set[k]
@@ -621,7 +626,7 @@ func (s *Stack) uploader() {
 			continue
 		}
 		s.mu.Lock()
-		k, wait, ok := s.up.next(time.Now())
+		k, wait, ok := s.up.next(time.Now(), s.tombstonedLocked)
 		var ctx context.Context
 		var item *upItem
 		if ok {

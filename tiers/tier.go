@@ -265,3 +265,24 @@ type StreamPutter interface {
 	// on g is not a remote operation: it is never timed out by the tier.
 	PutGrowing(ctx context.Context, k digest.Key, g Growing) (Info, error)
 }
+
+// Tombstone is a queued remote delete: Key was deleted on this stack while
+// its remote copy could not be; Sum is the value deleted (zero when no
+// local tier held it). ID is the queue's name for it.
+type Tombstone struct {
+	Key digest.Key
+	Sum digest.Sum
+	ID  uint64
+}
+
+// TombstoneQueue is implemented by a persistent tier that also keeps
+// queued remote deletes durably (the bbolt tier, in its upload queue).
+type TombstoneQueue interface {
+	// DeleteQueued deletes k's entry, if any, and records a tombstone for
+	// it, in one commit. It returns the tombstone's ID.
+	DeleteQueued(ctx context.Context, k digest.Key, sum digest.Sum) (uint64, error)
+	// Tombstones returns the queued deletes, oldest first.
+	Tombstones(ctx context.Context) ([]Tombstone, error)
+	// TombstoneDone removes tombstone id; no error if it is gone.
+	TombstoneDone(ctx context.Context, id uint64) error
+}

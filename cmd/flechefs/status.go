@@ -135,6 +135,9 @@ func printStatus(w io.Writer, st *tiers.Stats) {
 		fmt.Fprintf(tw, ", %d not yet on local disk", st.Unpersisted)
 	}
 	fmt.Fprintln(tw)
+	if st.Deletes > 0 {
+		fmt.Fprintf(tw, "queued deletes:\t%d removed here, to remove from the remote when it is reachable\n", st.Deletes)
+	}
 	fmt.Fprintf(tw, "uploaded:\t%d (%s), %d failed attempts, %d conflicts\n",
 		st.Uploaded, config.FormatSize(st.UploadedBytes), st.UploadErrors, st.Conflicts)
 	// A line of its own, even at 0: a value this mount wrote and the

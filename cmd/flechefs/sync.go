@@ -21,7 +21,8 @@ var syncCommand = &command{
 Usage: flechefs sync [--timeout DURATION] [--give-up DURATION] MOUNTPOINT
 
 Waits until every entry published on the mount is in its persistent local
-tier and uploaded to its remote tiers (the upload queue is empty), showing
+tier and uploaded to its remote tiers (the upload queue is empty), and every
+delete made while a remote was unreachable is done there, showing
 progress: a bar when the standard error is a terminal, a line a second
 otherwise. Run it before switching a machine off, or in a job script after
 the results are written.
@@ -81,7 +82,7 @@ type syncer struct {
 }
 
 // left is what sync waits for.
-func left(st *tiers.Stats) int64 { return st.Queue + st.Unpersisted }
+func left(st *tiers.Stats) int64 { return st.Queue + st.Unpersisted + st.Deletes }
 
 func (s *syncer) run() error {
 	start := s.now()
@@ -180,6 +181,9 @@ func describeSync(st *tiers.Stats) string {
 	fmt.Fprintf(&b, "%d waiting", st.Queue)
 	if st.Unpersisted > 0 {
 		fmt.Fprintf(&b, " (%d not yet on disk)", st.Unpersisted)
+	}
+	if st.Deletes > 0 {
+		fmt.Fprintf(&b, ", %d remote deletes queued", st.Deletes)
 	}
 	fmt.Fprintf(&b, ", %d uploaded (%s)", st.Uploaded, config.FormatSize(st.UploadedBytes))
 	if st.UploadErrors > 0 {

@@ -94,8 +94,18 @@ func (t *Tier) checkTier(tx *bolt.Tx) []error {
 	if n := lru.Stats().KeyN; n != unpinned {
 		bad("lru has %d records for %d unpinned entries", n, unpinned)
 	}
-	if n := queue.Stats().KeyN; n != pinnedN {
-		bad("queue has %d records for %d pinned entries", n, pinnedN)
+	tombs := 0
+	queue.ForEach(func(sk, v []byte) error {
+		if isTomb(v) {
+			tombs++
+			if _, _, err := decodeTomb(v); err != nil {
+				bad("queue record %d: %v", uint64FromKey(sk), err)
+			}
+		}
+		return nil
+	})
+	if n := queue.Stats().KeyN; n != pinnedN+tombs {
+		bad("queue has %d records for %d pinned entries and %d tombstones", n, pinnedN, tombs)
 	}
 	chunks.ForEach(func(k, _ []byte) error {
 		if len(k) != 12 {

@@ -13,7 +13,9 @@
 //	         number (0: not pending), chunk size
 //	chunks   id (8) ‖ chunk index (4) → CRC32C (Castagnoli) of the data (4) ‖ data
 //	lru      last access (8) ‖ id (8) → key name, for unpinned entries only
-//	queue    sequence number (8) → key name, for entries waiting for upload
+//	queue    sequence number (8) → key name, for entries waiting for upload,
+//	         or "tombstone <key> <sha256 hex or ->", a queued remote
+//	         delete (tombstone.go: older binaries refuse to mount with one)
 //	staging  id (8) → start time (unix ns), for puts not yet published
 //
 // Entry ids come from the chunks bucket's sequence and are never reused; a

@@ -238,6 +238,9 @@ func (t *Tier) Pending(ctx context.Context) ([]digest.Key, error) {
 	var keys []digest.Key
 	err := t.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketQueue).ForEach(func(_, v []byte) error {
+			if isTomb(v) {
+				return nil // a queued remote delete (Tombstones)
+			}
 			k, err := digest.Parse(string(v))
 			if err != nil {
 				return fmt.Errorf("%w: queue: %v", tiers.ErrCorrupt, err)

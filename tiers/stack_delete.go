@@ -1,0 +1,196 @@
+package tiers
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"github.com/flechefs/flechefs/digest"
+)
+
+// tomb is a queued remote delete of a key (see doc.go, "Deletes"), under
+// s.mu.
+type tomb struct {
+	sum      digest.Sum // the value deleted; zero: unknown (no local copy)
+	id       uint64     // its durable record (TombstoneQueue), 0: none
+	busy     bool       // being carried out
+	next     time.Time  // not retried before
+	attempts int
+}
+
+// loadTombs resumes the tombstones the persistent tier keeps.
+func (s *Stack) loadTombs() error {
+	tq, ok := s.tombQueue()
+	if !ok {
+		return nil
+	}
+	ts, err := tq.Tombstones(s.ctx)
+	if err != nil {
+		return err
+	}
+	for _, t := range ts {
+		if old := s.tombs[t.Key]; old != nil {
+			// An older one of the key: its value is the one on the remote.
+			if err := tq.TombstoneDone(s.ctx, t.ID); err != nil {
+				return err
+			}
+			continue
+		}
+		s.tombs[t.Key] = &tomb{sum: t.Sum, id: t.ID}
+	}
+	if len(ts) > 0 {
+		s.log.Info("resuming queued remote deletes", "entries", len(s.tombs))
+	}
+	return nil
+}
+
+func (s *Stack) tombQueue() (TombstoneQueue, bool) {
+	if s.persist == nil {
+		return nil, false
+	}
+	tq, ok := s.persist.Tier.(TombstoneQueue)
+	return tq, ok
+}
+
+// tombstoned reports whether k has a queued remote delete. Caller holds s.mu.
+func (s *Stack) tombstonedLocked(k digest.Key) bool { return s.tombs[k] != nil }
+
+func (s *Stack) tombstoned(k digest.Key) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tombs[k] != nil
+}
+
+// deleteRemote carries out the remote part of a Delete of k: the copy of
+// each writable remote is removed if it holds the value sum (or sum is
+// zero, or the copy has no checksum to tell); another value is another
+// writer's, written since, and is left. found reports whether a copy was
+// removed.
+func (s *Stack) deleteRemote(ctx context.Context, k digest.Key, sum digest.Sum) (found bool, err error) {
+	for _, l := range s.remotes {
+		if !l.writable() {
+			continue
+		}
+		dctx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
+		info, serr := l.Tier.Stat(dctx, k)
+		switch {
+		case errors.Is(serr, ErrNotFound):
+			s.noteErr(l, nil)
+		case serr != nil && !errors.Is(serr, ErrCorrupt):
+			s.noteErr(l, serr)
+			cancel()
+			return found, serr
+		case serr == nil && !sum.IsZero() && !info.Sum.IsZero() && info.Sum != sum:
+			s.log.Info("queued delete: the remote holds another value of the key, written since; leaving it",
+				"key", k.String(), "tier", l.name, "deleted_sha256", sum.String(), "remote_sha256", info.Sum.String())
+		default:
+			derr := l.Tier.Delete(dctx, k)
+			switch {
+			case derr == nil:
+				found = true
+			case errors.Is(derr, ErrNotFound):
+			default:
+				s.noteErr(l, derr)
+				cancel()
+				return found, derr
+			}
+		}
+		cancel()
+	}
+	return found, nil
+}
+
+// settleTomb carries out k's queued delete now, if it has one. A failure
+// leaves it queued, retried by the deleter after a backoff.
+func (s *Stack) settleTomb(ctx context.Context, k digest.Key) (found bool, err error) {
+	s.mu.Lock()
+	t := s.tombs[k]
+	for t != nil && t.busy {
+		ch := s.changed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+		s.mu.Lock()
+		t = s.tombs[k]
+	}
+	if t == nil {
+		s.mu.Unlock()
+		return false, nil
+	}
+	t.busy = true
+	s.mu.Unlock()
+	found, err = s.deleteRemote(ctx, k, t.sum)
+	if err == nil && t.id != 0 {
+		if tq, ok := s.tombQueue(); ok {
+			// Durably gone before the key's new upload may start.
+			err = tq.TombstoneDone(context.Background(), t.id)
+		}
+	}
+	s.mu.Lock()
+	t.busy = false
+	if err == nil {
+		delete(s.tombs, k)
+	} else {
+		t.attempts++
+		backoff := min(time.Duration(1<<min(t.attempts, 6))*time.Second/2, time.Minute)
+		t.next = time.Now().Add(backoff/2 + rand.N(backoff/2+1))
+	}
+	s.broadcastLocked()
+	s.mu.Unlock()
+	s.kickTombs()
+	select { // a new value of k may wait for upload
+	case s.up.kick <- struct{}{}:
+	default:
+	}
+	return found, err
+}
+
+func (s *Stack) kickTombs() {
+	select {
+	case s.tombKick <- struct{}{}:
+	default:
+	}
+}
+
+// deleter carries out the queued remote deletes, each after its backoff.
+func (s *Stack) deleter() {
+	defer s.wg.Done()
+	for {
+		s.mu.Lock()
+		var due []digest.Key
+		wait := time.Minute
+		now := time.Now()
+		for k, t := range s.tombs {
+			if t.busy {
+				continue
+			}
+			if d := t.next.Sub(now); d > 0 {
+				wait = min(wait, d)
+				continue
+			}
+			due = append(due, k)
+		}
+		s.mu.Unlock()
+		for _, k := range due {
+			if s.ctx.Err() != nil {
+				return
+			}
+			if _, err := s.settleTomb(s.ctx, k); err != nil && s.ctx.Err() == nil {
+				s.log.Warn("queued remote delete failed; will retry", "key", k.String(), "err", err)
+			}
+		}
+		if len(due) > 0 {
+			continue
+		}
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.tombKick:
+		case <-time.After(wait):
+		}
+	}
+}
