@@ -31,6 +31,11 @@ var (
 	ErrNoSpace = errors.New("no space left in tier")
 	// ErrClosed: the tier was closed.
 	ErrClosed = errors.New("tier closed")
+	// ErrFailed: the tier has failed for good in this process (its
+	// database is damaged, or its file was deleted or replaced while in
+	// use). The stack goes on with the other tiers; nothing it holds is
+	// durable any more. FailureReporter says why.
+	ErrFailed = errors.New("tier failed")
 )
 
 // Error is the error type of tier operations.
@@ -178,6 +183,12 @@ type Usage struct {
 	Evictions int64
 	DiskBytes int64 // bytes on disk, where there is a disk
 	DiskFree  int64 // bytes the disk holding it has free for it, where known
+}
+
+// FailureReporter is implemented by tiers that can fail for good (ErrFailed):
+// Failed returns why, or nil while the tier works.
+type FailureReporter interface {
+	Failed() error
 }
 
 // UsageReporter is implemented by tiers that know their fill.
