@@ -60,6 +60,7 @@ func toErrno(log *slog.Logger, err error) syscall.Errno {
 	case errors.Is(err, tiers.ErrCorrupt),
 		errors.Is(err, tiers.ErrUnavailable),
 		errors.Is(err, tiers.ErrClosed),
+		errors.Is(err, tiers.ErrFailed),
 		errors.Is(err, context.DeadlineExceeded):
 		log.Warn("flechefs: I/O error", "err", err)
 		return syscall.EIO

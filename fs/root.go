@@ -449,6 +449,14 @@ func (r *root) syncPublished(ctx context.Context) syscall.Errno {
 		delete(r.undurable, k)
 		r.mu.Unlock()
 	}
+	// A failed local tier (a damaged or deleted database) keeps nothing
+	// durable, including what was persisted there before.
+	for _, t := range r.st.Stats().Tiers {
+		if !t.Remote && t.Failed != "" {
+			r.log.Error("fsync: a local tier has failed; nothing is durable on this machine", "tier", t.Name, "reason", t.Failed)
+			return syscall.EIO
+		}
+	}
 	return 0
 }
 

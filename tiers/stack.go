@@ -298,6 +298,10 @@ func (s *Stack) noteErr(l *layer, err error) {
 		return
 	}
 	l.errs.Add(1)
+	if errors.Is(err, ErrFailed) {
+		// The tier logged why, once; Stats shows it.
+		return
+	}
 	if errors.Is(err, ErrUnavailable) {
 		if !l.unavailable.Swap(true) {
 			s.log.Warn("tier unavailable; serving from the other tiers", "tier", l.name, "err", err)
@@ -308,6 +312,14 @@ func (s *Stack) noteErr(l *layer, err error) {
 		return
 	}
 	s.log.Warn("tier error", "tier", l.name, "err", err)
+}
+
+// failed returns why l's tier failed for good, or nil.
+func failed(l *layer) error {
+	if f, ok := l.Tier.(FailureReporter); ok {
+		return f.Failed()
+	}
+	return nil
 }
 
 // Open opens k from the fastest tier that holds it, promoting a hit from a
@@ -821,6 +833,9 @@ func (s *Stack) Stats() Stats {
 			Quarantined: l.quarantined.Load(), Unquarantined: l.unquarantined.Load(),
 		}
 		ts.Listings, ts.ListedMisses = s.absent.counts(l)
+		if err := failed(l); err != nil {
+			ts.Failed, ts.Available = err.Error(), false
+		}
 		if u, ok := l.Tier.(UsageReporter); ok {
 			us := u.Usage()
 			ts.Entries, ts.Bytes, ts.Limit, ts.Evictions, ts.DiskBytes, ts.DiskFree = us.Entries, us.Bytes, us.Limit, us.Evictions, us.DiskBytes, us.DiskFree

@@ -84,10 +84,12 @@ const (
 
 // TierStats are one tier's counters.
 type TierStats struct {
-	Name        string `json:"name"`
-	Remote      bool   `json:"remote,omitempty"`
-	ReadOnly    bool   `json:"read_only,omitempty"`
-	Available   bool   `json:"available"`
+	Name      string `json:"name"`
+	Remote    bool   `json:"remote,omitempty"`
+	ReadOnly  bool   `json:"read_only,omitempty"`
+	Available bool   `json:"available"`
+	// Failed is why the tier failed for good (tiers.ErrFailed), if it did.
+	Failed      string `json:"failed,omitempty"`
 	Hits        int64  `json:"hits"`
 	Misses      int64  `json:"misses"`
 	BytesIn     int64  `json:"bytes_in"`

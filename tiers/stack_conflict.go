@@ -42,7 +42,7 @@ func (s *Stack) remoteValue(ctx context.Context, r *layer, k digest.Key, size in
 		// record that the tier hides while it may still be written (a
 		// young one, tiers/sftp's foreign rules), or one removed since.
 		// Both are asked again until the deadline.
-		hidden := errors.Is(err, ErrNotFound)
+		hidden := errors.Is(err, ErrNotFound) && !errors.Is(err, ErrForeign)
 		if err != nil && !hidden || err == nil && (!rinfo.Sum.IsZero() || rinfo.Size != size) {
 			// A record, an error, or a size that already tells another
 			// value (its hash is not needed to call it a conflict).

@@ -390,7 +390,9 @@ func (s *Stack) persistOne(p *pub) {
 				}
 			default:
 				perr = err
-				s.log.Error("could not persist entry; it stays in memory until restart", "key", k.String(), "tier", l.name, "err", err)
+				if !errors.Is(err, ErrFailed) { // the failed tier logged why, once
+					s.log.Error("could not persist entry; it stays in memory until restart", "key", k.String(), "tier", l.name, "err", err)
+				}
 			}
 		}
 	}
@@ -489,6 +491,13 @@ func (s *Stack) waitDurable(ctx context.Context, k digest.Key, hurry bool) error
 	}
 	s.mu.Unlock()
 	if !ok {
+		if s.persist != nil {
+			if err := failed(s.persist); err != nil {
+				// What was persisted there is no longer durable: say so
+				// rather than claim it.
+				return Wrap("stack", "fsync", k, fmt.Errorf("%w: %v", ErrFailed, err))
+			}
+		}
 		return nil
 	}
 	select {

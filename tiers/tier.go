@@ -40,6 +40,11 @@ var (
 	// ErrQuarantineFull: a damaged remote copy could not be moved aside
 	// because the quarantine holds its maximum; it stays in place, unserved.
 	ErrQuarantineFull = errors.New("quarantine is full")
+	// ErrFailed: the tier has failed for good in this process (its
+	// database is damaged, or its file was deleted or replaced while in
+	// use). The stack goes on with the other tiers; nothing it holds is
+	// durable any more. FailureReporter says why.
+	ErrFailed = errors.New("tier failed")
 )
 
 // Error is the error type of tier operations.
@@ -210,6 +215,12 @@ type Usage struct {
 	Evictions int64
 	DiskBytes int64 // bytes on disk, where there is a disk
 	DiskFree  int64 // bytes the disk holding it has free for it, where known
+}
+
+// FailureReporter is implemented by tiers that can fail for good (ErrFailed):
+// Failed returns why, or nil while the tier works.
+type FailureReporter interface {
+	Failed() error
 }
 
 // UsageReporter is implemented by tiers that know their fill.

@@ -293,7 +293,16 @@ func (m *mounter) openTier(t config.Tier) (tiers.Tier, error) {
 				return nil, err
 			}
 		}
-		return bolt.Open(t.Path, bolt.Options{Name: t.Name, Limit: t.Size, ReadOnly: t.ReadOnly, Logger: m.log})
+		bt, err := bolt.Open(t.Path, bolt.Options{Name: t.Name, Limit: t.Size, ReadOnly: t.ReadOnly, Logger: m.log})
+		if err != nil {
+			return nil, err
+		}
+		if a := bt.MovedAside(); a != nil {
+			// One line whatever the log level: the user's cache was replaced.
+			fmt.Fprintf(m.stderr, "flechefs mount: %v; moved aside to %s, started a fresh database (%d queued uploads salvaged, %d lost)\n",
+				a.Reason, a.Path, a.Requeued, a.Lost)
+		}
+		return bt, nil
 	case config.SFTP:
 		return sftp.Open(context.Background(), sftp.Options{
 			Name: t.Name, URL: t.URL, IdentityFiles: t.Identity, KnownHosts: t.KnownHosts,

@@ -122,11 +122,19 @@ func printStatus(w io.Writer, st *tiers.Stats) {
 		if !t.Available {
 			state = "UNAVAILABLE"
 		}
+		if t.Failed != "" {
+			state = "FAILED"
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%d\t%d\t%d\t%d\t%s\n",
 			t.Name, where, entries, used, limit, fill, t.Hits, t.Misses,
 			percent(t.Hits, t.Hits+t.Misses), t.Promotions, t.Evictions, t.Corruptions, t.Errors, state)
 	}
 	tw.Flush()
+	for _, t := range st.Tiers {
+		if t.Failed != "" {
+			fmt.Fprintf(w, "tier %s FAILED: %s\n", t.Name, oneLine(t.Failed))
+		}
+	}
 
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)

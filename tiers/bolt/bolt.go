@@ -81,6 +81,12 @@ type Tier struct {
 	readOnly bool
 	bufs     sync.Pool // *[]byte of crcLen+chunk bytes
 
+	// Damage and a vanished file (fault.go).
+	failure  atomic.Pointer[failure]
+	aside    *Aside   // the damaged database Open replaced, if it did
+	file     *os.File // the database file bbolt opened
+	fileSize int64    // its size when last watched; by the flusher
+
 	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
@@ -112,12 +118,19 @@ type Tier struct {
 
 // Open opens (creating if needed, unless read-only) the database at path.
 // It fails within Options.LockTimeout with an error wrapping
-// tiers.ErrUnavailable when another process holds the database.
+// tiers.ErrUnavailable when another process holds the database. A damaged
+// database is moved aside and replaced by a fresh one holding what could be
+// salvaged of its upload queue (salvage.go; MovedAside says so), or, for a
+// read-only tier, refused with an error wrapping tiers.ErrCorrupt.
 func Open(path string, opt Options) (*Tier, error) {
 	if opt.Name == "" {
 		opt.Name = DefaultName
 	}
 	t, err := open(path, opt)
+	var dmg *damagedError
+	if errors.As(err, &dmg) && !opt.ReadOnly {
+		t, err = moveAside(path, opt, dmg)
+	}
 	if err != nil {
 		return nil, tiers.Wrap(opt.Name, "open", digest.Key{}, err)
 	}
@@ -160,12 +173,19 @@ func open(path string, opt Options) (*Tier, error) {
 		// Map 1 GiB up front: growing the map waits for every read transaction.
 		bopt.InitialMmapSize = 1 << 30
 	}
-	db, err := bolt.Open(path, 0o600, bopt)
+	db, file, err := openDB(path, bopt)
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("database %s is in use by another flechefs (locked): %w", path, tiers.ErrUnavailable)
 	}
-	if errors.Is(err, bolt.ErrInvalid) || errors.Is(err, bolt.ErrChecksum) || errors.Is(err, bolt.ErrVersionMismatch) {
+	if errors.Is(err, bolt.ErrChecksum) {
+		return nil, damaged(path, err)
+	}
+	if errors.Is(err, bolt.ErrInvalid) || errors.Is(err, bolt.ErrVersionMismatch) {
+		// Not a bbolt file (or another version's): not ours to move.
 		return nil, fmt.Errorf("database %s: %w: %w", path, tiers.ErrCorrupt, err)
+	}
+	if errors.As(err, new(*damagedError)) {
+		return nil, err
 	}
 	if err != nil {
 		return nil, fmt.Errorf("database %s: %w", path, err)
@@ -179,6 +199,7 @@ func open(path string, opt Options) (*Tier, error) {
 		name:     opt.Name,
 		path:     path,
 		db:       db,
+		file:     file,
 		log:      log,
 		chunk:    opt.ChunkSize,
 		stage:    max(stageBytes/opt.ChunkSize, 1) * opt.ChunkSize,
@@ -189,7 +210,15 @@ func open(path string, opt Options) (*Tier, error) {
 		touched:  map[digest.Key]int64{},
 	}
 	t.bufs.New = func() any { b := make([]byte, crcLen+t.chunk); return &b }
+	if fi, err := file.Stat(); err == nil {
+		t.fileSize = fi.Size()
+	}
 	if err := t.load(); err != nil {
+		if f := t.failure.Load(); f != nil {
+			// A fault or a bbolt panic while reading it: damaged.
+			t.closeDamaged()
+			return nil, damaged(path, f.reason)
+		}
 		db.Close()
 		return nil, fmt.Errorf("database %s: %w", path, err)
 	}
@@ -218,7 +247,7 @@ func open(path string, opt Options) (*Tier, error) {
 // stats record and removes what staged puts of an earlier process left.
 func (t *Tier) load() error {
 	var fresh, dirty bool
-	err := t.db.View(func(tx *bolt.Tx) error {
+	err := t.view(func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMeta)
 		if m == nil {
 			empty := true
@@ -256,7 +285,7 @@ func (t *Tier) load() error {
 		return fmt.Errorf("%w: empty database opened read-only", tiers.ErrCorrupt)
 	}
 	if (fresh || dirty) && !t.readOnly {
-		err = t.db.Update(func(tx *bolt.Tx) error {
+		err = t.update(func(tx *bolt.Tx) error {
 			for _, b := range allBuckets {
 				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 					return err
@@ -353,7 +382,8 @@ func (t *Tier) flush() {
 		case <-t.stop:
 			return
 		case <-tick.C:
-			if err := t.flushTouches(); err != nil {
+			t.watch()
+			if err := t.flushTouches(); err != nil && !errors.Is(err, tiers.ErrFailed) {
 				t.log.Warn("recording access times", "err", err)
 			}
 			t.retryOrphans()
@@ -421,15 +451,28 @@ func (t *Tier) Close() error {
 			err = t.flushTouches()
 		}
 		t.closed.Store(true)
+		if t.failedErr(true) != nil {
+			// Damaged: its locks may be held by a transaction that
+			// panicked; nothing more is written to it.
+			t.closeErr = tiers.Wrap(t.name, "close", digest.Key{}, t.closeDamaged())
+			return
+		}
+		if errors.Is(err, tiers.ErrFailed) {
+			err = nil // gone: the failure was logged
+		}
 		t.closeErr = tiers.Wrap(t.name, "close", digest.Key{}, errors.Join(err, t.db.Close()))
 	})
 	return t.closeErr
 }
 
-// usable fails when the tier is closed or ctx is done.
+// usable fails when the tier is closed or failed (for reads: damaged), or
+// ctx is done.
 func (t *Tier) usable(ctx context.Context) error {
 	if t.closed.Load() {
 		return tiers.ErrClosed
+	}
+	if err := t.failedErr(true); err != nil {
+		return err
 	}
 	return ctx.Err()
 }
@@ -438,6 +481,9 @@ func (t *Tier) usable(ctx context.Context) error {
 func (t *Tier) writable(ctx context.Context) error {
 	if t.readOnly {
 		return tiers.ErrReadOnly
+	}
+	if err := t.failedErr(false); err != nil {
+		return err
 	}
 	return t.usable(ctx)
 }

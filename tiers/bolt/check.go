@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"runtime/debug"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -16,10 +17,14 @@ import (
 // LRU or queue record, no chunk belongs to no entry or staged put, and the
 // stats record matches a count. It reads the whole database: for tests and
 // repair tools, not for the serving path.
-func (t *Tier) Check() error {
+func (t *Tier) Check() (err error) {
 	if t.closed.Load() {
 		return tiers.Wrap(t.name, "check", digest.Key{}, tiers.ErrClosed)
 	}
+	if err := t.failedErr(false); err != nil {
+		return tiers.Wrap(t.name, "check", digest.Key{}, err)
+	}
+	defer t.recoverFault(&err, debug.SetPanicOnFault(true))
 	// tx.Check on a read-only transaction is not safe against concurrent
 	// writers; a write transaction (rolled back) is.
 	tx, err := t.db.Begin(!t.readOnly)

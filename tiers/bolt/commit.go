@@ -119,8 +119,11 @@ func (t *Tier) run(batch []*call) {
 // Caller holds wmu.
 func (t *Tier) runOnce(batch []*call) (int, error) {
 	failed := -1
+	if err := t.failedErr(false); err != nil {
+		return failed, err
+	}
 	w := &wtx{t: t, st: t.st}
-	err := t.db.Update(func(tx *bolt.Tx) error {
+	err := t.update(func(tx *bolt.Tx) error {
 		w.bind(tx)
 		for i, c := range batch {
 			c.err = nil
@@ -165,7 +168,7 @@ func (t *Tier) runOnce(batch []*call) (int, error) {
 func safely(fn func(*wtx) error, w *wtx) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("panic in write transaction: %v", p)
+			err = w.t.fail(false, fmt.Errorf("panic in a write transaction: %v", p))
 		}
 	}()
 	return fn(w)

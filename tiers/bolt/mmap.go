@@ -67,7 +67,7 @@ func (m *mappedRange) drop(tx *bolt.Tx) {
 // rewrites every leaf a transaction changes, reading the values it keeps
 // (the chunks staged before, the neighbours of new entries) through the map.
 func (t *Tier) dropMap() {
-	t.db.View(func(tx *bolt.Tx) error {
+	t.view(func(tx *bolt.Tx) error {
 		base := tx.DB().Info().Data
 		madviseDontNeed(base, base+uintptr(tx.Size()))
 		return nil

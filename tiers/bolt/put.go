@@ -149,7 +149,7 @@ func (t *Tier) stageChunks(ctx context.Context, e *newEntry, announced int64) er
 		return err
 	}
 	id := e.id
-	err := t.db.Update(func(tx *bolt.Tx) error {
+	err := t.update(func(tx *bolt.Tx) error {
 		ch := tx.Bucket(bucketChunks)
 		ch.FillPercent = appendFill
 		if id == 0 {
@@ -200,7 +200,7 @@ func (t *Tier) dropStaged(id uint64) {
 }
 
 func (t *Tier) deleteStaged(id uint64) error {
-	return t.classify(t.db.Update(func(tx *bolt.Tx) error {
+	return t.classify(t.update(func(tx *bolt.Tx) error {
 		s := tx.Bucket(bucketStaging)
 		if s.Get(u64(id)) == nil {
 			return nil // published, or already removed
@@ -230,7 +230,7 @@ func (t *Tier) retryOrphans() {
 // exists reports whether k has an entry.
 func (t *Tier) exists(k digest.Key) (bool, error) {
 	var found bool
-	err := t.db.View(func(tx *bolt.Tx) error {
+	err := t.view(func(tx *bolt.Tx) error {
 		found = tx.Bucket(bucketKeys).Get([]byte(k.String())) != nil
 		return nil
 	})

@@ -35,7 +35,7 @@ func (t *Tier) lookup(ctx context.Context, k digest.Key) (record, error) {
 	if err := checkKey(k); err != nil {
 		return rec, err
 	}
-	err := t.db.View(func(tx *bolt.Tx) error {
+	err := t.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketKeys).Get([]byte(k.String()))
 		if v == nil {
 			return tiers.ErrNotFound
@@ -99,7 +99,7 @@ func (r *reader) readAt(p []byte, off int64) (int, error) {
 	}
 	cs := int64(r.rec.chunk)
 	n := 0
-	err := t.db.View(func(tx *bolt.Tx) error {
+	err := t.view(func(tx *bolt.Tx) error {
 		var mapped mappedRange
 		defer mapped.drop(tx)
 		b := tx.Bucket(bucketChunks)
@@ -192,7 +192,7 @@ func (t *Tier) List(ctx context.Context, fn func(tiers.Info) error) error {
 			return tiers.Wrap(t.name, "list", digest.Key{}, err)
 		}
 		page = page[:0]
-		err := t.db.View(func(tx *bolt.Tx) error {
+		err := t.view(func(tx *bolt.Tx) error {
 			c := tx.Bucket(bucketKeys).Cursor()
 			k, v := c.First()
 			if after != nil {
@@ -236,7 +236,7 @@ func (t *Tier) Pending(ctx context.Context) ([]digest.Key, error) {
 		return nil, tiers.Wrap(t.name, "pending", digest.Key{}, err)
 	}
 	var keys []digest.Key
-	err := t.db.View(func(tx *bolt.Tx) error {
+	err := t.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketQueue).ForEach(func(_, v []byte) error {
 			if isTomb(v) {
 				return nil // a queued remote delete (Tombstones)
@@ -261,7 +261,7 @@ func (t *Tier) IsPending(k digest.Key) bool {
 		return false
 	}
 	var pending bool
-	t.db.View(func(tx *bolt.Tx) error {
+	t.view(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bucketKeys).Get([]byte(k.String())); v != nil {
 			rec, err := decodeRecord(v)
 			pending = err == nil && rec.seq != 0
