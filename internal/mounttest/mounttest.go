@@ -499,7 +499,13 @@ func Xattr(t testing.TB, path, name string) string {
 // XattrE returns the extended attribute name of path.
 func XattrE(path, name string) (string, error) {
 	buf := make([]byte, 4096)
+	// A FUSE request the kernel interrupts (the Go runtime's preemption
+	// signal arrives while it waits) fails with EINTR; the os package
+	// retries such calls, and syscall.Getxattr does not.
 	sz, err := syscall.Getxattr(path, name, buf)
+	for err == syscall.EINTR {
+		sz, err = syscall.Getxattr(path, name, buf)
+	}
 	if err != nil {
 		return "", err
 	}
