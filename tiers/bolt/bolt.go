@@ -173,7 +173,7 @@ func open(path string, opt Options) (*Tier, error) {
 		// Map 1 GiB up front: growing the map waits for every read transaction.
 		bopt.InitialMmapSize = 1 << 30
 	}
-	db, file, err := openDB(path, bopt)
+	db, file, err := openDB(path, bopt, true)
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("database %s is in use by another flechefs (locked): %w", path, tiers.ErrUnavailable)
 	}

@@ -336,12 +336,21 @@ func (w *wtx) deleteEntry(k []byte, rec record) error {
 	return nil
 }
 
-// deleteChunks removes every chunk of entry (or staging) id.
+// deleteChunks removes every chunk of entry (or staging) id. The chunks go
+// in key order, so each seek must find a key above the one deleted before:
+// in a damaged tree a cursor may return a key that the search of Delete
+// does not find (Delete then does nothing), and seeking again would return
+// it forever. That is reported as damage instead.
 func deleteChunks(b *bolt.Bucket, id uint64) error {
 	prefix := u64(id)
 	c := b.Cursor()
+	var last []byte
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
-		if err := b.Delete(bytes.Clone(k)); err != nil {
+		if last != nil && bytes.Compare(k, last) <= 0 {
+			return fmt.Errorf("%w: chunk %x is still there after its delete", errDamaged, k)
+		}
+		last = bytes.Clone(k)
+		if err := b.Delete(last); err != nil {
 			return err
 		}
 	}

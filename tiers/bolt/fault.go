@@ -33,6 +33,12 @@ import (
 // (the inode lives while the process holds it), so that entries waiting for
 // upload can still be uploaded from it.
 
+// errDamaged is the error of a structural inconsistency the tier's own
+// code finds in bbolt's tree (keys out of order, a key that stays after its
+// delete): a damaged file, on which a loop over the keys might never end.
+// view and update fail the tier on it, as on a fault.
+var errDamaged = errors.New("damaged database")
+
 // failure is why the tier failed.
 type failure struct {
 	err    error // path: reason
@@ -86,7 +92,7 @@ func (t *Tier) view(fn func(*bolt.Tx) error) (err error) {
 		return err
 	}
 	defer t.recoverFault(&err, debug.SetPanicOnFault(true))
-	return t.db.View(fn)
+	return t.damage(t.db.View(fn))
 }
 
 // update runs fn in a write transaction.
@@ -95,7 +101,15 @@ func (t *Tier) update(fn func(*bolt.Tx) error) (err error) {
 		return err
 	}
 	defer t.recoverFault(&err, debug.SetPanicOnFault(true))
-	return t.db.Update(fn)
+	return t.damage(t.db.Update(fn))
+}
+
+// damage fails the tier when err is errDamaged, and returns the error.
+func (t *Tier) damage(err error) error {
+	if errors.Is(err, errDamaged) {
+		return t.fail(false, err)
+	}
+	return err
 }
 
 // watch fails the tier when its file was deleted, replaced or truncated:
@@ -126,10 +140,14 @@ func (t *Tier) watch() {
 	t.fileSize = open.Size
 }
 
-// openDB is bolt.Open with faults and panics turned into a damagedError. It also returns the open file, for watch. After a
-// panic bbolt has not closed the file: its descriptor (and lock) is closed
-// here; the map it made is left (address space only).
-func openDB(path string, bopt *bolt.Options) (db *bolt.DB, file *os.File, err error) {
+// openDB is bolt.Open with faults and panics turned into a damagedError,
+// followed, if check is set, by preflight (preflight.go). It also returns the open file, for watch. After a panic bbolt has not
+// closed the file: it is unlocked and closed here. The map bbolt made is
+// left (address space only), and it holds the open file, so closing the
+// descriptor alone would keep the file's flock: the next Open of the path
+// in this process, or the salvage of the file once moved aside, would wait
+// for it until its timeout.
+func openDB(path string, bopt *bolt.Options, check bool) (db *bolt.DB, file *os.File, err error) {
 	bopt.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
 		f, err := os.OpenFile(name, flag, perm)
 		file = f
@@ -139,11 +157,18 @@ func openDB(path string, bopt *bolt.Options) (db *bolt.DB, file *os.File, err er
 		debug.SetPanicOnFault(old)
 		if p := recover(); p != nil {
 			if file != nil {
+				syscall.Flock(int(file.Fd()), syscall.LOCK_UN)
 				file.Close()
 			}
 			db, file, err = nil, nil, damaged(path, fmt.Errorf("bbolt: %v", p))
 		}
 	}(debug.SetPanicOnFault(true))
 	db, err = bolt.Open(path, 0o600, bopt)
+	if err == nil && check {
+		if perr := preflight(file); perr != nil {
+			db.Close()
+			return nil, nil, damaged(path, perr)
+		}
+	}
 	return db, file, err
 }

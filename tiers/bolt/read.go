@@ -201,6 +201,11 @@ func (t *Tier) List(ctx context.Context, fn func(tiers.Info) error) error {
 				}
 			}
 			for ; k != nil && len(page) < listPage; k, v = c.Next() {
+				if after != nil && bytes.Compare(k, after) <= 0 {
+					// Out of order: a damaged tree, which could make
+					// the pages go round forever.
+					return fmt.Errorf("%w: key %q listed after %q", errDamaged, k, after)
+				}
 				after = bytes.Clone(k)
 				key, err := digest.Parse(string(k))
 				if err != nil {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -60,7 +61,9 @@ func (t *Tier) MovedAside() *Aside { return t.aside }
 const closeTimeout = 2 * time.Second
 
 // closeDamaged closes a damaged database, giving up (and leaving it open)
-// when bbolt's locks are not released.
+// when bbolt's locks are not released. The file's flock is released then
+// all the same, so that the file can be opened again (moved aside and
+// salvaged, or replaced): nothing is written to it any more.
 func (t *Tier) closeDamaged() error {
 	done := make(chan error, 1)
 	go func() {
@@ -76,6 +79,9 @@ func (t *Tier) closeDamaged() error {
 		return err
 	case <-time.After(closeTimeout):
 		t.log.Warn("closing the damaged database timed out; left open", "path", t.path)
+		if t.file != nil {
+			syscall.Flock(int(t.file.Fd()), syscall.LOCK_UN)
+		}
 		return nil
 	}
 }
@@ -110,7 +116,9 @@ func moveAside(path string, opt Options, cause error) (*Tier, error) {
 // salvage copies the readable, verified entries of the upload queue of the
 // damaged database at aside into t, queued for upload.
 func (t *Tier) salvage(aside string) (requeued, lost int) {
-	db, file, err := openDB(aside, &bolt.Options{Timeout: time.Second, ReadOnly: true})
+	// Not preflight: the file is known damaged, and a read-only bbolt
+	// does not load the freelist, the part most often found wrong.
+	db, file, err := openDB(aside, &bolt.Options{Timeout: time.Second, ReadOnly: true}, false)
 	if err != nil {
 		t.log.Error("damaged database: its upload queue cannot be read; nothing salvaged", "path", aside, "err", err)
 		return 0, 0
