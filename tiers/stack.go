@@ -614,13 +614,7 @@ func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
 	s.broadcastLocked()
 	s.mu.Unlock()
 	s.dropParked(&k)
-	defer func() {
-		s.mu.Lock()
-		if s.deleting[k]--; s.deleting[k] <= 0 {
-			delete(s.deleting, k)
-		}
-		s.mu.Unlock()
-	}()
+	defer s.endDeleting(k)
 	if pend {
 		// Let its persistence finish, so that the deletes below remove
 		// what it wrote. Removing it later, in the background, could

@@ -158,13 +158,7 @@ func (s *Stack) dropLost(k digest.Key, lost digest.Sum) {
 	s.deleting[k]++
 	promoting := s.promoting[k]
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		if s.deleting[k]--; s.deleting[k] <= 0 {
-			delete(s.deleting, k)
-		}
-		s.mu.Unlock()
-	}()
+	defer s.endDeleting(k)
 	if pend {
 		<-p.persisted
 	}
@@ -221,4 +215,15 @@ func (s *Stack) lostState(k digest.Key) bool {
 		}
 	}
 	return true
+}
+
+// endDeleting lifts one holder of k's delete fence (s.deleting), taken by
+// Delete and by dropLost while they remove copies of k: fetches and
+// promotions of k meanwhile do not put a copy back.
+func (s *Stack) endDeleting(k digest.Key) {
+	s.mu.Lock()
+	if s.deleting[k]--; s.deleting[k] <= 0 {
+		delete(s.deleting, k)
+	}
+	s.mu.Unlock()
 }
