@@ -33,6 +33,7 @@ func (l *layer) writable() bool { return !l.ReadOnly }
 // Stack is the ordered stack of tiers (fleche's CacheStack). See doc.go.
 type Stack struct {
 	opt    StackOptions
+	pol    Policy // opt.Policy with its defaults
 	log    *slog.Logger
 	layers []*layer
 	// persist is the first writable local tier after tier 0 that keeps the
@@ -117,11 +118,12 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
+	opt.Policy = opt.Policy.withDefaults()
 	if err := os.MkdirAll(opt.SpoolDir, 0o700); err != nil {
 		return nil, fmt.Errorf("stack: spool dir: %w", err)
 	}
 	s := &Stack{
-		opt: opt, log: opt.Logger,
+		opt: opt, pol: opt.Policy, log: opt.Logger,
 		pending: map[digest.Key]*pub{}, fills: map[digest.Key]*fill{}, parked: map[digest.Key]*parked{}, promoting: map[digest.Key]chan struct{}{},
 		deleting:     map[digest.Key]int{},
 		tombs:        map[digest.Key]*tomb{},
@@ -131,7 +133,7 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 		closing:      make(chan struct{}),
 		persistFull:  make(chan struct{}, 1),
 		persistCh:    make(chan *pub, 1024),
-		largeUploads: make(chan struct{}, largeUploads),
+		largeUploads: make(chan struct{}, opt.Policy.LargeUploads),
 		deq:          make(chan uploaded, 4096),
 	}
 	s.up.init()
@@ -518,16 +520,7 @@ func (s *Stack) copyTo(src *layer, r Reader, targets []*layer) bool {
 	return all
 }
 
-// promoteDelay is how long a copy of a small value into a tier after the
-// first waits, so that the copies of values read one after the other reach
-// it together and share a commit: in the bbolt tier, one commit (and fsync)
-// per 16 KiB value cost more CPU than fetching the value. At 5 ms, a loop
-// of cold reads (about 1,100 a second) still made some 200 commits a
-// second; at 50 ms it reads 1,218 files/s instead of 1,073 (bench, cold
-// small). The values are served from RAM and the fill meanwhile.
-const promoteDelay = 50 * time.Millisecond
-
-// promoteGate returns at the end of the current promoteDelay window,
+// promoteGate returns at the end of the current Policy.PromoteDelay window,
 // opening one if none is open.
 func (s *Stack) promoteGate() {
 	s.mu.Lock()
@@ -535,7 +528,7 @@ func (s *Stack) promoteGate() {
 	if g == nil {
 		g = make(chan struct{})
 		s.gate = g
-		time.AfterFunc(promoteDelay, func() {
+		time.AfterFunc(s.pol.PromoteDelay, func() {
 			s.mu.Lock()
 			s.gate = nil
 			s.mu.Unlock()

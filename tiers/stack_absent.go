@@ -16,7 +16,7 @@ import (
 // Absence snapshots: a remote listing used as a negative cache.
 //
 // A lookup of a name no local tier holds costs a remote round trip. When
-// such misses come in bursts (absentBurst within absentBurstWindow on one
+// such misses come in bursts (Policy.AbsentBurst within AbsentBurstWindow on one
 // remote layer) the stack lists that remote once, in the background, and
 // keeps the listed names as a set of 64-bit hashes. A name whose hash is
 // not in the set is absent from the remote as of T0, the time the listing
@@ -31,16 +31,6 @@ import (
 // progress, so they are never reported missing because of an older listing.
 
 const (
-	// absentBurst misses of one remote layer within absentBurstWindow
-	// start a listing of it.
-	absentBurst       = 32
-	absentBurstWindow = time.Second
-	// absentBackoff is how long a remote is not listed again after a
-	// listing that was too large or too slow to be of use.
-	absentBackoff = 10 * time.Minute
-	// absentRetry is how long a remote is not listed again after a
-	// listing failed (the remote down, say): lookups ask it per name.
-	absentRetry = 30 * time.Second
 	// DefaultListingMaxNames is the default StackOptions.ListingMaxNames:
 	// 8 MiB of hashes.
 	DefaultListingMaxNames = 1_000_000
@@ -49,6 +39,7 @@ const (
 // absentSet holds the absence snapshots of the remote layers.
 type absentSet struct {
 	ttl      time.Duration // 0: disabled
+	pol      Policy
 	maxNames int
 	seed     maphash.Seed
 	layers   map[*layer]*absentLayer // built by init, read-only after
@@ -81,6 +72,7 @@ type listingRun struct {
 
 func (a *absentSet) init(remotes []*layer, opt StackOptions) {
 	a.ttl = opt.ListingTTL
+	a.pol = opt.Policy
 	a.maxNames = opt.ListingMaxNames
 	if a.maxNames <= 0 {
 		a.maxNames = DefaultListingMaxNames
@@ -164,11 +156,11 @@ func (s *Stack) noteMiss(l *layer) {
 	}
 	now := time.Now()
 	al.mu.Lock()
-	if now.Sub(al.burstStart) > absentBurstWindow {
+	if now.Sub(al.burstStart) > a.pol.AbsentBurstWindow {
 		al.burstStart, al.burstN = now, 0
 	}
 	al.burstN++
-	start := al.burstN >= absentBurst && al.run == nil && !now.Before(al.notBefore) &&
+	start := al.burstN >= a.pol.AbsentBurst && al.run == nil && !now.Before(al.notBefore) &&
 		(al.snap == nil || now.Sub(al.snap.t0) >= a.ttl/2)
 	if !start {
 		al.mu.Unlock()
@@ -197,7 +189,7 @@ var errTooManyNames = errors.New("too many names")
 
 // listAbsent lists remote layer l and installs the snapshot. A listing too
 // large, or too slow to be of use (longer than half the snapshot's life),
-// is given up and l is not listed again for absentBackoff.
+// is given up and l is not listed again for Policy.AbsentBackoff.
 func (s *Stack) listAbsent(l *layer, al *absentLayer, run *listingRun) {
 	defer s.wg.Done()
 	a := &s.absent
@@ -216,16 +208,16 @@ func (s *Stack) listAbsent(l *layer, al *absentLayer, run *listingRun) {
 	took := time.Since(t0)
 
 	var why string
-	retry := absentRetry
+	retry := a.pol.AbsentRetry
 	switch {
 	case s.ctx.Err() != nil:
 		why = "closed"
 	case errors.Is(err, errTooManyNames):
 		why = fmt.Sprintf("more than %d names (ListingMaxNames)", a.maxNames)
-		retry = absentBackoff
+		retry = a.pol.AbsentBackoff
 	case took >= a.ttl/2:
 		why = fmt.Sprintf("listing took %v, more than half of the %v it would be used for", took.Round(time.Millisecond), a.ttl)
-		retry = absentBackoff
+		retry = a.pol.AbsentBackoff
 	case err != nil:
 		why = err.Error()
 	}
@@ -240,7 +232,7 @@ func (s *Stack) listAbsent(l *layer, al *absentLayer, run *listingRun) {
 		al.notBefore = time.Now().Add(retry)
 		switch {
 		case s.ctx.Err() != nil:
-		case retry == absentBackoff:
+		case retry == a.pol.AbsentBackoff:
 			s.log.Info("remote listing given up; looking names up one by one", "tier", l.name, "reason", why, "retry_in", retry)
 		default:
 			s.log.Debug("remote listing failed; looking names up one by one", "tier", l.name, "err", err, "retry_in", retry)

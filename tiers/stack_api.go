@@ -51,6 +51,9 @@ type StackOptions struct {
 	// go two at a time).
 	UploadWorkers int
 	Logger        *slog.Logger
+	// Policy: the timings and sizes of the background work (policy.go);
+	// zero fields take their defaults.
+	Policy Policy
 }
 
 // Blob is a complete value handed to Publish. The stack reads it at any

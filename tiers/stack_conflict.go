@@ -18,21 +18,16 @@ import (
 // from its local tiers, so that the next read fetches the remote's value.
 // Readers that have the old value open finish reading it.
 
-// recordWait is how long an upload that found the remote copy without a
-// record waits for one before it hashes the copy itself: the rename's
-// winner writes its record one round trip after its rename.
-const recordWait = 3 * time.Second
-
 // maxLost bounds the keys remembered as lost to a conflict (lost).
 const maxLost = 4096
 
 // remoteValue returns the value remote r holds for k: its Info, with the
-// hash from its record, or, when it has none after recordWait, from its
+// hash from its record, or, when it has none after Policy.RecordWait, from its
 // bytes (a copy whose writer died between its rename and its record, or
 // one copied in by hand; hashing it is how it is adopted). ErrNotFound
 // when it is gone.
 func (s *Stack) remoteValue(ctx context.Context, r *layer, k digest.Key, size int64) (Info, error) {
-	deadline := time.Now().Add(recordWait)
+	deadline := time.Now().Add(s.pol.RecordWait)
 	wait := 50 * time.Millisecond
 	for {
 		sctx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)

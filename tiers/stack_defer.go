@@ -14,32 +14,27 @@ import (
 // Deferred promotion. A value fetched from a remote tier that is small
 // beside tier 0 (at most a sixteenth of its limit and 16 MiB, or at most
 // 1 MiB whatever the limit) is copied into tier 0 (RAM) at once, and into
-// the slower local tiers (bbolt) only when reads pause. A loop of cold
-// reads of remote values otherwise paid for a bbolt commit beside every
-// read: on the 2-core test machines the copies into bbolt took a fifth of
-// the daemon's CPU and made each read of 16 KiB 10-30% slower (paired runs
-// of 1000-2000 cold reads through the mount); for 4 MiB values the cold
-// read of eight went from 164-177 to 195-224 MiB/s.
+// the slower local tiers (bbolt) only when reads pause: otherwise a loop of
+// cold reads of remote values pays for a bbolt commit beside every read,
+// and on 2 cores the commits take CPU from the reads.
 //
 // The queue holds keys, not bytes: the drain reads each value back from
 // tier 0, and a value tier 0 has evicted by then is not copied (the next
 // read fetches it again). The queue is drained when
-//   - the stack was not used for deferIdle: no Stat, Open or read of a
+//   - the stack was not used for Policy.DeferIdle: no Stat, Open or read of a
 //     reader Open returned (the reads of a large value fetched or read
 //     from bbolt, which the drain would slow down, count), and no remote
 //     fetch runs,
 //   - its values add up to a quarter of tier 0's limit (at most
 //     deferMaxBytes), so that tier 0 still holds them, or it holds
 //     deferMaxCount of them (tiny values),
-//   - its oldest entry waited deferMaxAge,
+//   - its oldest entry waited Policy.DeferMaxAge,
 //   - and at Close.
 //
 // A killed daemon loses the queue: those values are in no local tier
 // after a restart, and are fetched from the remote again.
 
 const (
-	deferIdle     = 250 * time.Millisecond
-	deferMaxAge   = 10 * time.Second
 	deferMaxBytes = 64 << 20
 	deferMaxCount = 4096
 	// deferWorkers copy at once, so that their puts share commits, and
@@ -129,10 +124,10 @@ func (s *Stack) deferDue(now time.Time) time.Duration {
 		idle = 0
 	}
 	age := now.Sub(q.items[0].at)
-	if idle >= deferIdle || age >= deferMaxAge {
+	if idle >= s.pol.DeferIdle || age >= s.pol.DeferMaxAge {
 		return 0
 	}
-	return min(deferIdle-idle, deferMaxAge-age)
+	return min(s.pol.DeferIdle-idle, s.pol.DeferMaxAge-age)
 }
 
 func (s *Stack) deferrer() {

@@ -65,7 +65,7 @@ func (s *Stack) BeginUpload(k digest.Key, src io.ReaderAt) *EarlyUpload {
 		return nil
 	}
 	s.mu.Lock()
-	if s.closed || s.earlyUploads >= min(s.opt.UploadWorkers, largeUploads) || s.deleting[k] > 0 || s.tombs[k] != nil {
+	if s.closed || s.earlyUploads >= min(s.opt.UploadWorkers, s.pol.LargeUploads) || s.deleting[k] > 0 || s.tombs[k] != nil {
 		s.mu.Unlock()
 		return nil
 	}

@@ -476,13 +476,10 @@ func (f *fill) readSpool(p []byte, off int64) (int, error) {
 
 // A lookup of a value too large to prefetch (statRemote) opens the remote
 // copy, and the Open that usually follows a lookup at once would open it
-// again: the lookup parks its reader for parkTTL instead, and the fetch
-// takes it (unpark). On a link with a 40 ms round trip that saves the
-// open's two round trips per value read.
-const (
-	parkTTL   = time.Second
-	maxParked = 64 // open remote handles kept; a reader over the limit is closed
-)
+// again: the lookup parks its reader for Policy.ParkTTL instead, and the
+// fetch takes it (unpark): that saves the open's two round trips per value
+// read.
+const maxParked = 64 // open remote handles kept; a reader over the limit is closed
 
 type parked struct {
 	l     *layer
@@ -500,7 +497,7 @@ func (s *Stack) park(l *layer, k digest.Key, r Reader) {
 	}
 	p := &parked{l: l, r: r}
 	s.parked[k] = p
-	p.timer = time.AfterFunc(parkTTL, func() {
+	p.timer = time.AfterFunc(s.pol.ParkTTL, func() {
 		s.mu.Lock()
 		mine := s.parked[k] == p
 		if mine {

@@ -198,7 +198,9 @@ func TestLargePersistsAfterUpload(t *testing.T) {
 			released = true
 		}
 	}
-	s := newStack(t, tiers.StackOptions{Logger: slog.New(slog.DiscardHandler)},
+	// The persistence waits for an upload for up to an hour: an fsync or a
+	// Close that waited for the hung upload would fail on its bound.
+	s := newStack(t, tiers.StackOptions{Logger: slog.New(slog.DiscardHandler), Policy: tiers.Policy{PersistDefer: time.Hour}},
 		tiers.Layer{Tier: mem(t, "ram", 64<<20)}, tiers.Layer{Tier: b}, tiers.Layer{Tier: remote, Remote: true})
 	t.Cleanup(unblock) // before the stack's Close, which waits for the upload
 	publishOne := func(name string, seed uint64) (digest.Key, []byte) {
@@ -238,26 +240,25 @@ func TestLargePersistsAfterUpload(t *testing.T) {
 	mu.Unlock()
 	k2, _ := publishOne("large-fsync", 2)
 	<-started
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	start := time.Now()
 	if err := s.WaitDurable(ctx, k2); err != nil {
-		t.Fatal(err)
+		t.Fatalf("WaitDurable while the upload hung: %v", err)
 	}
-	if d := time.Since(start); d > 2*time.Second || !has(b, k2) {
-		t.Fatalf("WaitDurable took %v while the upload hung (in bbolt: %v)", d, has(b, k2))
+	if !has(b, k2) {
+		t.Fatal("not in bbolt after WaitDurable while the upload hung")
 	}
 
 	// Nor does Close: the value waiting for its hung upload is persisted
 	// at once, and stays queued for the next start.
 	k3, _ := publishOne("large-close", 3)
 	<-started
-	start = time.Now()
+	start := time.Now()
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("Close took %v while an upload hung", d)
+	if d := time.Since(start); d > time.Minute {
+		t.Fatalf("Close took %v while an upload hung: it waited for the upload", d)
 	}
 	if keys := pending(t, db); len(keys) != 2 || !slices.Contains(keys, k2) || !slices.Contains(keys, k3) {
 		t.Fatalf("durable queue after Close: %v, want the two values whose uploads hung", keys)

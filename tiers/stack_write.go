@@ -182,21 +182,20 @@ func blobBytes(b Blob) []byte {
 // records their uploads, in the tier's own commit.
 //
 // A program that writes entries one after the other publishes them one at
-// a time, and a persister taking them one at a time gave each its own
-// commit (two fdatasyncs, a freelist rewrite: ~0.2 ms of CPU per entry).
-// So a persister takes what else is queued, up to persistBatch small
+// a time, and a persister taking them one at a time would give each its
+// own commit (two fdatasyncs and a freelist rewrite per entry). So a
+// persister takes what else is queued, up to Policy.PersistBatch small
 // entries, and puts them at once: the bolt tier's group commit writes them
 // in one transaction.
 //
 // While small entries are being published in a burst, the persisters also
-// wait, as the uploads do (persistHold): on 2 cores the commits took a
-// third of the CPU of a loop writing 2000 entries of 16 KiB and made it
-// 1.4 times slower. They are served from tier 0 and their blobs meanwhile,
-// and are persisted together once the publishes pause.
+// wait, as the uploads do (persistHold): commits beside a loop of writes
+// take its CPU on 2 cores. The entries are served from tier 0 and their
+// blobs meanwhile, and are persisted together once the publishes pause.
 func (s *Stack) persister() {
 	defer s.persistWG.Done()
 	for p := range s.persistCh {
-		if p.info.Size > persistSmall {
+		if p.info.Size > s.pol.PersistSmall {
 			s.persistOne(p)
 			continue
 		}
@@ -205,7 +204,7 @@ func (s *Stack) persister() {
 }
 
 // collect returns p and the small entries queued after it: what is queued
-// now, up to persistBatch, or while persistHold says to wait, everything
+// now, up to Policy.PersistBatch, or while persistHold says to wait, everything
 // published until then. Large entries met meanwhile persist on their own
 // goroutines: the batch does not wait for them (their persistence may wait
 // for their early upload).
@@ -220,7 +219,7 @@ func (s *Stack) collect(p *pub) []*pub {
 	// stop ends the hold: an entry of the batch is waited for.
 	stop := isClosed(p.hurry)
 	take := func(q *pub) {
-		if q.info.Size > persistSmall {
+		if q.info.Size > s.pol.PersistSmall {
 			s.persistWG.Add(1)
 			go func() {
 				defer s.persistWG.Done()
@@ -241,7 +240,7 @@ func (s *Stack) collect(p *pub) []*pub {
 	}()
 	for {
 	drain:
-		for stop || len(batch) < persistBatch || s.persistHold(time.Now()) > 0 {
+		for stop || len(batch) < s.pol.PersistBatch || s.persistHold(time.Now()) > 0 {
 			select {
 			case q, ok := <-s.persistCh:
 				if !ok {
@@ -272,13 +271,15 @@ func (s *Stack) collect(p *pub) []*pub {
 		case <-s.persistFull:
 		case <-hurried:
 			stop = true
+		case <-s.closing:
+			stop = true // Close persists what is held at once
 		case <-s.ctx.Done():
 			return batch
 		}
 	}
 }
 
-// persistAll persists a batch of small entries, persistBatch at a time.
+// persistAll persists a batch of small entries, Policy.PersistBatch at a time.
 // Entries waited for (WaitDurable, Delete) go first: an fsync during a
 // burst waits for one commit, not for everything held.
 func (s *Stack) persistAll(batch []*pub) {
@@ -294,7 +295,7 @@ func (s *Stack) persistAll(batch []*pub) {
 	batch = append(waited, rest...)
 	var wg sync.WaitGroup
 	for len(batch) > 0 {
-		n := min(len(batch), persistBatch)
+		n := min(len(batch), s.pol.PersistBatch)
 		start := time.Now()
 		for _, q := range batch[1:n] {
 			wg.Go(func() { s.persistOne(q) })
@@ -308,19 +309,15 @@ func (s *Stack) persistAll(batch []*pub) {
 
 // persistHold returns how long persisters should keep collecting published
 // entries before they persist them: while a burst of publishes goes on (at
-// least two, the last less than uploadQuiet ago), at most uploadMaxHold
-// from its start and while the entries held are below persistHoldBytes. A
+// least two, the last less than UploadQuiet ago), at most UploadMaxHold
+// from its start and while the entries held are below PersistHoldBytes. A
 // lone publish persists at once.
 func (s *Stack) persistHold(now time.Time) time.Duration {
-	if s.lastPublish.Load() == s.burstStart.Load() || s.heldBytes.Load() >= persistHoldBytes {
+	if s.lastPublish.Load() == s.burstStart.Load() || s.heldBytes.Load() >= s.pol.PersistHoldBytes {
 		return 0
 	}
 	return s.uploadHold(now)
 }
-
-// persistHoldBytes bounds the bytes of the entries persisters hold during a
-// burst (in memory: tier 0 has a copy, the blob another).
-const persistHoldBytes = 64 << 20
 
 // hurryLocked ends the hold of the persisters (see collect): p is waited
 // for.
@@ -332,24 +329,13 @@ func (s *Stack) hurryLocked(p *pub) {
 	s.hurried = make(chan struct{})
 }
 
-// persistDefer bounds how long the persistence of a value waits for its
-// early upload.
-const persistDefer = 30 * time.Second
-
-// persistBatch and persistSmall bound a persister's batch: its entries'
-// buffers are in memory together (one bolt chunk each).
-const (
-	persistBatch = 32
-	persistSmall = 64 << 10
-)
-
 func (s *Stack) persistOne(p *pub) {
 	k := p.info.Key
-	if p.info.Size > smallUpload && p.upload {
+	if p.info.Size > s.pol.SmallUpload && p.upload {
 		// A large value to upload is persisted once its upload ends
 		// (the early one that streamed while it was written, or the
 		// queue's from the blob): both copy the whole value, and on 2
-		// cores the commit slowed the upload by a third. The value is
+		// cores the commit slows the upload. The value is
 		// served from its spool meanwhile; an fsync does not wait.
 		// A remote known to be down uploads nothing soon: no wait.
 		ended := p.sent
@@ -361,7 +347,7 @@ func (s *Stack) persistOne(p *pub) {
 			case <-ended:
 			case <-p.hurry:
 			case <-s.closing:
-			case <-time.After(persistDefer):
+			case <-time.After(s.pol.PersistDefer):
 			}
 		}
 	}
@@ -738,7 +724,7 @@ func (s *Stack) uploadOne(ctx context.Context, k digest.Key, item *upItem) error
 		return s.dequeue(k)
 	}
 	defer src.Close()
-	if src.Info().Size > smallUpload {
+	if src.Info().Size > s.pol.SmallUpload {
 		select {
 		case s.largeUploads <- struct{}{}:
 			defer func() { <-s.largeUploads }()
@@ -817,7 +803,7 @@ func (s *Stack) dequeuer() {
 			// commit each. A record lost at a crash only makes the next
 			// start check the remote for that value.
 			select {
-			case <-time.After(dequeueLinger):
+			case <-time.After(s.pol.DequeueLinger):
 			case <-s.ctx.Done():
 			}
 			s.dequeueBatch(s.drainDeq([]uploaded{u}, 1023))
@@ -830,10 +816,6 @@ type uploaded struct {
 	k    digest.Key
 	item *upItem // the upload queue's item it took
 }
-
-// dequeueLinger is how long the dequeuer waits for more uploads to end
-// before it commits.
-const dequeueLinger = 100 * time.Millisecond
 
 // drainDeq appends to batch up to n more uploads that are waiting in s.deq.
 func (s *Stack) drainDeq(batch []uploaded, n int) []uploaded {
@@ -964,43 +946,31 @@ func (s *Stack) uploadExisting(ctx context.Context, r *layer, info Info, put fun
 	return false, Wrap(r.name, "put", info.Key, errors.New("the remote copy keeps changing; will retry"))
 }
 
-// Uploads in the background yield to a burst of writes. On 2 cores, 2000
-// uploads of 16 KiB values (SSH encryption here, sshd and its file
-// creations on the server) running under a loop that writes them took
-// half the loop's CPU and doubled its time. So while entries are being
-// published (the last less than uploadQuiet ago), queued uploads wait,
-// for at most uploadMaxHold from the start of the burst; then they run at
-// full speed, upload_workers at once. A lone publish waits uploadQuiet.
-const (
-	uploadQuiet   = 20 * time.Millisecond
-	uploadMaxHold = 2 * time.Second
-)
-
-// smallUpload is the largest value of which any number of upload workers
-// may send at once; larger ones go two at a time (each keeps up to
-// Concurrency packets of 255 KiB in flight: 16 MiB at the default).
-const (
-	smallUpload  = 1 << 20
-	largeUploads = 2
-)
+// Uploads in the background yield to a burst of writes: on 2 cores,
+// uploads (SSH encryption here, sshd and its file creations on the server)
+// running under a loop that writes entries take the loop's CPU. So while
+// entries are being published (the last less than Policy.UploadQuiet ago),
+// queued uploads wait, for at most Policy.UploadMaxHold from the start of
+// the burst; then they run at full speed, upload_workers at once. A lone
+// publish waits UploadQuiet.
 
 // notePublish records a publish at now for uploadHold.
 func (s *Stack) notePublish(now time.Time) {
 	t := now.UnixNano()
-	if last := s.lastPublish.Swap(t); t-last > int64(uploadQuiet) {
+	if last := s.lastPublish.Swap(t); t-last > int64(s.pol.UploadQuiet) {
 		s.burstStart.Store(t)
 	}
 }
 
 // uploadHold returns how long the uploaders should wait before taking
-// more work: until the publishes pause for uploadQuiet, at most until
-// uploadMaxHold after the burst began.
+// more work: until the publishes pause for UploadQuiet, at most until
+// UploadMaxHold after the burst began.
 func (s *Stack) uploadHold(now time.Time) time.Duration {
 	t := now.UnixNano()
-	quietAt := s.lastPublish.Load() + int64(uploadQuiet)
+	quietAt := s.lastPublish.Load() + int64(s.pol.UploadQuiet)
 	if t >= quietAt {
 		return 0
 	}
-	giveUp := s.burstStart.Load() + int64(uploadMaxHold)
+	giveUp := s.burstStart.Load() + int64(s.pol.UploadMaxHold)
 	return time.Duration(max(min(quietAt, giveUp)-t, 0))
 }

@@ -6,10 +6,11 @@ import (
 )
 
 // TestUploadHold: uploads wait while publishes keep coming, until they
-// pause for uploadQuiet, and never longer than uploadMaxHold after the
+// pause for UploadQuiet, and never longer than UploadMaxHold after the
 // burst began.
 func TestUploadHold(t *testing.T) {
-	s := &Stack{}
+	s := &Stack{pol: DefaultPolicy()}
+	uploadQuiet, uploadMaxHold := s.pol.UploadQuiet, s.pol.UploadMaxHold
 	t0 := time.Unix(1000, 0)
 	if d := s.uploadHold(t0); d != 0 {
 		t.Fatalf("hold %v with no publish", d)
@@ -37,9 +38,10 @@ func TestUploadHold(t *testing.T) {
 }
 
 // TestPersistHold: persisters hold entries during a burst like uploads, but
-// not for a lone publish, and not past persistHoldBytes.
+// not for a lone publish, and not past PersistHoldBytes.
 func TestPersistHold(t *testing.T) {
-	s := &Stack{}
+	s := &Stack{pol: DefaultPolicy()}
+	uploadQuiet := s.pol.UploadQuiet
 	t0 := time.Unix(1000, 0)
 	s.notePublish(t0)
 	if d := s.persistHold(t0.Add(time.Millisecond)); d != 0 {
@@ -49,7 +51,7 @@ func TestPersistHold(t *testing.T) {
 	if d := s.persistHold(t0.Add(2 * time.Millisecond)); d != uploadQuiet-time.Millisecond {
 		t.Fatalf("hold %v 1ms after the second publish of a burst, want %v", d, uploadQuiet-time.Millisecond)
 	}
-	s.heldBytes.Store(persistHoldBytes)
+	s.heldBytes.Store(s.pol.PersistHoldBytes)
 	if d := s.persistHold(t0.Add(2 * time.Millisecond)); d != 0 {
 		t.Fatalf("hold %v with persistHoldBytes held", d)
 	}

@@ -31,6 +31,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -540,4 +541,29 @@ func Lines(s string) []string {
 		}
 	}
 	return out
+}
+
+// VisibleWithinTTL checks that a name missed at missed, and published
+// since, is found by every stat that starts once the negative TTL has run
+// out (with a kernel tick of slack). It asserts the order of each stat
+// against the TTL, not how fast the machine runs them.
+func VisibleWithinTTL(t testing.TB, missed time.Time, ttl time.Duration, p string) {
+	t.Helper()
+	expired := missed.Add(ttl + 50*time.Millisecond)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		start := time.Now()
+		_, err := os.Stat(p)
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		if start.After(expired) {
+			t.Fatalf("a stat %v after the miss, past the negative TTL %v, still misses", start.Sub(missed), ttl)
+		}
+		if start.After(deadline) {
+			t.Fatal("never visible")
+		}
+	}
 }
