@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -374,4 +375,80 @@ func TestDeletedWhileOpen(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestBranchCycle points a child of a branch page back at the page itself,
+// and at another branch page: bbolt's recursive search would follow either
+// until the goroutine's stack overflowed, a fatal error. Open finds the
+// damage first and moves the file aside; nothing crashes, nothing wrong is
+// read.
+func TestBranchCycle(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "src.db")
+	want := damageFixture(t, src, 300)
+	full, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	branches := inUse(t, src, pagesOf(t, src, pageBranch))
+	if len(branches) < 2 {
+		t.Fatalf("%d branch pages in the fixture, want at least 2", len(branches))
+	}
+	ps := int64(os.Getpagesize())
+	for i, off := range branches {
+		for _, to := range []int64{off, branches[(i+1)%len(branches)]} {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "cache.db")
+			b := bytes.Clone(full)
+			// The last element's child: element i at 16 + 16*i, its page
+			// id 8 bytes into it.
+			count := int64(binary.LittleEndian.Uint16(b[off+10:]))
+			binary.LittleEndian.PutUint64(b[off+16+16*(count-1)+8:], uint64(to/ps))
+			if err := os.WriteFile(path, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			tr, err := Open(path, Options{ChunkSize: MinChunkSize})
+			if err != nil {
+				t.Fatalf("branch page %d -> %d: %v", off/ps, to/ps, err)
+			}
+			a := tr.MovedAside()
+			if a == nil {
+				tr.Close()
+				t.Fatalf("branch page %d -> %d: opened as sound", off/ps, to/ps)
+			}
+			if !strings.Contains(a.Reason.Error(), "reached twice") {
+				t.Errorf("branch page %d -> %d: moved aside because %v", off/ps, to/ps, a.Reason)
+			}
+			readAll(t, tr, want)
+			tr.Close()
+		}
+	}
+	t.Logf("%d branch pages, each pointed at itself and at another: all moved aside at open", len(branches))
+}
+
+// inUse returns the pages at offs that a tree of the database at path
+// reaches (not freed ones).
+func inUse(t *testing.T, path string, offs []int64) []int64 {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m, ok, err := currentMeta(f)
+	if err != nil || !ok {
+		t.Fatalf("meta: %v %v", ok, err)
+	}
+	w := treeWalk{f: f, m: m, seen: map[uint64]bool{}}
+	if err := w.walk("root", m.root, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range w.buckets {
+		if b.root != 0 {
+			if err := w.walk(b.name, b.root, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ps := int64(m.pageSize)
+	return slices.DeleteFunc(offs, func(off int64) bool { return !w.seen[uint64(off/ps)] })
 }

@@ -126,6 +126,16 @@ func (t *Tier) salvage(aside string) (requeued, lost int) {
 	old := &Tier{name: t.name + "(damaged)", path: aside, db: db, file: file, log: t.log,
 		chunk: t.chunk, readOnly: true, touched: map[digest.Key]int64{}}
 	defer old.closeDamaged()
+	// The trees salvage reads are walked first: bbolt would loop through a
+	// damaged one until its stack overflowed (checkTrees).
+	m, ok, err := currentMeta(file)
+	if err == nil && ok {
+		err = checkTrees(file, m, [][]byte{bucketQueue, bucketKeys, bucketChunks}, nil)
+	}
+	if err != nil || !ok {
+		t.log.Error("damaged database: its upload queue cannot be read; nothing salvaged", "path", aside, "err", err)
+		return 0, 0
+	}
 	ctx := context.Background()
 	keys, err := old.Pending(ctx)
 	if err != nil {
