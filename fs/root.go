@@ -404,9 +404,8 @@ func (r *root) settled(k digest.Key, published bool) {
 }
 
 // undurablePrune is how many published keys undurable holds before
-// pruneDurable runs. A goroutine per publish waiting for its persistence
-// made a loop writing small files 10% slower on 2 cores (each woke a
-// thread on the writer's cores).
+// pruneDurable runs, instead of a goroutine per publish waiting for its
+// persistence: each would wake a thread on the writer's cores.
 const undurablePrune = 1024
 
 // pruneDurable forgets from undurable the keys the stack has persisted. It

@@ -499,8 +499,7 @@ func (s *Stack) copyTo(src *layer, r Reader, targets []*layer) bool {
 		}
 		// From a fetch's spool (src nil), the bytes were hashed as they
 		// arrived and matched the remote's sum: the tier need not hash
-		// them again (0.3 s of CPU per 512 MiB). From a tier, they are
-		// checked.
+		// them again. From a tier, they are checked.
 		m := Meta{Size: info.Size, Sum: info.Sum, Created: info.Created, Verified: src == nil}
 		_, err := t.Tier.Put(s.ctx, info.Key, &countingReader{r: copyReader(r, info.Size), n: &t.bytesIn}, m)
 		switch {

@@ -40,8 +40,8 @@ const (
 	// deferWorkers copy at once, so that their puts share commits, and
 	// the values they copy add up to at most deferInflight bytes (a value
 	// larger than that is copied alone): each copy holds its value in the
-	// target's buffers until their commit, and the copies of four 4 MiB
-	// values at once raised the daemon's peak RSS by about 20 MiB.
+	// target's buffers until their commit, which the daemon's memory bound
+	// must cover.
 	deferWorkers  = 32
 	deferInflight = 4 << 20
 )

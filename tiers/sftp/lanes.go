@@ -11,7 +11,7 @@ import (
 
 // Lanes: one SFTP session cannot move more than 2 MiB per round trip,
 // because x/crypto/ssh gives every channel a fixed 2 MiB receive window and
-// OpenSSH's sshd gives every session 2 MiB (44 MiB/s measured at a 40 ms
+// OpenSSH's sshd gives every session 2 MiB (at most 50 MiB/s at a 40 ms
 // round trip; OpenSSH's own client has the same limit). A large fetch or
 // upload therefore spreads its chunks over the connection's main session
 // and Options.Channels-1 more (the lanes), each with its own window, on a
@@ -32,9 +32,8 @@ const laneMin = 2 << 20
 // laneSlots is how many chunks (of fetchChunks packets, 1 MiB) a handle
 // has in flight in a transfer with lanes: a window and a half. More, and
 // the first chunks of a 4 MiB value all go to the main handle before the
-// lanes' handles are open, to wait there for its window. Over the bench's
-// slow link (40 ms round trip), eight 4 MiB files: 22.7 MiB/s with 5
-// slots, 27.8 with 3, 28.6 with 2; the 64 MiB file: 93.9, 96.3 and 86.6.
+// lanes' handles are open, to wait there for its window; fewer, and a large
+// value does not keep every window full (docs/performance.md has the runs).
 const laneSlots = 3
 
 // laneRTT is the least round trip at which transfers use lanes: one session
