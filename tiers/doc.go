@@ -53,6 +53,14 @@
 // into the faster tiers are Meta.Verified: its bytes were hashed as they
 // arrived, so the tiers do not hash them again.
 //
+// The timings and sizes of this background work (how long a copy, a
+// persistence or an upload waits for the foreground to pause, how much each
+// holds) are one Policy (policy.go), set through StackOptions.Policy: tests
+// set them to an hour where they check that something waits, so that they
+// assert the order of events rather than race a timer. The stack's loops
+// over its tiers ask the layers type (local, writableLocal) instead of
+// filtering by hand.
+//
 // # Remote copies without a checksum, and damaged ones
 //
 // The stack never deletes a remote copy except for a Delete (an explicit

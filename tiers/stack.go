@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"log/slog"
 	"os"
 	"sync"
@@ -30,12 +31,38 @@ type layer struct {
 
 func (l *layer) writable() bool { return !l.ReadOnly }
 
+// layers is the stack's tiers, fastest first, with the queries its loops
+// ask of them.
+type layers []*layer
+
+// local yields the layers that are not remote, fastest first.
+func (ls layers) local() iter.Seq[*layer] {
+	return func(yield func(*layer) bool) {
+		for _, l := range ls {
+			if !l.Remote && !yield(l) {
+				return
+			}
+		}
+	}
+}
+
+// writableLocal yields the local layers a copy may be written to.
+func (ls layers) writableLocal() iter.Seq[*layer] {
+	return func(yield func(*layer) bool) {
+		for l := range ls.local() {
+			if l.writable() && !yield(l) {
+				return
+			}
+		}
+	}
+}
+
 // Stack is the ordered stack of tiers (fleche's CacheStack). See doc.go.
 type Stack struct {
 	opt    StackOptions
 	pol    Policy // opt.Policy with its defaults
 	log    *slog.Logger
-	layers []*layer
+	layers layers
 	// persist is the first writable local tier after tier 0 that keeps the
 	// durable upload queue, or nil.
 	persist *layer
@@ -404,10 +431,7 @@ func (s *Stack) openFrom(ctx context.Context, k digest.Key, from int, want diges
 // promoteTargets are the writable local layers a hit at index i is copied to.
 func (s *Stack) promoteTargets(i int) []*layer {
 	var out []*layer
-	for _, l := range s.layers[:i] {
-		if l.Remote || !l.writable() {
-			continue
-		}
+	for l := range s.layers[:i].writableLocal() {
 		if s.opt.Promote == PromoteBase && l.idx != 0 {
 			continue
 		}
@@ -634,10 +658,7 @@ func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
 		if pend {
 			sum = p.info.Sum
 		}
-		for _, l := range s.layers {
-			if l.Remote {
-				continue
-			}
+		for l := range s.layers.local() {
 			if info, err := l.Tier.Stat(ctx, k); err == nil {
 				found = true
 				if sum.IsZero() {

@@ -161,10 +161,7 @@ func (s *Stack) dropLost(k digest.Key, lost digest.Sum) {
 		<-promoting
 	}
 	s.list.forget(k)
-	for _, l := range s.layers {
-		if l.Remote || !l.writable() {
-			continue
-		}
+	for l := range s.layers.writableLocal() {
 		info, err := l.Tier.Stat(s.ctx, k)
 		if err != nil || info.Sum != lost {
 			continue
@@ -195,10 +192,7 @@ func (s *Stack) lostState(k digest.Key) bool {
 	if !ok {
 		return false
 	}
-	for _, l := range s.layers {
-		if l.Remote {
-			continue
-		}
+	for l := range s.layers.local() {
 		if info, err := l.Tier.Stat(s.ctx, k); err == nil && !info.Sum.IsZero() && info.Sum != sum {
 			// The remote's value (or a newer one) is here now.
 			s.mu.Lock()

@@ -117,10 +117,7 @@ func (s *Stack) List(ctx context.Context, fn func(Info) error) error {
 			return err
 		}
 	}
-	for _, l := range s.layers {
-		if l.Remote {
-			continue
-		}
+	for l := range s.layers.local() {
 		if err := l.Tier.List(ctx, emit); err != nil {
 			return err
 		}

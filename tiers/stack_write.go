@@ -356,8 +356,8 @@ func (s *Stack) persistOne(p *pub) {
 	s.mu.Lock()
 	gone := p.deleted // while held: nothing to write, Delete waits for persisted
 	s.mu.Unlock()
-	for _, l := range s.layers {
-		if gone || l.Remote || !l.writable() || l.idx == 0 && l != s.persist {
+	for l := range s.layers.writableLocal() {
+		if gone || l.idx == 0 && l != s.persist {
 			// Tier 0 took its copy at publish, unless it is the
 			// persistent tier (a stack with no RAM tier).
 			continue
@@ -420,11 +420,9 @@ func (s *Stack) dropPendingLocked(p *pub) {
 
 // heldLocally reports whether a local tier holds k.
 func (s *Stack) heldLocally(ctx context.Context, k digest.Key) bool {
-	for _, l := range s.layers {
-		if !l.Remote {
-			if _, err := l.Tier.Stat(ctx, k); err == nil {
-				return true
-			}
+	for l := range s.layers.local() {
+		if _, err := l.Tier.Stat(ctx, k); err == nil {
+			return true
 		}
 	}
 	return false
@@ -703,10 +701,7 @@ func (s *Stack) uploadOne(ctx context.Context, k digest.Key, item *upItem) error
 	}
 	s.mu.Unlock()
 	if src == nil {
-		for _, l := range s.layers {
-			if l.Remote {
-				continue
-			}
+		for l := range s.layers.local() {
 			if r, err := l.Tier.Open(ctx, k); err == nil {
 				// As a reader's: a bad copy is counted and removed, and
 				// the read goes on from the next copy of the same value.
