@@ -9,7 +9,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -22,9 +21,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
-
-	bbolt "go.etcd.io/bbolt"
 
 	"github.com/flechefs/flechefs/digest"
 	"github.com/flechefs/flechefs/internal/mounttest"
@@ -523,34 +519,8 @@ func writeEntry(path string, data []byte, durable bool) error {
 // CRC no longer matches. It returns the file offset it changed.
 func corruptChunk(t *testing.T, path, key string, idx uint32, at int) int64 {
 	t.Helper()
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, Timeout: 3 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var off int64
-	var crc uint32
-	err = db.View(func(tx *bbolt.Tx) error {
-		rec := tx.Bucket([]byte("keys")).Get([]byte(key))
-		if len(rec) != 77 || rec[0] != 1 {
-			return fmt.Errorf("record of %s: %x", key, rec)
-		}
-		id := binary.BigEndian.Uint64(rec[1:9])
-		ck := make([]byte, 12)
-		binary.BigEndian.PutUint64(ck, id)
-		binary.BigEndian.PutUint32(ck[8:], idx)
-		v := tx.Bucket([]byte("chunks")).Get(ck)
-		if len(v) < 4+at+1 {
-			return fmt.Errorf("chunk %d of %s has %d bytes", idx, key, len(v))
-		}
-		crc = binary.BigEndian.Uint32(v)
-		if got := crc32.Checksum(v[4:], crc32.MakeTable(crc32.Castagnoli)); got != crc {
-			return fmt.Errorf("chunk %d of %s is already bad", idx, key)
-		}
-		// v points into bbolt's read-only map of the file.
-		off = int64(uintptr(unsafe.Pointer(&v[4+at])) - db.Info().Data)
-		return nil
-	})
-	db.Close()
+	k := digest.MustParse(key)
+	off, err := bolt.ChunkDataOffset(path, k, idx, at)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -571,22 +541,9 @@ func corruptChunk(t *testing.T, path, key string, idx uint32, at int) int64 {
 		t.Fatal(err)
 	}
 	// The file now holds a chunk whose CRC does not match its data.
-	db, err = bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, Timeout: 3 * time.Second})
-	if err != nil {
-		t.Fatal(err)
+	if _, err := bolt.ChunkDataOffset(path, k, idx, at); !errors.Is(err, tiers.ErrCorrupt) {
+		t.Fatalf("flipping the byte at %d did not break chunk %d of %s: %v", off, idx, key, err)
 	}
-	defer db.Close()
-	db.View(func(tx *bbolt.Tx) error {
-		rec := tx.Bucket([]byte("keys")).Get([]byte(key))
-		ck := make([]byte, 12)
-		copy(ck, rec[1:9])
-		binary.BigEndian.PutUint32(ck[8:], idx)
-		v := tx.Bucket([]byte("chunks")).Get(ck)
-		if crc32.Checksum(v[4:], crc32.MakeTable(crc32.Castagnoli)) == binary.BigEndian.Uint32(v) {
-			t.Fatalf("flipping the byte at %d did not break chunk %d of %s", off, idx, key)
-		}
-		return nil
-	})
 	return off
 }
 
