@@ -57,7 +57,9 @@
 // persistence or an upload waits for the foreground to pause, how much each
 // holds) are one Policy (policy.go), set through StackOptions.Policy: tests
 // set them to an hour where they check that something waits, so that they
-// assert the order of events rather than race a timer. The stack's loops
+// assert the order of events rather than race a timer. One clock of
+// foreground work (activity.go) tells that work how long to wait: while
+// entries are being published, or until the stack is idle. The stack's loops
 // over its tiers ask the layers type (local, writableLocal) instead of
 // filtering by hand.
 //

@@ -94,9 +94,8 @@ type Stack struct {
 	persistFull chan struct{} // poked when persistCh is half full
 	persistWG   sync.WaitGroup
 
-	lastPublish atomic.Int64 // unix nanoseconds of the last Publish
-	burstStart  atomic.Int64 // of the first Publish of the current burst
-	heldBytes   atomic.Int64 // of the entries persisters hold (collect)
+	act       activity     // the foreground's clock (activity.go)
+	heldBytes atomic.Int64 // of the entries persisters hold (collect)
 	// hurried is closed and replaced when an entry is waited for: the
 	// persisters stop holding entries (collect). Under mu.
 	hurried      chan struct{}
@@ -164,6 +163,7 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 		deq:          make(chan uploaded, 4096),
 	}
 	s.up.init()
+	s.act.pol = &s.pol
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for i, l := range layers {
 		if l.Tier == nil {

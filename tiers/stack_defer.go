@@ -3,7 +3,6 @@ package tiers
 import (
 	"context"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/semaphore"
@@ -59,8 +58,7 @@ type deferQueue struct {
 	limit   int64          // set by NewStack
 	running int64          // copies being drained, under Stack.mu
 	kick    chan struct{}
-	drainMu sync.Mutex   // one drain at a time: Close's waits for the drainer's
-	lastUse atomic.Int64 // unix nanoseconds of the last Stat, Open or read
+	drainMu sync.Mutex // one drain at a time: Close's waits for the drainer's
 }
 
 // initDefer sets the queue's byte limit from tier 0's and starts its drainer.
@@ -81,7 +79,7 @@ func (s *Stack) initDefer() {
 func (q *deferQueue) full() bool { return q.bytes >= q.limit || len(q.items) >= deferMaxCount }
 
 // used records a Stat, an Open or a read: the queue waits for a pause.
-func (s *Stack) used() { s.deferq.lastUse.Store(time.Now().UnixNano()) }
+func (s *Stack) used() { s.act.used() }
 
 // deferrable reports whether the copies of a fetched value of size bytes
 // into targets after the first may wait: the first is tier 0 and the value
@@ -119,7 +117,7 @@ func (s *Stack) deferDue(now time.Time) time.Duration {
 	if q.full() {
 		return 0
 	}
-	idle := now.Sub(time.Unix(0, q.lastUse.Load()))
+	idle := s.act.idleFor(now)
 	if len(s.fills) > 0 {
 		idle = 0
 	}

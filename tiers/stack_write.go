@@ -50,7 +50,7 @@ func (p *pub) endSent() { p.sentOnce.Do(func() { close(p.sent) }) }
 // upload, or aborted when Publish fails or the value is not to be uploaded.
 func (s *Stack) Publish(ctx context.Context, k digest.Key, b Blob, sum digest.Sum) (Info, error) {
 	info := Info{Key: k, Size: b.Size(), Sum: sum, Created: time.Now()}
-	s.notePublish(info.Created)
+	s.act.published(info.Created)
 	var early *EarlyUpload
 	adopted := false
 	if ub, ok := b.(UploadingBlob); ok && ub.EarlyUpload() != nil {
@@ -313,10 +313,10 @@ func (s *Stack) persistAll(batch []*pub) {
 // from its start and while the entries held are below PersistHoldBytes. A
 // lone publish persists at once.
 func (s *Stack) persistHold(now time.Time) time.Duration {
-	if s.lastPublish.Load() == s.burstStart.Load() || s.heldBytes.Load() >= s.pol.PersistHoldBytes {
+	if !s.act.inBurst() || s.heldBytes.Load() >= s.pol.PersistHoldBytes {
 		return 0
 	}
-	return s.uploadHold(now)
+	return s.act.publishHold(now)
 }
 
 // hurryLocked ends the hold of the persisters (see collect): p is waited
@@ -610,7 +610,7 @@ func (q *uploadQueue) next(now time.Time, held func(digest.Key) bool) (digest.Ke
 func (s *Stack) uploader() {
 	defer s.wg.Done()
 	for {
-		if d := s.uploadHold(time.Now()); d > 0 {
+		if d := s.act.publishHold(time.Now()); d > 0 {
 			select {
 			case <-s.ctx.Done():
 				return
@@ -939,33 +939,4 @@ func (s *Stack) uploadExisting(ctx context.Context, r *layer, info Info, put fun
 		}
 	}
 	return false, Wrap(r.name, "put", info.Key, errors.New("the remote copy keeps changing; will retry"))
-}
-
-// Uploads in the background yield to a burst of writes: on 2 cores,
-// uploads (SSH encryption here, sshd and its file creations on the server)
-// running under a loop that writes entries take the loop's CPU. So while
-// entries are being published (the last less than Policy.UploadQuiet ago),
-// queued uploads wait, for at most Policy.UploadMaxHold from the start of
-// the burst; then they run at full speed, upload_workers at once. A lone
-// publish waits UploadQuiet.
-
-// notePublish records a publish at now for uploadHold.
-func (s *Stack) notePublish(now time.Time) {
-	t := now.UnixNano()
-	if last := s.lastPublish.Swap(t); t-last > int64(s.pol.UploadQuiet) {
-		s.burstStart.Store(t)
-	}
-}
-
-// uploadHold returns how long the uploaders should wait before taking
-// more work: until the publishes pause for UploadQuiet, at most until
-// UploadMaxHold after the burst began.
-func (s *Stack) uploadHold(now time.Time) time.Duration {
-	t := now.UnixNano()
-	quietAt := s.lastPublish.Load() + int64(s.pol.UploadQuiet)
-	if t >= quietAt {
-		return 0
-	}
-	giveUp := s.burstStart.Load() + int64(s.pol.UploadMaxHold)
-	return time.Duration(max(min(quietAt, giveUp)-t, 0))
 }
