@@ -196,15 +196,7 @@ func (u *EarlyUpload) run(sp StreamPutter) {
 			"read_at_publish", u.readAtPublish, "after_publish", time.Since(u.published))
 		s.noteUpload(u.r, info, nil)
 		s.lastUploadErr.Store("")
-		// As in uploadOne: the durable queue record is written by the
-		// persisting commit, and removed after it.
-		select {
-		case <-p.persisted:
-		case <-u.ctx.Done():
-		}
-		if u.ctx.Err() == nil || s.ctx.Err() != nil {
-			err = s.dequeue(u.key)
-		} // else deleted while it uploaded: see uploadOne
+		err = s.settleUpload(u.ctx, u.key, item, p.persisted)
 	} else {
 		if !errors.Is(err, ErrExist) && u.ctx.Err() == nil {
 			s.noteErr(u.r, err)

@@ -750,17 +750,23 @@ func (s *Stack) uploadOne(ctx context.Context, k digest.Key, item *upItem) error
 	if sent != nil {
 		sent() // before waiting for the persistence, which waits for it
 	}
+	return s.settleUpload(ctx, k, item, persisted)
+}
+
+// settleUpload ends an upload of k that reached the remote, for the queue
+// and for an early upload alike. Uploaded before it was persisted
+// (persisted not nil), the value's durable queue record is written by the
+// persisting commit, so that is waited for; then the record is taken out
+// of the durable queue, unless ctx was cancelled by a Delete meanwhile:
+// the queue may already hold a new value of k, whose record must stay.
+func (s *Stack) settleUpload(ctx context.Context, k digest.Key, item *upItem, persisted <-chan struct{}) error {
 	if persisted != nil {
-		// Uploaded before it was persisted: its durable queue record is
-		// written by the persisting commit, and removed after it.
 		select {
 		case <-persisted:
 		case <-ctx.Done():
 		}
 	}
 	if ctx.Err() != nil && s.ctx.Err() == nil {
-		// Deleted while it uploaded: the queue may already hold a new
-		// value of k, whose durable queue record must stay.
 		return nil
 	}
 	if s.queue != nil {
