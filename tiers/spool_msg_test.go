@@ -23,7 +23,7 @@ func TestSpoolFailureNamesTheSpool(t *testing.T) {
 	}
 	t.Cleanup(func() { s.Close() })
 	k := tiertest.Key("spooled")
-	tiertest.Put(t, remote, k, tiertest.Data(7, 3<<20)) // over memFill: spooled
+	tiertest.Put(t, remote, k, tiertest.Data(7, 3<<20)) // over memFetch: spooled
 	// A file where the directory was: no temp file can be made in it.
 	if err := os.Remove(spool); err != nil {
 		t.Fatal(err)

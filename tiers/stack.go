@@ -77,7 +77,7 @@ type Stack struct {
 	closed    bool
 	closing   chan struct{}                // closed when Close begins
 	pending   map[digest.Key]*pub          // published, not yet persisted
-	fills     map[digest.Key]*fill         // remote fetches in progress
+	fetches   map[digest.Key]*fetch        // remote fetches in progress
 	parked    map[digest.Key]*parked       // remote readers lookups opened (park)
 	gate      chan struct{}                // promoteGate's window, closed at its end
 	promoting map[digest.Key]chan struct{} // copies into faster tiers in progress, closed when done
@@ -150,7 +150,7 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 	}
 	s := &Stack{
 		opt: opt, pol: opt.Policy, log: opt.Logger,
-		pending: map[digest.Key]*pub{}, fills: map[digest.Key]*fill{}, parked: map[digest.Key]*parked{}, promoting: map[digest.Key]chan struct{}{},
+		pending: map[digest.Key]*pub{}, fetches: map[digest.Key]*fetch{}, parked: map[digest.Key]*parked{}, promoting: map[digest.Key]chan struct{}{},
 		deleting:     map[digest.Key]int{},
 		tombs:        map[digest.Key]*tomb{},
 		tombKick:     make(chan struct{}, 1),
@@ -281,7 +281,7 @@ func (s *Stack) Stat(ctx context.Context, k digest.Key) (Info, error) {
 			s.noteMiss(l)
 			continue
 		}
-		info, err := s.statRemote(ctx, l, k)
+		info, err := s.lookupByOpen(ctx, l, k)
 		if err == nil {
 			return info, nil
 		}
@@ -364,11 +364,11 @@ func (s *Stack) Open(ctx context.Context, k digest.Key) (Reader, error) {
 		return &pubReader{p: p, s: s, fg: true}, nil
 	}
 	// A fetch in progress (one a lookup started, say) is joined before the
-	// local tiers are asked: it leaves s.fills only once its promotion into
+	// local tiers are asked: it leaves s.fetches only once its promotion into
 	// them is done, so either it is found here or they have the value. The
 	// other way round, a fetch that ended between the local misses and the
 	// remote's turn would be made again.
-	f := s.joinableFill(k, nil)
+	f := s.joinableFetch(k, nil)
 	s.mu.Unlock()
 	if f != nil {
 		if r, err := f.join(ctx, digest.Sum{}); err == nil {
@@ -518,7 +518,7 @@ func (s *Stack) copyTo(src *layer, r Reader, targets []*layer) bool {
 	info := r.Info()
 	all := true
 	for _, t := range targets {
-		if t.idx > 0 && info.Size <= memFill {
+		if t.idx > 0 && info.Size <= memFetch {
 			s.promoteGate()
 		}
 		// From a fetch's spool (src nil), the bytes were hashed as they
@@ -622,7 +622,7 @@ func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
 	// copies and the upload already running are waited for: each of them
 	// could put back, after the deletes, the value being deleted.
 	s.deleting[k]++
-	if f := s.fills[k]; f != nil {
+	if f := s.fetches[k]; f != nil {
 		f.deleted = true
 	}
 	promoting, uploading := s.promoting[k], s.up.uploading[k]
@@ -829,7 +829,7 @@ func (s *Stack) Stats() Stats {
 	st.Queue = int64(s.up.len())
 	st.Deletes = int64(len(s.tombs))
 	st.Unpersisted = int64(s.unpersistedLocked())
-	st.Fetching = int64(len(s.fills))
+	st.Fetching = int64(len(s.fetches))
 	st.Deferred = s.deferredLenLocked()
 	s.mu.Unlock()
 	for _, l := range s.layers {

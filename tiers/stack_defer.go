@@ -84,9 +84,9 @@ func (s *Stack) used() { s.act.used() }
 // deferrable reports whether the copies of a fetched value of size bytes
 // into targets after the first may wait: the first is tier 0 and the value
 // is small beside the queue's bound (at least four such values fit in it),
-// or at most memFill bytes.
+// or at most memFetch bytes.
 func (s *Stack) deferrable(size int64, targets []*layer) bool {
-	return size <= max(memFill, s.deferq.limit/4) && len(targets) > 1 && targets[0].idx == 0
+	return size <= max(memFetch, s.deferq.limit/4) && len(targets) > 1 && targets[0].idx == 0
 }
 
 // deferCopies queues the copies of k into targets.
@@ -118,7 +118,7 @@ func (s *Stack) deferDue(now time.Time) time.Duration {
 		return 0
 	}
 	idle := s.act.idleFor(now)
-	if len(s.fills) > 0 {
+	if len(s.fetches) > 0 {
 		idle = 0
 	}
 	age := now.Sub(q.items[0].at)

@@ -12,12 +12,12 @@ import (
 	"github.com/flechefs/flechefs/digest"
 )
 
-// fill fetches one value from a remote tier into an unlinked spool file, or
-// into memory when it is at most memFill bytes. Readers join it and read
+// A fetch is one value being read from a remote tier into an unlinked spool
+// file, or into memory when it is at most memFetch bytes. Readers join it and read
 // what has arrived; the last byte is released only after the whole value
 // matched its hash. On success the spool is copied into the faster tiers;
 // either way it is removed when the last reader and the fetch are done.
-type fill struct {
+type fetch struct {
 	s    *Stack
 	l    *layer
 	info Info
@@ -36,20 +36,19 @@ type fill struct {
 	openErr error         // set before ready is closed
 
 	deleted bool // a Delete of the key ran during the fetch: no promotion; guarded by s.mu
-	// prefetch: started by a Stat (statRemote). An Open does not join it
+	// prefetch: started by a Stat (lookupByOpen). An Open does not join it
 	// once it has failed, but fetches again.
 	prefetch bool
 }
 
-// memFill is the largest value a fetch keeps in memory rather than in a
+// memFetch is the largest value a fetch keeps in memory rather than in a
 // spool file (the size the mount keeps in memory for a value being
-// written). A small value then costs one read request and no file: on this
-// project's test machines creating a file costs 0.7 ms, several times the
-// transfer of a 16 KiB value.
-const memFill = 1 << 20
+// written). A small value then costs one read request and no file:
+// creating a file costs more than the transfer of a value of a few KiB.
+const memFetch = 1 << 20
 
 // openRemote opens k from remote layer l. Concurrent opens of one key share
-// one fetch: the first registers the fill before it talks to the remote,
+// one fetch: the first registers the fetch before it talks to the remote,
 // the others wait for it to be opened.
 func (s *Stack) openRemote(ctx context.Context, l *layer, k digest.Key, want digest.Sum) (Reader, error) {
 	s.mu.Lock()
@@ -57,21 +56,21 @@ func (s *Stack) openRemote(ctx context.Context, l *layer, k digest.Key, want dig
 		s.mu.Unlock()
 		return nil, Wrap("stack", "open", k, ErrClosed)
 	}
-	if f := s.joinableFill(k, l); f != nil {
+	if f := s.joinableFetch(k, l); f != nil {
 		s.mu.Unlock()
 		return f.join(ctx, want)
 	}
-	f := &fill{s: s, l: l, changed: make(chan struct{}), ready: make(chan struct{}), refs: 2, hasher: digest.NewHasher(),
+	f := &fetch{s: s, l: l, changed: make(chan struct{}), ready: make(chan struct{}), refs: 2, hasher: digest.NewHasher(),
 		deleted: s.deleting[k] > 0}
-	s.fills[k] = f
+	s.fetches[k] = f
 	s.wg.Add(1)
 	s.mu.Unlock()
 
-	r, err := s.startFill(ctx, f, k, want)
+	r, err := s.startFetch(ctx, f, k, want)
 	if err != nil {
 		f.openErr = err
 		s.mu.Lock()
-		delete(s.fills, k)
+		delete(s.fetches, k)
 		s.mu.Unlock()
 		close(f.ready)
 		s.wg.Done()
@@ -79,11 +78,11 @@ func (s *Stack) openRemote(ctx context.Context, l *layer, k digest.Key, want dig
 	}
 	close(f.ready)
 	go f.run(r)
-	return &fillReader{f: f}, nil
+	return &fetchReader{f: f}, nil
 }
 
-// statRemote looks k up in remote layer l by opening it, which costs the
-// tier about what a Stat does. A value of at most memFill bytes is fetched
+// lookupByOpen looks k up in remote layer l by opening it, which costs the
+// tier about what a Stat does. A value of at most memFetch bytes is fetched
 // at once, in the background: the Open that usually follows a lookup joins
 // that fetch, and the whole lookup, open and read of a small remote value
 // costs one remote open and one read instead of a stat, an open and a read.
@@ -91,7 +90,7 @@ func (s *Stack) openRemote(ctx context.Context, l *layer, k digest.Key, want dig
 // found when the tier serves it (its foreign setting, which answers
 // ErrNotFound for one it does not): the fetch hashes it and the tier
 // records that sum (Adopter).
-func (s *Stack) statRemote(ctx context.Context, l *layer, k digest.Key) (Info, error) {
+func (s *Stack) lookupByOpen(ctx context.Context, l *layer, k digest.Key) (Info, error) {
 	octx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
 	r, err := l.Tier.Open(octx, k)
 	cancel()
@@ -113,21 +112,21 @@ func (s *Stack) statRemote(ctx context.Context, l *layer, k digest.Key) (Info, e
 		s.list.add(Info{Key: k, Size: info.Size, Created: info.Created})
 	}
 	s.foundRemote(k, info.Sum)
-	if info.Size > memFill {
+	if info.Size > memFetch {
 		s.park(l, k, r)
 		return info, nil
 	}
 	s.mu.Lock()
-	if _, busy := s.fills[k]; busy || s.closed || s.deleting[k] > 0 {
+	if _, busy := s.fetches[k]; busy || s.closed || s.deleting[k] > 0 {
 		s.mu.Unlock()
 		go r.Close()
 		return info, nil
 	}
 	ready := make(chan struct{})
 	close(ready)
-	f := &fill{s: s, l: l, info: info, mem: make([]byte, info.Size), changed: make(chan struct{}),
+	f := &fetch{s: s, l: l, info: info, mem: make([]byte, info.Size), changed: make(chan struct{}),
 		ready: ready, refs: 1, hasher: digest.NewHasher(), prefetch: true}
-	s.fills[k] = f
+	s.fetches[k] = f
 	s.wg.Add(1)
 	s.mu.Unlock()
 	l.hits.Add(1)
@@ -135,8 +134,8 @@ func (s *Stack) statRemote(ctx context.Context, l *layer, k digest.Key) (Info, e
 	return info, nil
 }
 
-// startFill opens the remote copy and the spool for f.
-func (s *Stack) startFill(ctx context.Context, f *fill, k digest.Key, want digest.Sum) (Reader, error) {
+// startFetch opens the remote copy and the spool for f.
+func (s *Stack) startFetch(ctx context.Context, f *fetch, k digest.Key, want digest.Sum) (Reader, error) {
 	l := f.l
 	r := s.unpark(l, k)
 	if r == nil {
@@ -160,7 +159,7 @@ func (s *Stack) startFill(ctx context.Context, f *fill, k digest.Key, want diges
 		return nil, Wrap(l.name, "open", k, ErrNotFound)
 	}
 	s.foundRemote(k, info.Sum)
-	if info.Size <= memFill {
+	if info.Size <= memFetch {
 		l.hits.Add(1)
 		f.info, f.mem = info, make([]byte, info.Size)
 		return r, nil
@@ -192,7 +191,7 @@ func (e *spoolError) Error() string { return e.err.Error() }
 // lookup while the first reads, or the kernel's after an open answered
 // ESTALE (fs.entryNode.Open). s.mu is held.
 func (s *Stack) fetchingLocked(k digest.Key) (Info, bool) {
-	f := s.fills[k]
+	f := s.fetches[k]
 	if f == nil || f.deleted || s.deleting[k] > 0 {
 		return Info{}, false
 	}
@@ -207,10 +206,10 @@ func (s *Stack) fetchingLocked(k digest.Key) (Info, bool) {
 	return f.info, true
 }
 
-// joinableFill returns the fetch of k from l that an Open can join (any
+// joinableFetch returns the fetch of k from l that an Open can join (any
 // layer when l is nil), with a reference taken for it; or nil. s.mu is held.
-func (s *Stack) joinableFill(k digest.Key, l *layer) *fill {
-	f, ok := s.fills[k]
+func (s *Stack) joinableFetch(k digest.Key, l *layer) *fetch {
+	f, ok := s.fetches[k]
 	if !ok || (l != nil && f.l != l) || (f.prefetch && f.failed()) {
 		return nil
 	}
@@ -221,8 +220,8 @@ func (s *Stack) joinableFill(k digest.Key, l *layer) *fill {
 }
 
 // join waits for f to be opened and returns a reader of it, or drops the
-// reference joinableFill took.
-func (f *fill) join(ctx context.Context, want digest.Sum) (Reader, error) {
+// reference joinableFetch took.
+func (f *fetch) join(ctx context.Context, want digest.Sum) (Reader, error) {
 	select {
 	case <-f.ready:
 	case <-ctx.Done():
@@ -236,25 +235,25 @@ func (f *fill) join(ctx context.Context, want digest.Sum) (Reader, error) {
 		}
 		return nil, Wrap(f.l.name, "open", f.info.Key, ErrNotFound)
 	}
-	return &fillReader{f: f}, nil
+	return &fetchReader{f: f}, nil
 }
 
 // infoNow is f.info, whose Sum the fetch of a copy without a checksum
 // record sets once it has hashed the value (run).
-func (f *fill) infoNow() Info {
+func (f *fetch) infoNow() Info {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.info
 }
 
-func (f *fill) failed() bool {
+func (f *fetch) failed() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.done && f.err != nil
 }
 
 // Write appends fetched bytes to the spool (io.Writer for WriterTo).
-func (f *fill) Write(p []byte) (int, error) {
+func (f *fetch) Write(p []byte) (int, error) {
 	if f.s.ctx.Err() != nil {
 		return 0, f.s.ctx.Err()
 	}
@@ -281,7 +280,7 @@ func (f *fill) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func (f *fill) run(r Reader) {
+func (f *fetch) run(r Reader) {
 	defer f.s.wg.Done()
 	k := f.info.Key
 	var err error
@@ -363,8 +362,8 @@ func (f *fill) run(r Reader) {
 		}
 	}
 	f.s.mu.Lock()
-	if f.s.fills[k] == f {
-		delete(f.s.fills, k)
+	if f.s.fetches[k] == f {
+		delete(f.s.fetches, k)
 	}
 	f.s.mu.Unlock()
 	f.unref()
@@ -372,7 +371,7 @@ func (f *fill) run(r Reader) {
 
 // fetchSmall reads a value that fits in memory with one ReadAt: one round
 // trip, where a remote WriterTo asks for the size first.
-func (f *fill) fetchSmall(r Reader) error {
+func (f *fetch) fetchSmall(r Reader) error {
 	n, err := r.ReadAt(f.mem, 0)
 	if err == io.EOF && n == len(f.mem) {
 		err = nil
@@ -387,7 +386,7 @@ func (f *fill) fetchSmall(r Reader) error {
 	return err
 }
 
-func (f *fill) unref() {
+func (f *fetch) unref() {
 	f.mu.Lock()
 	f.refs--
 	last := f.refs == 0
@@ -399,7 +398,7 @@ func (f *fill) unref() {
 
 // readAt serves p at off once the bytes are there (and, for the last byte,
 // verified), or fails with the fetch's error.
-func (f *fill) readAt(p []byte, off int64) (int, error) {
+func (f *fetch) readAt(p []byte, off int64) (int, error) {
 	size := f.info.Size
 	need := min(off+int64(len(p)), size)
 	for {
@@ -440,27 +439,27 @@ func (f *fill) readAt(p []byte, off int64) (int, error) {
 	}
 }
 
-type fillReader struct {
-	f    *fill
+type fetchReader struct {
+	f    *fetch
 	once sync.Once
 }
 
-func (r *fillReader) Info() Info { return r.f.infoNow() }
-func (r *fillReader) ReadAt(p []byte, off int64) (int, error) {
+func (r *fetchReader) Info() Info { return r.f.infoNow() }
+func (r *fetchReader) ReadAt(p []byte, off int64) (int, error) {
 	r.f.s.used()
 	return r.f.readAt(p, off)
 }
-func (r *fillReader) Close() error { r.once.Do(r.f.unref); return nil }
+func (r *fetchReader) Close() error { r.once.Do(r.f.unref); return nil }
 
 // spoolReader reads the verified spool for promotion.
-type spoolReader struct{ f *fill }
+type spoolReader struct{ f *fetch }
 
 func (r *spoolReader) Info() Info                              { return r.f.info }
 func (r *spoolReader) ReadAt(p []byte, off int64) (int, error) { return r.f.readSpool(p, off) }
 func (r *spoolReader) Close() error                            { return nil }
 
 // readSpool reads the spool like io.ReaderAt.
-func (f *fill) readSpool(p []byte, off int64) (int, error) {
+func (f *fetch) readSpool(p []byte, off int64) (int, error) {
 	if f.mem == nil {
 		return f.f.ReadAt(p, off)
 	}
@@ -474,7 +473,7 @@ func (f *fill) readSpool(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// A lookup of a value too large to prefetch (statRemote) opens the remote
+// A lookup of a value too large to prefetch (lookupByOpen) opens the remote
 // copy, and the Open that usually follows a lookup at once would open it
 // again: the lookup parks its reader for Policy.ParkTTL instead, and the
 // fetch takes it (unpark): that saves the open's two round trips per value
@@ -490,7 +489,7 @@ type parked struct {
 // park keeps r, opened from l by a lookup of k, for the fetch that follows.
 func (s *Stack) park(l *layer, k digest.Key, r Reader) {
 	s.mu.Lock()
-	if s.closed || s.deleting[k] > 0 || s.fills[k] != nil || s.parked[k] != nil || len(s.parked) >= maxParked {
+	if s.closed || s.deleting[k] > 0 || s.fetches[k] != nil || s.parked[k] != nil || len(s.parked) >= maxParked {
 		s.mu.Unlock()
 		go r.Close()
 		return
