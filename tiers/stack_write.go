@@ -700,13 +700,18 @@ func (s *Stack) uploadOne(ctx context.Context, k digest.Key, item *upItem) error
 		sent = p.endSent
 	}
 	s.mu.Unlock()
+	var openErr error // why a local tier could not open k, other than not holding it
 	if src == nil {
 		for l := range s.layers.local() {
-			if r, err := l.Tier.Open(ctx, k); err == nil {
+			r, err := l.Tier.Open(ctx, k)
+			if err == nil {
 				// As a reader's: a bad copy is counted and removed, and
 				// the read goes on from the next copy of the same value.
 				src = &stackReader{s: s, l: l, k: k, r: r}
 				break
+			}
+			if !errors.Is(err, ErrNotFound) {
+				openErr = err
 			}
 		}
 	}
@@ -714,6 +719,17 @@ func (s *Stack) uploadOne(ctx context.Context, k digest.Key, item *upItem) error
 		defer sent()
 	}
 	if src == nil {
+		switch {
+		case ctx.Err() != nil && s.ctx.Err() == nil:
+			return nil // cancelled by Delete, which takes the queue record
+		case ctx.Err() != nil:
+			// Closing: the opens failed because of it. The value stays
+			// queued for the next start; dropping it here lost the
+			// record of a value the tiers still held.
+			return ctx.Err()
+		case openErr != nil:
+			return fmt.Errorf("reading the value to upload: %w", openErr)
+		}
 		// Deleted, or lost: nothing to upload.
 		s.log.Warn("queued upload has no local copy; dropping it", "key", k.String())
 		return s.dequeue(k)
