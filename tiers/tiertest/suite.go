@@ -73,6 +73,20 @@ func Get(t testing.TB, tr tiers.Tier, k digest.Key) []byte {
 	return b
 }
 
+// Eventually polls cond until it holds and fails the test if it does not
+// within a minute. The bound only ends a test that would otherwise hang: it
+// is not a figure the test checks, so a loaded machine does not fail it.
+func Eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // Run runs the conformance suite.
 func Run(t *testing.T, newTier Factory, opt Options) {
 	if opt.MaxSize == 0 {
