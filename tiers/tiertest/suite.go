@@ -1,5 +1,9 @@
 // Package tiertest is the conformance suite every tier passes. A tier's test
 // file calls Run with a constructor; see tiers/memory for the shortest one.
+// Run checks the tiers.Tier contract, then that of each optional interface
+// of tiers/tier.go the tier implements (optional.go); Options says what the
+// suite cannot find out by type assertion (durability, a byte limit). The
+// helpers (Key, Data, Put, Get, Eventually) serve the tiers' own tests too.
 package tiertest
 
 import (
@@ -388,6 +392,8 @@ func Run(t *testing.T, newTier Factory, opt Options) {
 			t.Error(err)
 		}
 	})
+
+	runOptional(t, newTier, opt)
 }
 
 // checkReadAt reads b's entry at assorted offsets and lengths.
