@@ -39,9 +39,9 @@ type Options struct {
 	Reopen func(t *testing.T, tr tiers.Tier) tiers.Tier
 	// NewBounded, for a tier that evicts to stay under a byte limit, makes
 	// a new, empty tier that holds values whose sizes add up to at most
-	// limit, and exactly limit too. The suite passes 1 MiB and puts values
-	// of 64 KiB. Nil: the tier has no limit, and the suite does not check
-	// eviction and pinning.
+	// limit, and exactly limit too; the suite closes it. The suite passes
+	// 1 MiB and puts values of 64 KiB. Nil: the tier has no limit, and the
+	// suite does not check eviction and pinning.
 	NewBounded func(t *testing.T, limit int64) tiers.Tier
 }
 
