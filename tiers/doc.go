@@ -24,9 +24,13 @@
 //     UsageReporter (fill and evictions), Queue (the durable upload queue),
 //     Syncer (Put may return before data is on stable storage), BytesPutter
 //     (a memory tier keeps a published value's buffer instead of a copy,
-//     when the Blob is a BytesBlob).
+//     when the Blob is a BytesBlob), and the others tier.go declares
+//     (StreamPutter, LiveReader, TombstoneQueue, FailureReporter, Adopter,
+//     Quarantiner).
 //
-// The conformance suite in tiers/tiertest checks all of this for every tier.
+// The conformance suite in tiers/tiertest checks all of this for every
+// tier, and the contract of each optional interface but Adopter and
+// Quarantiner for the tiers that implement it.
 //
 // # The Stack
 //

@@ -93,7 +93,7 @@ func TestPersistHeldDuringBurst(t *testing.T) {
 			t.Fatalf("held entry not visible: %v", err)
 		}
 	}
-	eventually(t, "persisted after the burst", func() bool { return s.Stats().Unpersisted == 0 })
+	tiertest.Eventually(t, "persisted after the burst", func() bool { return s.Stats().Unpersisted == 0 })
 	for _, k := range keys {
 		if !has(b, k) {
 			t.Fatalf("%v not in the bolt tier after the burst", k)

@@ -129,7 +129,7 @@ var burstAnyTime = tiers.Policy{AbsentBurstWindow: time.Hour}
 func primeSnapshot(t *testing.T, s *tiers.Stack, remote *countingTier, prefix string) time.Time {
 	t.Helper()
 	statMisses(t, s, missing(prefix, 40))
-	eventually(t, "a listing", func() bool { return remote.listsDone.Load() >= 1 })
+	tiertest.Eventually(t, "a listing", func() bool { return remote.listsDone.Load() >= 1 })
 	start, err := remote.lastList()
 	if err != nil {
 		t.Fatalf("listing: %v", err)
@@ -307,7 +307,7 @@ func memRemote(t *testing.T, n int) *countingTier {
 // per name and no listing starts again.
 func checkGivenUp(t *testing.T, s *tiers.Stack, remote *countingTier) {
 	t.Helper()
-	eventually(t, "the listing to end", func() bool { return remote.listsDone.Load() == 1 })
+	tiertest.Eventually(t, "the listing to end", func() bool { return remote.listsDone.Load() == 1 })
 	before := remote.requests()
 	statMisses(t, s, missing("after", 100))
 	if n := remote.requests() - before; n != 100 {

@@ -38,7 +38,7 @@ func TestConflictDropsLocalValue(t *testing.T) {
 	if got, err := read(t, s, k); err != nil || !bytes.Equal(got, theirs) {
 		t.Fatalf("read %d bytes, %v; want the remote's value", len(got), err)
 	}
-	eventually(t, "upload state done once the remote's value is here", func() bool { return s.UploadState(k) == tiers.UploadDone })
+	tiertest.Eventually(t, "upload state done once the remote's value is here", func() bool { return s.UploadState(k) == tiers.UploadDone })
 	if c := s.Stats().Conflicts; c != 1 {
 		t.Errorf("%d conflicts, want 1", c)
 	}
@@ -58,7 +58,7 @@ func TestSelfNamedKeyIsNotDropped(t *testing.T) {
 	if _, err := s.Publish(context.Background(), k, newBlob(ours), digest.Of(ours)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "a failed upload attempt", func() bool { return s.Stats().UploadErrors > 0 })
+	tiertest.Eventually(t, "a failed upload attempt", func() bool { return s.Stats().UploadErrors > 0 })
 	if c := s.Stats().Conflicts; c != 0 {
 		t.Errorf("%d conflicts, want 0", c)
 	}

@@ -69,13 +69,13 @@ func TestDeferredCopyWaitsForPause(t *testing.T) {
 				t.Fatalf("read: %v", err)
 			}
 			if !c.deferred {
-				eventually(t, "the copy into the local tier, with no pause", func() bool { return has(local, k) })
+				tiertest.Eventually(t, "the copy into the local tier, with no pause", func() bool { return has(local, k) })
 				if n := s.Stats().Deferred; n != 0 {
 					t.Fatalf("stats say %d deferred copies, want 0", n)
 				}
 				return
 			}
-			eventually(t, "the copy into RAM", func() bool { return has(ram, k) })
+			tiertest.Eventually(t, "the copy into RAM", func() bool { return has(ram, k) })
 			if n := s.Stats().Deferred; n != 1 {
 				t.Fatalf("stats say %d deferred copies, want 1", n)
 			}
@@ -89,9 +89,9 @@ func TestDeferredCopyWaitsForPause(t *testing.T) {
 			if got, err := read(t, s, k); err != nil || !bytes.Equal(got, v) {
 				t.Fatalf("read: %v", err)
 			}
-			eventually(t, "the copy into the local tier after the pause", func() bool { return has(local, k) })
-			eventually(t, "no deferred copy", func() bool { return s.Stats().Deferred == 0 })
-			if got := readTier(t, local, k); !bytes.Equal(got, v) {
+			tiertest.Eventually(t, "the copy into the local tier after the pause", func() bool { return has(local, k) })
+			tiertest.Eventually(t, "no deferred copy", func() bool { return s.Stats().Deferred == 0 })
+			if got := tiertest.Get(t, local, k); !bytes.Equal(got, v) {
 				t.Fatal("the local copy differs")
 			}
 		})
@@ -145,7 +145,7 @@ func TestDeferredCopyAtClose(t *testing.T) {
 	if _, err := read(t, s, k); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the deferred copy", func() bool { return s.Stats().Deferred == 1 })
+	tiertest.Eventually(t, "the deferred copy", func() bool { return s.Stats().Deferred == 1 })
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestDeferredCopyAtClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	if got := readTier(t, db, k); !bytes.Equal(got, v) {
+	if got := tiertest.Get(t, db, k); !bytes.Equal(got, v) {
 		t.Fatal("the local copy differs")
 	}
 }
@@ -168,29 +168,15 @@ func TestDeferredCopyAfterDelete(t *testing.T) {
 	if _, err := read(t, s, k); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the copy into RAM", func() bool { return has(ram, k) })
+	tiertest.Eventually(t, "the copy into RAM", func() bool { return has(ram, k) })
 	if err := s.Delete(context.Background(), k); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "no deferred copy", func() bool { return s.Stats().Deferred == 0 })
+	tiertest.Eventually(t, "no deferred copy", func() bool { return s.Stats().Deferred == 0 })
 	time.Sleep(100 * time.Millisecond)
 	if has(local, k) || has(ram, k) || has(remote, k) {
 		t.Fatalf("after the delete: local %v, ram %v, remote %v", has(local, k), has(ram, k), has(remote, k))
 	}
-}
-
-func readTier(t *testing.T, tr tiers.Tier, k digest.Key) []byte {
-	t.Helper()
-	r, err := tr.Open(context.Background(), k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	b, err := tiers.ReadAll(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 // neverIdle is a policy under which the deferred copies wait for no pause:
@@ -237,7 +223,7 @@ func TestDeferredCopyInflightBounded(t *testing.T) {
 		return nil
 	}
 	keys := readFromRemote(t, s, remote, "inflight", n, size)
-	eventually(t, "the deferred copies", func() bool {
+	tiertest.Eventually(t, "the deferred copies", func() bool {
 		for _, k := range keys {
 			if !has(local, k) {
 				return false

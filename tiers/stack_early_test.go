@@ -78,24 +78,21 @@ func (e *earlyEnv) temps() map[string]int64 {
 }
 
 // streamed waits until a temp file of the upload holds at least n bytes.
-// It waits up to a minute: an upload is slow on a loaded machine.
 func (e *earlyEnv) streamed(n int64) {
 	e.t.Helper()
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Millisecond) {
+	tiertest.Eventually(e.t, fmt.Sprintf("%d bytes in a remote temp file", n), func() bool {
 		for _, sz := range e.temps() {
 			if sz >= n {
-				return
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("timed out waiting for %d bytes in a remote temp file", n)
-		}
-	}
+		return false
+	})
 }
 
 func (e *earlyEnv) noTemps() {
 	e.t.Helper()
-	eventually(e.t, "no remote temp files", func() bool { return len(e.temps()) == 0 })
+	tiertest.Eventually(e.t, "no remote temp files", func() bool { return len(e.temps()) == 0 })
 }
 
 // holds checks the remote's data file and sum file of k.
@@ -419,7 +416,7 @@ func TestEarlyUploadLimit(t *testing.T) {
 		t.Fatal("second BeginUpload accepted with UploadWorkers 1")
 	}
 	u1.Abort()
-	eventually(t, "the aborted upload to end", func() bool {
+	tiertest.Eventually(t, "the aborted upload to end", func() bool {
 		u := e.st.BeginUpload(tiertest.Key("limit3"), newSpoolWriter(t).f)
 		if u != nil {
 			u.Abort()

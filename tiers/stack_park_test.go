@@ -42,14 +42,14 @@ func TestLookupReaderServesOpen(t *testing.T) {
 	if n := remote.opens.Load(); n != 1 {
 		t.Fatalf("lookup then read opened the remote copy %d times, want 1", n)
 	}
-	eventually(t, "the fetch's reader closed", func() bool { return remote.closes.Load() == 1 })
+	tiertest.Eventually(t, "the fetch's reader closed", func() bool { return remote.closes.Load() == 1 })
 }
 
 // A parked reader nobody takes is closed after ParkTTL (a second); the Open that
 // comes later opens the remote copy itself.
 func TestParkedReaderExpires(t *testing.T) {
 	s, remote, k, v := lookedUp(t, "expires", 8, 2<<20, 0)
-	eventually(t, "the parked reader closed", func() bool { return remote.closes.Load() == 1 })
+	tiertest.Eventually(t, "the parked reader closed", func() bool { return remote.closes.Load() == 1 })
 	got, err := read(t, s, k)
 	if err != nil || !bytes.Equal(got, v) {
 		t.Fatalf("read: %v", err)
@@ -98,5 +98,5 @@ func TestParkedReaderNotLive(t *testing.T) {
 	if n := remote.opens.Load(); n != 2 {
 		t.Fatalf("remote opens = %d, want 2 (the lookup's reader was dead)", n)
 	}
-	eventually(t, "the dead reader closed", func() bool { return remote.closes.Load() >= 1 })
+	tiertest.Eventually(t, "the dead reader closed", func() bool { return remote.closes.Load() >= 1 })
 }

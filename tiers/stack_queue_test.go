@@ -118,9 +118,9 @@ func TestQueuedUploadOfCorruptCopy(t *testing.T) {
 	b := openBolt(t, db)
 	s = newStack(t, tiers.StackOptions{RemoteTimeout: time.Second, Logger: slog.New(slog.DiscardHandler)},
 		tiers.Layer{Tier: mem(t, "ram", 64<<20)}, tiers.Layer{Tier: corruptBolt{b}}, tiers.Layer{Tier: remote, Remote: true})
-	eventually(t, "the corruption counted on the bbolt layer", func() bool { return s.Stats().Tiers[1].Corruptions == 1 })
-	eventually(t, "the bad copy removed", func() bool { return !has(b, k) })
-	eventually(t, "the queue emptied", func() bool { return !b.IsPending(k) })
+	tiertest.Eventually(t, "the corruption counted on the bbolt layer", func() bool { return s.Stats().Tiers[1].Corruptions == 1 })
+	tiertest.Eventually(t, "the bad copy removed", func() bool { return !has(b, k) })
+	tiertest.Eventually(t, "the queue emptied", func() bool { return !b.IsPending(k) })
 	if has(remote, k) {
 		t.Fatal("a value read from a corrupt copy reached the remote")
 	}
@@ -229,7 +229,7 @@ func TestLargePersistsAfterUpload(t *testing.T) {
 		t.Fatalf("read while uploading: %v", err)
 	}
 	unblock()
-	eventually(t, "the value in bbolt after its upload", func() bool { return has(b, k) })
+	tiertest.Eventually(t, "the value in bbolt after its upload", func() bool { return has(b, k) })
 	if !has(remote, k) {
 		t.Fatal("in bbolt but not on the remote")
 	}

@@ -189,19 +189,6 @@ func read(t *testing.T, s *tiers.Stack, k digest.Key) ([]byte, error) {
 	return tiers.ReadAll(r)
 }
 
-// eventually waits for cond. Its bound only ends a test that would hang:
-// it is not a figure the test checks.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func has(tr tiers.Tier, k digest.Key) bool {
 	_, err := tr.Stat(context.Background(), k)
 	return err == nil
@@ -236,9 +223,9 @@ func TestPromoteFromLocal(t *testing.T) {
 			if err != nil || !bytes.Equal(got, v) {
 				t.Fatalf("read: %v", err)
 			}
-			eventually(t, "promotion to tier 0", func() bool { return has(a, k) })
+			tiertest.Eventually(t, "promotion to tier 0", func() bool { return has(a, k) })
 			if mode == tiers.PromoteAll {
-				eventually(t, "promotion to tier 1", func() bool { return has(b, k) })
+				tiertest.Eventually(t, "promotion to tier 1", func() bool { return has(b, k) })
 			} else {
 				time.Sleep(50 * time.Millisecond)
 				if has(b, k) {
@@ -275,7 +262,7 @@ func TestRemoteFetchStreamsAndPromotes(t *testing.T) {
 	if n := remote.opens.Load(); n != 1 {
 		t.Errorf("remote opened %d times for 8 concurrent readers, want 1", n)
 	}
-	eventually(t, "promotion into ram and local", func() bool { return has(ram, k) && has(local, k) })
+	tiertest.Eventually(t, "promotion into ram and local", func() bool { return has(ram, k) && has(local, k) })
 	if n := s.Stats().Fetching; n != 0 {
 		t.Fatalf("%d fetches still registered", n)
 	}
@@ -362,7 +349,7 @@ func TestLocalCorruptionFailsOver(t *testing.T) {
 		t.Fatal("corruption not counted")
 	}
 	// The bad copy was removed and repaired from tier b by promotion.
-	eventually(t, "repair of tier a", func() bool { return s.Stats().Tiers[0].Promotions == 1 })
+	tiertest.Eventually(t, "repair of tier a", func() bool { return s.Stats().Tiers[0].Promotions == 1 })
 	if !bytes.Equal(tiertest.Get(t, inner, k), v) {
 		t.Fatal("repaired copy differs")
 	}
@@ -403,7 +390,7 @@ func TestPublishUploadDelete(t *testing.T) {
 	if !has(local, k) || !has(remote, k) {
 		t.Fatal("not persisted and uploaded after Sync")
 	}
-	eventually(t, "blob release", func() bool { return b.released.Load() == 1 })
+	tiertest.Eventually(t, "blob release", func() bool { return b.released.Load() == 1 })
 	if st := s.UploadState(k); st != tiers.UploadDone {
 		t.Fatalf("upload state %s", st)
 	}
@@ -523,7 +510,7 @@ func TestStatFetchesSmallRemote(t *testing.T) {
 	if n := remote.opens.Load(); n != 1 {
 		t.Errorf("stat then read opened the remote %d times, want 1", n)
 	}
-	eventually(t, "promotion of the small value", func() bool { return has(ram, small) })
+	tiertest.Eventually(t, "promotion of the small value", func() bool { return has(ram, small) })
 
 	if _, err := s.Stat(context.Background(), large); err != nil {
 		t.Fatal(err)
@@ -576,7 +563,7 @@ func TestUnrecordedRemoteServed(t *testing.T) {
 			if !has(remote, k) {
 				t.Fatal("removed from the remote")
 			}
-			eventually(t, "promotion with its sum", func() bool {
+			tiertest.Eventually(t, "promotion with its sum", func() bool {
 				info, err := ram.Stat(context.Background(), k)
 				return err == nil && info.Sum == digest.Of(v)
 			})

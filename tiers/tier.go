@@ -77,7 +77,9 @@ func Wrap(tier, op string, key digest.Key, err error) error {
 	return &Error{Tier: tier, Op: op, Key: key, Err: err}
 }
 
-// Info describes one stored entry.
+// Info describes one stored entry. It is what Put returned for as long as
+// the entry is held, across a Close and reopen too (Sum may be zero where
+// the tier does not know it).
 type Info struct {
 	Key     digest.Key
 	Size    int64
@@ -153,7 +155,9 @@ type Reader interface {
 }
 
 // LiveReader is implemented by Readers that read through a connection:
-// Live is false once it has dropped, and the reader can only fail. The
+// Live is true while the reader can read, and false once its connection
+// has dropped (the link was lost, or the tier closed) or the reader was
+// closed. It never turns true again, and the reader can only fail. The
 // stack then opens again rather than use a reader it kept.
 type LiveReader interface {
 	Live() bool
@@ -210,9 +214,9 @@ type Quarantiner interface {
 // Usage is a tier's fill, for status and stats.
 type Usage struct {
 	Entries   int64
-	Bytes     int64 // logical bytes of the values held
+	Bytes     int64 // logical bytes of the values held; never over Limit
 	Limit     int64 // 0: unbounded
-	Evictions int64
+	Evictions int64 // entries removed to stay under Limit (deletes are not counted)
 	DiskBytes int64 // bytes on disk, where there is a disk
 	DiskFree  int64 // bytes the disk holding it has free for it, where known
 }
@@ -223,16 +227,22 @@ type FailureReporter interface {
 	Failed() error
 }
 
-// UsageReporter is implemented by tiers that know their fill.
+// UsageReporter is implemented by tiers that know their fill. Usage counts
+// every Put and Delete that has returned, and only the entries List shows.
 type UsageReporter interface {
 	Usage() Usage
 }
 
 // Queue is implemented by a persistent tier that keeps the durable upload
 // queue: entries Put with Meta.Pending are recorded (in the same commit) as
-// waiting for upload and are never evicted until Uploaded.
+// waiting for upload and are never evicted until Uploaded; a Put that
+// would need to evict one to fit fails with ErrNoSpace. A Put that fails
+// queues nothing, and Delete takes its entry off the queue.
 type Queue interface {
-	// Pending returns the keys waiting for upload, oldest first.
+	// Pending returns the keys waiting for upload, oldest first: in the
+	// order their Puts published them. A key is in it at most once (Put
+	// of a held key is ErrExist); put again after a Delete, it is the
+	// newest.
 	Pending(ctx context.Context) ([]digest.Key, error)
 	// IsPending reports whether k waits for upload.
 	IsPending(k digest.Key) bool
@@ -268,12 +278,14 @@ type Growing interface {
 // StreamPutter is implemented by remote tiers that can receive a value
 // while it is being written, before its size and hash are known.
 type StreamPutter interface {
-	// PutGrowing is Put of g: it sends g's bytes as they are written and,
-	// once g is final, checks them against g's Meta and publishes them as
-	// Put does (atomically, first writer wins: ErrExist). An error from g's
-	// Wait, or ctx ending, aborts it: nothing is published and the tier
-	// removes its temporary data (at once, or after it reconnects). Waiting
-	// on g is not a remote operation: it is never timed out by the tier.
+	// PutGrowing is Put of g: it sends g's bytes as they are written,
+	// reading only below what g's Wait has reported, and, once g is final,
+	// checks them against g's Meta and publishes them as Put does
+	// (atomically, first writer wins: ErrExist). An error from g's Wait,
+	// or ctx ending, aborts it: PutGrowing returns an error wrapping that
+	// one (ctx's), nothing is published and the tier removes its temporary
+	// data (at once, or after it reconnects). Waiting on g is not a remote
+	// operation: it is never timed out by the tier.
 	PutGrowing(ctx context.Context, k digest.Key, g Growing) (Info, error)
 }
 
@@ -287,10 +299,13 @@ type Tombstone struct {
 }
 
 // TombstoneQueue is implemented by a persistent tier that also keeps
-// queued remote deletes durably (the bbolt tier, in its upload queue).
+// queued remote deletes durably (the bbolt tier, in its upload queue). A
+// tombstone is not an upload: Queue.Pending does not list it. The key may
+// be Put again while its tombstone waits.
 type TombstoneQueue interface {
-	// DeleteQueued deletes k's entry, if any, and records a tombstone for
-	// it, in one commit. It returns the tombstone's ID.
+	// DeleteQueued deletes k's entry, if any (and with it its upload, if
+	// queued), and records a tombstone for it, in one commit. It returns
+	// the tombstone's ID, which no other tombstone has.
 	DeleteQueued(ctx context.Context, k digest.Key, sum digest.Sum) (uint64, error)
 	// Tombstones returns the queued deletes, oldest first.
 	Tombstones(ctx context.Context) ([]Tombstone, error)

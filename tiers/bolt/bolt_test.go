@@ -13,7 +13,24 @@ import (
 func TestConformance(t *testing.T) {
 	tiertest.Run(t, func(t *testing.T) tiers.Tier {
 		return newTier(t, Options{Limit: 512 << 20})
-	}, tiertest.Options{})
+	}, tiertest.Options{
+		Reopen: func(t *testing.T, tr tiers.Tier) tiers.Tier {
+			old := tr.(*Tier)
+			if err := old.Close(); err != nil {
+				t.Fatal(err)
+			}
+			again, err := Open(old.Path(), Options{Limit: old.limit, Logger: testLogger(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Closed before newTier's cleanup checks the file.
+			t.Cleanup(func() { again.Close() })
+			return again
+		},
+		NewBounded: func(t *testing.T, limit int64) tiers.Tier {
+			return newTier(t, Options{Limit: limit})
+		},
+	})
 }
 
 // newTier opens a tier in a new directory. Cleanup closes it (a second

@@ -230,13 +230,7 @@ func TestTruncatedWhileOpen(t *testing.T) {
 
 func waitFailed(t testing.TB, tr *Tier) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for tr.Failed() == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("the tier did not fail")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	tiertest.Eventually(t, "the tier to fail", func() bool { return tr.Failed() != nil })
 }
 
 // TestTruncatedAtOpen opens files cut at several sizes: a clean error or a

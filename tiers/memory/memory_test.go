@@ -19,7 +19,15 @@ func TestConformance(t *testing.T) {
 			t.Fatal(err)
 		}
 		return tr
-	}, tiertest.Options{})
+	}, tiertest.Options{
+		NewBounded: func(t *testing.T, limit int64) tiers.Tier {
+			tr, err := New(Options{Limit: limit})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return tr
+		},
+	})
 }
 
 func TestBoundAndLRU(t *testing.T) {

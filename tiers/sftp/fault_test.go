@@ -105,20 +105,13 @@ func noEntry(t *testing.T, tr *Tier, k digest.Key) {
 // after the reconnect.
 func eventuallyNoTemps(t *testing.T, tr *Tier) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	tiertest.Eventually(t, "the temp files to be removed after the reconnect", func() bool {
 		ents, err := os.ReadDir(localPath(tr, ".flechefs", "tmp"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(ents) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("temp files left after reconnect: %d, first %s", len(ents), ents[0].Name())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return len(ents) == 0
+	})
 }
 
 // works checks that the tier reconnects and serves a put and a get.

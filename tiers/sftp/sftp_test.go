@@ -67,7 +67,15 @@ func conformance(t *testing.T, lanes bool) {
 			tr.laneRTT = 0
 		}
 		return tr
-	}, tiertest.Options{})
+	}, tiertest.Options{
+		Reopen: func(t *testing.T, tr tiers.Tier) tiers.Tier {
+			old := tr.(*Tier)
+			old.Close()
+			again := open(t, old.opt)
+			again.laneRTT = old.laneRTT
+			return again
+		},
+	})
 }
 
 func TestLayout(t *testing.T) {

@@ -1,5 +1,9 @@
 // Package tiertest is the conformance suite every tier passes. A tier's test
 // file calls Run with a constructor; see tiers/memory for the shortest one.
+// Run checks the tiers.Tier contract, then that of each optional interface
+// of tiers/tier.go the tier implements (optional.go); Options says what the
+// suite cannot find out by type assertion (durability, a byte limit). The
+// helpers (Key, Data, Put, Get, Eventually) serve the tiers' own tests too.
 package tiertest
 
 import (
@@ -23,10 +27,22 @@ import (
 // The suite closes it.
 type Factory func(t *testing.T) tiers.Tier
 
-// Options lets a tier skip what it cannot do.
+// Options lets a tier skip what it cannot do and tells the suite what it
+// needs to know of the tier that the interfaces do not say.
 type Options struct {
 	// MaxSize caps the largest value the suite puts (default 100 MiB + 1).
 	MaxSize int64
+	// Reopen, for a tier that keeps its entries across Close, closes tr
+	// and opens the same store again, as the next process would. The
+	// suite closes the tier it returns. Nil: the tier keeps nothing, and
+	// the suite does not check durability.
+	Reopen func(t *testing.T, tr tiers.Tier) tiers.Tier
+	// NewBounded, for a tier that evicts to stay under a byte limit, makes
+	// a new, empty tier that holds values whose sizes add up to at most
+	// limit, and exactly limit too; the suite closes it. The suite passes
+	// 1 MiB and puts values of 64 KiB. Nil: the tier has no limit, and the
+	// suite does not check eviction and pinning.
+	NewBounded func(t *testing.T, limit int64) tiers.Tier
 }
 
 // Key returns a deterministic valid key for tests.
@@ -71,6 +87,20 @@ func Get(t testing.TB, tr tiers.Tier, k digest.Key) []byte {
 		t.Fatalf("read %s: %v", k, err)
 	}
 	return b
+}
+
+// Eventually polls cond until it holds and fails the test if it does not
+// within a minute. The bound only ends a test that would otherwise hang: it
+// is not a figure the test checks, so a loaded machine does not fail it.
+func Eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // Run runs the conformance suite.
@@ -281,6 +311,46 @@ func Run(t *testing.T, newTier Factory, opt Options) {
 		}
 	})
 
+	t.Run("Reopen", func(t *testing.T) {
+		if opt.Reopen == nil {
+			t.Skip("the tier keeps nothing across Close (Options.Reopen is nil)")
+		}
+		tr := newTier(t)
+		defer func() { tr.Close() }()
+		vals := map[digest.Key][]byte{}
+		infos := map[digest.Key]tiers.Info{}
+		for i, n := range []int64{0, 1, 300 << 10, 3<<20 + 5} {
+			k := Key(fmt.Sprint("reopen", i))
+			vals[k] = Data(uint64(60+i), n)
+			infos[k] = Put(t, tr, k, vals[k])
+		}
+		gone := Key("reopen-deleted")
+		Put(t, tr, gone, Data(70, 1000))
+		if err := tr.Delete(ctx, gone); err != nil {
+			t.Fatal(err)
+		}
+		tr = opt.Reopen(t, tr)
+		for k, b := range vals {
+			st, err := tr.Stat(ctx, k)
+			if err != nil {
+				t.Fatalf("stat after reopen: %v", err)
+			}
+			if want := infos[k]; st.Key != k || st.Size != want.Size || (!st.Sum.IsZero() && st.Sum != want.Sum) || !st.Created.Equal(want.Created) {
+				t.Fatalf("stat after reopen = %+v, the put returned %+v", st, want)
+			}
+			if got := Get(t, tr, k); !bytes.Equal(got, b) {
+				t.Fatalf("%d bytes read back after reopen differ", len(b))
+			}
+		}
+		if _, err := tr.Stat(ctx, gone); !errors.Is(err, tiers.ErrNotFound) {
+			t.Fatalf("entry deleted before reopen: stat %v, want ErrNotFound", err)
+		}
+		n := 0
+		if err := tr.List(ctx, func(tiers.Info) error { n++; return nil }); err != nil || n != len(vals) {
+			t.Fatalf("list after reopen: %d entries, %v; want %d", n, err, len(vals))
+		}
+	})
+
 	t.Run("Concurrent", func(t *testing.T) {
 		tr := newTier(t)
 		defer tr.Close()
@@ -322,6 +392,8 @@ func Run(t *testing.T, newTier Factory, opt Options) {
 			t.Error(err)
 		}
 	})
+
+	runOptional(t, newTier, opt)
 }
 
 // checkReadAt reads b's entry at assorted offsets and lengths.
