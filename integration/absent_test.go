@@ -12,28 +12,33 @@ import (
 
 // A burst of misses on mount A lists the shared remote once and answers
 // the following misses from that listing; an entry mount B publishes
-// afterwards is still seen by A within negative_ttl (1 s here), counted
-// from the listing's start, not cached as a miss beyond it.
+// afterwards is still seen by A within negative_ttl, counted from the
+// listing's start, not cached as a miss beyond it.
+//
+// The test asserts orders, not speeds: every lookup of A that starts after
+// the listing's TTL has run out must find the entry, and none that ends
+// before it may. negative_ttl is its maximum, 2 s, so that B publishes
+// within the listing's life unless the machine is very loaded.
 func TestAbsentListingAcrossMounts(t *testing.T) {
-	const ttl = time.Second // the harness's negative_ttl
+	const ttl = 2 * time.Second
 	srv := sshdtest.Start(t)
-	a := newNode(t, "A", srv, nodeOpts{})
-	// B's close returns once the entry is on the remote: it publishes
-	// well within A's listing.
+	a := newNode(t, "A", srv, nodeOpts{negTTL: ttl.String()})
+	// B's close returns once the entry is on the remote.
 	b := newNode(t, "B", srv, nodeOpts{extra: `write = "through"`})
 
 	names := make([]string, 100)
 	for i := range names {
 		names[i] = key(fmt.Sprintf("absent-%d", i))
 	}
-	target := names[0] // looked up first, so its miss ends first
+	target := names[0]
+	start := time.Now() // no later than the listing's start
 	for _, k := range names {
 		if _, err := os.Stat(a.path(k)); !errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("stat of a missing name: %v", err)
 		}
 	}
 	var listed time.Time // no earlier than the listing's start
-	eventually(t, "A to list the remote", 5*time.Second, func() bool {
+	eventually(t, "A to list the remote", time.Minute, func() bool {
 		listed = time.Now()
 		return a.tierStats("sftp").Listings >= 1
 	})
@@ -52,31 +57,41 @@ func TestAbsentListingAcrossMounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	published := time.Now()
-	if d := published.Sub(listed); d > ttl/2 {
-		t.Fatalf("test too slow: B published %v after A's listing", d)
+	if published.Sub(listed) > ttl/2 {
+		// The listing may have run out before B's entry was there: the
+		// lookups below still must find it, but nothing shows that the
+		// listing hid it until its end.
+		t.Logf("the machine is slow: B published %v after A's listing (negative_ttl %v)", published.Sub(listed), ttl)
 	}
-
+	// The listing's misses, and the kernel's copies of them, end at its
+	// start + ttl at the latest: a lookup that starts later (with a kernel
+	// tick of slack) must find the entry.
+	expired := listed.Add(ttl + 50*time.Millisecond)
 	var found time.Time
-	for deadline := published.Add(ttl + 3*time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if _, err := os.Stat(a.path(target)); err == nil {
+	for {
+		begun := time.Now()
+		_, err := os.Stat(a.path(target))
+		if err == nil {
 			found = time.Now()
 			break
-		} else if !errors.Is(err, os.ErrNotExist) {
+		}
+		if !errors.Is(err, os.ErrNotExist) {
 			t.Fatal(err)
 		}
+		if begun.After(expired) {
+			t.Fatalf("a lookup %v after the listing was seen still missed B's entry; negative_ttl is %v\n%s", begun.Sub(listed), ttl, a.stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	if found.IsZero() {
-		t.Fatalf("A never saw B's entry\n%s", a.stderr)
+	// And the listing answered until its end: a lookup that found the entry
+	// ended no earlier than the listing's start + ttl (start is earlier
+	// than that start), unless a second listing began, which a poll every
+	// 100 ms does not start.
+	if found.Before(start.Add(ttl)) && a.tierStats("sftp").Listings == 1 {
+		t.Fatalf("A saw B's entry %v after its misses began, before the listing's TTL %v ran out", found.Sub(start), ttl)
 	}
-	const slack = 250 * time.Millisecond
 	t.Logf("published %v after the listing was seen; A saw it %v after the publish",
 		published.Sub(listed).Round(time.Millisecond), found.Sub(published).Round(time.Millisecond))
-	if d := found.Sub(published); d > ttl+slack {
-		t.Fatalf("A saw B's entry %v after its publish; negative_ttl is %v", d, ttl)
-	}
-	if d := found.Sub(listed); d > ttl+slack {
-		t.Fatalf("A saw B's entry %v after its listing started; its misses may be kept only %v", d, ttl)
-	}
 	got, err := os.ReadFile(a.path(target))
 	if err != nil || string(got) != "from B" {
 		t.Fatalf("A read %q, %v", got, err)

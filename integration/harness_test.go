@@ -35,11 +35,12 @@ type nodeOpts struct {
 	ram        string // RAM tier size, default "64MiB"
 	extra      string // more top-level TOML
 	remoteTier string // more keys in the sftp tier table
+	negTTL     string // negative_ttl, default "1s"
 }
 
 func newNode(t *testing.T, name string, remote *sshdtest.Server, o nodeOpts) *node {
 	t.Helper()
-	m := mounttest.NewNode(t, name, remote, mounttest.Opts{RAM: o.ram, Extra: o.extra, RemoteTier: o.remoteTier})
+	m := mounttest.NewNode(t, name, remote, mounttest.Opts{RAM: o.ram, Extra: o.extra, RemoteTier: o.remoteTier, NegativeTTL: o.negTTL})
 	return &node{Node: m, t: t, name: name, dir: m.Dir, mnt: m.Mnt, config: m.Config, stderr: daemonLog{m}}
 }
 

@@ -160,6 +160,7 @@ type Opts struct {
 	RAM           string   // RAM tier size, default "64MiB"
 	BoltSize      string   // bbolt tier size, default "1GiB"
 	RemoteTimeout string   // remote_timeout and the sftp tier's timeout, default "5s"
+	NegativeTTL   string   // negative_ttl, default "1s"
 	Extra         string   // more top-level TOML
 	RemoteTier    string   // more keys in the sftp tier table
 	RemoteURL     string   // the sftp tier's URL, default remote.URL()
@@ -225,11 +226,14 @@ func NewNode(t testing.TB, name string, remote *sshdtest.Server, o Opts) *Node {
 	if o.RemoteTimeout == "" {
 		o.RemoteTimeout = "5s"
 	}
+	if o.NegativeTTL == "" {
+		o.NegativeTTL = "1s"
+	}
 	if o.RemoteURL == "" && remote != nil {
 		o.RemoteURL = remote.URL()
 	}
 	cfg := fmt.Sprintf(`# %s
-negative_ttl = "1s"
+negative_ttl = %q
 remote_timeout = %q
 spool_dir = %q
 %s
@@ -242,7 +246,7 @@ size = %q
 kind = "bolt"
 path = %q
 size = %q
-`, name, o.RemoteTimeout, n.Spool, o.Extra, o.RAM, n.Bolt, o.BoltSize)
+`, name, o.NegativeTTL, o.RemoteTimeout, n.Spool, o.Extra, o.RAM, n.Bolt, o.BoltSize)
 	if remote != nil {
 		cfg += fmt.Sprintf(`
 [[tier]]
