@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -64,7 +63,7 @@ func runInvariants(t *testing.T, seed uint64, steps int) {
 	remote := keptRemote{mem(t, "remote", 1<<30)}
 	const ramLimit = 512 << 10
 	var ram *memory.Tier
-	var logBuf syncBuffer
+	var logBuf tiertest.SyncBuffer
 	logger := slog.New(slog.NewTextHandler(&logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	open := func() *tiers.Stack {
 		var err error
@@ -244,22 +243,4 @@ func opName(n int) string {
 		return "sync"
 	}
 	return "restart"
-}
-
-// syncBuffer is a bytes.Buffer for a logger several goroutines write.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

@@ -28,7 +28,6 @@ package mounttest
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -44,6 +43,7 @@ import (
 
 	"github.com/flechefs/flechefs/internal/sshdtest"
 	"github.com/flechefs/flechefs/tiers"
+	"github.com/flechefs/flechefs/tiers/tiertest"
 )
 
 var (
@@ -184,24 +184,7 @@ type Node struct {
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	done   chan struct{}
-	stderr *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	stderr *tiertest.SyncBuffer
 }
 
 // NewNode writes a config for a node named name (RAM + bbolt, plus an sftp
@@ -279,7 +262,7 @@ func (n *Node) Start() {
 	}
 	args := append(append([]string{}, n.Opts.Wrap...), bin, "mount", "--config", n.Config, n.Mnt)
 	cmd := exec.Command(args[0], args[1:]...)
-	n.stderr = &lockedBuffer{}
+	n.stderr = &tiertest.SyncBuffer{}
 	cmd.Stderr = n.stderr
 	cmd.Stdout = n.stderr
 	cmd.Env = append(os.Environ(), "XDG_CACHE_HOME="+n.Dir, "XDG_CONFIG_HOME="+n.Dir, "GORACE=halt_on_error=1")
