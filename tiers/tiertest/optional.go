@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -29,10 +30,7 @@ func runOptional(t *testing.T, newTier Factory, opt Options) {
 	t.Run("UsageReporter", func(t *testing.T) {
 		tr := newTier(t)
 		defer tr.Close()
-		ur, ok := tr.(tiers.UsageReporter)
-		if !ok {
-			t.Skip("not a tiers.UsageReporter")
-		}
+		ur := as[tiers.UsageReporter](t, tr)
 		if u := ur.Usage(); u.Entries != 0 || u.Bytes != 0 || u.Evictions != 0 {
 			t.Fatalf("new tier: usage %+v, want no entries, bytes or evictions", u)
 		}
@@ -66,15 +64,9 @@ func runOptional(t *testing.T, newTier Factory, opt Options) {
 	})
 
 	t.Run("UsageBound", func(t *testing.T) {
-		if opt.NewBounded == nil {
-			t.Skip("the tier has no limit (Options.NewBounded is nil)")
-		}
-		tr := opt.NewBounded(t, boundLimit)
+		tr := bounded(t, opt)
 		defer tr.Close()
-		ur, ok := tr.(tiers.UsageReporter)
-		if !ok {
-			t.Skip("not a tiers.UsageReporter")
-		}
+		ur := as[tiers.UsageReporter](t, tr)
 		if u := ur.Usage(); u.Limit != boundLimit {
 			t.Fatalf("usage %+v, want the limit %d it was made with", u, boundLimit)
 		}
@@ -107,10 +99,7 @@ func runOptional(t *testing.T, newTier Factory, opt Options) {
 	t.Run("Queue", func(t *testing.T) {
 		tr := newTier(t)
 		defer func() { tr.Close() }()
-		q, ok := tr.(tiers.Queue)
-		if !ok {
-			t.Skip("not a tiers.Queue")
-		}
+		q := as[tiers.Queue](t, tr)
 		wantPending(t, q)
 		// The keys are hashes: their order is not the order of the puts.
 		a, b, c, d := Key("queue-a"), Key("queue-b"), Key("queue-c"), Key("queue-d")
@@ -185,15 +174,9 @@ func runOptional(t *testing.T, newTier Factory, opt Options) {
 	})
 
 	t.Run("QueuePins", func(t *testing.T) {
-		if opt.NewBounded == nil {
-			t.Skip("the tier has no limit (Options.NewBounded is nil)")
-		}
-		tr := opt.NewBounded(t, boundLimit)
+		tr := bounded(t, opt)
 		defer tr.Close()
-		q, ok := tr.(tiers.Queue)
-		if !ok {
-			t.Skip("not a tiers.Queue")
-		}
+		q := as[tiers.Queue](t, tr)
 		const slots = boundLimit / boundValue
 		var pinned []digest.Key
 		pin := func(i int) {
@@ -244,10 +227,7 @@ func runOptional(t *testing.T, newTier Factory, opt Options) {
 	t.Run("TombstoneQueue", func(t *testing.T) {
 		tr := newTier(t)
 		defer func() { tr.Close() }()
-		tq, ok := tr.(tiers.TombstoneQueue)
-		if !ok {
-			t.Skip("not a tiers.TombstoneQueue")
-		}
+		tq := as[tiers.TombstoneQueue](t, tr)
 		wantTombstones(t, tq)
 		held, queued, never := Key("tomb-held"), Key("tomb-queued"), Key("tomb-never")
 		hv, qv := Data(400, 2000), Data(401, 3000)
@@ -308,10 +288,7 @@ func runOptional(t *testing.T, newTier Factory, opt Options) {
 	t.Run("FailureReporter", func(t *testing.T) {
 		tr := newTier(t)
 		defer tr.Close()
-		fr, ok := tr.(tiers.FailureReporter)
-		if !ok {
-			t.Skip("not a tiers.FailureReporter")
-		}
+		fr := as[tiers.FailureReporter](t, tr)
 		if err := fr.Failed(); err != nil {
 			t.Fatalf("a new tier reports a failure: %v", err)
 		}
@@ -332,10 +309,7 @@ func runOptional(t *testing.T, newTier Factory, opt Options) {
 	t.Run("Syncer", func(t *testing.T) {
 		tr := newTier(t)
 		defer func() { tr.Close() }()
-		sy, ok := tr.(tiers.Syncer)
-		if !ok {
-			t.Skip("not a tiers.Syncer")
-		}
+		sy := as[tiers.Syncer](t, tr)
 		if err := sy.Sync(); err != nil {
 			t.Fatalf("Sync of a new tier: %v", err)
 		}
@@ -364,10 +338,7 @@ func runOptional(t *testing.T, newTier Factory, opt Options) {
 	t.Run("BytesPutter", func(t *testing.T) {
 		tr := newTier(t)
 		defer tr.Close()
-		bp, ok := tr.(tiers.BytesPutter)
-		if !ok {
-			t.Skip("not a tiers.BytesPutter")
-		}
+		bp := as[tiers.BytesPutter](t, tr)
 		b := Data(430, 70000)
 		n, sum := int64(len(b)), digest.Of(b)
 		for i, m := range []tiers.Meta{
@@ -425,10 +396,7 @@ func runOptional(t *testing.T, newTier Factory, opt Options) {
 	t.Run("StreamPutter", func(t *testing.T) {
 		tr := newTier(t)
 		defer tr.Close()
-		sp, ok := tr.(tiers.StreamPutter)
-		if !ok {
-			t.Skip("not a tiers.StreamPutter")
-		}
+		sp := as[tiers.StreamPutter](t, tr)
 		t.Run("Complete", func(t *testing.T) {
 			k := Key("stream")
 			b := Data(440, 3<<20+17)
@@ -649,4 +617,25 @@ func notPublished(t *testing.T, tr tiers.Tier, k digest.Key, what string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// as returns tr as an I, and skips the subtest when the tier does not
+// implement I: the optional interfaces are checked where they exist.
+func as[I any](t *testing.T, tr tiers.Tier) I {
+	t.Helper()
+	i, ok := any(tr).(I)
+	if !ok {
+		t.Skipf("not a %v", reflect.TypeFor[I]())
+	}
+	return i
+}
+
+// bounded returns a tier made with the suite's small limit, and skips the
+// subtest when the tier has none (Options.NewBounded is nil).
+func bounded(t *testing.T, opt Options) tiers.Tier {
+	t.Helper()
+	if opt.NewBounded == nil {
+		t.Skip("the tier has no limit (Options.NewBounded is nil)")
+	}
+	return opt.NewBounded(t, boundLimit)
 }
