@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -262,5 +263,67 @@ func TestLargePersistsAfterUpload(t *testing.T) {
 	}
 	if keys := pending(t, db); len(keys) != 2 || !slices.Contains(keys, k2) || !slices.Contains(keys, k3) {
 		t.Fatalf("durable queue after Close: %v, want the two values whose uploads hung", keys)
+	}
+}
+
+// blockingBolt is a bolt tier whose Open, once block is set, waits for its
+// context to end, as a read of a local tier does when the stack closes
+// under it.
+type blockingBolt struct {
+	*bolt.Tier
+	block   atomic.Bool
+	entered chan struct{}
+}
+
+func (b *blockingBolt) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
+	if b.block.Load() {
+		select {
+		case b.entered <- struct{}{}:
+		default:
+		}
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return b.Tier.Open(ctx, k)
+}
+
+// TestCloseKeepsQueuedUpload: an upload whose read of the local copy is
+// cut by Close leaves the value in the durable queue for the next start.
+// Taking the failed open for "no local copy" dropped the record, and the
+// value never reached the remote.
+func TestCloseKeepsQueuedUpload(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cache.db")
+	b := &blockingBolt{Tier: openBolt(t, path), entered: make(chan struct{}, 1)}
+	remote := mem(t, "remote", 64<<20)
+	remote.down.Store(true)
+	s, err := tiers.NewStack([]tiers.Layer{{Tier: b}, {Tier: remote, Remote: true}},
+		tiers.StackOptions{SpoolDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, v := tiertest.Key("cut by close"), tiertest.Data(5, 20<<10)
+	if _, err := s.Publish(context.Background(), k, newBlob(v), digest.Of(v)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WaitDurable(context.Background(), k); err != nil {
+		t.Fatal(err)
+	}
+	// Persisted and queued; the upload from the blob failed (remote down).
+	// The retry reads the local copy, and Close cuts that read.
+	b.block.Store(true)
+	remote.down.Store(false)
+	select {
+	case <-b.entered:
+	case <-time.After(time.Minute):
+		t.Fatal("no upload read the local copy")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if keys := pending(t, path); !slices.Contains(keys, k) {
+		t.Fatalf("durable queue after Close: %v; the upload cut by Close was dropped", keys)
+	}
+	if has(remote, k) {
+		t.Fatal("on the remote, though its upload was cut")
 	}
 }
