@@ -225,6 +225,9 @@ func (t *Tier) Delete(ctx context.Context, k digest.Key) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.closed {
+		return tiers.Wrap(t.name, "delete", k, tiers.ErrClosed)
+	}
 	el, ok := t.entries[k]
 	if !ok {
 		return tiers.Wrap(t.name, "delete", k, tiers.ErrNotFound)
@@ -237,6 +240,10 @@ func (t *Tier) Delete(ctx context.Context, k digest.Key) error {
 
 func (t *Tier) List(ctx context.Context, fn func(tiers.Info) error) error {
 	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return tiers.ErrClosed
+	}
 	infos := make([]tiers.Info, 0, len(t.entries))
 	for _, el := range t.entries {
 		infos = append(infos, el.Value.(*entry).info)

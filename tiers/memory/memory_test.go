@@ -131,3 +131,28 @@ func TestPutBytes(t *testing.T) {
 		t.Errorf("%d entries after refused puts, want 1", u.Entries)
 	}
 }
+
+// TestClosed: every call on a closed tier says it is closed, not that the
+// key is missing: a caller must not take a closed tier for an empty one.
+func TestClosed(t *testing.T) {
+	tr, err := New(Options{Name: "ram", Limit: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := tiertest.Key("closed")
+	tiertest.Put(t, tr, k, []byte("v"))
+	tr.Close()
+	ctx := context.Background()
+	if _, err := tr.Stat(ctx, k); !errors.Is(err, tiers.ErrClosed) {
+		t.Errorf("stat: %v", err)
+	}
+	if _, err := tr.Open(ctx, k); !errors.Is(err, tiers.ErrClosed) {
+		t.Errorf("open: %v", err)
+	}
+	if err := tr.Delete(ctx, k); !errors.Is(err, tiers.ErrClosed) {
+		t.Errorf("delete: %v", err)
+	}
+	if err := tr.List(ctx, func(tiers.Info) error { return nil }); !errors.Is(err, tiers.ErrClosed) {
+		t.Errorf("list: %v", err)
+	}
+}
