@@ -50,7 +50,8 @@ func (a *activity) publishHold(now time.Time) time.Duration {
 	return time.Duration(max(min(quietAt, giveUp)-t, 0))
 }
 
-// used records a use of the stack now.
+// used records a use of the stack now (a Stat, an Open, a read): the
+// deferred copies wait for a pause.
 func (a *activity) used() { a.lastUse.Store(time.Now().UnixNano()) }
 
 // idleFor returns how long the stack has not been used at now.

@@ -250,7 +250,7 @@ func (s *Stack) remotesUp() bool {
 // Stat finds k in the first tier (or the unpersisted publishes) that holds it.
 // A miss everywhere is ErrNotFound, also when a remote tier was unavailable.
 func (s *Stack) Stat(ctx context.Context, k digest.Key) (Info, error) {
-	s.used()
+	s.act.used()
 	s.mu.Lock()
 	if p, ok := s.pending[k]; ok {
 		s.mu.Unlock()
@@ -356,7 +356,7 @@ func failed(l *layer) error {
 // arrived; the last byte is held back until the whole value has matched its
 // hash, so a reader never reaches EOF on a bad value (it gets ErrCorrupt).
 func (s *Stack) Open(ctx context.Context, k digest.Key) (Reader, error) {
-	s.used()
+	s.act.used()
 	s.mu.Lock()
 	if p, ok := s.pending[k]; ok {
 		p.refs++
@@ -900,7 +900,7 @@ func (r *stackReader) Info() Info {
 
 func (r *stackReader) ReadAt(p []byte, off int64) (int, error) {
 	if r.fg {
-		r.s.used()
+		r.s.act.used()
 	}
 	for {
 		r.mu.Lock()

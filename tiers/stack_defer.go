@@ -78,9 +78,6 @@ func (s *Stack) initDefer() {
 // full reports whether the queue is to be drained now. Under Stack.mu.
 func (q *deferQueue) full() bool { return q.bytes >= q.limit || len(q.items) >= deferMaxCount }
 
-// used records a Stat, an Open or a read: the queue waits for a pause.
-func (s *Stack) used() { s.act.used() }
-
 // deferrable reports whether the copies of a fetched value of size bytes
 // into targets after the first may wait: the first is tier 0 and the value
 // is small beside the queue's bound (at least four such values fit in it),

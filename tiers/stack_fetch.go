@@ -446,7 +446,7 @@ type fetchReader struct {
 
 func (r *fetchReader) Info() Info { return r.f.infoNow() }
 func (r *fetchReader) ReadAt(p []byte, off int64) (int, error) {
-	r.f.s.used()
+	r.f.s.act.used()
 	return r.f.readAt(p, off)
 }
 func (r *fetchReader) Close() error { r.once.Do(r.f.unref); return nil }

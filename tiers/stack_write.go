@@ -512,7 +512,7 @@ func (r *pubReader) Info() Info { return r.p.info }
 
 func (r *pubReader) ReadAt(b []byte, off int64) (int, error) {
 	if r.fg {
-		r.s.used()
+		r.s.act.used()
 	}
 	if off >= r.p.info.Size {
 		return 0, io.EOF

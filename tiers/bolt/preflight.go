@@ -223,47 +223,40 @@ type treeWalk struct {
 
 // walk checks the tree of what, rooted at page root, a level at a time.
 // With leaves, it reads the leaves whole and collects the buckets they
-// hold. Without, it reads the first page of each level, and when that is a
-// leaf, the level is the tree's bottom (a bbolt tree is balanced): its
+// hold. Without, when the first page of a level below the root is a leaf,
+// the level is the tree's bottom (a bbolt tree is balanced): its other
 // pages join w.leaves unread. A large bucket has a thousand leaves to each
 // branch page, and reading each leaf's header would make an open read the
 // whole index.
 func (w *treeWalk) walk(what string, root uint64, leaves bool) error {
 	level := []uint64{root}
-	ps := uint64(w.m.pageSize)
 	for depth := 0; len(level) > 0; depth++ {
 		if depth > boltMaxDepth {
 			return fmt.Errorf("%s: deeper than %d levels", what, boltMaxDepth)
 		}
-		if !leaves && depth > 0 {
-			var h [boltHeader]byte
-			if id := level[0]; id >= 2 && id < w.m.hwm {
-				if _, err := w.f.ReadAt(h[:], int64(id*ps)); err != nil {
-					return fmt.Errorf("%s: page %d: %v", what, id, err)
-				}
-				if binary.NativeEndian.Uint16(h[8:]) == boltLeafFlag {
-					w.leaves = append(w.leaves, level...)
-					return nil
-				}
-			}
-		}
 		var next []uint64
-		for _, id := range level {
-			var err error
-			if next, err = w.page(what, id, leaves, next); err != nil {
+		for i, id := range level {
+			kids, leaf, err := w.page(what, id, leaves, next)
+			if err != nil {
 				return err
 			}
+			if leaf && !leaves && i == 0 {
+				w.leaves = append(w.leaves, level[1:]...)
+				break
+			}
+			next = kids
 		}
 		level = next
 	}
 	return nil
 }
 
-// page checks page id of the tree of what and appends its children to kids.
-func (w *treeWalk) page(what string, id uint64, leaves bool, kids []uint64) ([]uint64, error) {
+// page checks page id of the tree of what, appends its children to kids,
+// and says whether it is a leaf. It reads the page once.
+func (w *treeWalk) page(what string, id uint64, leaves bool, kids []uint64) ([]uint64, bool, error) {
 	ps := uint64(w.m.pageSize)
-	bad := func(format string, args ...any) ([]uint64, error) {
-		return nil, fmt.Errorf("%s: page %d: %s", what, id, fmt.Sprintf(format, args...))
+	bad := func(format string, args ...any) ([]uint64, bool, error) {
+		return nil, false, fmt.Errorf("%s: page %d: %s", what, id, fmt.Sprintf(format, args...))
 	}
 	if id < 2 || id >= w.m.hwm {
 		return bad("outside the %d pages in use", w.m.hwm)
@@ -276,23 +269,27 @@ func (w *treeWalk) page(what string, id uint64, leaves bool, kids []uint64) ([]u
 	}
 	w.seen[id] = true
 	ne := binary.NativeEndian
-	var h [boltHeader]byte
-	if _, err := w.f.ReadAt(h[:], int64(id*ps)); err != nil {
+	if uint64(cap(w.buf)) < ps {
+		w.buf = make([]byte, ps)
+	}
+	page := w.buf[:ps]
+	if _, err := w.f.ReadAt(page, int64(id*ps)); err != nil {
 		return bad("%v", err)
 	}
-	hid, flags, count, overflow := ne.Uint64(h[0:]), ne.Uint16(h[8:]), uint64(ne.Uint16(h[10:])), uint64(ne.Uint32(h[12:]))
+	hid, flags, count, overflow := ne.Uint64(page[0:]), ne.Uint16(page[8:]), uint64(ne.Uint16(page[10:])), uint64(ne.Uint32(page[12:]))
 	if hid != id || flags != boltBranchFlag && flags != boltLeafFlag || id+overflow >= w.m.hwm {
 		return bad("header says page %d, flags %#x, %d overflow pages", hid, flags, overflow)
 	}
-	if flags == boltLeafFlag && !leaves {
-		return kids, nil
+	leaf := flags == boltLeafFlag
+	if leaf && !leaves {
+		return kids, true, nil
 	}
-	if n := (overflow + 1) * ps; uint64(cap(w.buf)) < n {
-		w.buf = make([]byte, n)
-	}
-	page := w.buf[:(overflow+1)*ps]
-	if _, err := w.f.ReadAt(page, int64(id*ps)); err != nil {
-		return bad("%v", err)
+	if overflow > 0 { // rare for a branch page or the root bucket's leaves
+		w.buf = make([]byte, (overflow+1)*ps)
+		page = w.buf
+		if _, err := w.f.ReadAt(page, int64(id*ps)); err != nil {
+			return bad("%v", err)
+		}
 	}
 	if boltHeader+count*boltElem > uint64(len(page)) {
 		return bad("%d elements do not fit", count)
@@ -316,7 +313,7 @@ func (w *treeWalk) page(what string, id uint64, leaves bool, kids []uint64) ([]u
 			root uint64
 		}{string(page[at : at+ksize]), ne.Uint64(page[at+ksize:])})
 	}
-	return kids, nil
+	return kids, leaf, nil
 }
 
 func (w *treeWalk) isFree(id uint64) bool {

@@ -280,8 +280,8 @@
 //
 // x/crypto/ssh gives every channel a fixed 2 MiB receive window, and
 // OpenSSH's sshd gives every session channel 2 MiB too, so one SFTP session
-// moves at most 2 MiB per round trip in either direction: 50 MiB/s at a
-// 40 ms round trip, whatever the bandwidth. On a connection whose round
+// moves at most one 2 MiB window per round trip in either direction,
+// whatever the bandwidth: the longer the round trip, the lower the rate. On a connection whose round
 // trip (measured at the dial, the least of three keepalive@openssh.com,
 // beside the directory's requests) is 2 ms or more, a fetch or upload of
 // more than 2 MiB spreads its chunks of four packets over the main session and

@@ -11,8 +11,8 @@ import (
 
 // Lanes: one SFTP session cannot move more than 2 MiB per round trip,
 // because x/crypto/ssh gives every channel a fixed 2 MiB receive window and
-// OpenSSH's sshd gives every session 2 MiB (at most 50 MiB/s at a 40 ms
-// round trip; OpenSSH's own client has the same limit). A large fetch or
+// OpenSSH's sshd gives every session 2 MiB: one window per round trip
+// (OpenSSH's own client has the same limit). A large fetch or
 // upload therefore spreads its chunks over the connection's main session
 // and Options.Channels-1 more (the lanes), each with its own window, on a
 // connection whose round trip is long enough for the window to be the limit

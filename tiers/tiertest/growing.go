@@ -1,9 +1,9 @@
 package tiertest
 
 import (
+	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"sync"
 	"testing"
 	"time"
@@ -109,14 +109,7 @@ func (g *growing) ReadAt(p []byte, off int64) (int, error) {
 		}
 		return 0, g.misread
 	}
-	if off >= int64(len(g.buf)) {
-		return 0, io.EOF
-	}
-	n := copy(p, g.buf[off:])
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
+	return bytes.NewReader(g.buf).ReadAt(p, off)
 }
 
 // until waits for cond, which is called with mu held. It fails the test

@@ -574,24 +574,24 @@ func putQueued(t *testing.T, tr tiers.Tier, k digest.Key, b []byte, pending bool
 // wantPending checks that q's queue is exactly want, in that order.
 func wantPending(t *testing.T, q tiers.Queue, want ...digest.Key) {
 	t.Helper()
-	got, err := q.Pending(context.Background())
-	if err != nil {
-		t.Fatalf("Pending: %v", err)
-	}
-	if !slices.Equal(got, want) {
-		t.Fatalf("Pending = %v, want %v", got, want)
-	}
+	wantSeq(t, "Pending", q.Pending, want)
 }
 
 // wantTombstones checks that tq's tombstones are exactly want, in that order.
 func wantTombstones(t *testing.T, tq tiers.TombstoneQueue, want ...tiers.Tombstone) {
 	t.Helper()
-	got, err := tq.Tombstones(context.Background())
+	wantSeq(t, "Tombstones", tq.Tombstones, want)
+}
+
+// wantSeq checks that list, called what, returns exactly want, in order.
+func wantSeq[T comparable](t *testing.T, what string, list func(context.Context) ([]T, error), want []T) {
+	t.Helper()
+	got, err := list(context.Background())
 	if err != nil {
-		t.Fatalf("Tombstones: %v", err)
+		t.Fatalf("%s: %v", what, err)
 	}
 	if !slices.Equal(got, want) {
-		t.Fatalf("Tombstones = %+v, want %+v", got, want)
+		t.Fatalf("%s = %+v, want %+v", what, got, want)
 	}
 }
 
