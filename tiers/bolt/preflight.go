@@ -164,6 +164,10 @@ const (
 	// boltMaxDepth is deeper than any tree bbolt builds (each branch page
 	// holds at least two children): a path longer than that is a cycle.
 	boltMaxDepth = 64
+	// boltMaxOverflow bounds the overflow pages of a page the walk reads
+	// whole (a branch page, a leaf of the root bucket): 64 KiB keys at
+	// most, a few of them per page.
+	boltMaxOverflow = 1024
 )
 
 // checkTrees walks the tree of the root bucket and the trees of the named
@@ -281,6 +285,10 @@ func (w *treeWalk) page(what string, id uint64, leaves bool, kids []uint64) ([]u
 		return bad("header says page %d, flags %#x, %d overflow pages", hid, flags, overflow)
 	}
 	leaf := flags == boltLeafFlag
+	if overflow > boltMaxOverflow && (!leaf || leaves) {
+		// A damaged count must not make the walk allocate the file.
+		return bad("%d overflow pages, more than a branch page or the root bucket needs", overflow)
+	}
 	if leaf && !leaves {
 		return kids, true, nil
 	}
