@@ -76,15 +76,10 @@ type Stack struct {
 	mu        sync.Mutex
 	closed    bool
 	closing   chan struct{}                // closed when Close begins
-	pending   map[digest.Key]*pub          // published, not yet persisted
-	fetches   map[digest.Key]*fetch        // remote fetches in progress
-	parked    map[digest.Key]*parked       // remote readers lookups opened (park)
-	gate      chan struct{}                // promoteGate's window, closed at its end
-	promoting map[digest.Key]chan struct{} // copies into faster tiers in progress, closed when done
-	deleting  map[digest.Key]int           // Deletes in progress: no copy of the key starts
-	settled   uint64                       // counts entries that left pending for the tiers (see Publish)
+	keys      keyTable      // per-key state (keys.go)
+	gate      chan struct{} // promoteGate's window, closed at its end
+	settled   uint64        // counts entries that left pending for the tiers (see Publish)
 	up        uploadQueue
-	tombs     map[digest.Key]*tomb // queued remote deletes (stack_delete.go)
 	tombKick  chan struct{}
 	changed   chan struct{} // closed and replaced when the queue or pending set shrinks
 	// earlyUploads counts the EarlyUploads running (BeginUpload); under mu.
@@ -110,10 +105,8 @@ type Stack struct {
 	uploaded, uploadedBytes, uploadErrors atomic.Int64
 	conflicts, dropped                    atomic.Int64
 	lastUploadErr                         atomic.Value // string
-	// lost: keys whose value here lost a conflict, with that value's hash,
-	// until the remote's value is in a local tier (stack_conflict.go).
-	// settling counts the drops of such values still running. Under mu.
-	lost     map[digest.Key]digest.Sum
+	// settling counts the drops of values that lost a conflict still
+	// running (stack_conflict.go). Under mu.
 	settling int
 }
 
@@ -150,9 +143,7 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 	}
 	s := &Stack{
 		opt: opt, pol: opt.Policy, log: opt.Logger,
-		pending: map[digest.Key]*pub{}, fetches: map[digest.Key]*fetch{}, parked: map[digest.Key]*parked{}, promoting: map[digest.Key]chan struct{}{},
-		deleting:     map[digest.Key]int{},
-		tombs:        map[digest.Key]*tomb{},
+		keys:         newKeyTable(),
 		tombKick:     make(chan struct{}, 1),
 		changed:      make(chan struct{}),
 		hurried:      make(chan struct{}),
@@ -162,7 +153,7 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 		largeUploads: make(chan struct{}, opt.Policy.LargeUploads),
 		deq:          make(chan uploaded, 4096),
 	}
-	s.up.init()
+	s.up.init(&s.keys)
 	s.act.pol = &s.pol
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for i, l := range layers {
@@ -252,7 +243,7 @@ func (s *Stack) remotesUp() bool {
 func (s *Stack) Stat(ctx context.Context, k digest.Key) (Info, error) {
 	s.act.used()
 	s.mu.Lock()
-	if p, ok := s.pending[k]; ok {
+	if p := s.keys.get(k).pub; p != nil {
 		s.mu.Unlock()
 		return p.info, nil
 	}
@@ -358,13 +349,13 @@ func failed(l *layer) error {
 func (s *Stack) Open(ctx context.Context, k digest.Key) (Reader, error) {
 	s.act.used()
 	s.mu.Lock()
-	if p, ok := s.pending[k]; ok {
+	if p := s.keys.get(k).pub; p != nil {
 		p.refs++
 		s.mu.Unlock()
 		return &pubReader{p: p, s: s, fg: true}, nil
 	}
 	// A fetch in progress (one a lookup started, say) is joined before the
-	// local tiers are asked: it leaves s.fetches only once its promotion into
+	// local tiers are asked: it leaves the key table only once its promotion into
 	// them is done, so either it is found here or they have the value. The
 	// other way round, a fetch that ended between the local misses and the
 	// remote's turn would be made again.
@@ -473,11 +464,11 @@ func (s *Stack) startPromotion(k digest.Key) chan struct{} {
 // registerPromotionLocked registers a copy of k, or returns nil (see
 // startPromotion).
 func (s *Stack) registerPromotionLocked(k digest.Key) chan struct{} {
-	if s.promoting[k] != nil || s.deleting[k] > 0 || s.closed {
+	if ks := s.keys.get(k); ks.promoting != nil || ks.deleting > 0 || s.closed {
 		return nil
 	}
 	done := make(chan struct{})
-	s.promoting[k] = done
+	s.keys.edit(k, func(ks *keyState) { ks.promoting = done })
 	return done
 }
 
@@ -488,8 +479,8 @@ func (s *Stack) registerPromotionLocked(k digest.Key) chan struct{} {
 // and a fetch that gave up then left the value in no local tier.
 func (s *Stack) startPromotionAfter(k digest.Key) chan struct{} {
 	s.mu.Lock()
-	for s.promoting[k] != nil && !s.closed && s.deleting[k] == 0 {
-		busy := s.promoting[k]
+	for ks := s.keys.get(k); ks.promoting != nil && !s.closed && ks.deleting == 0; ks = s.keys.get(k) {
+		busy := ks.promoting
 		s.mu.Unlock()
 		select {
 		case <-busy:
@@ -504,9 +495,11 @@ func (s *Stack) startPromotionAfter(k digest.Key) chan struct{} {
 
 func (s *Stack) endPromotion(k digest.Key, done chan struct{}) {
 	s.mu.Lock()
-	if s.promoting[k] == done {
-		delete(s.promoting, k)
-	}
+	s.keys.edit(k, func(ks *keyState) {
+		if ks.promoting == done {
+			ks.promoting = nil
+		}
+	})
 	s.mu.Unlock()
 	close(done)
 }
@@ -609,23 +602,24 @@ func (s *Stack) corrupt(l *layer, k digest.Key, err error) {
 func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
 	found := false
 	s.mu.Lock()
-	p, pend := s.pending[k]
-	if pend {
-		p.deleted = true
-		s.hurryLocked(p) // waited for below
-		delete(s.pending, k)
-		s.unrefLocked(p)
-		found = true
-	}
 	// No copy of k into a faster tier starts until the deletes below are
 	// done, a fetch in progress will not promote what it fetched, and the
 	// copies and the upload already running are waited for: each of them
 	// could put back, after the deletes, the value being deleted.
-	s.deleting[k]++
-	if f := s.fetches[k]; f != nil {
-		f.deleted = true
+	ks := s.keys.fence(k)
+	p, pend := ks.pub, ks.pub != nil
+	if pend {
+		p.deleted = true
+		s.hurryLocked(p) // waited for below
+		s.keys.edit(k, func(ks *keyState) { ks.pub = nil })
+		s.unrefLocked(p)
+		found = true
 	}
-	promoting, uploading := s.promoting[k], s.up.uploading[k]
+	promoting := ks.promoting
+	var uploading chan struct{}
+	if ks.upload != nil {
+		uploading = ks.upload.done
+	}
 	s.up.remove(k)
 	s.broadcastLocked()
 	s.mu.Unlock()
@@ -667,12 +661,12 @@ func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
 			}
 		}
 		s.mu.Lock()
-		if t = s.tombs[k]; t == nil {
+		if t = s.keys.get(k).tomb; t == nil {
 			// An older tombstone of k is kept as it is: no value of k
 			// reached the remote from here since (uploads of k wait
 			// for it).
 			t, newTomb = &tomb{sum: sum, busy: true}, true
-			s.tombs[k] = t
+			s.keys.edit(k, func(ks *keyState) { ks.tomb = t })
 		}
 		s.mu.Unlock()
 	}
@@ -745,7 +739,7 @@ func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
 func (s *Stack) Where(ctx context.Context, k digest.Key) []string {
 	var out []string
 	s.mu.Lock()
-	_, pend := s.pending[k]
+	pend := s.keys.get(k).pub != nil
 	s.mu.Unlock()
 	if pend {
 		out = append(out, "unpersisted")
@@ -775,7 +769,7 @@ func (s *Stack) UploadState(k digest.Key) UploadState {
 	if s.up.has(k) {
 		return UploadPending
 	}
-	if p, ok := s.pending[k]; ok && p.upload {
+	if p := s.keys.get(k).pub; p != nil && p.upload {
 		return UploadPending
 	}
 	return UploadDone
@@ -790,7 +784,7 @@ func (s *Stack) Sync(ctx context.Context, progress func(queued int64)) error {
 	last := int64(-1)
 	for {
 		s.mu.Lock()
-		n := int64(s.up.len() + s.unpersistedLocked() + s.settling + len(s.tombs))
+		n := int64(s.up.len() + s.unpersistedLocked() + s.settling + s.keys.n.tombs)
 		ch := s.changed
 		s.mu.Unlock()
 		if progress != nil && n != last {
@@ -827,9 +821,9 @@ func (s *Stack) Stats() Stats {
 	st.LastUploadError, _ = s.lastUploadErr.Load().(string)
 	s.mu.Lock()
 	st.Queue = int64(s.up.len())
-	st.Deletes = int64(len(s.tombs))
+	st.Deletes = int64(s.keys.n.tombs)
 	st.Unpersisted = int64(s.unpersistedLocked())
-	st.Fetching = int64(len(s.fetches))
+	st.Fetching = int64(s.keys.n.fetches)
 	st.Deferred = s.deferredLenLocked()
 	s.mu.Unlock()
 	for _, l := range s.layers {

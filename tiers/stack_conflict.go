@@ -111,16 +111,16 @@ func (s *Stack) conflict(r *layer, info Info, remote Info) {
 		"key", info.Key.String(), "tier", r.name, "local_sha256", info.Sum.String(), "remote_sha256", remote.Sum.String(),
 		"local_size", info.Size, "remote_size", remote.Size)
 	s.mu.Lock()
-	if s.lost == nil {
-		s.lost = map[digest.Key]digest.Sum{}
+	if s.keys.n.lost >= maxLost {
+		s.keys.each(func(k digest.Key, ks *keyState) bool {
+			if !ks.lost {
+				return true
+			}
+			s.keys.edit(k, func(ks *keyState) { ks.lost, ks.lostSum = false, digest.Sum{} })
+			return false
+		})
 	}
-	if len(s.lost) >= maxLost {
-		for k := range s.lost {
-			delete(s.lost, k)
-			break
-		}
-	}
-	s.lost[info.Key] = info.Sum
+	s.keys.edit(info.Key, func(ks *keyState) { ks.lost, ks.lostSum = true, info.Sum })
 	s.settling++
 	s.wg.Add(1)
 	s.mu.Unlock()
@@ -141,17 +141,17 @@ func (s *Stack) dropLost(k digest.Key, lost digest.Sum) {
 		s.mu.Unlock()
 	}()
 	s.mu.Lock()
-	p, pend := s.pending[k]
+	ks := s.keys.fence(k)
+	p, pend := ks.pub, ks.pub != nil
 	if pend && p.info.Sum == lost {
 		p.deleted = true
 		s.hurryLocked(p)
-		delete(s.pending, k)
+		s.keys.edit(k, func(ks *keyState) { ks.pub = nil })
 		s.unrefLocked(p)
 	} else {
 		pend = false
 	}
-	s.deleting[k]++
-	promoting := s.promoting[k]
+	promoting := ks.promoting
 	s.mu.Unlock()
 	defer s.endDeleting(k)
 	if pend {
@@ -177,8 +177,8 @@ func (s *Stack) dropLost(k digest.Key, lost digest.Sum) {
 // lost a conflict to it is being read from the remote now.
 func (s *Stack) foundRemote(k digest.Key, sum digest.Sum) {
 	s.mu.Lock()
-	if lost, ok := s.lost[k]; ok && !sum.IsZero() && lost != sum {
-		delete(s.lost, k)
+	if ks := s.keys.get(k); ks.lost && !sum.IsZero() && ks.lostSum != sum {
+		s.keys.edit(k, func(ks *keyState) { ks.lost, ks.lostSum = false, digest.Sum{} })
 	}
 	s.mu.Unlock()
 }
@@ -187,7 +187,8 @@ func (s *Stack) foundRemote(k digest.Key, sum digest.Sum) {
 // the remote's value has not replaced it in a local tier yet.
 func (s *Stack) lostState(k digest.Key) bool {
 	s.mu.Lock()
-	sum, ok := s.lost[k]
+	ks := s.keys.get(k)
+	sum, ok := ks.lostSum, ks.lost
 	s.mu.Unlock()
 	if !ok {
 		return false
@@ -196,8 +197,8 @@ func (s *Stack) lostState(k digest.Key) bool {
 		if info, err := l.Tier.Stat(s.ctx, k); err == nil && !info.Sum.IsZero() && info.Sum != sum {
 			// The remote's value (or a newer one) is here now.
 			s.mu.Lock()
-			if s.lost[k] == sum {
-				delete(s.lost, k)
+			if ks := s.keys.get(k); ks.lost && ks.lostSum == sum {
+				s.keys.edit(k, func(ks *keyState) { ks.lost, ks.lostSum = false, digest.Sum{} })
 			}
 			s.mu.Unlock()
 			return false
@@ -206,13 +207,11 @@ func (s *Stack) lostState(k digest.Key) bool {
 	return true
 }
 
-// endDeleting lifts one holder of k's delete fence (s.deleting), taken by
+// endDeleting lifts one holder of k's delete fence (keys.fence), taken by
 // Delete and by dropLost while they remove copies of k: fetches and
 // promotions of k meanwhile do not put a copy back.
 func (s *Stack) endDeleting(k digest.Key) {
 	s.mu.Lock()
-	if s.deleting[k]--; s.deleting[k] <= 0 {
-		delete(s.deleting, k)
-	}
+	s.keys.unfence(k)
 	s.mu.Unlock()
 }

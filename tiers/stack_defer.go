@@ -115,7 +115,7 @@ func (s *Stack) deferDue(now time.Time) time.Duration {
 		return 0
 	}
 	idle := s.act.idleFor(now)
-	if len(s.fetches) > 0 {
+	if s.keys.n.fetches > 0 {
 		idle = 0
 	}
 	age := now.Sub(q.items[0].at)
@@ -186,18 +186,18 @@ func (s *Stack) drainDeferred() {
 // other copy of it, unless a Delete of it runs or tier 0 no longer has it.
 func (s *Stack) copyDeferred(d deferredCopy) {
 	s.mu.Lock()
-	for s.promoting[d.key] != nil {
-		busy := s.promoting[d.key]
+	for s.keys.get(d.key).promoting != nil {
+		busy := s.keys.get(d.key).promoting
 		s.mu.Unlock()
 		<-busy // a fetch's or a local hit's copy: ends, at Close by cancel
 		s.mu.Lock()
 	}
-	if s.deleting[d.key] > 0 {
+	if s.keys.fenced(d.key) {
 		s.mu.Unlock()
 		return
 	}
 	done := make(chan struct{})
-	s.promoting[d.key] = done
+	s.keys.edit(d.key, func(ks *keyState) { ks.promoting = done })
 	s.mu.Unlock()
 	defer s.endPromotion(d.key, done)
 	src := s.layers[0]

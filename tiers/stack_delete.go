@@ -30,17 +30,17 @@ func (s *Stack) loadTombs() error {
 		return err
 	}
 	for _, t := range ts {
-		if old := s.tombs[t.Key]; old != nil {
+		if old := s.keys.get(t.Key).tomb; old != nil {
 			// An older one of the key: its value is the one on the remote.
 			if err := tq.TombstoneDone(s.ctx, t.ID); err != nil {
 				return err
 			}
 			continue
 		}
-		s.tombs[t.Key] = &tomb{sum: t.Sum, id: t.ID}
+		s.keys.edit(t.Key, func(ks *keyState) { ks.tomb = &tomb{sum: t.Sum, id: t.ID} })
 	}
 	if len(ts) > 0 {
-		s.log.Info("resuming queued remote deletes", "entries", len(s.tombs))
+		s.log.Info("resuming queued remote deletes", "entries", s.keys.n.tombs)
 	}
 	return nil
 }
@@ -54,12 +54,12 @@ func (s *Stack) tombQueue() (TombstoneQueue, bool) {
 }
 
 // tombstoned reports whether k has a queued remote delete. Caller holds s.mu.
-func (s *Stack) tombstonedLocked(k digest.Key) bool { return s.tombs[k] != nil }
+func (s *Stack) tombstonedLocked(k digest.Key) bool { return s.keys.get(k).tomb != nil }
 
 func (s *Stack) tombstoned(k digest.Key) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.tombs[k] != nil
+	return s.keys.get(k).tomb != nil
 }
 
 // deleteRemote carries out the remote part of a Delete of k: the copy of
@@ -105,7 +105,7 @@ func (s *Stack) deleteRemote(ctx context.Context, k digest.Key, sum digest.Sum) 
 // leaves it queued, retried by the deleter after a backoff.
 func (s *Stack) settleTomb(ctx context.Context, k digest.Key) (found bool, err error) {
 	s.mu.Lock()
-	t := s.tombs[k]
+	t := s.keys.get(k).tomb
 	for t != nil && t.busy {
 		ch := s.changed
 		s.mu.Unlock()
@@ -115,7 +115,7 @@ func (s *Stack) settleTomb(ctx context.Context, k digest.Key) (found bool, err e
 			return false, ctx.Err()
 		}
 		s.mu.Lock()
-		t = s.tombs[k]
+		t = s.keys.get(k).tomb
 	}
 	if t == nil {
 		s.mu.Unlock()
@@ -133,7 +133,7 @@ func (s *Stack) settleTomb(ctx context.Context, k digest.Key) (found bool, err e
 	s.mu.Lock()
 	t.busy = false
 	if err == nil {
-		delete(s.tombs, k)
+		s.keys.edit(k, func(ks *keyState) { ks.tomb = nil })
 	} else {
 		t.attempts++
 		backoff := min(time.Duration(1<<min(t.attempts, 6))*time.Second/2, time.Minute)
@@ -164,15 +164,17 @@ func (s *Stack) deleter() {
 		var due []digest.Key
 		wait := time.Minute
 		now := time.Now()
-		for k, t := range s.tombs {
-			if t.busy {
-				continue
-			}
-			if d := t.next.Sub(now); d > 0 {
-				wait = min(wait, d)
-				continue
-			}
-			due = append(due, k)
+		if s.keys.n.tombs > 0 {
+			s.keys.each(func(k digest.Key, ks *keyState) bool {
+				switch t := ks.tomb; {
+				case t == nil || t.busy:
+				case t.next.After(now):
+					wait = min(wait, t.next.Sub(now))
+				default:
+					due = append(due, k)
+				}
+				return true
+			})
 		}
 		s.mu.Unlock()
 		for _, k := range due {

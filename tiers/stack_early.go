@@ -65,7 +65,7 @@ func (s *Stack) BeginUpload(k digest.Key, src io.ReaderAt) *EarlyUpload {
 		return nil
 	}
 	s.mu.Lock()
-	if s.closed || s.earlyUploads >= min(s.opt.UploadWorkers, s.pol.LargeUploads) || s.deleting[k] > 0 || s.tombs[k] != nil {
+	if ks := s.keys.get(k); s.closed || s.earlyUploads >= min(s.opt.UploadWorkers, s.pol.LargeUploads) || ks.deleting > 0 || ks.tomb != nil {
 		s.mu.Unlock()
 		return nil
 	}
@@ -220,13 +220,12 @@ func (u *EarlyUpload) run(sp StreamPutter) {
 func (s *Stack) adoptLocked(u *EarlyUpload, p *pub) bool {
 	k := p.info.Key
 	item := s.up.set[k]
-	if u.s != s || u.key != k || u.done || item == nil || s.up.inflight[k] != nil {
+	if u.s != s || u.key != k || u.done || item == nil || s.keys.get(k).upload != nil {
 		return false
 	}
 	u.adopted, u.p, u.item = true, p, item
 	u.readAtPublish, u.published = u.read.Load(), time.Now()
 	p.refs++
-	s.up.inflight[k] = u.cancel
-	s.up.uploading[k] = make(chan struct{})
+	s.startUploadLocked(k, u.cancel)
 	return true
 }

@@ -61,8 +61,8 @@ func (s *Stack) openRemote(ctx context.Context, l *layer, k digest.Key, want dig
 		return f.join(ctx, want)
 	}
 	f := &fetch{s: s, l: l, changed: make(chan struct{}), ready: make(chan struct{}), refs: 2, hasher: digest.NewHasher(),
-		deleted: s.deleting[k] > 0}
-	s.fetches[k] = f
+		deleted: s.keys.fenced(k)}
+	s.keys.edit(k, func(ks *keyState) { ks.fetch = f })
 	s.wg.Add(1)
 	s.mu.Unlock()
 
@@ -70,7 +70,7 @@ func (s *Stack) openRemote(ctx context.Context, l *layer, k digest.Key, want dig
 	if err != nil {
 		f.openErr = err
 		s.mu.Lock()
-		delete(s.fetches, k)
+		s.endFetchLocked(k, f)
 		s.mu.Unlock()
 		close(f.ready)
 		s.wg.Done()
@@ -106,7 +106,7 @@ func (s *Stack) lookupByOpen(ctx context.Context, l *layer, k digest.Key) (Info,
 	// Found: the cached listing names it from now on, as the next refresh
 	// would (a lookup and a listing of one mount agree).
 	s.mu.Lock()
-	deleting := s.deleting[k] > 0
+	deleting := s.keys.fenced(k)
 	s.mu.Unlock()
 	if !deleting {
 		s.list.add(Info{Key: k, Size: info.Size, Created: info.Created})
@@ -117,7 +117,7 @@ func (s *Stack) lookupByOpen(ctx context.Context, l *layer, k digest.Key) (Info,
 		return info, nil
 	}
 	s.mu.Lock()
-	if _, busy := s.fetches[k]; busy || s.closed || s.deleting[k] > 0 {
+	if ks := s.keys.get(k); ks.fetch != nil || s.closed || ks.deleting > 0 {
 		s.mu.Unlock()
 		go r.Close()
 		return info, nil
@@ -126,7 +126,7 @@ func (s *Stack) lookupByOpen(ctx context.Context, l *layer, k digest.Key) (Info,
 	close(ready)
 	f := &fetch{s: s, l: l, info: info, mem: make([]byte, info.Size), changed: make(chan struct{}),
 		ready: ready, refs: 1, hasher: digest.NewHasher(), prefetch: true}
-	s.fetches[k] = f
+	s.keys.edit(k, func(ks *keyState) { ks.fetch = f })
 	s.wg.Add(1)
 	s.mu.Unlock()
 	l.hits.Add(1)
@@ -179,6 +179,15 @@ func (s *Stack) startFetch(ctx context.Context, f *fetch, k digest.Key, want dig
 	return r, nil
 }
 
+// endFetchLocked takes f, which has ended, out of the key table.
+func (s *Stack) endFetchLocked(k digest.Key, f *fetch) {
+	s.keys.edit(k, func(ks *keyState) {
+		if ks.fetch == f {
+			ks.fetch = nil
+		}
+	})
+}
+
 // spoolError is a fetch that failed in the local spool directory: the
 // reader is told that, not that the remote tier is unavailable.
 type spoolError struct{ err error }
@@ -191,8 +200,9 @@ func (e *spoolError) Error() string { return e.err.Error() }
 // lookup while the first reads, or the kernel's after an open answered
 // ESTALE (fs.entryNode.Open). s.mu is held.
 func (s *Stack) fetchingLocked(k digest.Key) (Info, bool) {
-	f := s.fetches[k]
-	if f == nil || f.deleted || s.deleting[k] > 0 {
+	ks := s.keys.get(k)
+	f := ks.fetch
+	if f == nil || f.deleted || ks.deleting > 0 {
 		return Info{}, false
 	}
 	select {
@@ -209,8 +219,8 @@ func (s *Stack) fetchingLocked(k digest.Key) (Info, bool) {
 // joinableFetch returns the fetch of k from l that an Open can join (any
 // layer when l is nil), with a reference taken for it; or nil. s.mu is held.
 func (s *Stack) joinableFetch(k digest.Key, l *layer) *fetch {
-	f, ok := s.fetches[k]
-	if !ok || (l != nil && f.l != l) || (f.prefetch && f.failed()) {
+	f := s.keys.get(k).fetch
+	if f == nil || (l != nil && f.l != l) || (f.prefetch && f.failed()) {
 		return nil
 	}
 	f.mu.Lock()
@@ -362,9 +372,7 @@ func (f *fetch) run(r Reader) {
 		}
 	}
 	f.s.mu.Lock()
-	if f.s.fetches[k] == f {
-		delete(f.s.fetches, k)
-	}
+	f.s.endFetchLocked(k, f)
 	f.s.mu.Unlock()
 	f.unref()
 }
@@ -489,18 +497,18 @@ type parked struct {
 // park keeps r, opened from l by a lookup of k, for the fetch that follows.
 func (s *Stack) park(l *layer, k digest.Key, r Reader) {
 	s.mu.Lock()
-	if s.closed || s.deleting[k] > 0 || s.fetches[k] != nil || s.parked[k] != nil || len(s.parked) >= maxParked {
+	if ks := s.keys.get(k); s.closed || ks.deleting > 0 || ks.fetch != nil || ks.parked != nil || s.keys.n.parked >= maxParked {
 		s.mu.Unlock()
 		go r.Close()
 		return
 	}
 	p := &parked{l: l, r: r}
-	s.parked[k] = p
+	s.keys.edit(k, func(ks *keyState) { ks.parked = p })
 	p.timer = time.AfterFunc(s.pol.ParkTTL, func() {
 		s.mu.Lock()
-		mine := s.parked[k] == p
+		mine := s.keys.get(k).parked == p
 		if mine {
-			delete(s.parked, k)
+			s.keys.edit(k, func(ks *keyState) { ks.parked = nil })
 		}
 		s.mu.Unlock()
 		if mine {
@@ -514,12 +522,12 @@ func (s *Stack) park(l *layer, k digest.Key, r Reader) {
 // reader whose connection dropped meanwhile is closed, not returned.
 func (s *Stack) unpark(l *layer, k digest.Key) Reader {
 	s.mu.Lock()
-	p := s.parked[k]
+	p := s.keys.get(k).parked
 	if p == nil || p.l != l || !p.timer.Stop() {
 		s.mu.Unlock()
 		return nil
 	}
-	delete(s.parked, k)
+	s.keys.edit(k, func(ks *keyState) { ks.parked = nil })
 	s.mu.Unlock()
 	if lr, ok := p.r.(LiveReader); ok && !lr.Live() {
 		go p.r.Close()
@@ -532,10 +540,24 @@ func (s *Stack) unpark(l *layer, k digest.Key) Reader {
 func (s *Stack) dropParked(k *digest.Key) {
 	s.mu.Lock()
 	var rs []Reader
-	for pk, p := range s.parked {
-		if (k == nil || pk == *k) && p.timer.Stop() {
+	drop := func(pk digest.Key, p *parked) {
+		if p != nil && p.timer.Stop() {
 			rs = append(rs, p.r)
-			delete(s.parked, pk)
+			s.keys.edit(pk, func(ks *keyState) { ks.parked = nil })
+		}
+	}
+	if k != nil {
+		drop(*k, s.keys.get(*k).parked)
+	} else {
+		var all []digest.Key
+		s.keys.each(func(pk digest.Key, ks *keyState) bool {
+			if ks.parked != nil {
+				all = append(all, pk)
+			}
+			return true
+		})
+		for _, pk := range all {
+			drop(pk, s.keys.get(pk).parked)
 		}
 	}
 	s.mu.Unlock()

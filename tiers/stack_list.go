@@ -107,10 +107,13 @@ func (s *Stack) List(ctx context.Context, fn func(Info) error) error {
 		return fn(in)
 	}
 	s.mu.Lock()
-	pend := make([]Info, 0, len(s.pending))
-	for _, p := range s.pending {
-		pend = append(pend, p.info)
-	}
+	var pend []Info
+	s.keys.each(func(_ digest.Key, ks *keyState) bool {
+		if ks.pub != nil {
+			pend = append(pend, ks.pub.info)
+		}
+		return true
+	})
 	s.mu.Unlock()
 	for _, in := range pend {
 		if err := emit(in); err != nil {

@@ -90,13 +90,13 @@ func (s *Stack) Publish(ctx context.Context, k digest.Key, b Blob, sum digest.Su
 		b.Release()
 		return Info{}, Wrap("stack", "publish", k, ErrClosed)
 	}
-	if _, ok := s.pending[k]; ok {
+	if s.keys.get(k).pub != nil {
 		s.mu.Unlock()
 		s.dropped.Add(1)
 		b.Release()
 		return Info{}, Wrap("stack", "publish", k, ErrExist)
 	}
-	s.pending[k] = p
+	s.keys.edit(k, func(ks *keyState) { ks.pub = p })
 	p.refs++ // the persister's
 	if p.upload {
 		// The upload starts now, from the blob, alongside the
@@ -411,8 +411,9 @@ func (s *Stack) persistOne(p *pub) {
 
 // dropPendingLocked removes p from the pending map once a tier serves it.
 func (s *Stack) dropPendingLocked(p *pub) {
-	if s.pending[p.info.Key] == p {
-		delete(s.pending, p.info.Key)
+	k := p.info.Key
+	if s.keys.get(k).pub == p {
+		s.keys.edit(k, func(ks *keyState) { ks.pub = nil })
 		s.unrefLocked(p)
 		s.settled++
 	}
@@ -437,11 +438,12 @@ func (s *Stack) unrefLocked(p *pub) {
 
 func (s *Stack) unpersistedLocked() int {
 	n := 0
-	for _, p := range s.pending {
-		if !isClosed(p.persisted) {
+	s.keys.each(func(_ digest.Key, ks *keyState) bool {
+		if ks.pub != nil && !isClosed(ks.pub.persisted) {
 			n++
 		}
-	}
+		return true
+	})
 	return n
 }
 
@@ -469,7 +471,8 @@ func (s *Stack) WaitPersisted(ctx context.Context, k digest.Key) error {
 
 func (s *Stack) waitDurable(ctx context.Context, k digest.Key, hurry bool) error {
 	s.mu.Lock()
-	p, ok := s.pending[k]
+	p := s.keys.get(k).pub
+	ok := p != nil
 	if ok && hurry {
 		s.hurryLocked(p)
 	}
@@ -537,12 +540,10 @@ func (r *pubReader) Close() error {
 // uploadQueue is the in-memory mirror of the durable queue: keys in order,
 // with per-key retry times.
 type uploadQueue struct {
-	order    []digest.Key
-	set      map[digest.Key]*upItem
-	inflight map[digest.Key]context.CancelFunc
-	// uploading is closed when the upload of the key in progress ends.
-	uploading map[digest.Key]chan struct{}
-	kick      chan struct{}
+	order []digest.Key
+	set   map[digest.Key]*upItem
+	keys  *keyTable // the uploads in flight are keyState.upload
+	kick  chan struct{}
 }
 
 type upItem struct {
@@ -550,10 +551,9 @@ type upItem struct {
 	attempts int
 }
 
-func (q *uploadQueue) init() {
+func (q *uploadQueue) init(keys *keyTable) {
 	q.set = map[digest.Key]*upItem{}
-	q.inflight = map[digest.Key]context.CancelFunc{}
-	q.uploading = map[digest.Key]chan struct{}{}
+	q.keys = keys
 	q.kick = make(chan struct{}, 1)
 }
 
@@ -577,8 +577,8 @@ func (q *uploadQueue) remove(k digest.Key) {
 		return
 	}
 	delete(q.set, k)
-	if cancel, ok := q.inflight[k]; ok {
-		cancel()
+	if u := q.keys.get(k).upload; u != nil {
+		u.cancel()
 	}
 	for i, o := range q.order {
 		if o == k {
@@ -594,7 +594,7 @@ func (q *uploadQueue) remove(k digest.Key) {
 func (q *uploadQueue) next(now time.Time, held func(digest.Key) bool) (digest.Key, time.Duration, bool) {
 	wait := time.Minute
 	for _, k := range q.order {
-		if _, busy := q.inflight[k]; busy || held(k) {
+		if q.keys.get(k).upload != nil || held(k) {
 			continue
 		}
 		it := q.set[k]
@@ -625,8 +625,7 @@ func (s *Stack) uploader() {
 		if ok {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithCancel(s.ctx)
-			s.up.inflight[k] = cancel
-			s.up.uploading[k] = make(chan struct{})
+			s.startUploadLocked(k, cancel)
 			item = s.up.set[k]
 		}
 		s.mu.Unlock()
@@ -653,16 +652,20 @@ func (s *Stack) uploader() {
 	}
 }
 
+// startUploadLocked marks an upload of k running; cancel stops it.
+func (s *Stack) startUploadLocked(k digest.Key, cancel context.CancelFunc) {
+	s.keys.edit(k, func(ks *keyState) { ks.upload = &inflight{cancel: cancel, done: make(chan struct{})} })
+}
+
 // endUploadLocked ends the upload of k in flight, which took item: on
 // success k leaves the queue; on failure it is retried, after a backoff
 // when backoff is set, else at once.
 func (s *Stack) endUploadLocked(k digest.Key, item *upItem, err error, backoff bool) {
-	if c := s.up.inflight[k]; c != nil {
-		c()
+	if u := s.keys.get(k).upload; u != nil {
+		u.cancel()
+		close(u.done)
+		s.keys.edit(k, func(ks *keyState) { ks.upload = nil })
 	}
-	delete(s.up.inflight, k)
-	close(s.up.uploading[k])
-	delete(s.up.uploading, k)
 	// Only the item this upload took: a Delete and a new publish of k
 	// while it ran replaced it with another, for the new value, which
 	// is still to upload.
@@ -670,7 +673,7 @@ func (s *Stack) endUploadLocked(k digest.Key, item *upItem, err error, backoff b
 		switch {
 		case err == nil:
 			s.up.remove(k)
-			if p, ok := s.pending[k]; ok && isClosed(p.persisted) {
+			if p := s.keys.get(k).pub; p != nil && isClosed(p.persisted) {
 				s.dropPendingLocked(p)
 			}
 		case backoff:
@@ -692,7 +695,7 @@ func (s *Stack) uploadOne(ctx context.Context, k digest.Key, item *upItem) error
 	verified := false           // src is the blob its writer hashed
 	var sent func()             // ends the wait of the blob's persistence
 	s.mu.Lock()
-	if p, ok := s.pending[k]; ok {
+	if p := s.keys.get(k).pub; p != nil {
 		p.refs++
 		src = &pubReader{s: s, p: p}
 		persisted = p.persisted
