@@ -43,18 +43,19 @@ func TestUploadHold(t *testing.T) {
 func TestPersistHold(t *testing.T) {
 	s := &Stack{pol: DefaultPolicy()}
 	s.act.pol = &s.pol
+	s.publisher.s = s
 	uploadQuiet := s.pol.UploadQuiet
 	t0 := time.Unix(1000, 0)
 	s.act.published(t0)
-	if d := s.persistHold(t0.Add(time.Millisecond)); d != 0 {
+	if d := s.publisher.persistHold(t0.Add(time.Millisecond)); d != 0 {
 		t.Fatalf("hold %v after a lone publish", d)
 	}
 	s.act.published(t0.Add(time.Millisecond))
-	if d := s.persistHold(t0.Add(2 * time.Millisecond)); d != uploadQuiet-time.Millisecond {
+	if d := s.publisher.persistHold(t0.Add(2 * time.Millisecond)); d != uploadQuiet-time.Millisecond {
 		t.Fatalf("hold %v 1ms after the second publish of a burst, want %v", d, uploadQuiet-time.Millisecond)
 	}
-	s.heldBytes.Store(s.pol.PersistHoldBytes)
-	if d := s.persistHold(t0.Add(2 * time.Millisecond)); d != 0 {
+	s.publisher.heldBytes.Store(s.pol.PersistHoldBytes)
+	if d := s.publisher.persistHold(t0.Add(2 * time.Millisecond)); d != 0 {
 		t.Fatalf("hold %v with persistHoldBytes held", d)
 	}
 }

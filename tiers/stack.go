@@ -73,38 +73,21 @@ type Stack struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // background goroutines
 
-	mu        sync.Mutex
-	closed    bool
-	closing   chan struct{}                // closed when Close begins
-	keys      keyTable      // per-key state (keys.go)
-	gate      chan struct{} // promoteGate's window, closed at its end
-	settled   uint64        // counts entries that left pending for the tiers (see Publish)
-	up        uploadQueue
-	tombKick  chan struct{}
-	changed   chan struct{} // closed and replaced when the queue or pending set shrinks
-	// earlyUploads counts the EarlyUploads running (BeginUpload); under mu.
-	earlyUploads int
+	mu       sync.Mutex
+	closed   bool
+	closing  chan struct{} // closed when Close begins
+	keys     keyTable      // per-key state (keys.go)
+	gate     chan struct{} // promoteGate's window, closed at its end
+	tombKick chan struct{}
+	changed  chan struct{} // closed and replaced when the queue or pending set shrinks
 
-	persistCh   chan *pub
-	persistFull chan struct{} // poked when persistCh is half full
-	persistWG   sync.WaitGroup
+	act       activity   // the foreground's clock (activity.go)
+	publisher publisher  // publishes and their persistence (publisher.go)
+	rep       replicator // uploads (replicator.go)
+	list      listCache
+	absent    absentSet  // absence snapshots of the remotes (stack_absent.go)
+	deferq    deferQueue // copies into slower local tiers that wait for a pause (stack_defer.go)
 
-	act       activity     // the foreground's clock (activity.go)
-	heldBytes atomic.Int64 // of the entries persisters hold (collect)
-	// hurried is closed and replaced when an entry is waited for: the
-	// persisters stop holding entries (collect). Under mu.
-	hurried      chan struct{}
-	largeUploads chan struct{}  // a slot per upload of a large value
-	deq          chan uploaded  // to take out of the durable queue
-	publishing   sync.WaitGroup // Publish calls between the closed check and the persist queue
-
-	list   listCache
-	absent absentSet  // absence snapshots of the remotes (stack_absent.go)
-	deferq deferQueue // copies into slower local tiers that wait for a pause (stack_defer.go)
-
-	uploaded, uploadedBytes, uploadErrors atomic.Int64
-	conflicts, dropped                    atomic.Int64
-	lastUploadErr                         atomic.Value // string
 	// settling counts the drops of values that lost a conflict still
 	// running (stack_conflict.go). Under mu.
 	settling int
@@ -143,17 +126,13 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 	}
 	s := &Stack{
 		opt: opt, pol: opt.Policy, log: opt.Logger,
-		keys:         newKeyTable(),
-		tombKick:     make(chan struct{}, 1),
-		changed:      make(chan struct{}),
-		hurried:      make(chan struct{}),
-		closing:      make(chan struct{}),
-		persistFull:  make(chan struct{}, 1),
-		persistCh:    make(chan *pub, 1024),
-		largeUploads: make(chan struct{}, opt.Policy.LargeUploads),
-		deq:          make(chan uploaded, 4096),
+		keys:     newKeyTable(),
+		tombKick: make(chan struct{}, 1),
+		changed:  make(chan struct{}),
+		closing:  make(chan struct{}),
 	}
-	s.up.init(&s.keys)
+	s.rep.init(s)
+	s.publisher.init(s)
 	s.act.pol = &s.pol
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for i, l := range layers {
@@ -189,7 +168,7 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 			return nil, fmt.Errorf("stack: reading the upload queue: %w", err)
 		}
 		for _, k := range keys {
-			s.up.add(k)
+			s.rep.q.add(k)
 		}
 		if len(keys) > 0 {
 			s.log.Info("resuming upload queue", "entries", len(keys))
@@ -202,16 +181,16 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 	}
 	s.initDefer()
 	for range 4 {
-		s.persistWG.Add(1)
-		go s.persister()
+		s.publisher.persistWG.Add(1)
+		go s.publisher.persister()
 	}
 	if s.hasWritableRemote() {
 		for range opt.UploadWorkers {
 			s.wg.Add(1)
-			go s.uploader()
+			go s.rep.uploader()
 		}
 		s.wg.Add(1)
-		go s.dequeuer()
+		go s.rep.dequeuer()
 		s.wg.Add(1)
 		go s.deleter()
 	}
@@ -610,9 +589,9 @@ func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
 	p, pend := ks.pub, ks.pub != nil
 	if pend {
 		p.deleted = true
-		s.hurryLocked(p) // waited for below
+		s.publisher.hurryLocked(p) // waited for below
 		s.keys.edit(k, func(ks *keyState) { ks.pub = nil })
-		s.unrefLocked(p)
+		p.unrefLocked()
 		found = true
 	}
 	promoting := ks.promoting
@@ -620,7 +599,7 @@ func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
 	if ks.upload != nil {
 		uploading = ks.upload.done
 	}
-	s.up.remove(k)
+	s.rep.q.remove(k)
 	s.broadcastLocked()
 	s.mu.Unlock()
 	s.dropParked(&k)
@@ -735,6 +714,43 @@ func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
 	return nil
 }
 
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// Publish makes b the value of k: visible to Stat/Open when it returns,
+// persisted to the local persistent tier and uploaded in the background.
+// The stack takes ownership of b and Releases it. sum is b's SHA-256.
+// ErrExist if k already exists locally (first writer wins; b is released).
+// The remote tiers are not asked, which would cost a round trip per
+// publish: the caller looked k up before writing it (the mount's create
+// does), and a remote that got k since keeps its value when the upload
+// comes (a conflict, counted and logged).
+//
+// A b that is an UploadingBlob has its early upload adopted as the value's
+// upload, or aborted when Publish fails or the value is not to be uploaded.
+func (s *Stack) Publish(ctx context.Context, k digest.Key, b Blob, sum digest.Sum) (Info, error) {
+	return s.publisher.publish(ctx, k, b, sum)
+}
+
+// WaitDurable returns when k (if published here) is in the persistent local
+// tier. Its persistence starts at once: it no longer waits for a burst of
+// publishes to pause, nor for its early upload.
+func (s *Stack) WaitDurable(ctx context.Context, k digest.Key) error {
+	return s.publisher.waitDurable(ctx, k, true)
+}
+
+// WaitPersisted is WaitDurable without hurrying: it waits for the
+// persistence to happen when it would have anyway (to keep track of it).
+func (s *Stack) WaitPersisted(ctx context.Context, k digest.Key) error {
+	return s.publisher.waitDurable(ctx, k, false)
+}
+
 // Where returns the names of the tiers that hold k, fastest first.
 func (s *Stack) Where(ctx context.Context, k digest.Key) []string {
 	var out []string
@@ -766,7 +782,7 @@ func (s *Stack) UploadState(k digest.Key) UploadState {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.up.has(k) {
+	if s.rep.q.has(k) {
 		return UploadPending
 	}
 	if p := s.keys.get(k).pub; p != nil && p.upload {
@@ -784,7 +800,7 @@ func (s *Stack) Sync(ctx context.Context, progress func(queued int64)) error {
 	last := int64(-1)
 	for {
 		s.mu.Lock()
-		n := int64(s.up.len() + s.unpersistedLocked() + s.settling + s.keys.n.tombs)
+		n := int64(s.rep.q.len() + s.publisher.unpersistedLocked() + s.settling + s.keys.n.tombs)
 		ch := s.changed
 		s.mu.Unlock()
 		if progress != nil && n != last {
@@ -798,7 +814,7 @@ func (s *Stack) Sync(ctx context.Context, progress func(queued int64)) error {
 		case <-ch:
 		case <-time.After(time.Second):
 		case <-ctx.Done():
-			msg, _ := s.lastUploadErr.Load().(string)
+			msg, _ := s.rep.lastErr.Load().(string)
 			if msg != "" {
 				return fmt.Errorf("%d entries still waiting for upload (last error: %s): %w", n, msg, ctx.Err())
 			}
@@ -815,14 +831,14 @@ func (s *Stack) broadcastLocked() {
 // Stats returns the counters.
 func (s *Stack) Stats() Stats {
 	st := Stats{
-		Uploaded: s.uploaded.Load(), UploadedBytes: s.uploadedBytes.Load(), UploadErrors: s.uploadErrors.Load(),
-		Conflicts: s.conflicts.Load(), DroppedPublishes: s.dropped.Load(),
+		Uploaded: s.rep.uploaded.Load(), UploadedBytes: s.rep.uploadedBytes.Load(), UploadErrors: s.rep.uploadErrors.Load(),
+		Conflicts: s.rep.conflicts.Load(), DroppedPublishes: s.publisher.dropped.Load(),
 	}
-	st.LastUploadError, _ = s.lastUploadErr.Load().(string)
+	st.LastUploadError, _ = s.rep.lastErr.Load().(string)
 	s.mu.Lock()
-	st.Queue = int64(s.up.len())
+	st.Queue = int64(s.rep.q.len())
 	st.Deletes = int64(s.keys.n.tombs)
-	st.Unpersisted = int64(s.unpersistedLocked())
+	st.Unpersisted = int64(s.publisher.unpersistedLocked())
 	st.Fetching = int64(s.keys.n.fetches)
 	st.Deferred = s.deferredLenLocked()
 	s.mu.Unlock()
@@ -858,14 +874,14 @@ func (s *Stack) Close() error {
 	s.closed = true
 	close(s.closing) // persisters stop waiting for uploads
 	s.mu.Unlock()
-	s.publishing.Wait()
-	close(s.persistCh)
-	s.persistWG.Wait()
+	s.publisher.publishing.Wait()
+	close(s.publisher.persistCh)
+	s.publisher.persistWG.Wait()
 	s.drainDeferred()
 	s.cancel()
 	s.wg.Wait()
 	s.dropParked(nil)
-	s.flushDequeues()
+	s.rep.flushDequeues()
 	var errs []error
 	for _, l := range s.layers {
 		if err := l.Tier.Close(); err != nil {

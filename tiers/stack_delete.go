@@ -143,7 +143,7 @@ func (s *Stack) settleTomb(ctx context.Context, k digest.Key) (found bool, err e
 	s.mu.Unlock()
 	s.kickTombs()
 	select { // a new value of k may wait for upload
-	case s.up.kick <- struct{}{}:
+	case s.rep.q.kick <- struct{}{}:
 	default:
 	}
 	return found, err

@@ -65,11 +65,11 @@ func (s *Stack) BeginUpload(k digest.Key, src io.ReaderAt) *EarlyUpload {
 		return nil
 	}
 	s.mu.Lock()
-	if ks := s.keys.get(k); s.closed || s.earlyUploads >= min(s.opt.UploadWorkers, s.pol.LargeUploads) || ks.deleting > 0 || ks.tomb != nil {
+	if ks := s.keys.get(k); s.closed || s.rep.early >= min(s.opt.UploadWorkers, s.pol.LargeUploads) || ks.deleting > 0 || ks.tomb != nil {
 		s.mu.Unlock()
 		return nil
 	}
-	s.earlyUploads++
+	s.rep.early++
 	s.wg.Add(1)
 	s.mu.Unlock()
 	u := &EarlyUpload{s: s, key: k, src: src, r: r, wake: make(chan struct{}, 1), ended: make(chan struct{})}
@@ -184,7 +184,7 @@ func (u *EarlyUpload) run(sp StreamPutter) {
 	s.mu.Lock()
 	u.done = true
 	close(u.ended)
-	s.earlyUploads--
+	s.rep.early--
 	adopted, p, item := u.adopted, u.p, u.item
 	s.mu.Unlock()
 	if !adopted {
@@ -194,9 +194,9 @@ func (u *EarlyUpload) run(sp StreamPutter) {
 	if err == nil {
 		s.log.Debug("early upload done", "key", u.key.String(), "size", info.Size,
 			"read_at_publish", u.readAtPublish, "after_publish", time.Since(u.published))
-		s.noteUpload(u.r, info, nil)
-		s.lastUploadErr.Store("")
-		err = s.settleUpload(u.ctx, u.key, item, p.persisted)
+		s.rep.noteUpload(u.r, info, nil)
+		s.rep.lastErr.Store("")
+		err = s.rep.settleUpload(u.ctx, u.key, item, p.persisted)
 	} else {
 		if !errors.Is(err, ErrExist) && u.ctx.Err() == nil {
 			s.noteErr(u.r, err)
@@ -204,28 +204,11 @@ func (u *EarlyUpload) run(sp StreamPutter) {
 		s.log.Info("early upload failed; the upload queue takes over", "key", u.key.String(), "err", err)
 	}
 	s.mu.Lock()
-	s.endUploadLocked(u.key, item, err, false)
-	s.unrefLocked(p)
+	s.rep.endUploadLocked(u.key, item, err, false)
+	p.unrefLocked()
 	s.mu.Unlock()
 	select { // a worker takes over a failed one
-	case s.up.kick <- struct{}{}:
+	case s.rep.q.kick <- struct{}{}:
 	default:
 	}
-}
-
-// adoptLocked makes u the upload of p's queued item: the workers leave the
-// key to it (it is in flight) and a Delete cancels and waits for it as for
-// theirs. False when u has ended (failed), or another upload of the key is
-// still in flight (the value's previous incarnation): the queue uploads p.
-func (s *Stack) adoptLocked(u *EarlyUpload, p *pub) bool {
-	k := p.info.Key
-	item := s.up.set[k]
-	if u.s != s || u.key != k || u.done || item == nil || s.keys.get(k).upload != nil {
-		return false
-	}
-	u.adopted, u.p, u.item = true, p, item
-	u.readAtPublish, u.published = u.read.Load(), time.Now()
-	p.refs++
-	s.startUploadLocked(k, u.cancel)
-	return true
 }

@@ -1,0 +1,606 @@
+package tiers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/flechefs/flechefs/digest"
+)
+
+// The replicator copies published values to the writable remote tiers and
+// keeps the upload queue: the durable one in the persistent tier (Queue) and
+// its in-memory mirror. See doc.go, "Uploads", for an upload's states.
+type replicator struct {
+	s *Stack
+	q uploadQueue // under Stack.mu
+	// deq: uploads done whose durable record is to remove (dequeuer).
+	deq   chan uploaded
+	large chan struct{} // a slot per upload of a large value
+	// early counts the EarlyUploads running (BeginUpload); under Stack.mu.
+	early int
+
+	uploaded, uploadedBytes, uploadErrors, conflicts atomic.Int64
+	lastErr                                          atomic.Value // string
+}
+
+func (rp *replicator) init(s *Stack) {
+	rp.s = s
+	rp.q.init(&s.keys)
+	rp.deq = make(chan uploaded, 4096)
+	rp.large = make(chan struct{}, s.pol.LargeUploads)
+}
+
+func (q *uploadQueue) init(keys *keyTable) {
+	q.set = map[digest.Key]*upItem{}
+	q.keys = keys
+	q.kick = make(chan struct{}, 1)
+}
+
+// uploadQueue is the in-memory mirror of the durable queue: keys in order,
+// with per-key retry times.
+type uploadQueue struct {
+	order []digest.Key
+	set   map[digest.Key]*upItem
+	keys  *keyTable // the uploads in flight are keyState.upload
+	kick  chan struct{}
+}
+
+type upItem struct {
+	next     time.Time
+	attempts int
+}
+
+func (q *uploadQueue) add(k digest.Key) {
+	if _, ok := q.set[k]; ok {
+		return
+	}
+	q.set[k] = &upItem{}
+	q.order = append(q.order, k)
+	select {
+	case q.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (q *uploadQueue) has(k digest.Key) bool { _, ok := q.set[k]; return ok }
+
+func (q *uploadQueue) len() int { return len(q.set) }
+
+func (q *uploadQueue) remove(k digest.Key) {
+	if _, ok := q.set[k]; !ok {
+		return
+	}
+	delete(q.set, k)
+	if u := q.keys.get(k).upload; u != nil {
+		u.cancel()
+	}
+	for i, o := range q.order {
+		if o == k {
+			q.order = append(q.order[:i], q.order[i+1:]...)
+			break
+		}
+	}
+}
+
+// next returns the first key due for upload, or the time to wait.
+// A key for which held says so waits (its queued remote delete comes
+// first: the remote keeps the first value it gets).
+func (q *uploadQueue) next(now time.Time, held func(digest.Key) bool) (digest.Key, time.Duration, bool) {
+	wait := time.Minute
+	for _, k := range q.order {
+		if q.keys.get(k).upload != nil || held(k) {
+			continue
+		}
+		it := q.set[k]
+		if d := it.next.Sub(now); d > 0 {
+			wait = min(wait, d)
+			continue
+		}
+		return k, 0, true
+	}
+	return digest.Key{}, wait, false
+}
+
+func (rp *replicator) uploader() {
+	s := rp.s
+	defer s.wg.Done()
+	for {
+		if d := s.act.publishHold(time.Now()); d > 0 {
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-time.After(d):
+			}
+			continue
+		}
+		s.mu.Lock()
+		k, wait, ok := rp.q.next(time.Now(), s.tombstonedLocked)
+		var ctx context.Context
+		var item *upItem
+		if ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithCancel(s.ctx)
+			rp.startUploadLocked(k, cancel)
+			item = rp.q.set[k]
+		}
+		s.mu.Unlock()
+		if !ok {
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-rp.q.kick:
+			case <-time.After(wait):
+			}
+			continue
+		}
+		err := rp.uploadOne(ctx, k, item)
+		s.mu.Lock()
+		rp.endUploadLocked(k, item, err, true)
+		s.mu.Unlock()
+		select { // wake another worker if more is due
+		case rp.q.kick <- struct{}{}:
+		default:
+		}
+		if s.ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// startUploadLocked marks an upload of k running; cancel stops it.
+func (rp *replicator) startUploadLocked(k digest.Key, cancel context.CancelFunc) {
+	s := rp.s
+	s.keys.edit(k, func(ks *keyState) { ks.upload = &inflight{cancel: cancel, done: make(chan struct{})} })
+}
+
+// endUploadLocked ends the upload of k in flight, which took item: on
+// success k leaves the queue; on failure it is retried, after a backoff
+// when backoff is set, else at once.
+func (rp *replicator) endUploadLocked(k digest.Key, item *upItem, err error, backoff bool) {
+	s := rp.s
+	if u := s.keys.get(k).upload; u != nil {
+		u.cancel()
+		close(u.done)
+		s.keys.edit(k, func(ks *keyState) { ks.upload = nil })
+	}
+	// Only the item this upload took: a Delete and a new publish of k
+	// while it ran replaced it with another, for the new value, which
+	// is still to upload.
+	if it, ok := rp.q.set[k]; ok && it == item {
+		switch {
+		case err == nil:
+			rp.q.remove(k)
+			if p := s.keys.get(k).pub; p != nil && isClosed(p.persisted) {
+				s.publisher.dropPendingLocked(p)
+			}
+		case backoff:
+			it.attempts++
+			backoff := min(time.Duration(1<<min(it.attempts, 6))*time.Second/2, time.Minute)
+			it.next = time.Now().Add(backoff/2 + rand.N(backoff/2+1))
+		default:
+			it.next = time.Time{}
+		}
+	}
+	s.broadcastLocked()
+}
+
+// uploadOne copies k from the local tiers to every writable remote and
+// takes it out of the durable queue.
+func (rp *replicator) uploadOne(ctx context.Context, k digest.Key, item *upItem) error {
+	s := rp.s
+	var src Reader
+	var persisted chan struct{} // of the published entry uploaded from its blob
+	verified := false           // src is the blob its writer hashed
+	var sent func()             // ends the wait of the blob's persistence
+	s.mu.Lock()
+	if p := s.keys.get(k).pub; p != nil {
+		p.refs++
+		src = &pubReader{s: s, p: p}
+		persisted = p.persisted
+		verified = true
+		sent = p.endSent
+	}
+	s.mu.Unlock()
+	var openErr error // why a local tier could not open k, other than not holding it
+	if src == nil {
+		for l := range s.layers.local() {
+			r, err := l.Tier.Open(ctx, k)
+			if err == nil {
+				// As a reader's: a bad copy is counted and removed, and
+				// the read goes on from the next copy of the same value.
+				src = &stackReader{s: s, l: l, k: k, r: r}
+				break
+			}
+			if !errors.Is(err, ErrNotFound) {
+				openErr = err
+			}
+		}
+	}
+	if sent != nil {
+		defer sent()
+	}
+	if src == nil {
+		switch {
+		case ctx.Err() != nil && s.ctx.Err() == nil:
+			return nil // cancelled by Delete, which takes the queue record
+		case ctx.Err() != nil:
+			// Closing: the opens failed because of it. The value stays
+			// queued for the next start; dropping it here lost the
+			// record of a value the tiers still held.
+			return ctx.Err()
+		case openErr != nil:
+			return fmt.Errorf("reading the value to upload: %w", openErr)
+		}
+		// Deleted, or lost: nothing to upload.
+		s.log.Warn("queued upload has no local copy; dropping it", "key", k.String())
+		return rp.dequeue(k)
+	}
+	defer src.Close()
+	if src.Info().Size > s.pol.SmallUpload {
+		select {
+		case rp.large <- struct{}{}:
+			defer func() { <-rp.large }()
+		case <-ctx.Done():
+			return nil // cancelled by Delete, or closing
+		}
+	}
+	for _, r := range s.remotes {
+		if !r.writable() {
+			continue
+		}
+		start := time.Now()
+		err := rp.uploadTo(ctx, r, src.Info(), src, verified)
+		if s.log.Enabled(ctx, slog.LevelDebug) {
+			s.log.Debug("upload", "key", k.String(), "tier", r.name, "size", src.Info().Size, "took", time.Since(start), "err", err)
+		}
+		if err != nil {
+			if ctx.Err() != nil && s.ctx.Err() == nil {
+				return nil // cancelled by Delete
+			}
+			rp.uploadErrors.Add(1)
+			rp.lastErr.Store(err.Error())
+			s.log.Warn("upload failed; will retry", "key", k.String(), "err", err)
+			return err
+		}
+	}
+	rp.lastErr.Store("")
+	if sent != nil {
+		sent() // before waiting for the persistence, which waits for it
+	}
+	return rp.settleUpload(ctx, k, item, persisted)
+}
+
+// uploadTo puts one value on remote r. A remote that already holds the
+// key ends the upload (uploadExisting): with the same value it is done,
+// with another it is a conflict, and this mount drops its own (first
+// writer wins). verified says that src is the published blob whose
+// SHA-256 its writer computed, info.Sum (Meta.Verified): the remote tier
+// need not hash it again.
+func (rp *replicator) uploadTo(ctx context.Context, r *layer, info Info, src io.ReaderAt, verified bool) error {
+	s := rp.s
+	put := func() error {
+		_, err := r.Tier.Put(ctx, info.Key, &countingReader{r: copyReader(src, info.Size), n: &r.bytesIn},
+			Meta{Size: info.Size, Sum: info.Sum, Created: info.Created, Verified: verified})
+		return err
+	}
+	err := put()
+	conflict := false
+	if errors.Is(err, ErrExist) {
+		conflict, err = rp.uploadExisting(ctx, r, info, put)
+	}
+	if conflict {
+		s.noteErr(r, nil)
+		s.absent.added(r, info.Key)
+		return nil
+	}
+	rp.noteUpload(r, info, err)
+	return err
+}
+
+// noteUpload counts the upload of info to r.
+func (rp *replicator) noteUpload(r *layer, info Info, err error) {
+	s := rp.s
+	s.noteErr(r, err)
+	if err == nil {
+		rp.uploaded.Add(1)
+		rp.uploadedBytes.Add(info.Size)
+		s.list.add(info)
+		s.absent.added(r, info.Key)
+	}
+}
+
+// settleUpload ends an upload of k that reached the remote, for the queue
+// and for an early upload alike. Uploaded before it was persisted
+// (persisted not nil), the value's durable queue record is written by the
+// persisting commit, so that is waited for; then the record is taken out
+// of the durable queue, unless ctx was cancelled by a Delete meanwhile:
+// the queue may already hold a new value of k, whose record must stay.
+func (rp *replicator) settleUpload(ctx context.Context, k digest.Key, item *upItem, persisted <-chan struct{}) error {
+	s := rp.s
+	if persisted != nil {
+		select {
+		case <-persisted:
+		case <-ctx.Done():
+		}
+	}
+	if ctx.Err() != nil && s.ctx.Err() == nil {
+		return nil
+	}
+	if s.queue != nil {
+		// The durable record goes in the background, with others: a
+		// worker waiting for its own commit (fdatasync included) before
+		// its next upload spent a third of its time there. Lost at a
+		// crash, the record only makes the next start check that the
+		// remote has the value.
+		select {
+		case rp.deq <- uploaded{k, item}:
+			return nil
+		default:
+		}
+	}
+	return rp.dequeue(k)
+}
+
+// uploaded is an upload done, whose durable queue record is to remove.
+type uploaded struct {
+	k    digest.Key
+	item *upItem // the upload queue's item it took
+}
+
+// flushDequeues takes what the dequeuer left out of the durable queue; Close
+// runs it once the workers are done, before it closes the tiers.
+func (rp *replicator) flushDequeues() {
+	rp.dequeueBatch(rp.drainDeq(nil, len(rp.deq)))
+}
+
+// dequeuer takes uploaded entries out of the durable queue, many per
+// commit.
+func (rp *replicator) dequeuer() {
+	s := rp.s
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case u := <-rp.deq:
+			// Linger a little for more: a commit rewrites every page its
+			// keys fall on, and uploads finishing one by one made a
+			// commit each. A record lost at a crash only makes the next
+			// start check the remote for that value.
+			select {
+			case <-time.After(s.pol.DequeueLinger):
+			case <-s.ctx.Done():
+			}
+			rp.dequeueBatch(rp.drainDeq([]uploaded{u}, 1023))
+		}
+	}
+}
+
+// drainDeq appends to batch up to n more uploads that are waiting in rp.deq.
+func (rp *replicator) drainDeq(batch []uploaded, n int) []uploaded {
+	for range n {
+		select {
+		case u := <-rp.deq:
+			batch = append(batch, u)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// dequeueBatch takes keys out of the durable queue at once (the bolt tier's
+// group commit writes them together), except a key deleted and published
+// again since its upload: its record is the new value's. A key still queued
+// with the item its upload took is not renewed: the uploader hands it over
+// before it ends the upload (endUploadLocked).
+func (rp *replicator) dequeueBatch(batch []uploaded) {
+	s := rp.s
+	var wg sync.WaitGroup
+	for _, u := range batch {
+		s.mu.Lock()
+		it, queued := rp.q.set[u.k]
+		renewed := queued && it != u.item
+		s.mu.Unlock()
+		if !renewed {
+			wg.Go(func() { rp.dequeue(u.k) })
+		}
+	}
+	wg.Wait()
+}
+
+// dequeue takes k out of the durable queue. Not with s.ctx: Close cancels
+// it right after the last uploads, and a dequeue failing then would leave
+// uploaded entries in the queue, to be read and checked again at the next
+// start. The commit is local and short; Close waits for it.
+func (rp *replicator) dequeue(k digest.Key) error {
+	s := rp.s
+	if s.queue != nil {
+		if err := s.queue.Uploaded(context.Background(), k); err != nil {
+			s.log.Error("could not take entry out of the upload queue", "key", k.String(), "err", err)
+			return err
+		}
+	}
+	return nil
+}
+
+// adoptLocked makes u the upload of p's queued item: the workers leave the
+// key to it (it is in flight) and a Delete cancels and waits for it as for
+// theirs. False when u has ended (failed), or another upload of the key is
+// still in flight (the value's previous incarnation): the queue uploads p.
+func (rp *replicator) adoptLocked(u *EarlyUpload, p *pub) bool {
+	s := rp.s
+	k := p.info.Key
+	item := rp.q.set[k]
+	if u.s != s || u.key != k || u.done || item == nil || s.keys.get(k).upload != nil {
+		return false
+	}
+	u.adopted, u.p, u.item = true, p, item
+	u.readAtPublish, u.published = u.read.Load(), time.Now()
+	p.refs++
+	rp.startUploadLocked(k, u.cancel)
+	return true
+}
+
+// uploadExisting decides an upload the remote refused because it holds
+// the key. It never removes or replaces a copy it cannot prove is its own
+// value: it learns the remote's value (remoteValue: its record, or its
+// bytes hashed), and the same value ends the upload, another is a
+// conflict (reported true: this mount's copies are dropped). A copy that
+// fails verification (ErrCorrupt: its size disagrees with its record) is
+// handed to s.corrupt and ours put again. A failure to tell is an error:
+// the upload is retried.
+func (rp *replicator) uploadExisting(ctx context.Context, r *layer, info Info, put func() error) (conflict bool, err error) {
+	s := rp.s
+	for range 3 {
+		rinfo, serr := rp.remoteValue(ctx, r, info.Key, info.Size)
+		switch {
+		case serr == nil && rinfo.Size == info.Size && rinfo.Sum == info.Sum:
+			return false, nil
+		case serr == nil && info.Key.Ext() == "" && info.Key.Hex() == info.Sum.String():
+			// The key is our value's SHA-256: no other value can be
+			// the key's, so the remote copy is damage (or a write in
+			// progress), not a conflict. Ours is not dropped for it;
+			// the upload is retried.
+			return false, Wrap(r.name, "put", info.Key, fmt.Errorf("%w: the remote copy (%d bytes, sha256 %s) is not the value its name is the hash of",
+				ErrCorrupt, rinfo.Size, rinfo.Sum))
+		case serr == nil:
+			rp.conflict(r, info, rinfo)
+			return true, nil
+		case errors.Is(serr, ErrForeign):
+			// A file flechefs did not write that the tier does not
+			// serve (its foreign setting): left alone, and ours kept,
+			// since the remote serves no value for the key.
+			rp.conflicts.Add(1)
+			s.log.Warn("remote holds a file flechefs did not write under this key and does not serve it (its foreign setting); not uploaded, the file is left alone",
+				"key", info.Key.String(), "tier", r.name)
+			return false, nil
+		case errors.Is(serr, ErrCorrupt):
+			s.corrupt(r, info.Key, serr) // counted, logged and quarantined; then ours is put
+		case errors.Is(serr, ErrNotFound):
+			// Removed since the Put looked: put again.
+		default:
+			return false, serr
+		}
+		if err := put(); !errors.Is(err, ErrExist) {
+			return false, err
+		}
+	}
+	return false, Wrap(r.name, "put", info.Key, errors.New("the remote copy keeps changing; will retry"))
+}
+
+// remoteValue returns the value remote r holds for k: its Info, with the
+// hash from its record, or, when it has none after Policy.RecordWait, from its
+// bytes (a copy whose writer died between its rename and its record, or
+// one copied in by hand; hashing it is how it is adopted). ErrNotFound
+// when it is gone.
+func (rp *replicator) remoteValue(ctx context.Context, r *layer, k digest.Key, size int64) (Info, error) {
+	s := rp.s
+	deadline := time.Now().Add(s.pol.RecordWait)
+	wait := 50 * time.Millisecond
+	for {
+		sctx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
+		rinfo, err := r.Tier.Stat(sctx, k)
+		cancel()
+		// Not found right after the Put was refused: a copy without a
+		// record that the tier hides while it may still be written (a
+		// young one, tiers/sftp's foreign rules), or one removed since.
+		// Both are asked again until the deadline.
+		hidden := errors.Is(err, ErrNotFound) && !errors.Is(err, ErrForeign)
+		if err != nil && !hidden || err == nil && (!rinfo.Sum.IsZero() || rinfo.Size != size) {
+			// A record, an error, or a size that already tells another
+			// value (its hash is not needed to call it a conflict).
+			return rinfo, err
+		}
+		if time.Now().After(deadline) {
+			if hidden {
+				return Info{}, err
+			}
+			return rp.hashRemote(ctx, r, k)
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return Info{}, ctx.Err()
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+	}
+}
+
+// hashRemote reads k's copy in r whole and hashes it; when its Reader is
+// an Adopter, it records the hash, so that readers verify the copy from
+// now on. A copy that changed while it was hashed, or whose record came
+// meanwhile and disagrees, is an error: the caller asks again.
+func (rp *replicator) hashRemote(ctx context.Context, r *layer, k digest.Key) (Info, error) {
+	s := rp.s
+	rd, err := r.Tier.Open(ctx, k)
+	if err != nil {
+		return Info{}, err
+	}
+	defer rd.Close()
+	info := rd.Info()
+	h := digest.NewHasher()
+	var n int64
+	if wt, ok := rd.(io.WriterTo); ok {
+		n, err = wt.WriteTo(h)
+	} else {
+		n, err = io.Copy(h, io.NewSectionReader(rd, 0, info.Size))
+	}
+	if err != nil {
+		return Info{}, err
+	}
+	if n != info.Size {
+		return Info{}, fmt.Errorf("%w: remote copy ended at %d bytes of %d", ErrCorrupt, n, info.Size)
+	}
+	if !info.Sum.IsZero() {
+		if h.Sum() != info.Sum {
+			return Info{}, fmt.Errorf("%w: remote copy does not match its sum record", ErrCorrupt)
+		}
+		return info, nil // a record appeared meanwhile
+	}
+	info.Sum = h.Sum()
+	s.log.Info("remote copy has no checksum record; hashed it to learn its value", "tier", r.name, "key", k.String(),
+		"sha256", info.Sum.String(), "size", info.Size)
+	if a, ok := rd.(Adopter); ok && r.writable() {
+		if err := a.Adopt(ctx, info.Sum); err != nil {
+			// A record that disagrees, or a copy replaced while it was
+			// hashed: what was hashed is not the remote's value.
+			return Info{}, err
+		}
+	}
+	return info, nil
+}
+
+// conflict handles an upload of info to r that found another value
+// there: counted, logged once, and this mount's copies of the losing value
+// dropped from its local tiers (in the background: the upload that found
+// it still holds them; Sync waits for it).
+func (rp *replicator) conflict(r *layer, info Info, remote Info) {
+	s := rp.s
+	rp.conflicts.Add(1)
+	s.log.Warn("remote holds another value for this key; this mount drops its own and will read the remote's (first writer wins)",
+		"key", info.Key.String(), "tier", r.name, "local_sha256", info.Sum.String(), "remote_sha256", remote.Sum.String(),
+		"local_size", info.Size, "remote_size", remote.Size)
+	s.mu.Lock()
+	if s.keys.n.lost >= maxLost {
+		s.keys.each(func(k digest.Key, ks *keyState) bool {
+			if !ks.lost {
+				return true
+			}
+			s.keys.edit(k, func(ks *keyState) { ks.lost, ks.lostSum = false, digest.Sum{} })
+			return false
+		})
+	}
+	s.keys.edit(info.Key, func(ks *keyState) { ks.lost, ks.lostSum = true, info.Sum })
+	s.settling++
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go s.dropLost(info.Key, info.Sum)
+}
