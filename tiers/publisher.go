@@ -158,7 +158,7 @@ func (pb *publisher) publish(ctx context.Context, k digest.Key, b Blob, sum dige
 		if err := s.WaitDurable(ctx, k); err != nil {
 			return info, err
 		}
-		if _, err := s.settleTomb(ctx, k); err != nil {
+		if _, err := s.deleter.settleTomb(ctx, k); err != nil {
 			return info, Wrap("stack", "publish", k, err)
 		}
 		for _, r := range s.remotes {

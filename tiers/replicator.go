@@ -121,7 +121,7 @@ func (rp *replicator) uploader() {
 			continue
 		}
 		s.mu.Lock()
-		k, wait, ok := rp.q.next(time.Now(), s.tombstonedLocked)
+		k, wait, ok := rp.q.next(time.Now(), s.deleter.tombstonedLocked)
 		var ctx context.Context
 		var item *upItem
 		if ok {

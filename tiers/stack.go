@@ -73,20 +73,20 @@ type Stack struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // background goroutines
 
-	mu       sync.Mutex
-	closed   bool
-	closing  chan struct{} // closed when Close begins
-	keys     keyTable      // per-key state (keys.go)
-	gate     chan struct{} // promoteGate's window, closed at its end
-	tombKick chan struct{}
-	changed  chan struct{} // closed and replaced when the queue or pending set shrinks
+	mu      sync.Mutex
+	closed  bool
+	closing chan struct{} // closed when Close begins
+	keys    keyTable      // per-key state (keys.go)
+	changed chan struct{} // closed and replaced when the queue or pending set shrinks
 
 	act       activity   // the foreground's clock (activity.go)
 	publisher publisher  // publishes and their persistence (publisher.go)
 	rep       replicator // uploads (replicator.go)
 	list      listCache
-	absent    absentSet  // absence snapshots of the remotes (stack_absent.go)
-	deferq    deferQueue // copies into slower local tiers that wait for a pause (stack_defer.go)
+	absent    absentSet // absence snapshots of the remotes (stack_absent.go)
+	promoter  promoter  // copies into faster tiers (promoter.go)
+	fetcher   fetcher   // reads from the remotes (fetcher.go)
+	deleter   deleter   // remote deletes and their tombstones (deleter.go)
 
 	// settling counts the drops of values that lost a conflict still
 	// running (stack_conflict.go). Under mu.
@@ -126,13 +126,15 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 	}
 	s := &Stack{
 		opt: opt, pol: opt.Policy, log: opt.Logger,
-		keys:     newKeyTable(),
-		tombKick: make(chan struct{}, 1),
-		changed:  make(chan struct{}),
-		closing:  make(chan struct{}),
+		keys:    newKeyTable(),
+		changed: make(chan struct{}),
+		closing: make(chan struct{}),
 	}
 	s.rep.init(s)
 	s.publisher.init(s)
+	s.promoter.s = s
+	s.fetcher.s = s
+	s.deleter.s, s.deleter.kick = s, make(chan struct{}, 1)
 	s.act.pol = &s.pol
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for i, l := range layers {
@@ -175,11 +177,11 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 		}
 	}
 	if s.hasWritableRemote() {
-		if err := s.loadTombs(); err != nil {
+		if err := s.deleter.loadTombs(); err != nil {
 			return nil, fmt.Errorf("stack: reading the queued remote deletes: %w", err)
 		}
 	}
-	s.initDefer()
+	s.promoter.initDefer()
 	for range 4 {
 		s.publisher.persistWG.Add(1)
 		go s.publisher.persister()
@@ -192,7 +194,7 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 		s.wg.Add(1)
 		go s.rep.dequeuer()
 		s.wg.Add(1)
-		go s.deleter()
+		go s.deleter.run()
 	}
 	return s, nil
 }
@@ -226,8 +228,8 @@ func (s *Stack) Stat(ctx context.Context, k digest.Key) (Info, error) {
 		s.mu.Unlock()
 		return p.info, nil
 	}
-	info, fetching := s.fetchingLocked(k)
-	tombstoned := s.tombstonedLocked(k)
+	info, fetching := s.fetcher.fetchingLocked(k)
+	tombstoned := s.deleter.tombstonedLocked(k)
 	s.mu.Unlock()
 	if fetching {
 		return info, nil
@@ -251,7 +253,7 @@ func (s *Stack) Stat(ctx context.Context, k digest.Key) (Info, error) {
 			s.noteMiss(l)
 			continue
 		}
-		info, err := s.lookupByOpen(ctx, l, k)
+		info, err := s.fetcher.lookupByOpen(ctx, l, k)
 		if err == nil {
 			return info, nil
 		}
@@ -338,7 +340,7 @@ func (s *Stack) Open(ctx context.Context, k digest.Key) (Reader, error) {
 	// them is done, so either it is found here or they have the value. The
 	// other way round, a fetch that ended between the local misses and the
 	// remote's turn would be made again.
-	f := s.joinableFetch(k, nil)
+	f := s.fetcher.joinableFetch(k, nil)
 	s.mu.Unlock()
 	if f != nil {
 		if r, err := f.join(ctx, digest.Sum{}); err == nil {
@@ -354,13 +356,13 @@ func (s *Stack) Open(ctx context.Context, k digest.Key) (Reader, error) {
 func (s *Stack) openFrom(ctx context.Context, k digest.Key, from int, want digest.Sum) (Reader, error) {
 	unavailable := false
 	var spoolErr *spoolError
-	tombstoned := s.tombstoned(k)
+	tombstoned := s.deleter.tombstoned(k)
 	for _, l := range s.layers[from:] {
 		if l.Remote && tombstoned {
 			continue // deleted here; the remote's delete is queued
 		}
 		if l.Remote {
-			r, err := s.openRemote(ctx, l, k, want)
+			r, err := s.fetcher.openRemote(ctx, l, k, want)
 			if err == nil {
 				return r, nil
 			}
@@ -381,8 +383,8 @@ func (s *Stack) openFrom(ctx context.Context, k digest.Key, from int, want diges
 			continue
 		}
 		l.hits.Add(1)
-		if targets := s.promoteTargets(l.idx); len(targets) > 0 {
-			s.promoteLocal(l, k, targets)
+		if targets := s.promoter.promoteTargets(l.idx); len(targets) > 0 {
+			s.promoter.promoteLocal(l, k, targets)
 		}
 		return &stackReader{s: s, l: l, k: k, r: r, fg: true}, nil
 	}
@@ -396,145 +398,6 @@ func (s *Stack) openFrom(ctx context.Context, k digest.Key, from int, want diges
 		return nil, Wrap("stack", "open", k, spoolErr)
 	}
 	return nil, Wrap("stack", "open", k, ErrNotFound)
-}
-
-// promoteTargets are the writable local layers a hit at index i is copied to.
-func (s *Stack) promoteTargets(i int) []*layer {
-	var out []*layer
-	for l := range s.layers[:i].writableLocal() {
-		if s.opt.Promote == PromoteBase && l.idx != 0 {
-			continue
-		}
-		out = append(out, l)
-	}
-	return out
-}
-
-// promoteLocal copies k from src to targets in the background, one copy at
-// a time per key. Every copy is checked against the hash by the target's Put.
-func (s *Stack) promoteLocal(src *layer, k digest.Key, targets []*layer) {
-	done := s.startPromotion(k)
-	if done == nil {
-		return
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		defer s.endPromotion(k, done)
-		r, err := src.Tier.Open(s.ctx, k)
-		if err != nil {
-			return
-		}
-		defer r.Close()
-		s.copyTo(src, r, targets)
-	}()
-}
-
-// startPromotion registers a copy of k into faster tiers. It returns nil,
-// and the copy must not be made, when one is running already, when a
-// Delete of k is (it would put back what the Delete removes) or when the
-// stack is closed. Delete waits for the copies registered before it.
-func (s *Stack) startPromotion(k digest.Key) chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.registerPromotionLocked(k)
-}
-
-// registerPromotionLocked registers a copy of k, or returns nil (see
-// startPromotion).
-func (s *Stack) registerPromotionLocked(k digest.Key) chan struct{} {
-	if ks := s.keys.get(k); ks.promoting != nil || ks.deleting > 0 || s.closed {
-		return nil
-	}
-	done := make(chan struct{})
-	s.keys.edit(k, func(ks *keyState) { ks.promoting = done })
-	return done
-}
-
-// startPromotionAfter is startPromotion, except that it waits for a copy
-// of k already running to end instead of giving up. A fetch's copies
-// need it: a local hit's copy that finds that copy corrupt (and removes
-// it) may still run when the fetch that replaces it from the remote ends,
-// and a fetch that gave up then left the value in no local tier.
-func (s *Stack) startPromotionAfter(k digest.Key) chan struct{} {
-	s.mu.Lock()
-	for ks := s.keys.get(k); ks.promoting != nil && !s.closed && ks.deleting == 0; ks = s.keys.get(k) {
-		busy := ks.promoting
-		s.mu.Unlock()
-		select {
-		case <-busy:
-		case <-s.ctx.Done():
-			return nil
-		}
-		s.mu.Lock()
-	}
-	defer s.mu.Unlock()
-	return s.registerPromotionLocked(k)
-}
-
-func (s *Stack) endPromotion(k digest.Key, done chan struct{}) {
-	s.mu.Lock()
-	s.keys.edit(k, func(ks *keyState) {
-		if ks.promoting == done {
-			ks.promoting = nil
-		}
-	})
-	s.mu.Unlock()
-	close(done)
-}
-
-// copyTo puts the value of r (read from layer src, which may be nil for a
-// spool) into every target and reports whether every target holds it. A
-// hash mismatch blames the source.
-func (s *Stack) copyTo(src *layer, r Reader, targets []*layer) bool {
-	info := r.Info()
-	all := true
-	for _, t := range targets {
-		if t.idx > 0 && info.Size <= memFetch {
-			s.promoteGate()
-		}
-		// From a fetch's spool (src nil), the bytes were hashed as they
-		// arrived and matched the remote's sum: the tier need not hash
-		// them again. From a tier, they are checked.
-		m := Meta{Size: info.Size, Sum: info.Sum, Created: info.Created, Verified: src == nil}
-		_, err := t.Tier.Put(s.ctx, info.Key, &countingReader{r: copyReader(r, info.Size), n: &t.bytesIn}, m)
-		switch {
-		case err == nil:
-			t.promotions.Add(1)
-		case errors.Is(err, ErrExist):
-		case errors.Is(err, ErrNoSpace), errors.Is(err, context.Canceled):
-			all = false
-		case errors.Is(err, ErrCorrupt) && src != nil:
-			s.corrupt(src, info.Key, err)
-			return false
-		default:
-			all = false
-			s.noteErr(t, err)
-		}
-	}
-	return all
-}
-
-// promoteGate returns at the end of the current Policy.PromoteDelay window,
-// opening one if none is open.
-func (s *Stack) promoteGate() {
-	s.mu.Lock()
-	g := s.gate
-	if g == nil {
-		g = make(chan struct{})
-		s.gate = g
-		time.AfterFunc(s.pol.PromoteDelay, func() {
-			s.mu.Lock()
-			s.gate = nil
-			s.mu.Unlock()
-			close(g)
-		})
-	}
-	s.mu.Unlock()
-	select {
-	case <-g:
-	case <-s.ctx.Done():
-	}
 }
 
 // corrupt counts and logs a bad copy in l and removes it from a local tier
@@ -602,7 +465,7 @@ func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
 	s.rep.q.remove(k)
 	s.broadcastLocked()
 	s.mu.Unlock()
-	s.dropParked(&k)
+	s.fetcher.dropParked(&k)
 	defer s.endDeleting(k)
 	if pend {
 		// Let its persistence finish, so that the deletes below remove
@@ -660,7 +523,7 @@ func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
 			dctx, cancel = context.WithTimeout(ctx, s.opt.RemoteTimeout)
 		}
 		var err error
-		if tq, ok := s.tombQueue(); ok && newTomb && l == s.persist {
+		if tq, ok := s.deleter.tombQueue(); ok && newTomb && l == s.persist {
 			var id uint64
 			if id, err = tq.DeleteQueued(dctx, k, t.sum); err == nil {
 				s.mu.Lock()
@@ -690,7 +553,7 @@ func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
 		}
 		s.mu.Unlock()
 		if s.remotesUp() {
-			rf, err := s.settleTomb(ctx, k)
+			rf, err := s.deleter.settleTomb(ctx, k)
 			found = found || rf
 			queued = err != nil
 			if queued {
@@ -699,7 +562,7 @@ func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
 		} else {
 			// Known down: the deleter retries it, not this caller.
 			queued = true
-			s.kickTombs()
+			s.deleter.kickTombs()
 		}
 		// Deleted here, and the remote's delete queued durably: a
 		// success, whether or not a local tier held the value.
@@ -760,7 +623,7 @@ func (s *Stack) Where(ctx context.Context, k digest.Key) []string {
 	if pend {
 		out = append(out, "unpersisted")
 	}
-	tombstoned := s.tombstoned(k)
+	tombstoned := s.deleter.tombstoned(k)
 	for _, l := range s.layers {
 		if l.Remote && tombstoned {
 			continue
@@ -840,7 +703,7 @@ func (s *Stack) Stats() Stats {
 	st.Deletes = int64(s.keys.n.tombs)
 	st.Unpersisted = int64(s.publisher.unpersistedLocked())
 	st.Fetching = int64(s.keys.n.fetches)
-	st.Deferred = s.deferredLenLocked()
+	st.Deferred = s.promoter.deferredLenLocked()
 	s.mu.Unlock()
 	for _, l := range s.layers {
 		ts := TierStats{
@@ -877,10 +740,10 @@ func (s *Stack) Close() error {
 	s.publisher.publishing.Wait()
 	close(s.publisher.persistCh)
 	s.publisher.persistWG.Wait()
-	s.drainDeferred()
+	s.promoter.drainDeferred()
 	s.cancel()
 	s.wg.Wait()
-	s.dropParked(nil)
+	s.fetcher.dropParked(nil)
 	s.rep.flushDequeues()
 	var errs []error
 	for _, l := range s.layers {

@@ -127,7 +127,7 @@ func (s *Stack) List(ctx context.Context, fn func(Info) error) error {
 	}
 	if len(s.remotes) > 0 {
 		for _, in := range s.remoteListing(min(2*time.Second, s.opt.RemoteTimeout)) {
-			if s.tombstoned(in.Key) {
+			if s.deleter.tombstoned(in.Key) {
 				continue // deleted here; the remote's delete is queued
 			}
 			if err := emit(in); err != nil {

@@ -9,6 +9,15 @@ import (
 	"github.com/flechefs/flechefs/digest"
 )
 
+// The deleter carries out the remote part of Deletes (see doc.go,
+// "Deletes"): a delete the remote could not take at once is a tombstone,
+// kept in the key table (keyState.tomb) and durably in the persistent tier
+// (TombstoneQueue), and retried with a backoff until it is done.
+type deleter struct {
+	s    *Stack
+	kick chan struct{} // wakes run
+}
+
 // tomb is a queued remote delete of a key (see doc.go, "Deletes"), under
 // s.mu.
 type tomb struct {
@@ -20,8 +29,9 @@ type tomb struct {
 }
 
 // loadTombs resumes the tombstones the persistent tier keeps.
-func (s *Stack) loadTombs() error {
-	tq, ok := s.tombQueue()
+func (dl *deleter) loadTombs() error {
+	s := dl.s
+	tq, ok := dl.tombQueue()
 	if !ok {
 		return nil
 	}
@@ -45,7 +55,8 @@ func (s *Stack) loadTombs() error {
 	return nil
 }
 
-func (s *Stack) tombQueue() (TombstoneQueue, bool) {
+func (dl *deleter) tombQueue() (TombstoneQueue, bool) {
+	s := dl.s
 	if s.persist == nil {
 		return nil, false
 	}
@@ -53,10 +64,11 @@ func (s *Stack) tombQueue() (TombstoneQueue, bool) {
 	return tq, ok
 }
 
-// tombstoned reports whether k has a queued remote delete. Caller holds s.mu.
-func (s *Stack) tombstonedLocked(k digest.Key) bool { return s.keys.get(k).tomb != nil }
+// tombstoned reports whether k has a queued remote delete. Caller holds dl.s.mu.
+func (dl *deleter) tombstonedLocked(k digest.Key) bool { return dl.s.keys.get(k).tomb != nil }
 
-func (s *Stack) tombstoned(k digest.Key) bool {
+func (dl *deleter) tombstoned(k digest.Key) bool {
+	s := dl.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.keys.get(k).tomb != nil
@@ -67,7 +79,8 @@ func (s *Stack) tombstoned(k digest.Key) bool {
 // zero, or the copy has no checksum to tell); another value is another
 // writer's, written since, and is left. found reports whether a copy was
 // removed.
-func (s *Stack) deleteRemote(ctx context.Context, k digest.Key, sum digest.Sum) (found bool, err error) {
+func (dl *deleter) deleteRemote(ctx context.Context, k digest.Key, sum digest.Sum) (found bool, err error) {
+	s := dl.s
 	for _, l := range s.remotes {
 		if !l.writable() {
 			continue
@@ -103,7 +116,8 @@ func (s *Stack) deleteRemote(ctx context.Context, k digest.Key, sum digest.Sum) 
 
 // settleTomb carries out k's queued delete now, if it has one. A failure
 // leaves it queued, retried by the deleter after a backoff.
-func (s *Stack) settleTomb(ctx context.Context, k digest.Key) (found bool, err error) {
+func (dl *deleter) settleTomb(ctx context.Context, k digest.Key) (found bool, err error) {
+	s := dl.s
 	s.mu.Lock()
 	t := s.keys.get(k).tomb
 	for t != nil && t.busy {
@@ -123,9 +137,9 @@ func (s *Stack) settleTomb(ctx context.Context, k digest.Key) (found bool, err e
 	}
 	t.busy = true
 	s.mu.Unlock()
-	found, err = s.deleteRemote(ctx, k, t.sum)
+	found, err = dl.deleteRemote(ctx, k, t.sum)
 	if err == nil && t.id != 0 {
-		if tq, ok := s.tombQueue(); ok {
+		if tq, ok := dl.tombQueue(); ok {
 			// Durably gone before the key's new upload may start.
 			err = tq.TombstoneDone(context.Background(), t.id)
 		}
@@ -141,7 +155,7 @@ func (s *Stack) settleTomb(ctx context.Context, k digest.Key) (found bool, err e
 	}
 	s.broadcastLocked()
 	s.mu.Unlock()
-	s.kickTombs()
+	dl.kickTombs()
 	select { // a new value of k may wait for upload
 	case s.rep.q.kick <- struct{}{}:
 	default:
@@ -149,15 +163,17 @@ func (s *Stack) settleTomb(ctx context.Context, k digest.Key) (found bool, err e
 	return found, err
 }
 
-func (s *Stack) kickTombs() {
+// kickTombs wakes run: a tombstone is due.
+func (dl *deleter) kickTombs() {
 	select {
-	case s.tombKick <- struct{}{}:
+	case dl.kick <- struct{}{}:
 	default:
 	}
 }
 
-// deleter carries out the queued remote deletes, each after its backoff.
-func (s *Stack) deleter() {
+// run carries out the queued remote deletes, each after its backoff.
+func (dl *deleter) run() {
+	s := dl.s
 	defer s.wg.Done()
 	for {
 		s.mu.Lock()
@@ -181,7 +197,7 @@ func (s *Stack) deleter() {
 			if s.ctx.Err() != nil {
 				return
 			}
-			if _, err := s.settleTomb(s.ctx, k); err != nil && s.ctx.Err() == nil {
+			if _, err := dl.settleTomb(s.ctx, k); err != nil && s.ctx.Err() == nil {
 				s.log.Warn("queued remote delete failed; will retry", "key", k.String(), "err", err)
 			}
 		}
@@ -191,7 +207,7 @@ func (s *Stack) deleter() {
 		select {
 		case <-s.ctx.Done():
 			return
-		case <-s.tombKick:
+		case <-dl.kick:
 		case <-time.After(wait):
 		}
 	}

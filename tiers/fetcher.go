@@ -12,6 +12,12 @@ import (
 	"github.com/flechefs/flechefs/digest"
 )
 
+// The fetcher reads values from the remote tiers: one fetch per key at a
+// time (keyState.fetch), which readers join, verified as it arrives and
+// handed to the promoter once whole; and the remote readers lookups open,
+// parked for the Open that follows (keyState.parked).
+type fetcher struct{ s *Stack }
+
 // A fetch is one value being read from a remote tier into an unlinked spool
 // file, or into memory when it is at most memFetch bytes. Readers join it and read
 // what has arrived; the last byte is released only after the whole value
@@ -50,13 +56,14 @@ const memFetch = 1 << 20
 // openRemote opens k from remote layer l. Concurrent opens of one key share
 // one fetch: the first registers the fetch before it talks to the remote,
 // the others wait for it to be opened.
-func (s *Stack) openRemote(ctx context.Context, l *layer, k digest.Key, want digest.Sum) (Reader, error) {
+func (fe *fetcher) openRemote(ctx context.Context, l *layer, k digest.Key, want digest.Sum) (Reader, error) {
+	s := fe.s
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return nil, Wrap("stack", "open", k, ErrClosed)
 	}
-	if f := s.joinableFetch(k, l); f != nil {
+	if f := fe.joinableFetch(k, l); f != nil {
 		s.mu.Unlock()
 		return f.join(ctx, want)
 	}
@@ -66,11 +73,11 @@ func (s *Stack) openRemote(ctx context.Context, l *layer, k digest.Key, want dig
 	s.wg.Add(1)
 	s.mu.Unlock()
 
-	r, err := s.startFetch(ctx, f, k, want)
+	r, err := fe.startFetch(ctx, f, k, want)
 	if err != nil {
 		f.openErr = err
 		s.mu.Lock()
-		s.endFetchLocked(k, f)
+		fe.endFetchLocked(k, f)
 		s.mu.Unlock()
 		close(f.ready)
 		s.wg.Done()
@@ -90,7 +97,8 @@ func (s *Stack) openRemote(ctx context.Context, l *layer, k digest.Key, want dig
 // found when the tier serves it (its foreign setting, which answers
 // ErrNotFound for one it does not): the fetch hashes it and the tier
 // records that sum (Adopter).
-func (s *Stack) lookupByOpen(ctx context.Context, l *layer, k digest.Key) (Info, error) {
+func (fe *fetcher) lookupByOpen(ctx context.Context, l *layer, k digest.Key) (Info, error) {
+	s := fe.s
 	octx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
 	r, err := l.Tier.Open(octx, k)
 	cancel()
@@ -113,7 +121,7 @@ func (s *Stack) lookupByOpen(ctx context.Context, l *layer, k digest.Key) (Info,
 	}
 	s.foundRemote(k, info.Sum)
 	if info.Size > memFetch {
-		s.park(l, k, r)
+		fe.park(l, k, r)
 		return info, nil
 	}
 	s.mu.Lock()
@@ -135,9 +143,10 @@ func (s *Stack) lookupByOpen(ctx context.Context, l *layer, k digest.Key) (Info,
 }
 
 // startFetch opens the remote copy and the spool for f.
-func (s *Stack) startFetch(ctx context.Context, f *fetch, k digest.Key, want digest.Sum) (Reader, error) {
+func (fe *fetcher) startFetch(ctx context.Context, f *fetch, k digest.Key, want digest.Sum) (Reader, error) {
+	s := fe.s
 	l := f.l
-	r := s.unpark(l, k)
+	r := fe.unpark(l, k)
 	if r == nil {
 		octx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
 		var err error
@@ -179,27 +188,13 @@ func (s *Stack) startFetch(ctx context.Context, f *fetch, k digest.Key, want dig
 	return r, nil
 }
 
-// endFetchLocked takes f, which has ended, out of the key table.
-func (s *Stack) endFetchLocked(k digest.Key, f *fetch) {
-	s.keys.edit(k, func(ks *keyState) {
-		if ks.fetch == f {
-			ks.fetch = nil
-		}
-	})
-}
-
-// spoolError is a fetch that failed in the local spool directory: the
-// reader is told that, not that the remote tier is unavailable.
-type spoolError struct{ err error }
-
-func (e *spoolError) Error() string { return e.err.Error() }
-
 // fetchingLocked returns the Info of a fetch of k in progress that has
 // opened its remote copy and not failed: a lookup made meanwhile answers
 // from it rather than open the remote copy again: a second process's
 // lookup while the first reads, or the kernel's after an open answered
 // ESTALE (fs.entryNode.Open). s.mu is held.
-func (s *Stack) fetchingLocked(k digest.Key) (Info, bool) {
+func (fe *fetcher) fetchingLocked(k digest.Key) (Info, bool) {
+	s := fe.s
 	ks := s.keys.get(k)
 	f := ks.fetch
 	if f == nil || f.deleted || ks.deleting > 0 {
@@ -218,7 +213,8 @@ func (s *Stack) fetchingLocked(k digest.Key) (Info, bool) {
 
 // joinableFetch returns the fetch of k from l that an Open can join (any
 // layer when l is nil), with a reference taken for it; or nil. s.mu is held.
-func (s *Stack) joinableFetch(k digest.Key, l *layer) *fetch {
+func (fe *fetcher) joinableFetch(k digest.Key, l *layer) *fetch {
+	s := fe.s
 	f := s.keys.get(k).fetch
 	if f == nil || (l != nil && f.l != l) || (f.prefetch && f.failed()) {
 		return nil
@@ -228,6 +224,22 @@ func (s *Stack) joinableFetch(k digest.Key, l *layer) *fetch {
 	f.mu.Unlock()
 	return f
 }
+
+// endFetchLocked takes f, which has ended, out of the key table.
+func (fe *fetcher) endFetchLocked(k digest.Key, f *fetch) {
+	s := fe.s
+	s.keys.edit(k, func(ks *keyState) {
+		if ks.fetch == f {
+			ks.fetch = nil
+		}
+	})
+}
+
+// spoolError is a fetch that failed in the local spool directory: the
+// reader is told that, not that the remote tier is unavailable.
+type spoolError struct{ err error }
+
+func (e *spoolError) Error() string { return e.err.Error() }
 
 // join waits for f to be opened and returns a reader of it, or drops the
 // reference joinableFetch took.
@@ -346,33 +358,15 @@ func (f *fetch) run(r Reader) {
 	r.Close()
 
 	if err == nil {
-		// Promote from the verified spool; readers go on reading it
-		// meanwhile. Not if the key was deleted during the fetch.
-		f.s.mu.Lock()
-		deleted := f.deleted
-		f.s.mu.Unlock()
-		if done := f.s.startPromotionAfter(k); done != nil && !deleted {
-			targets, later := f.s.promoteTargets(f.l.idx), []*layer(nil)
-			if f.s.deferrable(f.info.Size, targets) {
-				// Into tier 0 now, into the slower tiers once reads
-				// pause (stack_defer.go), queued once this copy ends.
-				if f.s.copyTo(nil, &spoolReader{f: f}, targets[:1]) {
-					targets, later = nil, targets[1:]
-				} else {
-					targets = targets[1:]
-				}
-			}
-			f.s.copyTo(nil, &spoolReader{f: f}, targets)
-			f.s.endPromotion(k, done)
-			if later != nil {
-				f.s.deferCopies(k, f.info.Size, later)
-			}
-		} else if done != nil {
-			f.s.endPromotion(k, done)
-		}
+		// Readers go on reading the spool while it is copied.
+		f.s.promoter.fetched(f.l, &spoolReader{f: f}, func() bool {
+			f.s.mu.Lock()
+			defer f.s.mu.Unlock()
+			return f.deleted
+		})
 	}
 	f.s.mu.Lock()
-	f.s.endFetchLocked(k, f)
+	f.s.fetcher.endFetchLocked(k, f)
 	f.s.mu.Unlock()
 	f.unref()
 }
@@ -453,18 +447,22 @@ type fetchReader struct {
 }
 
 func (r *fetchReader) Info() Info { return r.f.infoNow() }
+
 func (r *fetchReader) ReadAt(p []byte, off int64) (int, error) {
 	r.f.s.act.used()
 	return r.f.readAt(p, off)
 }
+
 func (r *fetchReader) Close() error { r.once.Do(r.f.unref); return nil }
 
 // spoolReader reads the verified spool for promotion.
 type spoolReader struct{ f *fetch }
 
-func (r *spoolReader) Info() Info                              { return r.f.info }
+func (r *spoolReader) Info() Info { return r.f.info }
+
 func (r *spoolReader) ReadAt(p []byte, off int64) (int, error) { return r.f.readSpool(p, off) }
-func (r *spoolReader) Close() error                            { return nil }
+
+func (r *spoolReader) Close() error { return nil }
 
 // readSpool reads the spool like io.ReaderAt.
 func (f *fetch) readSpool(p []byte, off int64) (int, error) {
@@ -495,7 +493,8 @@ type parked struct {
 }
 
 // park keeps r, opened from l by a lookup of k, for the fetch that follows.
-func (s *Stack) park(l *layer, k digest.Key, r Reader) {
+func (fe *fetcher) park(l *layer, k digest.Key, r Reader) {
+	s := fe.s
 	s.mu.Lock()
 	if ks := s.keys.get(k); s.closed || ks.deleting > 0 || ks.fetch != nil || ks.parked != nil || s.keys.n.parked >= maxParked {
 		s.mu.Unlock()
@@ -520,7 +519,8 @@ func (s *Stack) park(l *layer, k digest.Key, r Reader) {
 
 // unpark takes the reader a lookup parked for k in l, or returns nil; a
 // reader whose connection dropped meanwhile is closed, not returned.
-func (s *Stack) unpark(l *layer, k digest.Key) Reader {
+func (fe *fetcher) unpark(l *layer, k digest.Key) Reader {
+	s := fe.s
 	s.mu.Lock()
 	p := s.keys.get(k).parked
 	if p == nil || p.l != l || !p.timer.Stop() {
@@ -537,7 +537,8 @@ func (s *Stack) unpark(l *layer, k digest.Key) Reader {
 }
 
 // dropParked closes the readers parked for k (all of them when k is nil).
-func (s *Stack) dropParked(k *digest.Key) {
+func (fe *fetcher) dropParked(k *digest.Key) {
+	s := fe.s
 	s.mu.Lock()
 	var rs []Reader
 	drop := func(pk digest.Key, p *parked) {
