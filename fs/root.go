@@ -345,8 +345,10 @@ func (r *root) recentMiss(k digest.Key) bool {
 // publish hands a finished spool to the stack as k's value. hash is the
 // running hash of sequential writes (nil: hash the spool now); early is the
 // upload begun while writing (nil: none). won is false when k had a value
-// already (first writer wins): this one is dropped. The spool is the
-// stack's (or closed) afterwards, whatever happens.
+// already (first writer wins): this one is dropped. won with an error is a
+// value published here that is not on the remote yet (write = "through",
+// tiers.ErrNotUploaded). The spool is the stack's (or closed) afterwards,
+// whatever happens.
 func (r *root) publish(ctx context.Context, k digest.Key, sp *spool, hash *runningHash, early *tiers.EarlyUpload) (won bool, err error) {
 	var sum digest.Sum
 	if hash != nil {
@@ -372,6 +374,11 @@ func (r *root) publish(ctx context.Context, k digest.Key, sp *spool, hash *runni
 		return true, nil
 	case errors.Is(err, tiers.ErrExist):
 		return false, nil
+	case errors.Is(err, tiers.ErrNotUploaded):
+		// write = "through": the value is k's here, queued for upload;
+		// the writer is told that it is not on the remote yet.
+		r.counts.published.Add(1)
+		return true, err
 	}
 	return false, err
 }
@@ -651,10 +658,15 @@ func (r *root) renameEntry(ctx context.Context, src, dst digest.Key, noReplace b
 		return r.errno(err)
 	}
 	won, err := r.publish(ctx, dst, sp, nil, nil)
-	if err != nil {
-		return r.errno(err)
+	if won {
+		r.settled(dst, true)
 	}
-	r.settled(dst, won)
+	if err != nil {
+		return r.errno(err) // the source stays: the rename did not complete
+	}
+	if !won {
+		r.settled(dst, false)
+	}
 	return r.deleteKey(ctx, src)
 }
 

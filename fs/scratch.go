@@ -385,6 +385,9 @@ func (h *scratchHandle) Release(ctx context.Context) syscall.Errno {
 func (r *root) publishScratch(ctx context.Context, k digest.Key, sp *spool) error {
 	won, err := r.publish(ctx, k, sp, nil, nil)
 	switch {
+	case err != nil && won:
+		r.settled(k, true)
+		r.log.Warn("flechefs: a renamed scratch file was published here, not on the remote yet (queued)", "key", k, "err", err)
 	case err != nil:
 		r.counts.dropped[dropPublishError].Add(1)
 		r.log.Warn("flechefs: publish of a renamed scratch file failed, value dropped", "key", k, "err", err)

@@ -290,7 +290,7 @@ func (h *writeHandle) Release(ctx context.Context) syscall.Errno {
 		return 0
 	}
 	if errno := h.publishLocked(ctx); errno != 0 {
-		h.r.log.Warn("flechefs: publish at the last close failed, value dropped", "key", h.key, "errno", errno)
+		h.r.log.Warn("flechefs: publish at the last close failed", "key", h.key, "errno", errno, "published", h.state == statePublished)
 	}
 	return 0
 }
@@ -306,6 +306,12 @@ func (h *writeHandle) publishLocked(ctx context.Context) syscall.Errno {
 	h.sp, h.hash, h.early = nil, nil, nil
 	won, err := h.r.publish(ctx, h.key, sp, hash, early)
 	switch {
+	case err != nil && won:
+		// Published here, not on the remote yet (write = "through"):
+		// the value is the key's, and the writer hears of the upload.
+		h.state = statePublished
+		h.endLocked(true)
+		return h.r.errno(err)
 	case err != nil:
 		errno := h.r.errno(err)
 		h.failLocked(errno, dropPublishError)

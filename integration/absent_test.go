@@ -23,7 +23,8 @@ func TestAbsentListingAcrossMounts(t *testing.T) {
 	const ttl = 2 * time.Second
 	srv := sshdtest.Start(t)
 	a := newNode(t, "A", srv, nodeOpts{negTTL: ttl.String()})
-	// B's close returns once the entry is on the remote.
+	// B's last close uploads the entry as it publishes it, not after the
+	// upload queue's hold.
 	b := newNode(t, "B", srv, nodeOpts{extra: `write = "through"`})
 
 	names := make([]string, 100)

@@ -319,6 +319,54 @@ func TestRestartResumesQueue(t *testing.T) {
 	}
 }
 
+// write = "through": fsync returns once the remote holds the entry. With
+// the remote down it fails with EIO, as the writer must hear that the
+// entry is not on the remote; the entry is the key's here all the same
+// (read back, upload pending), and reaches the remote once it returns.
+func TestWriteThroughRemoteDown(t *testing.T) {
+	srv := sshdtest.Start(t)
+	n := newNode(t, "through", srv, nodeOpts{extra: `write = "through"`})
+	writeSync := func(k string, v []byte) error {
+		f, err := os.Create(n.path(k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.Write(v); err != nil {
+			t.Fatal(err)
+		}
+		return f.Sync()
+	}
+	up := key("through-up")
+	if err := writeSync(up, []byte("on the remote at fsync")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(srv.Dir, up)); err != nil || string(got) != "on the remote at fsync" {
+		t.Fatalf("remote copy right after fsync: %q, %v", got, err)
+	}
+
+	srv.Stop()
+	k := key("through-down")
+	v := make([]byte, 70000)
+	rand.Read(v)
+	if err := writeSync(k, v); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("fsync of a write-through entry with the remote down: %v, want EIO", err)
+	}
+	if got, err := os.ReadFile(n.path(k)); err != nil || !bytes.Equal(got, v) {
+		t.Fatalf("read back of the entry whose upload failed: %v", err)
+	}
+	if x := xattr(t, n.path(k), "user.flechefs.upload"); x != "pending" {
+		t.Fatalf("upload xattr %q, want pending", x)
+	}
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	n.sync(60 * time.Second)
+	if got, err := os.ReadFile(filepath.Join(srv.Dir, k)); err != nil || !bytes.Equal(got, v) {
+		t.Fatalf("remote copy after the remote returned: %v", err)
+	}
+}
+
 // Every refusal, with its errno.
 func TestRefusals(t *testing.T) {
 	n := newNode(t, "errno", nil, nodeOpts{})

@@ -18,6 +18,144 @@ type deleter struct {
 	kick chan struct{} // wakes run
 }
 
+// delete is Stack.Delete.
+func (dl *deleter) delete(ctx context.Context, k digest.Key) error {
+	s := dl.s
+	found := false
+	s.mu.Lock()
+	// No copy of k into a faster tier starts until the deletes below are
+	// done, a fetch in progress will not promote what it fetched, and the
+	// copies and the upload already running are waited for: each of them
+	// could put back, after the deletes, the value being deleted.
+	ks := s.keys.fence(k)
+	p, pend := ks.pub, ks.pub != nil
+	if pend {
+		p.deleted = true
+		s.publisher.hurryLocked(p) // waited for below
+		s.keys.edit(k, func(ks *keyState) { ks.pub = nil })
+		p.unrefLocked()
+		found = true
+	}
+	promoting := ks.promoting
+	var uploading chan struct{}
+	if ks.upload != nil {
+		uploading = ks.upload.done
+	}
+	s.rep.q.remove(k)
+	s.broadcastLocked()
+	s.mu.Unlock()
+	s.fetcher.dropParked(&k)
+	defer s.endDeleting(k)
+	if pend {
+		// Let its persistence finish, so that the deletes below remove
+		// what it wrote. Removing it later, in the background, could
+		// remove a value published again meanwhile.
+		<-p.persisted
+	}
+	if promoting != nil {
+		<-promoting
+	}
+	if uploading != nil {
+		<-uploading // cancelled by up.remove; it may have put the value already
+	}
+	s.list.forget(k)
+	remote := s.hasWritableRemote() && !s.opt.KeepRemoteOnDelete
+	var t *tomb
+	newTomb := false
+	if remote {
+		// The remote's delete is queued (a tombstone) before the local
+		// copies go, in the persistent tier's own commit, and lookups
+		// stop asking the remote: whether the remote is reachable now or
+		// not, the value does not come back, and a crash leaves the
+		// delete queued. The tombstone names the value deleted, the one
+		// the remote copy must hold to be removed.
+		var sum digest.Sum
+		if pend {
+			sum = p.info.Sum
+		}
+		for l := range s.layers.local() {
+			if info, err := l.Tier.Stat(ctx, k); err == nil {
+				found = true
+				if sum.IsZero() {
+					sum = info.Sum
+				}
+			}
+		}
+		s.mu.Lock()
+		if t = s.keys.get(k).tomb; t == nil {
+			// An older tombstone of k is kept as it is: no value of k
+			// reached the remote from here since (uploads of k wait
+			// for it).
+			t, newTomb = &tomb{sum: sum, busy: true}, true
+			s.keys.edit(k, func(ks *keyState) { ks.tomb = t })
+		}
+		s.mu.Unlock()
+	}
+	var firstErr error
+	for _, l := range s.layers {
+		if !l.writable() || l.Remote && (remote || s.opt.KeepRemoteOnDelete) {
+			continue
+		}
+		dctx := ctx
+		var cancel context.CancelFunc = func() {}
+		if l.Remote {
+			dctx, cancel = context.WithTimeout(ctx, s.opt.RemoteTimeout)
+		}
+		var err error
+		if tq, ok := s.deleter.tombQueue(); ok && newTomb && l == s.persist {
+			var id uint64
+			if id, err = tq.DeleteQueued(dctx, k, t.sum); err == nil {
+				s.mu.Lock()
+				t.id = id
+				s.mu.Unlock()
+			}
+		} else {
+			err = l.Tier.Delete(dctx, k)
+		}
+		cancel()
+		switch {
+		case err == nil:
+			found = true
+		case errors.Is(err, ErrNotFound):
+		default:
+			s.noteErr(l, err)
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+	}
+	if remote {
+		queued := false
+		s.mu.Lock()
+		if newTomb {
+			t.busy = false
+		}
+		s.mu.Unlock()
+		if s.remotesUp() {
+			rf, err := s.deleter.settleTomb(ctx, k)
+			found = found || rf
+			queued = err != nil
+			if queued {
+				s.log.Info("remote delete failed; queued, retried when the remote returns", "key", k.String(), "err", err)
+			}
+		} else {
+			// Known down: the deleter retries it, not this caller.
+			queued = true
+			s.deleter.kickTombs()
+		}
+		// Deleted here, and the remote's delete queued durably: a
+		// success, whether or not a local tier held the value.
+		found = found || queued
+	}
+	if firstErr != nil {
+		return firstErr
+	}
+	if !found {
+		return Wrap("stack", "delete", k, ErrNotFound)
+	}
+	return nil
+}
+
 // tomb is a queued remote delete of a key (see doc.go, "Deletes"), under
 // s.mu.
 type tomb struct {
@@ -81,10 +219,7 @@ func (dl *deleter) tombstoned(k digest.Key) bool {
 // removed.
 func (dl *deleter) deleteRemote(ctx context.Context, k digest.Key, sum digest.Sum) (found bool, err error) {
 	s := dl.s
-	for _, l := range s.remotes {
-		if !l.writable() {
-			continue
-		}
+	for l := range s.layers.writableRemote() {
 		dctx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
 		info, serr := l.Tier.Stat(dctx, k)
 		switch {

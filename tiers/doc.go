@@ -144,7 +144,11 @@
 // hash it again; an early upload, whose bytes the writer could still
 // change, and an upload of a persisted copy are hashed as they are sent.
 // Sync returns when the queue
-// is empty. WriteThrough makes Publish wait for the remote instead. Publish
+// is empty. WriteThrough makes Publish also wait for the value's upload,
+// which it runs itself (after an upload of the key in flight, such as an
+// early one): the entry is queued as with write-back, so one whose upload
+// fails (Publish returns the error) is still served locally and reaches
+// the remote when the queue's retries do. Publish
 // refuses a key a local tier (or another publish) holds with ErrExist; it
 // does not ask the remote, which would cost a round trip per publish (the
 // mount looked the name up before creating it). A remote that already
@@ -189,7 +193,7 @@
 // not cancel the tombstone: the remote keeps the first value it gets, so
 // the new value could never replace the old one there. Instead, the upload
 // of a key with a tombstone waits (the workers skip it, an early upload
-// does not start, WriteThrough carries the tombstone out first), and
+// does not start, a write-through Publish carries the tombstone out first), and
 // starts once the tombstone is gone: the old value is removed from the
 // remote first, then the new one uploaded. If another machine wrote the
 // key meanwhile, the tombstone leaves that value and the upload meets it
@@ -243,7 +247,7 @@
 //
 //   - BeginUpload returns nil, and nothing changes, unless there is exactly
 //     one writable remote tier, it implements StreamPutter (the SFTP tier
-//     does), it is not known to be down, WriteThrough is off, and fewer than
+//     does), it is not known to be down, and fewer than
 //     UploadWorkers early uploads run. Early uploads are counted apart from
 //     the UploadWorkers that upload the queue: at most 2×UploadWorkers
 //     transfers at once.

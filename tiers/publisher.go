@@ -95,7 +95,7 @@ func (pb *publisher) publish(ctx context.Context, k digest.Key, b Blob, sum dige
 		return Info{}, Wrap("stack", "publish", k, ErrExist)
 	}
 	p := &pub{info: info, blob: b, refs: 1, persisted: make(chan struct{}), hurry: make(chan struct{}),
-		sent: make(chan struct{}), upload: s.hasWritableRemote() && !s.opt.WriteThrough}
+		sent: make(chan struct{}), upload: s.hasWritableRemote()}
 	s.mu.Lock()
 	for pb.settled != settled && !s.closed {
 		// Published entries left the pending map for the tiers since the
@@ -154,20 +154,21 @@ func (pb *publisher) publish(ctx context.Context, k digest.Key, b Blob, sum dige
 		}
 	}
 
-	if s.opt.WriteThrough && len(s.remotes) > 0 {
+	if s.opt.WriteThrough && s.hasWritableRemote() {
+		// Published here whatever happens below: an error says the
+		// value is not on the remote yet (ErrNotUploaded), not that
+		// the publish failed.
+		notUploaded := func(err error) error {
+			return Wrap("stack", "publish", k, fmt.Errorf("%w: %w", ErrNotUploaded, err))
+		}
 		if err := s.WaitDurable(ctx, k); err != nil {
-			return info, err
+			return info, notUploaded(err)
 		}
 		if _, err := s.deleter.settleTomb(ctx, k); err != nil {
-			return info, Wrap("stack", "publish", k, err)
+			return info, notUploaded(err)
 		}
-		for _, r := range s.remotes {
-			if !r.writable() {
-				continue
-			}
-			if err := s.rep.uploadTo(ctx, r, p.info, p.blob, true); err != nil {
-				return info, Wrap("stack", "publish", k, err)
-			}
+		if err := s.rep.uploadNow(ctx, k); err != nil {
+			return info, notUploaded(err)
 		}
 	}
 	return info, nil

@@ -52,10 +52,35 @@ type uploadQueue struct {
 	kick  chan struct{}
 }
 
+// upItem is one key's place in the upload queue. Its state moves
+//
+//	queued ──start──▶ inFlight ──settle──▶ sent ──(persisted)──▶ out of the queue
+//	   ▲                  │                                      (durable record removed
+//	   └──────fail────────┘                                       by the dequeuer)
+//
+// whoever uploads: a worker (uploader), the upload that streamed the value
+// while it was written (an EarlyUpload, adopted at publish), or the
+// publishing caller (write-through, uploadNow). All three start with
+// startUploadLocked, put the value on the writable remotes (uploadTo; an
+// early upload's PutGrowing), settle with settleUpload and end with
+// endUploadLocked. A failure puts the item back
+// (after a backoff, except an early upload's: the workers take over at
+// once). A Delete takes the item out of the queue in any state and
+// cancels the upload in flight; a publish of the key after it makes a new
+// item, which the ending upload leaves alone.
 type upItem struct {
-	next     time.Time
+	state    upState
+	next     time.Time // not retried before
 	attempts int
 }
+
+type upState uint8
+
+const (
+	upQueued   upState = iota // waiting for an uploader, or for its retry time
+	upInFlight                // an upload runs (keyState.upload)
+	upSent                    // on every writable remote; waits for its persistence, then leaves the queue
+)
 
 func (q *uploadQueue) add(k digest.Key) {
 	if _, ok := q.set[k]; ok {
@@ -127,8 +152,8 @@ func (rp *replicator) uploader() {
 		if ok {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithCancel(s.ctx)
-			rp.startUploadLocked(k, cancel)
 			item = rp.q.set[k]
+			rp.startUploadLocked(k, item, cancel)
 		}
 		s.mu.Unlock()
 		if !ok {
@@ -154,9 +179,45 @@ func (rp *replicator) uploader() {
 	}
 }
 
-// startUploadLocked marks an upload of k running; cancel stops it.
-func (rp *replicator) startUploadLocked(k digest.Key, cancel context.CancelFunc) {
+// uploadNow uploads k's queued item in the caller (write-through), once
+// an upload of k in flight has ended: k is on every writable remote when
+// it returns nil. A failure leaves the item queued, retried by the workers
+// after a backoff. ctx bounds the wait for another upload of k; the upload
+// itself is not cut by it (a cancelled upload reads as one a Delete
+// stopped).
+func (rp *replicator) uploadNow(ctx context.Context, k digest.Key) error {
 	s := rp.s
+	for {
+		s.mu.Lock()
+		item := rp.q.set[k]
+		if item == nil {
+			s.mu.Unlock()
+			return nil // uploaded, or deleted
+		}
+		if u := s.keys.get(k).upload; u != nil {
+			s.mu.Unlock()
+			select {
+			case <-u.done:
+				continue
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		uctx, cancel := context.WithCancel(s.ctx)
+		rp.startUploadLocked(k, item, cancel)
+		s.mu.Unlock()
+		err := rp.uploadOne(uctx, k, item)
+		s.mu.Lock()
+		rp.endUploadLocked(k, item, err, true)
+		s.mu.Unlock()
+		return err
+	}
+}
+
+// startUploadLocked marks an upload of item, k's, running; cancel stops it.
+func (rp *replicator) startUploadLocked(k digest.Key, item *upItem, cancel context.CancelFunc) {
+	s := rp.s
+	item.state = upInFlight
 	s.keys.edit(k, func(ks *keyState) { ks.upload = &inflight{cancel: cancel, done: make(chan struct{})} })
 }
 
@@ -181,10 +242,12 @@ func (rp *replicator) endUploadLocked(k digest.Key, item *upItem, err error, bac
 				s.publisher.dropPendingLocked(p)
 			}
 		case backoff:
+			it.state = upQueued
 			it.attempts++
 			backoff := min(time.Duration(1<<min(it.attempts, 6))*time.Second/2, time.Minute)
 			it.next = time.Now().Add(backoff/2 + rand.N(backoff/2+1))
 		default:
+			it.state = upQueued
 			it.next = time.Time{}
 		}
 	}
@@ -251,10 +314,7 @@ func (rp *replicator) uploadOne(ctx context.Context, k digest.Key, item *upItem)
 			return nil // cancelled by Delete, or closing
 		}
 	}
-	for _, r := range s.remotes {
-		if !r.writable() {
-			continue
-		}
+	for r := range s.layers.writableRemote() {
 		start := time.Now()
 		err := rp.uploadTo(ctx, r, src.Info(), src, verified)
 		if s.log.Enabled(ctx, slog.LevelDebug) {
@@ -323,6 +383,9 @@ func (rp *replicator) noteUpload(r *layer, info Info, err error) {
 // of the durable queue, unless ctx was cancelled by a Delete meanwhile:
 // the queue may already hold a new value of k, whose record must stay.
 func (rp *replicator) settleUpload(ctx context.Context, k digest.Key, item *upItem, persisted <-chan struct{}) error {
+	rp.s.mu.Lock()
+	item.state = upSent
+	rp.s.mu.Unlock()
 	s := rp.s
 	if persisted != nil {
 		select {
@@ -445,7 +508,7 @@ func (rp *replicator) adoptLocked(u *EarlyUpload, p *pub) bool {
 	u.adopted, u.p, u.item = true, p, item
 	u.readAtPublish, u.published = u.read.Load(), time.Now()
 	p.refs++
-	rp.startUploadLocked(k, u.cancel)
+	rp.startUploadLocked(k, item, u.cancel)
 	return true
 }
 

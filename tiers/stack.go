@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"iter"
 	"log/slog"
 	"os"
 	"sync"
@@ -14,48 +13,6 @@ import (
 
 	"github.com/flechefs/flechefs/digest"
 )
-
-// layer is a Layer with its counters.
-type layer struct {
-	Layer
-	idx  int
-	name string
-
-	hits, misses, bytesIn, bytesOut atomic.Int64
-	promotions, corruptions, errs   atomic.Int64
-	// quarantined: damaged remote copies moved aside; unquarantined: those
-	// left in place (quarantine full, or the move failed), unserved.
-	quarantined, unquarantined atomic.Int64
-	unavailable                atomic.Bool
-}
-
-func (l *layer) writable() bool { return !l.ReadOnly }
-
-// layers is the stack's tiers, fastest first, with the queries its loops
-// ask of them.
-type layers []*layer
-
-// local yields the layers that are not remote, fastest first.
-func (ls layers) local() iter.Seq[*layer] {
-	return func(yield func(*layer) bool) {
-		for _, l := range ls {
-			if !l.Remote && !yield(l) {
-				return
-			}
-		}
-	}
-}
-
-// writableLocal yields the local layers a copy may be written to.
-func (ls layers) writableLocal() iter.Seq[*layer] {
-	return func(yield func(*layer) bool) {
-		for l := range ls.local() {
-			if l.writable() && !yield(l) {
-				return
-			}
-		}
-	}
-}
 
 // Stack is the ordered stack of tiers (fleche's CacheStack). See doc.go.
 type Stack struct {
@@ -200,10 +157,8 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 }
 
 func (s *Stack) hasWritableRemote() bool {
-	for _, r := range s.remotes {
-		if r.writable() {
-			return true
-		}
+	for range s.layers.writableRemote() {
+		return true
 	}
 	return false
 }
@@ -211,8 +166,8 @@ func (s *Stack) hasWritableRemote() bool {
 // remotesUp reports whether every writable remote tier is reachable, as far
 // as the stack knows.
 func (s *Stack) remotesUp() bool {
-	for _, r := range s.remotes {
-		if r.writable() && r.unavailable.Load() {
+	for r := range s.layers.writableRemote() {
+		if r.unavailable.Load() {
 			return false
 		}
 	}
@@ -439,144 +394,6 @@ func (s *Stack) corrupt(l *layer, k digest.Key, err error) {
 	}
 }
 
-// Delete removes k from every writable tier (remote ones too unless
-// KeepRemoteOnDelete) and cancels its pending upload. ErrNotFound if no tier held it.
-func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
-	found := false
-	s.mu.Lock()
-	// No copy of k into a faster tier starts until the deletes below are
-	// done, a fetch in progress will not promote what it fetched, and the
-	// copies and the upload already running are waited for: each of them
-	// could put back, after the deletes, the value being deleted.
-	ks := s.keys.fence(k)
-	p, pend := ks.pub, ks.pub != nil
-	if pend {
-		p.deleted = true
-		s.publisher.hurryLocked(p) // waited for below
-		s.keys.edit(k, func(ks *keyState) { ks.pub = nil })
-		p.unrefLocked()
-		found = true
-	}
-	promoting := ks.promoting
-	var uploading chan struct{}
-	if ks.upload != nil {
-		uploading = ks.upload.done
-	}
-	s.rep.q.remove(k)
-	s.broadcastLocked()
-	s.mu.Unlock()
-	s.fetcher.dropParked(&k)
-	defer s.endDeleting(k)
-	if pend {
-		// Let its persistence finish, so that the deletes below remove
-		// what it wrote. Removing it later, in the background, could
-		// remove a value published again meanwhile.
-		<-p.persisted
-	}
-	if promoting != nil {
-		<-promoting
-	}
-	if uploading != nil {
-		<-uploading // cancelled by up.remove; it may have put the value already
-	}
-	s.list.forget(k)
-	remote := s.hasWritableRemote() && !s.opt.KeepRemoteOnDelete
-	var t *tomb
-	newTomb := false
-	if remote {
-		// The remote's delete is queued (a tombstone) before the local
-		// copies go, in the persistent tier's own commit, and lookups
-		// stop asking the remote: whether the remote is reachable now or
-		// not, the value does not come back, and a crash leaves the
-		// delete queued. The tombstone names the value deleted, the one
-		// the remote copy must hold to be removed.
-		var sum digest.Sum
-		if pend {
-			sum = p.info.Sum
-		}
-		for l := range s.layers.local() {
-			if info, err := l.Tier.Stat(ctx, k); err == nil {
-				found = true
-				if sum.IsZero() {
-					sum = info.Sum
-				}
-			}
-		}
-		s.mu.Lock()
-		if t = s.keys.get(k).tomb; t == nil {
-			// An older tombstone of k is kept as it is: no value of k
-			// reached the remote from here since (uploads of k wait
-			// for it).
-			t, newTomb = &tomb{sum: sum, busy: true}, true
-			s.keys.edit(k, func(ks *keyState) { ks.tomb = t })
-		}
-		s.mu.Unlock()
-	}
-	var firstErr error
-	for _, l := range s.layers {
-		if !l.writable() || l.Remote && (remote || s.opt.KeepRemoteOnDelete) {
-			continue
-		}
-		dctx := ctx
-		var cancel context.CancelFunc = func() {}
-		if l.Remote {
-			dctx, cancel = context.WithTimeout(ctx, s.opt.RemoteTimeout)
-		}
-		var err error
-		if tq, ok := s.deleter.tombQueue(); ok && newTomb && l == s.persist {
-			var id uint64
-			if id, err = tq.DeleteQueued(dctx, k, t.sum); err == nil {
-				s.mu.Lock()
-				t.id = id
-				s.mu.Unlock()
-			}
-		} else {
-			err = l.Tier.Delete(dctx, k)
-		}
-		cancel()
-		switch {
-		case err == nil:
-			found = true
-		case errors.Is(err, ErrNotFound):
-		default:
-			s.noteErr(l, err)
-			if firstErr == nil {
-				firstErr = err
-			}
-		}
-	}
-	if remote {
-		queued := false
-		s.mu.Lock()
-		if newTomb {
-			t.busy = false
-		}
-		s.mu.Unlock()
-		if s.remotesUp() {
-			rf, err := s.deleter.settleTomb(ctx, k)
-			found = found || rf
-			queued = err != nil
-			if queued {
-				s.log.Info("remote delete failed; queued, retried when the remote returns", "key", k.String(), "err", err)
-			}
-		} else {
-			// Known down: the deleter retries it, not this caller.
-			queued = true
-			s.deleter.kickTombs()
-		}
-		// Deleted here, and the remote's delete queued durably: a
-		// success, whether or not a local tier held the value.
-		found = found || queued
-	}
-	if firstErr != nil {
-		return firstErr
-	}
-	if !found {
-		return Wrap("stack", "delete", k, ErrNotFound)
-	}
-	return nil
-}
-
 func isClosed(c chan struct{}) bool {
 	select {
 	case <-c:
@@ -612,6 +429,12 @@ func (s *Stack) WaitDurable(ctx context.Context, k digest.Key) error {
 // persistence to happen when it would have anyway (to keep track of it).
 func (s *Stack) WaitPersisted(ctx context.Context, k digest.Key) error {
 	return s.publisher.waitDurable(ctx, k, false)
+}
+
+// Delete removes k from every writable tier (remote ones too unless
+// KeepRemoteOnDelete) and cancels its pending upload. ErrNotFound if no tier held it.
+func (s *Stack) Delete(ctx context.Context, k digest.Key) error {
+	return s.deleter.delete(ctx, k)
 }
 
 // Where returns the names of the tiers that hold k, fastest first.

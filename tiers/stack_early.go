@@ -57,7 +57,7 @@ var errAbandoned = errors.New("early upload abandoned by its writer")
 // bytes written so far (Written says how many are final). It returns nil
 // when the stack does not upload early, and the writer then publishes as
 // usual: no writable remote tier, or one that is not a StreamPutter, or
-// more than one, WriteThrough, a remote known to be down, min(UploadWorkers, 2)
+// more than one, a remote known to be down, min(UploadWorkers, 2)
 // early uploads running already, or the stack closed.
 func (s *Stack) BeginUpload(k digest.Key, src io.ReaderAt) *EarlyUpload {
 	r := s.streamRemote()
@@ -80,14 +80,8 @@ func (s *Stack) BeginUpload(k digest.Key, src io.ReaderAt) *EarlyUpload {
 
 // streamRemote is the remote tier early uploads go to, or nil.
 func (s *Stack) streamRemote() *layer {
-	if s.opt.WriteThrough {
-		return nil
-	}
 	var out *layer
-	for _, r := range s.remotes {
-		if !r.writable() {
-			continue
-		}
+	for r := range s.layers.writableRemote() {
 		if out != nil {
 			return nil // several: the queue uploads to each
 		}

@@ -35,7 +35,8 @@ type earlyEnv struct {
 	st   *tiers.Stack
 	// timeout is the remote tier's: an operation waiting on a frozen
 	// server is released only by its watchdog, after this long.
-	timeout time.Duration
+	timeout      time.Duration
+	writeThrough bool // StackOptions.WriteThrough
 }
 
 func newEarlyEnv(t *testing.T, srv *sshdtest.Server, workers int) *earlyEnv {
@@ -43,10 +44,15 @@ func newEarlyEnv(t *testing.T, srv *sshdtest.Server, workers int) *earlyEnv {
 }
 
 func newEarlyEnvTimeout(t *testing.T, srv *sshdtest.Server, workers int, timeout time.Duration) *earlyEnv {
+	return newEarlyEnvOpts(t, srv, tiers.StackOptions{UploadWorkers: workers}, timeout)
+}
+
+func newEarlyEnvOpts(t *testing.T, srv *sshdtest.Server, opt tiers.StackOptions, timeout time.Duration) *earlyEnv {
 	n := earlyDirs.Add(1)
 	e := &earlyEnv{t: t, srv: srv, timeout: timeout, url: fmt.Sprintf("%s/early%d", srv.URL(), n),
-		root: filepath.Join(srv.Dir, fmt.Sprintf("early%d", n)), db: filepath.Join(t.TempDir(), "cache.db")}
-	e.open(workers)
+		root: filepath.Join(srv.Dir, fmt.Sprintf("early%d", n)), db: filepath.Join(t.TempDir(), "cache.db"),
+		writeThrough: opt.WriteThrough}
+	e.open(opt.UploadWorkers)
 	return e
 }
 
@@ -61,7 +67,7 @@ func (e *earlyEnv) open(workers int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.st = newStack(t, tiers.StackOptions{UploadWorkers: workers, Logger: quiet},
+	e.st = newStack(t, tiers.StackOptions{UploadWorkers: workers, Logger: quiet, WriteThrough: e.writeThrough},
 		tiers.Layer{Tier: mem(t, "ram", 1<<20)}, tiers.Layer{Tier: b}, tiers.Layer{Tier: r, Remote: true})
 }
 
@@ -218,6 +224,33 @@ func TestEarlyUploadStreamsWhileWriting(t *testing.T) {
 	got, err := read(t, e.st, k)
 	if err != nil || !bytes.Equal(got, v) {
 		t.Fatalf("read back: %v", err)
+	}
+}
+
+// With WriteThrough the value streams while it is written too, and Publish
+// returns once the remote holds it: the publish waits for the upload begun
+// while writing, which is the value's one upload, instead of sending it
+// again.
+func TestEarlyUploadWriteThrough(t *testing.T) {
+	e := newEarlyEnvOpts(t, sshdtest.Start(t), tiers.StackOptions{UploadWorkers: 2, WriteThrough: true}, 2*time.Second)
+	k := tiertest.Key("early-through")
+	v := tiertest.Data(9, 24<<20+5)
+	w := newSpoolWriter(t)
+	w.write(v[:1<<20])
+	if w.early = e.st.BeginUpload(k, w.f); w.early == nil {
+		t.Fatal("BeginUpload declined with WriteThrough")
+	}
+	w.write(v[1<<20:])
+	publish(t, e.st, k, w, v)
+	e.holds(k, v) // no sync: Publish returned once the remote had it
+	if up := e.st.UploadState(k); up != tiers.UploadDone {
+		t.Fatalf("upload state %q after a write-through publish", up)
+	}
+	if n := e.remoteBytesIn(); n != int64(len(v)) {
+		t.Fatalf("%d bytes sent to the remote for a value of %d: uploaded twice?", n, len(v))
+	}
+	if st := e.st.Stats(); st.Uploaded != 1 || st.UploadErrors != 0 {
+		t.Fatalf("stats: %+v", st)
 	}
 }
 

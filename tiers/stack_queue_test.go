@@ -3,6 +3,7 @@ package tiers_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"path/filepath"
 	"slices"
@@ -325,5 +326,48 @@ func TestCloseKeepsQueuedUpload(t *testing.T) {
 	}
 	if has(remote, k) {
 		t.Fatal("on the remote, though its upload was cut")
+	}
+}
+
+// TestWriteThrough: Publish returns once the remote holds the value; when
+// the remote cannot take it, Publish fails, the entry is served from the
+// local tiers and stays in the upload queue, and reaches the remote when it
+// returns.
+func TestWriteThrough(t *testing.T) {
+	ctx := context.Background()
+	remote := mem(t, "remote", 1<<30)
+	st := newStack(t, tiers.StackOptions{WriteThrough: true},
+		tiers.Layer{Tier: mem(t, "ram", 1<<20)}, tiers.Layer{Tier: openBolt(t, filepath.Join(t.TempDir(), "cache.db"))},
+		tiers.Layer{Tier: remote, Remote: true})
+	k1, v1 := tiertest.Key("through 1"), tiertest.Data(1, 3000)
+	if _, err := st.Publish(ctx, k1, newBlob(v1), digest.Of(v1)); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := remote.Tier.Stat(ctx, k1); err != nil || info.Sum != digest.Of(v1) {
+		t.Fatalf("remote right after a write-through publish: %+v, %v", info, err)
+	}
+	if up := st.UploadState(k1); up != tiers.UploadDone {
+		t.Fatalf("upload state %q", up)
+	}
+
+	remote.down.Store(true)
+	k2, v2 := tiertest.Key("through 2"), tiertest.Data(2, 3000)
+	if _, err := st.Publish(ctx, k2, newBlob(v2), digest.Of(v2)); !errors.Is(err, tiers.ErrNotUploaded) || !errors.Is(err, tiers.ErrUnavailable) {
+		t.Fatalf("write-through publish with the remote down: %v, want ErrNotUploaded and ErrUnavailable", err)
+	}
+	if got, err := read(t, st, k2); err != nil || !bytes.Equal(got, v2) {
+		t.Fatalf("read of the entry whose upload failed: %v", err)
+	}
+	if up := st.UploadState(k2); up != tiers.UploadPending {
+		t.Fatalf("upload state %q after the failed upload, want pending", up)
+	}
+	remote.down.Store(false)
+	sctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := st.Sync(sctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := remote.Tier.Stat(ctx, k2); err != nil || info.Sum != digest.Of(v2) {
+		t.Fatalf("remote after the remote returned: %+v, %v", info, err)
 	}
 }

@@ -45,6 +45,10 @@ var (
 	// use). The stack goes on with the other tiers; nothing it holds is
 	// durable any more. FailureReporter says why.
 	ErrFailed = errors.New("tier failed")
+	// ErrNotUploaded: a write-through Publish made the value the key's
+	// here (served, and queued for upload) but could not put it on the
+	// remote; the error also wraps why.
+	ErrNotUploaded = errors.New("published here, not yet on the remote")
 )
 
 // Error is the error type of tier operations.
