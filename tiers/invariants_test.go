@@ -38,7 +38,11 @@ func (keptRemote) Close() error { return nil }
 //     keys with their values, whatever outages and restarts came between:
 //     every published value reaches the remote, queued uploads and deletes
 //     survive a restart;
-//   - the RAM tier stays within its bound.
+//   - a value read from the remote is the one published, and a damaged
+//     remote copy is never served (the read fails; the copy is moved to
+//     the remote's quarantine);
+//   - the RAM tier stays within its bound;
+//   - the parts' bookkeeping agrees with itself (Stack.CheckState).
 //
 // Background work (persistence, uploads, deferred copies, tombstones) runs
 // as it does in the daemon, so the interleavings differ from run to run;
@@ -63,6 +67,7 @@ func runInvariants(t *testing.T, seed uint64, steps int) {
 	remote := keptRemote{mem(t, "remote", 1<<30)}
 	const ramLimit = 512 << 10
 	var ram *memory.Tier
+	var db *bolt.Tier
 	var logBuf tiertest.SyncBuffer
 	logger := slog.New(slog.NewTextHandler(&logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	open := func() *tiers.Stack {
@@ -71,7 +76,7 @@ func runInvariants(t *testing.T, seed uint64, steps int) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		db, err := bolt.Open(dbPath, bolt.Options{Logger: slog.New(slog.DiscardHandler)})
+		db, err = bolt.Open(dbPath, bolt.Options{Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -130,6 +135,9 @@ func runInvariants(t *testing.T, seed uint64, steps int) {
 		}
 		if u := ram.Usage(); u.Bytes > ramLimit {
 			t.Fatalf("step %d (%s): RAM tier holds %d bytes, limit %d", step, op, u.Bytes, ramLimit)
+		}
+		if err := s.CheckState(); err != nil {
+			t.Fatalf("step %d (%s): the stack's parts disagree: %v", step, op, err)
 		}
 	}
 	syncAll := func(step int) {
@@ -202,8 +210,37 @@ func runInvariants(t *testing.T, seed uint64, steps int) {
 				ops["delete"]++
 			}
 			check(step, "delete", k)
-		case n < 85:
+		case n < 80:
 			check(step, "read", k)
+		case n < 85: // a read on a machine that has only the remote's copy
+			if _, ok := model[k]; !ok {
+				check(step, "read", k)
+				continue
+			}
+			syncAll(step) // the value is on the remote
+			for _, l := range []tiers.Tier{ram, db} {
+				if err := l.Delete(ctx, k); err != nil && !errors.Is(err, tiers.ErrNotFound) {
+					t.Fatalf("step %d: dropping the local copy: %v", step, err)
+				}
+			}
+			if rnd.IntN(3) > 0 {
+				check(step, "remote read", k)
+				ops["remote read"]++
+				continue
+			}
+			// The remote's copy is damaged: the read fails, never
+			// serves those bytes, and the key is lost everywhere (the
+			// copy goes to the remote's quarantine).
+			remote.flip.Store(true)
+			got, err := read(t, s, k)
+			remote.flip.Store(false)
+			if !errors.Is(err, tiers.ErrCorrupt) {
+				t.Fatalf("step %d: read of a damaged remote copy: %d bytes, %v; want ErrCorrupt;\n%s", step, len(got), err, history(k))
+			}
+			delete(model, k)
+			deleted[k] = true
+			ops["damaged remote read"]++
+			check(step, "damaged remote read", k)
 		case n < 91:
 			remote.down.Store(!remote.down.Load())
 			ops["outage toggle"]++
@@ -235,8 +272,10 @@ func opName(n int) string {
 		return "write"
 	case n < 55:
 		return "delete"
-	case n < 85:
+	case n < 80:
 		return "read"
+	case n < 85:
+		return "remote read"
 	case n < 91:
 		return "outage"
 	case n < 96:

@@ -45,7 +45,7 @@ type pub struct {
 	info      Info
 	blob      Blob
 	refs      int           // the pending map's reference plus open readers
-	upload    bool          // to be queued for upload once persisted
+	upload    bool          // to be queued for upload once persisted; written under Stack.mu
 	persisted chan struct{} // closed when the persistence attempt ended
 	err       error         // its result, readable after persisted is closed
 	deleted   bool
@@ -401,11 +401,12 @@ func (pb *publisher) persistOne(p *pub) {
 				persisted = true
 			case errors.Is(err, ErrExist):
 				persisted = true
-				if p.upload {
-					// The tier held the key already (promoted from the remote):
-					// nothing new to upload.
-					p.upload = false
-				}
+				// The tier held the key already (promoted from the
+				// remote): nothing new to upload. Under the lock:
+				// UploadState reads it.
+				s.mu.Lock()
+				p.upload = false
+				s.mu.Unlock()
 			default:
 				perr = err
 				if !errors.Is(err, ErrFailed) { // the failed tier logged why, once
