@@ -38,16 +38,18 @@ func (s *Stack) CheckState() error {
 		errs = append(errs, fmt.Errorf("key table counts %+v, its keys hold %+v", s.keys.n, n))
 	}
 	q := &s.rep.q
-	if len(q.order) != len(q.set) {
-		errs = append(errs, fmt.Errorf("upload queue: %d keys in order, %d in the set", len(q.order), len(q.set)))
+	if q.order.Len() != len(q.set) {
+		errs = append(errs, fmt.Errorf("upload queue: %d keys in order, %d in the set", q.order.Len(), len(q.set)))
 	}
-	for _, k := range q.order {
+	for e := q.order.Front(); e != nil; e = e.Next() {
+		k := e.Value.(digest.Key)
 		it := q.set[k]
-		if it == nil {
+		switch {
+		case it == nil:
 			errs = append(errs, fmt.Errorf("%s: in the upload queue's order, not in its set", k))
-			continue
-		}
-		if it.state != upQueued && s.keys.get(k).upload == nil {
+		case it.elem != e:
+			errs = append(errs, fmt.Errorf("%s: in the upload queue's order twice", k))
+		case it.state != upQueued && s.keys.get(k).upload == nil:
 			errs = append(errs, fmt.Errorf("%s: upload item in state %d with no upload running", k, it.state))
 		}
 	}

@@ -1,6 +1,7 @@
 package tiers
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -46,7 +47,7 @@ func (q *uploadQueue) init(keys *keyTable) {
 // uploadQueue is the in-memory mirror of the durable queue: keys in order,
 // with per-key retry times.
 type uploadQueue struct {
-	order []digest.Key
+	order list.List // of digest.Key, oldest first: a removal costs O(1) however long the queue
 	set   map[digest.Key]*upItem
 	keys  *keyTable // the uploads in flight are keyState.upload
 	kick  chan struct{}
@@ -72,6 +73,7 @@ type upItem struct {
 	state    upState
 	next     time.Time // not retried before
 	attempts int
+	elem     *list.Element // in uploadQueue.order
 }
 
 type upState uint8
@@ -86,8 +88,7 @@ func (q *uploadQueue) add(k digest.Key) {
 	if _, ok := q.set[k]; ok {
 		return
 	}
-	q.set[k] = &upItem{}
-	q.order = append(q.order, k)
+	q.set[k] = &upItem{elem: q.order.PushBack(k)}
 	select {
 	case q.kick <- struct{}{}:
 	default:
@@ -98,19 +99,16 @@ func (q *uploadQueue) has(k digest.Key) bool { _, ok := q.set[k]; return ok }
 
 func (q *uploadQueue) len() int { return len(q.set) }
 
+// remove takes k out of the queue and cancels its upload in flight.
 func (q *uploadQueue) remove(k digest.Key) {
-	if _, ok := q.set[k]; !ok {
+	it, ok := q.set[k]
+	if !ok {
 		return
 	}
 	delete(q.set, k)
+	q.order.Remove(it.elem)
 	if u := q.keys.get(k).upload; u != nil {
 		u.cancel()
-	}
-	for i, o := range q.order {
-		if o == k {
-			q.order = append(q.order[:i], q.order[i+1:]...)
-			break
-		}
 	}
 }
 
@@ -119,7 +117,8 @@ func (q *uploadQueue) remove(k digest.Key) {
 // first: the remote keeps the first value it gets).
 func (q *uploadQueue) next(now time.Time, held func(digest.Key) bool) (digest.Key, time.Duration, bool) {
 	wait := time.Minute
-	for _, k := range q.order {
+	for e := q.order.Front(); e != nil; e = e.Next() {
+		k := e.Value.(digest.Key)
 		if q.keys.get(k).upload != nil || held(k) {
 			continue
 		}
