@@ -102,7 +102,7 @@
 // of its limit and 16 MiB, or at most 1 MiB) into the tiers after tier
 // 0 wait until the stack has not been used (Stat, Open, reads) for 250 ms,
 // or until such values add up to a quarter of tier 0's limit or number
-// 4096, or for at most 10 s, and are made at Close (stack_defer.go): the copy goes into tier 0
+// 4096, or for at most 10 s, and are made at Close (promoter.go): the copy goes into tier 0
 // at once, and a loop of cold reads no longer pays for a bbolt commit
 // beside every read. The queue holds keys; the drain reads the values back
 // from tier 0, and one evicted meanwhile is not copied.
@@ -296,11 +296,46 @@
 // serves the remote listing from a cache refreshed in the background at most
 // every ListTTL, waiting at most 2 s the first time.
 //
+// # Parts
+//
+// Stack is a facade: its methods (Stat, Open, Publish, Delete, Sync, ...)
+// walk the layers and hand the work to parts that each own their state,
+// each in its own file:
+//
+//   - keyTable (keys.go): what is being done with each key right now, one
+//     keyState per key (a publish not yet persisted, a fetch, a parked
+//     remote reader, a promotion, an upload in flight, a tombstone, a lost
+//     value) and the key's delete fence. A Delete fences a key in one
+//     place and finds there everything it must wait for.
+//   - layers (layers.go): the tiers in order with their counters, and the
+//     queries the loops ask of them (local, writableLocal, writableRemote).
+//   - fetcher (fetcher.go): one fetch per key from a remote, joined by
+//     readers, verified as it arrives; it hands the verified value to
+//   - promoter (promoter.go): the copies into faster tiers, one per key at a
+//     time, and the deferred copies into the slower local ones.
+//   - publisher (publisher.go): Publish, the persisters and their batches,
+//     WaitDurable.
+//   - replicator (replicator.go): the upload queue and its one state machine
+//     (upItem) shared by the workers, the early uploads (early.go) and
+//     write-through; conflicts with the remote's value (lost.go drops the
+//     losing value).
+//   - deleter (deleter.go): Delete and the tombstones of remote deletes.
+//   - absentSet (absent.go) and listCache (listing.go): what the remotes'
+//     listings say.
+//   - activity (activity.go) and Policy (policy.go): the foreground's clock
+//     that background work yields to, and every timing and size of that
+//     work.
+//
+// A part reaches another through the Stack it points back to; the state it
+// owns is changed only by its own methods.
+//
 // # Concurrency
 //
-// All Stack methods are safe for concurrent use. Stack.mu guards the pending
-// publishes, the fetches in progress and the in-memory mirror of the upload
-// queue; no tier I/O happens under it. Each fetch has its own lock.
+// All Stack methods are safe for concurrent use. Stack.mu is the one lock
+// of the per-key state (the key table) and of the parts' small state that
+// goes with it (the upload queue's mirror, the deferred copies, the
+// persisters' hurry signal); no tier I/O happens under it. Each fetch has
+// its own lock, as do the listing cache and the absence snapshots.
 //
 // # Caveats
 //

@@ -29,7 +29,7 @@ type Policy struct {
 	// DeferIdle, DeferMaxAge: a value fetched from a remote that is small
 	// beside tier 0 is copied into tier 0 at once and into the slower local
 	// tiers once the stack was not used for DeferIdle, or once the oldest
-	// such copy waited DeferMaxAge (see stack_defer.go).
+	// such copy waited DeferMaxAge (see promoter.go).
 	DeferIdle   time.Duration
 	DeferMaxAge time.Duration
 

@@ -516,7 +516,7 @@ type pubReader struct {
 	s      *Stack
 	p      *pub
 	closed bool
-	fg     bool // returned by Open: its reads are uses (stack_defer.go)
+	fg     bool // returned by Open: its reads are uses (promoter.go)
 }
 
 func (r *pubReader) Info() Info { return r.p.info }

@@ -40,13 +40,13 @@ type Stack struct {
 	publisher publisher  // publishes and their persistence (publisher.go)
 	rep       replicator // uploads (replicator.go)
 	list      listCache
-	absent    absentSet // absence snapshots of the remotes (stack_absent.go)
+	absent    absentSet // absence snapshots of the remotes (absent.go)
 	promoter  promoter  // copies into faster tiers (promoter.go)
 	fetcher   fetcher   // reads from the remotes (fetcher.go)
 	deleter   deleter   // remote deletes and their tombstones (deleter.go)
 
 	// settling counts the drops of values that lost a conflict still
-	// running (stack_conflict.go). Under mu.
+	// running (lost.go). Under mu.
 	settling int
 }
 
@@ -201,7 +201,7 @@ func (s *Stack) Stat(ctx context.Context, k digest.Key) (Info, error) {
 			continue
 		}
 		if until, ok := s.absent.known(l, k); ok {
-			// Absent from l's listing (stack_absent.go): no round trip.
+			// Absent from l's listing (absent.go): no round trip.
 			if listedUntil.IsZero() || until.Before(listedUntil) {
 				listedUntil = until
 			}
@@ -582,7 +582,7 @@ func (s *Stack) Close() error {
 type stackReader struct {
 	s  *Stack
 	k  digest.Key
-	fg bool // returned by Open: its reads are uses (stack_defer.go)
+	fg bool // returned by Open: its reads are uses (promoter.go)
 	mu sync.Mutex
 	l  *layer
 	r  Reader

@@ -137,6 +137,6 @@ type Stats struct {
 	Unpersisted int64 `json:"unpersisted"`
 	Fetching    int64 `json:"fetching"`
 	// Deferred: values fetched from a remote, in tier 0, whose copies into
-	// the slower local tiers wait for a pause in reads (stack_defer.go).
+	// the slower local tiers wait for a pause in reads (promoter.go).
 	Deferred int64 `json:"deferred"`
 }
