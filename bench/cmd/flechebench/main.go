@@ -238,9 +238,9 @@ func (m stealMeter) Percent() float64 {
 // quiesce flushes dirty pages and waits, at most 5 s, until the machine
 // has been nearly idle (at least 90% of its CPU time) for 200 ms: a client
 // measured right after the dataset's generation or another client's writes
-// otherwise shares the machine with their writeback and exiting daemons
-// (the first client of a run read the 512 MiB file at 216-240 MiB/s in full
-// runs, 326-374 in runs of it alone). It returns how long it waited.
+// otherwise shares the machine with their writeback and exiting daemons,
+// and reads markedly slower in a full run than alone. It returns how long
+// it waited.
 func quiesce() time.Duration {
 	start := time.Now()
 	syscall.Sync()
