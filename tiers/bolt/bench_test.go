@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 
 	"github.com/flechefs/flechefs/digest"
 	"github.com/flechefs/flechefs/tiers"
@@ -159,3 +160,70 @@ func TestChurn(t *testing.T) {
 }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }
+
+// BenchmarkRead4MiB reads 8 values of 4 MiB back in 128 KiB reads (the
+// size of the kernel's FUSE reads), as the bench's remount read does: a
+// tier opened again on the file, with the file in the page cache (warm)
+// or dropped from it first (cold).
+func BenchmarkRead4MiB(b *testing.B) {
+	const n, size, read = 8, 4 << 20, 128 << 10
+	path := filepath.Join(b.TempDir(), "bench.db")
+	tr, err := Open(path, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	keys := make([]digest.Key, n)
+	for i := range keys {
+		keys[i] = tiertest.Key(fmt.Sprint("4mib", i))
+		mustPut(b, tr, keys[i], tiertest.Data(uint64(i), size), false)
+	}
+	tr.Close()
+	for _, cold := range []bool{false, true} {
+		name := "warm"
+		if cold {
+			name = "cold"
+		}
+		b.Run(name, func(b *testing.B) {
+			buf := make([]byte, read)
+			b.SetBytes(n * size)
+			for b.Loop() {
+				b.StopTimer()
+				if cold {
+					if err := dropPageCache(path); err != nil {
+						b.Fatal(err)
+					}
+				}
+				tr, err := Open(path, Options{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				for _, k := range keys {
+					r, err := tr.Open(ctx, k)
+					if err != nil {
+						b.Fatal(err)
+					}
+					for off := int64(0); off < size; off += read {
+						if _, err := r.ReadAt(buf, off); err != nil && err != io.EOF {
+							b.Fatal(err)
+						}
+					}
+					r.Close()
+				}
+				b.StopTimer()
+				tr.Close()
+				b.StartTimer()
+			}
+		})
+	}
+}
+
+// dropPageCache drops a file's clean pages from the page cache.
+func dropPageCache(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+}

@@ -32,6 +32,20 @@ const (
 	faultAround = 2 << 20
 )
 
+// Reading ahead. bbolt advises the kernel that its map is accessed at
+// random (MADV_RANDOM, right after the mmap): a page fault then reads just
+// the faulting page, and a value read from a file that is not in the page
+// cache (after a reboot, or once the kernel reclaimed it) comes in a page
+// at a time, ten times slower than the disk reads the file. So a reader
+// asks for the chunks of what it reads, and of what a sequential reader
+// reads next, with MADV_WILLNEED (readAhead in read.go): the kernel reads
+// them in large requests in the background. The pages go into the page
+// cache, not the process's resident set.
+const (
+	readAheadBytes = 4 << 20  // how far ahead of a sequential reader
+	readAheadMin   = 1 << 20 // the least span asked for at once, short of the end
+)
+
 var pageSize = uintptr(os.Getpagesize())
 
 // mappedRange is the span of the map a read touched.
@@ -63,6 +77,20 @@ func (m *mappedRange) drop(tx *bolt.Tx) {
 	madviseDontNeed(max(base, lo), min(limit, (m.hi+faultAround)&^(faultAround-1)))
 }
 
+// willNeed asks the kernel to read the span's pages into the page cache,
+// in the background. Like drop, only inside the map of tx.
+func (m *mappedRange) willNeed(tx *bolt.Tx) {
+	if m.n == 0 || tx.Writable() {
+		return
+	}
+	base := tx.DB().Info().Data
+	limit := base + uintptr(tx.Size())
+	if m.lo < base || m.hi > limit {
+		return
+	}
+	madvise(m.lo, m.hi, syscall.MADV_WILLNEED)
+}
+
 // dropMap drops the whole map from the resident set, after a commit: bbolt
 // rewrites every leaf a transaction changes, reading the values it keeps
 // (the chunks staged before, the neighbours of new entries) through the map.
@@ -74,10 +102,12 @@ func (t *Tier) dropMap() {
 	})
 }
 
-func madviseDontNeed(start, end uintptr) {
+func madviseDontNeed(start, end uintptr) { madvise(start, end, syscall.MADV_DONTNEED) }
+
+func madvise(start, end uintptr, advice int) {
 	start &^= pageSize - 1
 	end = (end + pageSize - 1) &^ (pageSize - 1)
 	if end > start {
-		syscall.Syscall(syscall.SYS_MADVISE, start, end-start, syscall.MADV_DONTNEED)
+		syscall.Syscall(syscall.SYS_MADVISE, start, end-start, uintptr(advice))
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -65,6 +66,9 @@ type reader struct {
 	t   *Tier
 	key digest.Key
 	rec record
+	// ahead is the end of the span of the value asked for ahead of the
+	// reads (readAhead in mmap.go).
+	ahead atomic.Int64
 }
 
 func (r *reader) Info() tiers.Info { return r.rec.info(r.key) }
@@ -103,6 +107,7 @@ func (r *reader) readAt(p []byte, off int64) (int, error) {
 		var mapped mappedRange
 		defer mapped.drop(tx)
 		b := tx.Bucket(bucketChunks)
+		r.readAhead(tx, b, off, int64(len(p)))
 		for n < len(p) {
 			pos := off + int64(n)
 			idx := pos / cs
@@ -130,6 +135,35 @@ func (r *reader) readAt(p []byte, off int64) (int, error) {
 		return n, io.EOF
 	}
 	return n, nil
+}
+
+// readAhead asks the kernel to read the chunks of [off, off+n) into the
+// page cache before they are touched, and for a reader that reads on from
+// where it was, the next readAheadBytes too (see mmap.go). b is the chunks
+// bucket of tx, the read transaction the reads run in.
+func (r *reader) readAhead(tx *bolt.Tx, b *bolt.Bucket, off, n int64) {
+	size, cs := r.rec.size, int64(r.rec.chunk)
+	ahead := r.ahead.Load()
+	sequential := off == 0 || off <= ahead
+	if sequential && (off+n+readAheadBytes/2 <= ahead || ahead >= size) {
+		return // asked for already, with half a window to spare
+	}
+	from, to := off, min(size, off+n)
+	if sequential {
+		// On from what was asked for, a window ahead.
+		from, to = max(off, ahead), min(size, off+n+readAheadBytes)
+	}
+	if to-from < readAheadMin && to < size {
+		return // a little more is asked for at the next read
+	}
+	r.ahead.Store(to)
+	var spans mappedRange
+	for idx := from / cs; idx*cs < to; idx++ {
+		if v := b.Get(chunkKey(r.rec.id, uint32(idx))); v != nil {
+			spans.add(v)
+		}
+	}
+	spans.willNeed(tx)
 }
 
 // missing tells a deleted entry (ErrNotFound) from a lost chunk (ErrCorrupt).
