@@ -208,7 +208,9 @@
 // first, comma-separated; "unpersisted" first while the stack has not
 // copied it yet), user.flechefs.sha256 (hex) and user.flechefs.upload
 // (none, pending, done, or conflict: the remote holds another value, and
-// this mount dropped its own).
+// this mount dropped its own), and user.flechefs.local ("yes" when a local
+// tier, or a publish not yet persisted, holds it: no round trip to answer,
+// where user.flechefs.tiers asks every tier).
 //
 // .flechefs is a read-only directory (0555) with "stats", the JSON of
 // Stack.Stats generated at each open, and "version". Both are served with

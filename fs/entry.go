@@ -18,9 +18,10 @@ const (
 	xattrTiers  = "user.flechefs.tiers"
 	xattrSHA256 = "user.flechefs.sha256"
 	xattrUpload = "user.flechefs.upload"
+	xattrLocal  = "user.flechefs.local"
 )
 
-var xattrList = []byte(xattrTiers + "\x00" + xattrSHA256 + "\x00" + xattrUpload + "\x00")
+var xattrList = []byte(xattrTiers + "\x00" + xattrSHA256 + "\x00" + xattrUpload + "\x00" + xattrLocal + "\x00")
 
 // entryNode is a published entry: read-only, immutable.
 type entryNode struct {
@@ -197,6 +198,11 @@ func (n *entryNode) Getxattr(ctx context.Context, attr string, dest []byte) (uin
 		val = info.Sum.String()
 	case xattrUpload:
 		val = string(n.r.st.UploadState(n.current()))
+	case xattrLocal:
+		val = "no"
+		if n.r.st.Local(ctx, n.current()) {
+			val = "yes"
+		}
 	default:
 		return 0, syscall.ENODATA
 	}

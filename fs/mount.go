@@ -121,6 +121,7 @@ type stack interface {
 	Delete(ctx context.Context, k digest.Key) error
 	List(ctx context.Context, fn func(tiers.Info) error) error
 	Where(ctx context.Context, k digest.Key) []string
+	Local(ctx context.Context, k digest.Key) bool
 	UploadState(k digest.Key) tiers.UploadState
 	Stats() tiers.Stats
 }

@@ -458,6 +458,16 @@ func (s *Stack) Where(ctx context.Context, k digest.Key) []string {
 	return out
 }
 
+// Local reports whether this stack holds k without a remote tier: a
+// publish not yet persisted, or a copy in a local tier. It costs no round
+// trip.
+func (s *Stack) Local(ctx context.Context, k digest.Key) bool {
+	s.mu.Lock()
+	pend := s.keys.get(k).pub != nil
+	s.mu.Unlock()
+	return pend || s.publisher.heldLocally(ctx, k)
+}
+
 // UploadState says whether k waits for upload.
 func (s *Stack) UploadState(k digest.Key) UploadState {
 	if !s.hasWritableRemote() {

@@ -41,6 +41,11 @@ func (fs *flagSet) stringFlag(name, arg, value, usage string) *string {
 	return fs.String(name, value, usage)
 }
 
+func (fs *flagSet) intFlag(name string, value int, usage string) *int {
+	fs.declared(name, "N")
+	return fs.Int(name, value, usage)
+}
+
 func (fs *flagSet) durationFlag(name string, value time.Duration, usage string) *time.Duration {
 	fs.declared(name, "DURATION")
 	return fs.Duration(name, value, usage)

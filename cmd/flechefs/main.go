@@ -46,7 +46,7 @@ var commands []*command
 
 func init() {
 	commands = []*command{
-		mountCommand, umountCommand, statusCommand, syncCommand,
+		mountCommand, umountCommand, statusCommand, syncCommand, warmCommand,
 		digestCommand, configCommand, versionCommand, helpCommand,
 	}
 }

@@ -400,8 +400,12 @@ func (n *Node) Sh(script string) string { n.T.Helper(); return n.Run("sh", "-ec"
 
 // Flechefs runs a subcommand of the binary (in the root network namespace)
 // and returns its combined output.
-func (n *Node) Flechefs(args ...string) (string, error) {
+func (n *Node) Flechefs(args ...string) (string, error) { return n.FlechefsStdin("", args...) }
+
+// FlechefsStdin is Flechefs with stdin as the command's standard input.
+func (n *Node) FlechefsStdin(stdin string, args ...string) (string, error) {
 	cmd := exec.Command(bin, args...)
+	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
