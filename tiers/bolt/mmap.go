@@ -42,7 +42,7 @@ const (
 // them in large requests in the background. The pages go into the page
 // cache, not the process's resident set.
 const (
-	readAheadBytes = 4 << 20  // how far ahead of a sequential reader
+	readAheadBytes = 4 << 20 // how far ahead of a sequential reader
 	readAheadMin   = 1 << 20 // the least span asked for at once, short of the end
 )
 
