@@ -487,7 +487,7 @@ func TestXattrs(t *testing.T) {
 	// "unpersisted" leads the list until the stack's background copy is done.
 	waitFor(t, 2*time.Second, "tiers xattr", func() bool { v, _ := get(xattrTiers); return v == "ram" })
 	for attr, want := range map[string]string{
-		xattrTiers: "ram", xattrSHA256: digest.Of(data).String(), xattrUpload: "none",
+		xattrTiers: "ram", xattrSHA256: digest.Of(data).String(), xattrUpload: "none", xattrLocal: "yes",
 	} {
 		if got, err := get(attr); err != nil || got != want {
 			t.Errorf("%s = %q, %v; want %q", attr, got, err, want)
@@ -505,7 +505,7 @@ func TestXattrs(t *testing.T) {
 		t.Fatal(err)
 	}
 	names := strings.Split(strings.TrimSuffix(string(buf[:n]), "\x00"), "\x00")
-	if !slices.Equal(names, []string{xattrTiers, xattrSHA256, xattrUpload}) {
+	if !slices.Equal(names, []string{xattrTiers, xattrSHA256, xattrUpload, xattrLocal}) {
 		t.Errorf("listxattr = %q", names)
 	}
 }

@@ -41,6 +41,7 @@ type options struct {
 	scaleN          int
 	slowSize        int64
 	slowDelay       time.Duration
+	slowSmall       int
 	keep            bool
 	cpuprofile      bool
 	channels        int
@@ -72,6 +73,7 @@ func main() {
 	flag.IntVar(&o.scaleN, "scale-entries", 1_000_000, "entries of the bbolt tier of the scale phase")
 	flag.Int64Var(&o.slowSize, "slow-size", 64<<20, "size of the file read cold over the slow link")
 	flag.DurationVar(&o.slowDelay, "slow-delay", 20*time.Millisecond, "one-way delay of the slow link (each direction)")
+	flag.IntVar(&o.slowSmall, "slow-small", 500, "small files read over the slow link (sshfs reads each in about 4 round trips)")
 	flag.Int64Var(&o.largeSize, "large-size", 512<<20, "size of the large file")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
 	flag.BoolVar(&o.debug, "debug", false, "run flechefs with --debug (logs in the work directory)")

@@ -80,7 +80,7 @@ func (s *sample) String() string {
 type target struct {
 	what     string
 	metric   string
-	peer     string // "" for an absolute bound
+	peer     string // "" for an absolute bound; "client:metric" for another metric of the peer
 	need     float64
 	lowerBad bool // the metric is a time or a size: the ratio is peer/ours
 	// absolute: ours must be ≤ need (lowerBad) or ≥ need.
@@ -106,6 +106,8 @@ var targets = []target{
 	{"mount of a 1M-entry bbolt tier (s)", "scale.mount", "", 1, true},
 	{"lookup of a hit, 1M entries, p99 (ms)", "scale.stat.p99", "", 1, true},
 	{"slow link (20 ms each way): cold read, large, vs sshfs", "slow.cold.large", "sshfs", 3, false},
+	{"slow link: cold read, small files one after another, vs sshfs", "slow.cold.small", "sshfs", 3, false},
+	{"slow link: flechefs warm, then read, small files, vs sshfs cold", "slow.warmread.small", "sshfs:slow.cold.small", 20, false},
 }
 
 func (b *bench) report() error {
@@ -174,7 +176,12 @@ func (b *bench) report() error {
 			fmt.Fprintf(w, "| %s | %s | | | %s %s | %s |\n", t.what, ours, rel, num(t.need), yes(met))
 			continue
 		}
-		peer, ok := r.get(t.peer, t.metric)
+		// "client:metric" compares with another metric of the peer.
+		peerName, peerMetric, other := strings.Cut(t.peer, ":")
+		if !other {
+			peerMetric = t.metric
+		}
+		peer, ok := r.get(peerName, peerMetric)
 		if !ok {
 			continue
 		}

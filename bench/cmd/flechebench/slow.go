@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -71,7 +72,66 @@ func (b *bench) slowPhase() error {
 			b.res.add(c.name(), "slow.cold.large", "MiB/s", v)
 			b.res.add(c.name(), "slow.cold.medium", "MiB/s", vm)
 			b.logf("slow link %d: %s large %.1f MiB/s, 4 MiB files %.1f MiB/s", r+1, c.name(), v, vm)
+			if err := b.slowSmall(c, r); err != nil {
+				return fmt.Errorf("slow link: %s: %w", c.name(), err)
+			}
 		}
 	}
+	return nil
+}
+
+// slowSmall reads the first -slow-small small files over the slow link,
+// cold, one after another, as a program that does not know what it will
+// read does (slow.cold.small); and for flechefs, on another fresh mount,
+// `flechefs warm` of those names and then the same reads, timed together
+// (slow.warmread.small), as a job that knows its inputs does.
+func (b *bench) slowSmall(c client, r int) error {
+	names := b.ds.small[:min(b.opt.slowSmall, len(b.ds.small))]
+	files := func(d time.Duration) float64 { return float64(len(names)) / d.Seconds() }
+	if err := c.start(true); err != nil {
+		return err
+	}
+	if err := connect(c); err != nil {
+		return err
+	}
+	d, err := readSet(c.root(), names, smallSize)
+	c.settle()
+	if serr := c.stop(); err == nil {
+		err = serr
+	}
+	if err != nil {
+		return err
+	}
+	b.res.add(c.name(), "slow.cold.small", "files/s", files(d))
+	b.logf("slow link %d: %s %d small files cold, one after another: %.1f files/s", r+1, c.name(), len(names), files(d))
+	f, ok := c.(*flechefsClient)
+	if !ok {
+		return nil
+	}
+	if err := f.start(true); err != nil {
+		return err
+	}
+	if err := connect(f); err != nil {
+		return err
+	}
+	start := time.Now()
+	cmd := exec.Command(b.opt.flechefs, "warm", "--quiet", f.root())
+	cmd.Stdin = strings.NewReader(strings.Join(names, "\n") + "\n")
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		_, err = readSet(f.root(), names, smallSize)
+	} else {
+		err = fmt.Errorf("flechefs warm: %v: %s", err, out)
+	}
+	d = time.Since(start)
+	f.settle()
+	if serr := f.stop(); err == nil {
+		err = serr
+	}
+	if err != nil {
+		return err
+	}
+	b.res.add(c.name(), "slow.warmread.small", "files/s", files(d))
+	b.logf("slow link %d: %s warm then read %d small files: %.1f files/s", r+1, c.name(), len(names), files(d))
 	return nil
 }
