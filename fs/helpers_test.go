@@ -1,19 +1,19 @@
 package fs
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/flechefs/flechefs/digest"
+	"github.com/flechefs/flechefs/internal/mountinfo"
 	"github.com/flechefs/flechefs/tiers"
 	"github.com/flechefs/flechefs/tiers/memory"
 )
@@ -34,26 +34,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// leftMounts returns the test mountpoints still in /proc/mounts.
+// leftMounts returns the test mountpoints still mounted.
 func leftMounts() []string {
 	mountedMu.Lock()
 	defer mountedMu.Unlock()
-	f, err := os.Open("/proc/mounts")
+	all, err := mountinfo.Read()
 	if err != nil {
 		return nil
 	}
-	defer f.Close()
 	var left []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 2 {
-			continue
-		}
-		for _, m := range mounted {
-			if fields[1] == m {
-				left = append(left, m)
-			}
+	for _, e := range all {
+		if slices.Contains(mounted, e.Point) {
+			left = append(left, e.Point)
 		}
 	}
 	return left

@@ -6,16 +6,18 @@ import (
 	"time"
 
 	"github.com/flechefs/flechefs/digest"
+	"golang.org/x/sync/singleflight"
 )
 
 // listCache keeps the remote tiers' listing. It is refreshed in the
 // background when older than ListTTL, so List never waits on a slow or dead
-// remote longer than a short first-time bound.
+// remote longer than a short first-time bound. Concurrent callers share one
+// refresh (singleflight).
 type listCache struct {
-	mu         sync.Mutex
-	entries    map[digest.Key]Info
-	at         time.Time
-	refreshing chan struct{} // non-nil while a refresh runs; closed at its end
+	mu      sync.Mutex
+	entries map[digest.Key]Info
+	at      time.Time
+	refresh singleflight.Group
 }
 
 func (c *listCache) add(info Info) {
@@ -37,18 +39,18 @@ func (c *listCache) forget(k digest.Key) {
 func (s *Stack) remoteListing(wait time.Duration) map[digest.Key]Info {
 	c := &s.list
 	c.mu.Lock()
-	if time.Since(c.at) > s.opt.ListTTL && c.refreshing == nil && !s.isClosed() {
-		done := make(chan struct{})
-		c.refreshing = done
-		s.wg.Add(1)
-		go s.refreshList(done)
-	}
-	first, ch := c.entries == nil, c.refreshing
+	stale, first := time.Since(c.at) > s.opt.ListTTL, c.entries == nil
 	c.mu.Unlock()
-	if first && ch != nil {
-		select {
-		case <-ch:
-		case <-time.After(wait):
+	if stale {
+		done := c.refresh.DoChan("", func() (any, error) {
+			s.refreshList()
+			return nil, nil
+		})
+		if first {
+			select {
+			case <-done:
+			case <-time.After(wait):
+			}
 		}
 	}
 	c.mu.Lock()
@@ -60,13 +62,17 @@ func (s *Stack) remoteListing(wait time.Duration) map[digest.Key]Info {
 	return out
 }
 
-func (s *Stack) isClosed() bool {
+// refreshList lists every remote tier into the cache, unless the stack is
+// closed: the refresh counts in s.wg, taken under s.mu, so Close waits for it
+// or it does not start.
+func (s *Stack) refreshList() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closed
-}
-
-func (s *Stack) refreshList(done chan struct{}) {
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
 	defer s.wg.Done()
 	fresh := map[digest.Key]Info{}
 	ok := true
@@ -81,6 +87,7 @@ func (s *Stack) refreshList(done chan struct{}) {
 	}
 	c := &s.list
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if ok || c.entries == nil {
 		c.entries = fresh
 	}
@@ -90,9 +97,6 @@ func (s *Stack) refreshList(done chan struct{}) {
 		// Try again after a short while, not at every readdir.
 		c.at = time.Now().Add(-s.opt.ListTTL + min(s.opt.ListTTL, 5*time.Second))
 	}
-	c.refreshing = nil
-	c.mu.Unlock()
-	close(done)
 }
 
 // List calls fn once per key held by any tier. Remote listings come from a

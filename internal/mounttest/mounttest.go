@@ -41,6 +41,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flechefs/flechefs/internal/mountinfo"
 	"github.com/flechefs/flechefs/internal/sshdtest"
 	"github.com/flechefs/flechefs/tiers"
 	"github.com/flechefs/flechefs/tiers/tiertest"
@@ -133,12 +134,11 @@ func daemons() []int {
 
 // MountsUnder lists the mount points at or below dir.
 func MountsUnder(dir string) []string {
-	b, _ := os.ReadFile("/proc/mounts")
+	all, _ := mountinfo.Read()
 	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 1 && (f[1] == dir || strings.HasPrefix(f[1], dir+"/")) {
-			out = append(out, f[1])
+	for _, e := range all {
+		if e.Point == dir || strings.HasPrefix(e.Point, dir+"/") {
+			out = append(out, e.Point)
 		}
 	}
 	return out
