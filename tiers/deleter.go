@@ -3,7 +3,6 @@ package tiers
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"time"
 
 	"github.com/flechefs/flechefs/digest"
@@ -159,11 +158,10 @@ func (dl *deleter) delete(ctx context.Context, k digest.Key) error {
 // tomb is a queued remote delete of a key (see doc.go, "Deletes"), under
 // s.mu.
 type tomb struct {
-	sum      digest.Sum // the value deleted; zero: unknown (no local copy)
-	id       uint64     // its durable record (TombstoneQueue), 0: none
-	busy     bool       // being carried out
-	next     time.Time  // not retried before
-	attempts int
+	sum  digest.Sum // the value deleted; zero: unknown (no local copy)
+	id   uint64     // its durable record (TombstoneQueue), 0: none
+	busy bool       // being carried out
+	retry
 }
 
 // loadTombs resumes the tombstones the persistent tier keeps.
@@ -284,9 +282,7 @@ func (dl *deleter) settleTomb(ctx context.Context, k digest.Key) (found bool, er
 	if err == nil {
 		s.keys.edit(k, func(ks *keyState) { ks.tomb = nil })
 	} else {
-		t.attempts++
-		backoff := min(time.Duration(1<<min(t.attempts, 6))*time.Second/2, time.Minute)
-		t.next = time.Now().Add(backoff/2 + rand.N(backoff/2+1))
+		t.failed(&s.pol)
 	}
 	s.broadcastLocked()
 	s.mu.Unlock()

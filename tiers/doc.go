@@ -127,8 +127,8 @@
 // WaitPersisted waits without ending it. The same commit records
 // the key in the durable upload queue when a writable remote tier exists:
 // entries waiting for upload are never evicted, survive a restart and are
-// uploaded by UploadWorkers goroutines with exponential backoff (0.5 s
-// doubling to 1 min, jittered) until the remote has them. The first upload
+// uploaded by UploadWorkers goroutines with exponential backoff
+// (Policy.RetryMin 1 s doubling to RetryMax 1 min, each ±50%) until the remote has them. The first upload
 // starts at publish, from the Blob, alongside the persistence (or before,
 // while the value is written: see Early uploads), unless entries are still
 // being published: queued uploads wait until publishes pause for 20 ms, at
@@ -179,7 +179,7 @@
 // delete is made at once, unless the remote is known to be down; if it
 // fails, Delete still succeeds (the local copies are gone and the remote
 // delete is queued), and a background deleter retries it with the
-// uploads' backoff (0.5 s doubling to 1 min, jittered). Tombstones survive
+// uploads' backoff (Policy.RetryMin and RetryMax). Tombstones survive
 // a restart; Sync waits for them, and Stats.Deletes counts them.
 //
 // Carrying a tombstone out: each writable remote's copy is removed if it

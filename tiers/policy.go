@@ -1,6 +1,10 @@
 package tiers
 
-import "time"
+import (
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+)
 
 // Policy holds the timing and size constants of the stack's background
 // work: when copies, persistence and uploads run, and how much each holds.
@@ -75,6 +79,12 @@ type Policy struct {
 	AbsentBurstWindow time.Duration
 	AbsentBackoff     time.Duration
 	AbsentRetry       time.Duration
+
+	// RetryMin, RetryMax: a failed upload or remote delete is tried again
+	// after RetryMin, doubling up to RetryMax, each wait drawn within
+	// ±50% so that many mounts of one remote do not retry in step.
+	RetryMin time.Duration
+	RetryMax time.Duration
 }
 
 // DefaultPolicy is the policy of a stack whose options set none.
@@ -98,6 +108,8 @@ func DefaultPolicy() Policy {
 		AbsentBurstWindow: time.Second,
 		AbsentBackoff:     10 * time.Minute,
 		AbsentRetry:       30 * time.Second,
+		RetryMin:          time.Second,
+		RetryMax:          time.Minute,
 	}
 }
 
@@ -122,6 +134,8 @@ func (p Policy) withDefaults() Policy {
 	def(&p.AbsentBurstWindow, d.AbsentBurstWindow)
 	def(&p.AbsentBackoff, d.AbsentBackoff)
 	def(&p.AbsentRetry, d.AbsentRetry)
+	def(&p.RetryMin, d.RetryMin)
+	def(&p.RetryMax, d.RetryMax)
 	return p
 }
 
@@ -129,4 +143,19 @@ func def[T time.Duration | int | int64](v *T, d T) {
 	if *v <= 0 {
 		*v = d
 	}
+}
+
+// retry is the schedule of one failing upload or remote delete.
+type retry struct {
+	next time.Time // not tried again before
+	bo   *backoff.ExponentialBackOff
+}
+
+// failed sets the time of the next attempt after one more failure.
+func (r *retry) failed(p *Policy) {
+	if r.bo == nil {
+		r.bo = &backoff.ExponentialBackOff{InitialInterval: p.RetryMin, MaxInterval: p.RetryMax,
+			Multiplier: 2, RandomizationFactor: 0.5}
+	}
+	r.next = time.Now().Add(r.bo.NextBackOff())
 }

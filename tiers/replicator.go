@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,10 +69,9 @@ type uploadQueue struct {
 // cancels the upload in flight; a publish of the key after it makes a new
 // item, which the ending upload leaves alone.
 type upItem struct {
-	state    upState
-	next     time.Time // not retried before
-	attempts int
-	elem     *list.Element // in uploadQueue.order
+	state upState
+	retry
+	elem *list.Element // in uploadQueue.order
 }
 
 type upState uint8
@@ -242,9 +240,7 @@ func (rp *replicator) endUploadLocked(k digest.Key, item *upItem, err error, bac
 			}
 		case backoff:
 			it.state = upQueued
-			it.attempts++
-			backoff := min(time.Duration(1<<min(it.attempts, 6))*time.Second/2, time.Minute)
-			it.next = time.Now().Add(backoff/2 + rand.N(backoff/2+1))
+			it.failed(&s.pol)
 		default:
 			it.state = upQueued
 			it.next = time.Time{}

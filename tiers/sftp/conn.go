@@ -20,13 +20,17 @@ import (
 	"github.com/flechefs/flechefs/tiers"
 )
 
-// Reconnect backoff after a failed dial. While the server stays unreachable
-// the tier dials again in the background after each backoff, so a server
-// that comes back is found within maxBackoff whether or not anyone asks;
-// callers meanwhile fail at once with the last dial error.
+// Reconnect backoff after a failed dial: minBackoff doubling up to
+// maxBackoff, each wait drawn within ±backoffJitter of it so that the mounts
+// of a server that restarts do not all dial in step. While the server stays
+// unreachable the tier dials again in the background after each backoff, so
+// a server that comes back is found within maxBackoffWait whether or not
+// anyone asks; callers meanwhile fail at once with the last dial error.
 const (
-	minBackoff = 250 * time.Millisecond
-	maxBackoff = 5 * time.Second
+	minBackoff     = 250 * time.Millisecond
+	maxBackoff     = 5 * time.Second
+	backoffJitter  = 0.2
+	maxBackoffWait = maxBackoff + maxBackoff/5
 	// warnEvery: while an outage lasts, the same dial failure is logged
 	// at warning level at most this often (a changed error at once).
 	warnEvery = time.Minute
@@ -273,13 +277,13 @@ func (t *Tier) redial(a *dialAttempt) {
 			err = unavailable(t.rem.addr, err)
 		}
 		a.err = err
-		t.backoff = min(max(2*t.backoff, minBackoff), maxBackoff)
-		t.retryAt = time.Now().Add(t.backoff)
+		wait := t.backoff.NextBackOff()
+		t.retryAt = time.Now().Add(wait)
 		t.dialErr = err
 		t.failedDials++
 		if !t.closed {
-			t.retry = time.AfterFunc(t.backoff, t.reprobe)
-			t.warnDial(err)
+			t.retry = time.AfterFunc(wait, t.reprobe)
+			t.warnDial(err, wait)
 		}
 		return
 	}
@@ -288,7 +292,8 @@ func (t *Tier) redial(a *dialAttempt) {
 	if t.failedDials > 0 {
 		t.log.Info("sftp server reachable again", "tier", t.opt.Name, "addr", t.rem.addr, "failed_dials", t.failedDials)
 	}
-	t.cur, t.dialErr, t.backoff, t.failedDials, t.warned = c, nil, 0, 0, ""
+	t.backoff.Reset()
+	t.cur, t.dialErr, t.failedDials, t.warned = c, nil, 0, ""
 	t.dials++
 	t.log.Info("sftp connected", "tier", t.opt.Name, "addr", t.rem.addr, "root", t.rem.root, "packet", c.packet, "rtt", c.rtt, "connections", t.dials)
 	orphans := t.orphans
@@ -300,7 +305,7 @@ func (t *Tier) redial(a *dialAttempt) {
 
 // warnDial logs a failed dial: the first of an outage, a changed error, and
 // then once every warnEvery; the dials in between at debug level.
-func (t *Tier) warnDial(err error) {
+func (t *Tier) warnDial(err error, wait time.Duration) {
 	msg := err.Error()
 	level := slog.LevelDebug
 	if msg != t.warned || time.Since(t.warnedAt) >= warnEvery {
@@ -308,7 +313,7 @@ func (t *Tier) warnDial(err error) {
 		t.warned, t.warnedAt = msg, time.Now()
 	}
 	t.log.Log(context.Background(), level, "sftp connect failed", "tier", t.opt.Name, "addr", t.rem.addr,
-		"err", err, "failed_dials", t.failedDials, "retry_in", t.backoff)
+		"err", err, "failed_dials", t.failedDials, "retry_in", wait.Round(time.Millisecond))
 }
 
 // dial connects, authenticates, starts SFTP and creates the layout, all

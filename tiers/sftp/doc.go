@@ -235,8 +235,8 @@
 // it. When that dial fails, the tier is in an outage:
 // callers fail at once with the dial's error (they never wait on a dial, so
 // a frozen host does not stall them), and the tier dials again in the
-// background after a backoff of 250ms, doubling to 5s, whether or not
-// anyone asks. A server that comes back is thus found within 5s, and the
+// background after a backoff of 250ms, doubling to 5s, each ±20%, whether
+// or not anyone asks. A server that comes back is thus found within 6s, and the
 // next caller gets the connection. The same failure is logged once a
 // minute, a changed one at once; a successful dial resets all of it.
 // Readers are tied to the connection they were opened on and fail with

@@ -233,7 +233,7 @@ func TestFreezeDuringRead(t *testing.T) {
 // eventually waits until tr reaches the server again.
 func eventually(t *testing.T, tr *Tier) {
 	t.Helper()
-	deadline := time.Now().Add(maxBackoff + time.Second)
+	deadline := time.Now().Add(maxBackoffWait + time.Second)
 	for {
 		_, err := tr.Stat(context.Background(), tiertest.Key("probe"))
 		if errors.Is(err, tiers.ErrNotFound) {
@@ -325,10 +325,10 @@ func restartAndReconnect(t *testing.T, s *sshdtest.Server, tr *Tier, before int)
 	if err := s.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(maxBackoff + 5*time.Second)
+	deadline := time.Now().Add(maxBackoffWait + 5*time.Second)
 	for ok, _ := dialCounts(tr); ok == before; ok, _ = dialCounts(tr) {
 		if time.Now().After(deadline) {
-			t.Fatalf("not connected %v after the server came back", maxBackoff+5*time.Second)
+			t.Fatalf("not connected %v after the server came back", maxBackoffWait+5*time.Second)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

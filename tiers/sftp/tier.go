@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/flechefs/flechefs/digest"
 	"github.com/flechefs/flechefs/tiers"
 	xsftp "github.com/pkg/sftp"
@@ -39,8 +40,8 @@ type Tier struct {
 	dialing *dialAttempt // non-nil while a dial runs
 	dialErr error        // last dial failure, until retryAt
 	retryAt time.Time
-	backoff time.Duration
-	retry   *time.Timer // runs reprobe when the backoff ends
+	backoff backoff.ExponentialBackOff // dial retries; Reset on a connection
+	retry   *time.Timer                // runs reprobe when the backoff ends
 	dials   int
 	// failedDials counts the dials of the current outage; warned and
 	// warnedAt throttle its warnings (warnDial).
@@ -91,6 +92,8 @@ func Open(ctx context.Context, opt Options) (*Tier, error) {
 		log:     opt.Logger,
 		laneRTT: laneRTT,
 		settled: settledConn,
+		backoff: backoff.ExponentialBackOff{InitialInterval: minBackoff, MaxInterval: maxBackoff,
+			Multiplier: 2, RandomizationFactor: backoffJitter},
 	}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	if !opt.Lazy {
