@@ -216,7 +216,9 @@ func (fe *fetcher) fetchingLocked(k digest.Key) (Info, bool) {
 func (fe *fetcher) joinableFetch(k digest.Key, l *layer) *fetch {
 	s := fe.s
 	f := s.keys.get(k).fetch
-	if f == nil || (l != nil && f.l != l) || (f.prefetch && f.failed()) {
+	// A fetch that failed has nothing to give: the caller fetches again
+	// (and finds a damaged copy damaged again, not absent).
+	if f == nil || (l != nil && f.l != l) || f.failed() {
 		return nil
 	}
 	f.mu.Lock()
@@ -250,14 +252,21 @@ func (f *fetch) join(ctx context.Context, want digest.Sum) (Reader, error) {
 		f.unref()
 		return nil, ctx.Err()
 	}
-	if f.openErr != nil || (!want.IsZero() && f.infoNow().Sum != want) || f.failed() {
-		f.unref()
-		if f.openErr != nil {
-			return nil, f.openErr
-		}
-		return nil, Wrap(f.l.name, "open", f.info.Key, ErrNotFound)
+	var err error
+	switch {
+	case f.openErr != nil:
+		err = f.openErr
+	case f.failed():
+		f.mu.Lock()
+		err = f.err // a damaged copy reads as damaged, not as absent
+		f.mu.Unlock()
+	case !want.IsZero() && f.infoNow().Sum != want:
+		err = Wrap(f.l.name, "open", f.info.Key, ErrNotFound)
+	default:
+		return &fetchReader{f: f}, nil
 	}
-	return &fetchReader{f: f}, nil
+	f.unref()
+	return nil, err
 }
 
 // infoNow is f.info, whose Sum the fetch of a copy without a checksum
