@@ -37,7 +37,10 @@
 // Lookup (Stat, Open) walks the tiers in order. A hit at tier i > 0 is
 // copied up: with Promote "all" (the default) to every writable local tier
 // faster than i, with "base" to tier 0 only. Copies run in the background,
-// one per key at a time, and every copy is checked against the value's
+// one per key at a time; the copy of a local hit small beside tier 0 (the
+// deferred copies' size rule below) waits, as those do, for a pause in
+// reads: it reads and hashes the value again, which beside a loop of reads
+// from bbolt on 2 cores halved the loop's speed. Every copy is checked against the value's
 // SHA-256 by the receiving tier's Put: a mismatch is never stored, it is
 // counted as a corruption of the source, logged, and the bad copy deleted
 // (a local one) or moved to the quarantine (a remote one; see below).
@@ -105,7 +108,8 @@
 // 4096, or for at most 10 s, and are made at Close (promoter.go): the copy goes into tier 0
 // at once, and a loop of cold reads no longer pays for a bbolt commit
 // beside every read. The queue holds keys; the drain reads the values back
-// from tier 0, and one evicted meanwhile is not copied.
+// from tier 0 (a local hit's, from the tier that held it), and one gone
+// meanwhile is not copied. At Close only the copies out of tier 0 are made.
 //
 // A local read that hits ErrCorrupt (the bbolt tier checks a CRC-32C per
 // chunk) removes the bad copy and continues from the next tier holding the

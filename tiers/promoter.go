@@ -35,10 +35,19 @@ func (pm *promoter) promoteTargets(i int) []*layer {
 	return out
 }
 
-// promoteLocal copies k from src to targets in the background, one copy at
-// a time per key. Every copy is checked against the hash by the target's Put.
-func (pm *promoter) promoteLocal(src *layer, k digest.Key, targets []*layer) {
+// promoteLocal copies k, a hit of size bytes in local layer src, to
+// targets, one copy at a time per key. Every copy is checked against the
+// hash by the target's Put. A value small beside tier 0 (deferrable) is
+// copied once reads pause, as a fetched value's slower copies are: the copy
+// reads the value again and hashes it, which beside a loop of reads from
+// bbolt took half of the loop's time on 2 cores. A larger one is copied now,
+// in the background.
+func (pm *promoter) promoteLocal(src *layer, k digest.Key, size int64, targets []*layer) {
 	s := pm.s
+	if pm.deferrable(size, targets) {
+		pm.deferCopies(src, k, size, targets)
+		return
+	}
 	done := pm.startPromotion(k)
 	if done == nil {
 		return
@@ -72,7 +81,7 @@ func (pm *promoter) fetched(src *layer, r Reader, deleted func() bool) {
 		return
 	}
 	targets, later := pm.promoteTargets(src.idx), []*layer(nil)
-	if pm.deferrable(size, targets) {
+	if len(targets) > 1 && pm.deferrable(size, targets) {
 		// Into tier 0 now, into the slower tiers once reads pause,
 		// queued once this copy ends.
 		if pm.copyTo(nil, r, targets[:1]) {
@@ -84,7 +93,7 @@ func (pm *promoter) fetched(src *layer, r Reader, deleted func() bool) {
 	pm.copyTo(nil, r, targets)
 	pm.endPromotion(k, done)
 	if later != nil {
-		pm.deferCopies(k, size, later)
+		pm.deferCopies(nil, k, size, later)
 	}
 }
 
@@ -239,15 +248,17 @@ const (
 type deferredCopy struct {
 	key     digest.Key
 	size    int64
+	src     *layer // nil: tier 0
 	targets []*layer
 	at      time.Time
 }
 
 type deferQueue struct {
-	items   []deferredCopy // under Stack.mu
-	bytes   int64          // under Stack.mu
-	limit   int64          // set by NewStack
-	running int64          // copies being drained, under Stack.mu
+	items   []deferredCopy          // under Stack.mu
+	keys    map[digest.Key]struct{} // of items, under Stack.mu
+	bytes   int64                   // under Stack.mu
+	limit   int64                   // set by NewStack
+	running int64                   // copies being drained, under Stack.mu
 	kick    chan struct{}
 	drainMu sync.Mutex // one drain at a time: Close's waits for the drainer's
 }
@@ -270,20 +281,30 @@ func (pm *promoter) initDefer() {
 	go pm.deferrer()
 }
 
-// deferrable reports whether the copies of a fetched value of size bytes
-// into targets after the first may wait: the first is tier 0 and the value
-// is small beside the queue's bound (at least four such values fit in it),
-// or at most memFetch bytes.
+// deferrable reports whether copies of a value of size bytes into targets
+// may wait: the first target is tier 0 and the value is small beside the
+// queue's bound (at least four such values fit in it), or at most memFetch
+// bytes. For a fetched value the copy into tier 0 is made at once and the
+// others wait; for a local hit all of them wait.
 func (pm *promoter) deferrable(size int64, targets []*layer) bool {
-	return size <= max(memFetch, pm.deferq.limit/4) && len(targets) > 1 && targets[0].idx == 0
+	return size <= max(memFetch, pm.deferq.limit/4) && len(targets) > 0 && targets[0].idx == 0
 }
 
-// deferCopies queues the copies of k into targets.
-func (pm *promoter) deferCopies(k digest.Key, size int64, targets []*layer) {
+// deferCopies queues the copies of k into targets, read from layer src
+// (nil: tier 0). A key queued already is not queued again.
+func (pm *promoter) deferCopies(src *layer, k digest.Key, size int64, targets []*layer) {
 	s := pm.s
 	q := &pm.deferq
 	s.mu.Lock()
-	q.items = append(q.items, deferredCopy{key: k, size: size, targets: targets, at: time.Now()})
+	if _, ok := q.keys[k]; ok {
+		s.mu.Unlock()
+		return
+	}
+	if q.keys == nil {
+		q.keys = map[digest.Key]struct{}{}
+	}
+	q.keys[k] = struct{}{}
+	q.items = append(q.items, deferredCopy{key: k, size: size, src: src, targets: targets, at: time.Now()})
 	q.bytes += size
 	first, full := len(q.items) == 1, q.full()
 	s.mu.Unlock()
@@ -333,7 +354,7 @@ func (pm *promoter) deferrer() {
 		}
 		wait := pm.deferDue(time.Now())
 		if wait == 0 {
-			pm.drainDeferred()
+			pm.drainDeferred(false)
 			wait = pm.deferDue(time.Now())
 		}
 		if wait > 0 {
@@ -343,16 +364,22 @@ func (pm *promoter) deferrer() {
 }
 
 // drainDeferred makes the queued copies, deferWorkers at a time. Close
-// calls it before it cancels the stack's context: it waits for a drain
-// under way, then makes the copies still queued.
-func (pm *promoter) drainDeferred() {
+// calls it (closing) before it cancels the stack's context: it waits for a
+// drain under way, then makes the copies still queued that outlive the
+// stack, those out of tier 0 (a copy into tier 0 would be dropped with it).
+func (pm *promoter) drainDeferred(closing bool) {
 	s := pm.s
 	q := &pm.deferq
 	q.drainMu.Lock()
 	defer q.drainMu.Unlock()
 	s.mu.Lock()
-	items := q.items
-	q.items, q.bytes = nil, 0
+	var items []deferredCopy
+	for _, d := range q.items {
+		if !closing || d.src == nil {
+			items = append(items, d)
+		}
+	}
+	q.items, q.bytes, q.keys = nil, 0, nil
 	q.running += int64(len(items))
 	s.mu.Unlock()
 	// One weighted semaphore bounds both: a copy weighs its value's size,
@@ -378,8 +405,9 @@ func (pm *promoter) drainDeferred() {
 	wg.Wait()
 }
 
-// copyDeferred copies one value from tier 0 into its targets, after any
-// other copy of it, unless a Delete of it runs or tier 0 no longer has it.
+// copyDeferred copies one value from its source (tier 0 unless said) into
+// its targets, after any other copy of it, unless a Delete of it runs or the
+// source no longer has it.
 func (pm *promoter) copyDeferred(d deferredCopy) {
 	s := pm.s
 	s.mu.Lock()
@@ -397,10 +425,13 @@ func (pm *promoter) copyDeferred(d deferredCopy) {
 	s.keys.edit(d.key, func(ks *keyState) { ks.promoting = done })
 	s.mu.Unlock()
 	defer pm.endPromotion(d.key, done)
-	src := s.layers[0]
+	src := d.src
+	if src == nil {
+		src = s.layers[0]
+	}
 	r, err := src.Tier.Open(context.Background(), d.key)
 	if err != nil {
-		s.log.Debug("deferred copy: gone from the first tier", "key", d.key.String(), "err", err)
+		s.log.Debug("deferred copy: gone from its source", "tier", src.name, "key", d.key.String(), "err", err)
 		return
 	}
 	defer r.Close()

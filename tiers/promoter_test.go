@@ -237,3 +237,56 @@ func TestDeferredCopyInflightBounded(t *testing.T) {
 		t.Fatalf("%d bytes were being copied at once, want one value's %d", peak, size)
 	}
 }
+
+// TestLocalHitCopyWaitsForPause: a hit in the local tier small beside the
+// RAM tier reaches RAM once the stack has not been used for a moment, read
+// again from the local tier and checked; a large one at once. A Close
+// drops a copy into RAM still waiting (RAM goes with the stack), and a
+// second hit of a key waiting is not queued twice.
+func TestLocalHitCopyWaitsForPause(t *testing.T) {
+	for _, c := range []struct {
+		size     int64
+		deferred bool
+	}{{16 << 10, true}, {4 << 20, true}, {6 << 20, false}} {
+		t.Run(fmt.Sprint(c.size), func(t *testing.T) {
+			ram, local, _, s := threeTiers(t, 64<<20, neverIdle)
+			k, v := tiertest.Key("value"), tiertest.Data(1, c.size)
+			tiertest.Put(t, local, k, v)
+			for range 2 {
+				if got, err := read(t, s, k); err != nil || !bytes.Equal(got, v) {
+					t.Fatalf("read: %v", err)
+				}
+			}
+			if !c.deferred {
+				tiertest.Eventually(t, "the copy into RAM, with no pause", func() bool { return has(ram, k) })
+				return
+			}
+			if n := s.Stats().Deferred; n != 1 {
+				t.Fatalf("stats say %d deferred copies, want 1", n)
+			}
+			time.Sleep(50 * time.Millisecond) // a copy made at once would have run
+			if has(ram, k) {
+				t.Fatal("copied into RAM with no pause")
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if has(ram, k) {
+				t.Fatal("Close copied into RAM")
+			}
+
+			ram, local, _, s = threeTiers(t, 64<<20, tiers.Policy{})
+			tiertest.Put(t, local, k, v)
+			if got, err := read(t, s, k); err != nil || !bytes.Equal(got, v) {
+				t.Fatalf("read: %v", err)
+			}
+			tiertest.Eventually(t, "the copy into RAM after the pause", func() bool { return has(ram, k) })
+			if got := tiertest.Get(t, ram, k); !bytes.Equal(got, v) {
+				t.Fatal("the RAM copy differs")
+			}
+			if p := s.Stats().Tiers[0].Promotions; p != 1 {
+				t.Fatalf("promotions into RAM = %d, want 1", p)
+			}
+		})
+	}
+}

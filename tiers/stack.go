@@ -339,7 +339,7 @@ func (s *Stack) openFrom(ctx context.Context, k digest.Key, from int, want diges
 		}
 		l.hits.Add(1)
 		if targets := s.promoter.promoteTargets(l.idx); len(targets) > 0 {
-			s.promoter.promoteLocal(l, k, targets)
+			s.promoter.promoteLocal(l, k, info.Size, targets)
 		}
 		return &stackReader{s: s, l: l, k: k, r: r, fg: true}, nil
 	}
@@ -573,7 +573,7 @@ func (s *Stack) Close() error {
 	s.publisher.publishing.Wait()
 	close(s.publisher.persistCh)
 	s.publisher.persistWG.Wait()
-	s.promoter.drainDeferred()
+	s.promoter.drainDeferred(true)
 	s.cancel()
 	s.wg.Wait()
 	s.fetcher.dropParked(nil)
