@@ -207,18 +207,18 @@ func (h *headFirst) Write(p []byte) (int, error) {
 	return h.w.Write(p)
 }
 
-// fetchChunks is how many packets one ReadAt of fetch asks for.
+// fetchChunks is how many packets one ReadAt of a fetch with lanes (and of
+// an upload with lanes) asks for: 1 MiB, the unit laneSlots counts in.
 const fetchChunks = 4
 
-// fetchDepth is how many chunks (of fetchChunks packets, 1 MiB) a fetch
-// through one session keeps in flight: twice the 2 MiB the session's
-// window lets the server send ahead. Each chunk holds a buffer; the
-// Concurrency/fetchChunks chunks of before (16 at the default) held 16 MiB
-// for no speed: BenchmarkFetch read 513-579 MB/s with 4 against 440-590
-// with 16, and the bench's peak RSS (64 MiB RAM tier) was 121-125 MiB
-// against 124-129 (bench/run.sh -only memory -repeats 3, two pairs).
-// A fetch with lanes keeps laneSlots per session instead.
-const fetchDepth = 4
+// Through one session a fetch asks for one packet per ReadAt, so that the
+// spool gets each packet as it arrives, in order, and readers of a value
+// being fetched read it a packet at a time rather than a megabyte at a
+// time, which matters most for values of a few MiB, read whole in about
+// the time of one megabyte's round of requests. fetchDepth packets are in
+// flight: about 4 MiB, twice the 2 MiB the session's window lets the
+// server send ahead; each holds a buffer, so more only costs memory.
+const fetchDepth = 16
 
 var chunkBufs sync.Pool
 
@@ -233,18 +233,19 @@ func getChunk(n int) *[]byte {
 	return bp
 }
 
-// fetch writes the value from offset from to its end to dst, with up to
-// Concurrency/fetchChunks ReadAts of fetchChunks packets each in flight
-// (fetchDepth through one session, laneSlots per session with lanes).
+// fetch writes the value from offset from to its end to dst: through one
+// session with fetchDepth ReadAts of one packet each in flight, with lanes
+// with Concurrency/fetchChunks ReadAts of fetchChunks packets (laneSlots
+// per session).
 // It returns the bytes written and the first error (a short read is not one:
 // the caller compares the count with the size).
 func (r *reader) fetch(dst io.Writer, from int64) (int64, error) {
 	size := r.info.Size
-	chunk := int64(r.c.packet * fetchChunks)
 	lanes := r.c.wantLanes(size - from)
+	chunk := int64(r.c.packet * fetchChunks)
 	depth := max(1, r.t.opt.Concurrency/fetchChunks)
 	if !lanes {
-		depth = min(depth, fetchDepth)
+		chunk, depth = int64(r.c.packet), min(r.t.opt.Concurrency, fetchDepth)
 	}
 	type result struct {
 		bp  *[]byte // from chunkBufs
