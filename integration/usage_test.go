@@ -434,3 +434,31 @@ func TestNegativeTTLAcrossMachines(t *testing.T) {
 	a.sync(30 * time.Second)
 	mounttest.VisibleWithinTTL(t, missed, time.Second, b.path(k))
 }
+
+// A second mount of a config whose bbolt file another mount holds fails at
+// once, says so, and says how to give it a database of its own; the first
+// mount is untouched.
+func TestSecondMountSameDatabase(t *testing.T) {
+	n := newNode(t, "first", nil, nodeOpts{})
+	other := filepath.Join(t.TempDir(), "mnt")
+	if err := os.Mkdir(other, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err := n.flechefs("mount", "--config", n.Config, other)
+	if err == nil {
+		n.flechefs("umount", other)
+		t.Fatalf("second mount of the same database succeeded: %s", out)
+	}
+	for _, want := range []string{"in use by another flechefs", "--bolt PATH"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the error does not say %q: %s", want, out)
+		}
+	}
+	if mounttest.IsMounted(other) {
+		t.Error("the second mount point is mounted")
+	}
+	k := key("still here")
+	if err := os.WriteFile(n.path(k), []byte("v"), 0o644); err != nil {
+		t.Fatalf("the first mount after the refusal: %v", err)
+	}
+}

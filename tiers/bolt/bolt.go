@@ -116,9 +116,14 @@ type Tier struct {
 	orphans []uint64
 }
 
+// ErrLocked is why Open fails on a database another process has open: bbolt
+// holds an exclusive lock on the file while it is open for writing.
+var ErrLocked = errors.New("locked")
+
 // Open opens (creating if needed, unless read-only) the database at path.
 // It fails within Options.LockTimeout with an error wrapping
-// tiers.ErrUnavailable when another process holds the database. A damaged
+// tiers.ErrUnavailable and ErrLocked when another process holds the
+// database. A damaged
 // database is moved aside and replaced by a fresh one holding what could be
 // salvaged of its upload queue (salvage.go; MovedAside says so), or, for a
 // read-only tier, refused with an error wrapping tiers.ErrCorrupt.
@@ -175,7 +180,7 @@ func open(path string, opt Options) (*Tier, error) {
 	}
 	db, file, err := openDB(path, bopt, true)
 	if errors.Is(err, bolt.ErrTimeout) {
-		return nil, fmt.Errorf("database %s is in use by another flechefs (locked): %w", path, tiers.ErrUnavailable)
+		return nil, fmt.Errorf("database %s is in use by another flechefs (%w): %w", path, ErrLocked, tiers.ErrUnavailable)
 	}
 	if errors.Is(err, bolt.ErrChecksum) {
 		return nil, damaged(path, err)

@@ -297,7 +297,7 @@ func TestSecondOpen(t *testing.T) {
 		tr2.Close()
 		t.Fatal("second open of a database in use succeeded")
 	}
-	if !errors.Is(err, tiers.ErrUnavailable) || !strings.Contains(err.Error(), "in use by another flechefs (locked)") {
+	if !errors.Is(err, tiers.ErrUnavailable) || !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "in use by another flechefs (locked)") {
 		t.Fatalf("second open: %v", err)
 	}
 	if took > 2*time.Second {
