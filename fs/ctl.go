@@ -118,11 +118,16 @@ func (b bytesHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 	return fuse.ReadResultData(b[off:end]), 0
 }
 
+// mountStats is the stack's and the mount's counts, now.
+func (r *root) mountStats() MountStats {
+	return MountStats{Stats: r.st.Stats(), Writes: r.counts.snapshot(r.scratch.len())}
+}
+
 // statsJSON is the stats file. It waits for the RELEASEs of closed
 // writers first, as a listing does: counts read after a close include it.
 func (r *root) statsJSON() ([]byte, error) {
 	r.writers.waitAll()
-	b, err := json.MarshalIndent(MountStats{Stats: r.st.Stats(), Writes: r.counts.snapshot(r.scratch.len())}, "", "  ")
+	b, err := json.MarshalIndent(r.mountStats(), "", "  ")
 	return append(b, '\n'), err
 }
 

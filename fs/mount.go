@@ -62,8 +62,11 @@ type Options struct {
 	AllowOther bool
 	// Debug logs every FUSE request (go-fuse's trace) to Logger, at level
 	// Info.
-	Debug  bool
-	Logger *slog.Logger
+	Debug bool
+	// Observe, when set, is told of every common FUSE request and how long
+	// it took (metrics).
+	Observe Observer
+	Logger  *slog.Logger
 	// ReadAheadKB is written to /sys/class/bdi/<dev>/read_ahead_kb after
 	// mounting, when running as root (default 1024; negative: leave alone).
 	ReadAheadKB int
@@ -132,6 +135,7 @@ var _ stack = (*tiers.Stack)(nil)
 type Server struct {
 	srv        *fuse.Server
 	mountpoint string
+	root       *root
 }
 
 // Unmount unmounts the filesystem. It fails (EBUSY) while files are open
@@ -145,6 +149,9 @@ func (s *Server) Wait() { s.srv.Wait() }
 
 // Mountpoint is the directory the filesystem is mounted on.
 func (s *Server) Mountpoint() string { return s.mountpoint }
+
+// Stats is what .flechefs/stats says: the stack's and the mount's counts.
+func (s *Server) Stats() MountStats { return s.root.mountStats() }
 
 // Mount mounts st on mountpoint and serves it until unmounted. See the
 // package documentation for what the mount promises.
@@ -215,7 +222,7 @@ func mount(mountpoint string, st stack, opt Options) (*Server, error) {
 		// these defaults, and the writer's inode needs a zero one.
 		Logger: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	srv, err := fusefs.Mount(mountpoint, r, fopt)
+	srv, err := serve(mountpoint, r, fopt, opt.Observe)
 	if err != nil {
 		return nil, fmt.Errorf("flechefs: mount %s: %w", mountpoint, err)
 	}
@@ -225,7 +232,25 @@ func mount(mountpoint string, st stack, opt Options) (*Server, error) {
 		}
 	}
 	log.Debug("flechefs: mounted", "mountpoint", mountpoint)
-	return &Server{srv: srv, mountpoint: mountpoint}, nil
+	return &Server{srv: srv, mountpoint: mountpoint, root: r}, nil
+}
+
+// serve mounts r at mountpoint and serves it, as fusefs.Mount does, with
+// its requests timed for obs when set.
+func serve(mountpoint string, r fusefs.InodeEmbedder, fopt *fusefs.Options, obs Observer) (*fuse.Server, error) {
+	if obs == nil {
+		return fusefs.Mount(mountpoint, r, fopt)
+	}
+	raw := &observedFS{RawFileSystem: fusefs.NewNodeFS(r, fopt), obs: obs}
+	srv, err := fuse.NewServer(raw, mountpoint, &fopt.MountOptions)
+	if err != nil {
+		return nil, err
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		return nil, err
+	}
+	return srv, nil
 }
 
 func fuseLogLevel(debug bool) slog.Level {

@@ -100,7 +100,9 @@ func (fe *fetcher) openRemote(ctx context.Context, l *layer, k digest.Key, want 
 func (fe *fetcher) lookupByOpen(ctx context.Context, l *layer, k digest.Key) (Info, error) {
 	s := fe.s
 	octx, cancel := context.WithTimeout(ctx, s.opt.RemoteTimeout)
+	start := time.Now()
 	r, err := l.Tier.Open(octx, k)
+	s.observe(l, "lookup", start, err)
 	cancel()
 	if errors.Is(err, ErrCorrupt) {
 		s.corrupt(l, k, err)
@@ -314,6 +316,7 @@ func (f *fetch) Write(p []byte) (int, error) {
 func (f *fetch) run(r Reader) {
 	defer f.s.wg.Done()
 	k := f.info.Key
+	start := time.Now()
 	var err error
 	if wt, ok := r.(io.WriterTo); f.mem != nil {
 		err = f.fetchSmall(r)
@@ -358,6 +361,7 @@ func (f *fetch) run(r Reader) {
 		}
 		err = Wrap(f.l.name, "read", k, err)
 	}
+	f.s.observe(f.l, "fetch", start, err)
 	f.mu.Lock()
 	f.done, f.err = true, err
 	close(f.changed)

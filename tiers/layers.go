@@ -17,6 +17,7 @@ type layer struct {
 	// left in place (quarantine full, or the move failed), unserved.
 	quarantined, unquarantined atomic.Int64
 	unavailable                atomic.Bool
+	lastErr                    atomic.Pointer[string] // the last unexpected error, for Stats
 }
 
 func (l *layer) writable() bool { return !l.ReadOnly }

@@ -70,6 +70,7 @@ type uploadQueue struct {
 // item, which the ending upload leaves alone.
 type upItem struct {
 	state upState
+	since time.Time // when it entered the queue
 	retry
 	elem *list.Element // in uploadQueue.order
 }
@@ -86,7 +87,7 @@ func (q *uploadQueue) add(k digest.Key) {
 	if _, ok := q.set[k]; ok {
 		return
 	}
-	q.set[k] = &upItem{elem: q.order.PushBack(k)}
+	q.set[k] = &upItem{elem: q.order.PushBack(k), since: time.Now()}
 	select {
 	case q.kick <- struct{}{}:
 	default:
@@ -96,6 +97,15 @@ func (q *uploadQueue) add(k digest.Key) {
 func (q *uploadQueue) has(k digest.Key) bool { _, ok := q.set[k]; return ok }
 
 func (q *uploadQueue) len() int { return len(q.set) }
+
+// oldest is when the longest-waiting key entered the queue (in this
+// process: a key resumed after a restart counts from the restart), or zero.
+func (q *uploadQueue) oldest() time.Time {
+	if e := q.order.Front(); e != nil {
+		return q.set[e.Value.(digest.Key)].since
+	}
+	return time.Time{}
+}
 
 // remove takes k out of the queue and cancels its upload in flight.
 func (q *uploadQueue) remove(k digest.Key) {
@@ -345,11 +355,13 @@ func (rp *replicator) uploadTo(ctx context.Context, r *layer, info Info, src io.
 			Meta{Size: info.Size, Sum: info.Sum, Created: info.Created, Verified: verified})
 		return err
 	}
+	start := time.Now()
 	err := put()
 	conflict := false
 	if errors.Is(err, ErrExist) {
 		conflict, err = rp.uploadExisting(ctx, r, info, put)
 	}
+	s.observe(r, "upload", start, err)
 	if conflict {
 		s.noteErr(r, nil)
 		s.absent.added(r, info.Key)

@@ -190,13 +190,18 @@ func (s *Stack) Stat(ctx context.Context, k digest.Key) (Info, error) {
 		return info, nil
 	}
 	var listedUntil time.Time // the earliest end of the snapshots that answered
+	var asked []*layer        // the layers that answered "absent"
 	for _, l := range s.layers {
 		if l.Remote && tombstoned {
 			continue // deleted here; the remote's delete is queued
 		}
 		if !l.Remote {
-			if info, err := s.statLayer(ctx, l, k); err == nil {
+			info, err := s.statLayer(ctx, l, k)
+			if err == nil {
 				return info, nil
+			}
+			if errors.Is(err, ErrNotFound) {
+				asked = append(asked, l)
 			}
 			continue
 		}
@@ -206,6 +211,7 @@ func (s *Stack) Stat(ctx context.Context, k digest.Key) (Info, error) {
 				listedUntil = until
 			}
 			s.noteMiss(l)
+			asked = append(asked, l)
 			continue
 		}
 		info, err := s.fetcher.lookupByOpen(ctx, l, k)
@@ -214,11 +220,18 @@ func (s *Stack) Stat(ctx context.Context, k digest.Key) (Info, error) {
 		}
 		if errors.Is(err, ErrNotFound) {
 			s.noteMiss(l)
+			asked = append(asked, l)
 		}
 	}
 	if err := ctx.Err(); err != nil {
 		// Cancelled by the caller: not a miss, which would be cached.
 		return Info{}, Wrap("stack", "stat", k, err)
+	}
+	// A lookup of a key no tier holds is a miss of each tier that said so
+	// (a key found is counted by the Open that reads it: a hit where it
+	// was found, a miss in each faster tier).
+	for _, l := range asked {
+		l.misses.Add(1)
 	}
 	if !listedUntil.IsZero() {
 		return Info{}, Wrap("stack", "stat", k, &listedMiss{until: listedUntil})
@@ -232,7 +245,9 @@ func (s *Stack) statLayer(ctx context.Context, l *layer, k digest.Key) (Info, er
 		ctx, cancel = context.WithTimeout(ctx, s.opt.RemoteTimeout)
 		defer cancel()
 	}
+	start := time.Now()
 	info, err := l.Tier.Stat(ctx, k)
+	s.observe(l, "stat", start, err)
 	if errors.Is(err, ErrCorrupt) {
 		// A copy found bad before any read (a remote data file whose size
 		// differs from its sum file, a garbled sum file) is a corruption
@@ -245,6 +260,14 @@ func (s *Stack) statLayer(ctx context.Context, l *layer, k digest.Key) (Info, er
 	return info, err
 }
 
+// observe tells StackOptions.Observe that op on l, started at start, ended
+// with err.
+func (s *Stack) observe(l *layer, op string, start time.Time, err error) {
+	if s.opt.Observe != nil {
+		s.opt.Observe(l.name, op, time.Since(start), err)
+	}
+}
+
 // noteErr counts and logs unexpected errors of a layer and tracks availability.
 func (s *Stack) noteErr(l *layer, err error) {
 	if err == nil || errors.Is(err, ErrNotFound) {
@@ -254,6 +277,8 @@ func (s *Stack) noteErr(l *layer, err error) {
 		return
 	}
 	l.errs.Add(1)
+	msg := err.Error()
+	l.lastErr.Store(&msg)
 	if errors.Is(err, ErrFailed) {
 		// The tier logged why, once; Stats shows it.
 		return
@@ -326,7 +351,9 @@ func (s *Stack) openFrom(ctx context.Context, k digest.Key, from int, want diges
 			}
 			continue
 		}
+		start := time.Now()
 		r, err := l.Tier.Open(ctx, k)
+		s.observe(l, "open", start, err)
 		s.noteErr(l, err)
 		if err != nil {
 			l.misses.Add(1)
@@ -532,7 +559,7 @@ func (s *Stack) Stats() Stats {
 	}
 	st.LastUploadError, _ = s.rep.lastErr.Load().(string)
 	s.mu.Lock()
-	st.Queue = int64(s.rep.q.len())
+	st.Queue, st.QueueOldest = int64(s.rep.q.len()), s.rep.q.oldest()
 	st.Deletes = int64(s.keys.n.tombs)
 	st.Unpersisted = int64(s.publisher.unpersistedLocked())
 	st.Fetching = int64(s.keys.n.fetches)
@@ -546,6 +573,9 @@ func (s *Stack) Stats() Stats {
 			Quarantined: l.quarantined.Load(), Unquarantined: l.unquarantined.Load(),
 		}
 		ts.Listings, ts.ListedMisses = s.absent.counts(l)
+		if e := l.lastErr.Load(); e != nil {
+			ts.LastError = *e
+		}
 		if err := failed(l); err != nil {
 			ts.Failed, ts.Available = err.Error(), false
 		}

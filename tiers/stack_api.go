@@ -54,6 +54,13 @@ type StackOptions struct {
 	// Policy: the timings and sizes of the background work (policy.go);
 	// zero fields take their defaults.
 	Policy Policy
+	// Observe, when set, is told how long each tier took for the
+	// operations a user waits on or that bound the remote's freshness:
+	// "stat" (a local tier's lookup), "lookup" (a remote's, which opens
+	// the value), "open" (a local tier's), "fetch" (a remote value read
+	// whole and verified) and "upload". err is the operation's error (a
+	// miss is ErrNotFound). It must be quick: it runs on the caller's path.
+	Observe func(tier, op string, took time.Duration, err error)
 }
 
 // Blob is a complete value handed to Publish. The stack reads it at any
@@ -92,14 +99,19 @@ type TierStats struct {
 	ReadOnly  bool   `json:"read_only,omitempty"`
 	Available bool   `json:"available"`
 	// Failed is why the tier failed for good (tiers.ErrFailed), if it did.
-	Failed      string `json:"failed,omitempty"`
-	Hits        int64  `json:"hits"`
-	Misses      int64  `json:"misses"`
-	BytesIn     int64  `json:"bytes_in"`
-	BytesOut    int64  `json:"bytes_out"`
-	Promotions  int64  `json:"promotions"`
-	Evictions   int64  `json:"evictions"`
-	Corruptions int64  `json:"corruptions"`
+	Failed string `json:"failed,omitempty"`
+	// LastError is the tier's last unexpected error (not a miss), kept
+	// after the tier recovers; Available says whether it did.
+	LastError string `json:"last_error,omitempty"`
+	// Hits: opens served by this tier. Misses: opens that found no copy
+	// here and went on to a slower tier, and lookups of keys no tier holds.
+	Hits        int64 `json:"hits"`
+	Misses      int64 `json:"misses"`
+	BytesIn     int64 `json:"bytes_in"`
+	BytesOut    int64 `json:"bytes_out"`
+	Promotions  int64 `json:"promotions"`
+	Evictions   int64 `json:"evictions"`
+	Corruptions int64 `json:"corruptions"`
 	// Quarantined: damaged copies of a remote tier moved into its
 	// quarantine by this mount; Unquarantined: those left in place,
 	// unserved (the quarantine was full, or the move failed).
@@ -122,6 +134,9 @@ type Stats struct {
 	Tiers []TierStats `json:"tiers"`
 	// Queue is the number of entries waiting for upload.
 	Queue int64 `json:"queue"`
+	// QueueOldest is when the entry waiting longest entered the queue
+	// (since this mount started, for one resumed from the durable queue).
+	QueueOldest time.Time `json:"queue_oldest,omitzero"`
 	// Deletes is the number of remote deletes queued (tombstones): keys
 	// deleted here while the remote could not be reached.
 	Deletes         int64  `json:"deletes,omitempty"`

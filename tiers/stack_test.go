@@ -628,3 +628,27 @@ func TestStatDuringFetch(t *testing.T) {
 		t.Fatalf("read: %v", err)
 	}
 }
+
+// TestMissesCounted: a lookup of a key no tier holds is a miss of every
+// tier; an open is a hit where it is served and a miss in each faster tier.
+func TestMissesCounted(t *testing.T) {
+	a, b := mem(t, "a", 64<<20), mem(t, "b", 64<<20)
+	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: a}, tiers.Layer{Tier: b})
+	for range 3 {
+		if _, err := s.Stat(context.Background(), tiertest.Key("absent")); !errors.Is(err, tiers.ErrNotFound) {
+			t.Fatalf("stat of an absent key: %v", err)
+		}
+	}
+	k, v := tiertest.Key("in b"), tiertest.Data(1, 1000)
+	tiertest.Put(t, b, k, v)
+	if _, err := s.Stat(context.Background(), k); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := read(t, s, k); err != nil || !bytes.Equal(got, v) {
+		t.Fatalf("read: %v", err)
+	}
+	st := s.Stats().Tiers
+	if st[0].Misses != 4 || st[0].Hits != 0 || st[1].Misses != 3 || st[1].Hits != 1 {
+		t.Fatalf("a: %d hits, %d misses; b: %d hits, %d misses; want 0/4 and 1/3", st[0].Hits, st[0].Misses, st[1].Hits, st[1].Misses)
+	}
+}

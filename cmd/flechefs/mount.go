@@ -108,6 +108,15 @@ type mounter struct {
 	cfg       *config.Config
 	log       *slog.Logger
 	debugFUSE bool
+	metrics   *metrics // nil: no metrics endpoint
+}
+
+// observeTier is the stack's Observe: the metrics', or none.
+func (m *mounter) observeTier() func(tier, op string, took time.Duration, err error) {
+	if m.metrics == nil {
+		return nil
+	}
+	return m.metrics.observeTier
 }
 
 func (m *mounter) run(dir string) int {
@@ -129,6 +138,14 @@ func (m *mounter) run(dir string) int {
 	}
 
 	m.limitMemory()
+	if m.cfg.Metrics != "" {
+		mt, err := newMetrics(m.cfg.Metrics)
+		if err != nil {
+			return m.fail("%v", err)
+		}
+		m.metrics = mt
+		defer mt.shutdown()
+	}
 	st, remotes, err := m.openStack()
 	if err != nil {
 		return m.fail("%v", err)
@@ -137,6 +154,9 @@ func (m *mounter) run(dir string) int {
 	if err != nil {
 		m.closeStack(st)
 		return m.fail("%v", err)
+	}
+	if m.metrics != nil {
+		m.metrics.serve(srv.Stats, m.log)
 	}
 	fmt.Fprintf(m.stderr, "flechefs: mounted %s (tiers: %s)\n", mnt, m.cfg.Describe())
 	for _, r := range remotes {
@@ -226,7 +246,7 @@ func (m *mounter) fsOptions() fs.Options {
 	if neg == 0 {
 		neg = -1 // fs: negative disables, 0 is the default
 	}
-	return fs.Options{
+	o := fs.Options{
 		SpoolDir:      m.cfg.SpoolDir,
 		NegativeTTL:   neg,
 		AllowOther:    m.cfg.AllowOther,
@@ -234,6 +254,10 @@ func (m *mounter) fsOptions() fs.Options {
 		Debug:         m.debugFUSE,
 		Logger:        m.log,
 	}
+	if m.metrics != nil {
+		o.Observe = m.metrics.observeFUSE
+	}
+	return o
 }
 
 // openStack opens the tiers and builds the stack. It returns the remote
@@ -275,6 +299,7 @@ func (m *mounter) openStack() (*tiers.Stack, []tiers.Tier, error) {
 		SpoolDir:           cfg.SpoolDir,
 		UploadWorkers:      cfg.UploadWorkers,
 		Logger:             m.log,
+		Observe:            m.observeTier(),
 	})
 	if err != nil {
 		closeAll()
@@ -294,6 +319,9 @@ func (m *mounter) openTier(t config.Tier) (tiers.Tier, error) {
 			}
 		}
 		bt, err := bolt.Open(t.Path, bolt.Options{Name: t.Name, Limit: t.Size, ReadOnly: t.ReadOnly, Logger: m.log})
+		if errors.Is(err, bolt.ErrLocked) {
+			return nil, fmt.Errorf("%w; a second mount needs a database of its own: --bolt PATH, or path in its config's bolt tier", err)
+		}
 		if err != nil {
 			return nil, err
 		}

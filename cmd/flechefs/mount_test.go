@@ -243,7 +243,8 @@ func TestMountRemoteDown(t *testing.T) {
 		}
 	}
 	code, stdout, stderr := runCLI(t, "", "status", mnt)
-	if flat := strings.Join(strings.Fields(stdout), " "); code != 0 || !strings.Contains(flat, "UNAVAILABLE") || !strings.Contains(flat, "upload queue: 1 waiting") {
+	if flat := strings.Join(strings.Fields(stdout), " "); code != 0 || !strings.Contains(flat, "UNAVAILABLE") || !strings.Contains(flat, "upload queue: 1 waiting") ||
+		!strings.Contains(flat, "tier sftp UNAVAILABLE: ") || !strings.Contains(flat, "connection refused") {
 		t.Errorf("status: %d\n%s%s", code, stdout, stderr)
 	}
 	code, _, stderr = runCLI(t, "", "sync", "--give-up", "2s", "--timeout", "1m", mnt)
@@ -269,6 +270,32 @@ func TestMountRemoteDown(t *testing.T) {
 	p.wait(0)
 	if testing.Verbose() {
 		t.Logf("flechefs mount's log:\n%s", p.logs())
+	}
+}
+
+// A remote that answers and refuses this client for good (its host key is
+// not in known_hosts) stops the mount with the reason, instead of a mount
+// whose remote entries would all read as absent.
+func TestMountRemoteRefused(t *testing.T) {
+	s := sshdtest.Start(t)
+	empty := filepath.Join(t.TempDir(), "known_hosts")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mnt, home := t.TempDir(), t.TempDir()
+	cmd := exec.Command(os.Args[0], "mount", "--remote", s.URL()+"/cache", "--identity", s.IdentityFile,
+		"--known-hosts", empty, "--remote-timeout", "1s", "--bolt", filepath.Join(home, "cache.db"), mnt)
+	cmd.Env = append(os.Environ(), "FLECHEFS_TEST_MAIN=1", "HOME="+home, "XDG_CACHE_HOME="+filepath.Join(home, "cache"))
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitFail {
+		t.Fatalf("flechefs mount: %v, want exit %d:\n%s", err, exitFail, out)
+	}
+	if !strings.Contains(string(out), "host key of "+s.Addr+" is not in "+empty) {
+		t.Errorf("the mount's error does not name the host key and the file:\n%s", out)
+	}
+	if mounted(mnt) {
+		t.Errorf("%s is mounted", mnt)
 	}
 }
 

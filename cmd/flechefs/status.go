@@ -131,8 +131,11 @@ func printStatus(w io.Writer, st *tiers.Stats) {
 	}
 	tw.Flush()
 	for _, t := range st.Tiers {
-		if t.Failed != "" {
+		switch {
+		case t.Failed != "":
 			fmt.Fprintf(w, "tier %s FAILED: %s\n", t.Name, oneLine(t.Failed))
+		case !t.Available && t.LastError != "":
+			fmt.Fprintf(w, "tier %s UNAVAILABLE: %s\n", t.Name, oneLine(t.LastError))
 		}
 	}
 

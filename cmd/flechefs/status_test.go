@@ -41,7 +41,8 @@ var sampleStats = tiers.Stats{
 		{Name: "ram", Available: true, Hits: 80, Misses: 20, Entries: 10, Bytes: 64 << 20, Limit: 256 << 20, Promotions: 5, Evictions: 2},
 		{Name: "bolt", Available: true, Hits: 15, Misses: 5, Entries: 1000, Bytes: 3 << 29, Limit: 10 << 30, Corruptions: 1},
 		{Name: "sftp", Remote: true, Available: false, Hits: 3, Misses: 2, Errors: 7, Listings: 2, ListedMisses: 500,
-			Corruptions: 3, Quarantined: 2, Unquarantined: 1},
+			Corruptions: 3, Quarantined: 2, Unquarantined: 1,
+			LastError: "sftp: tier unavailable: 127.0.0.1:22: dial tcp 127.0.0.1:22: connect: connection refused (next attempt in 4s)"},
 	},
 	Queue: 4, Uploaded: 12, UploadedBytes: 5 << 20, UploadErrors: 3,
 	LastUploadError:  "sftp: put 0123456789abcdef: tier unavailable\n(dial tcp: connection refused)",
@@ -78,6 +79,7 @@ func TestStatus(t *testing.T) {
 		"last upload error: sftp: put 0123456789abcdef: tier unavailable (dial tcp: connection refused)\n",
 		"dropped publishes: 1 (the key existed: first writer wins)\n",
 		"listed misses:     500 in sftp without a round trip (2 listings)\n",
+		"tier sftp UNAVAILABLE: sftp: tier unavailable: 127.0.0.1:22: dial tcp 127.0.0.1:22: connect: connection refused (next attempt in 4s)\n",
 		"quarantined:       2 damaged copies in sftp moved to .flechefs/quarantine, 1 left in place unserved\n",
 	} {
 		if !strings.Contains(stdout, want) {

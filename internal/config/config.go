@@ -75,7 +75,8 @@ type Config struct {
 	SpoolDir      string        // absolute
 	AllowOther    bool          // other users may use the mount
 	UploadWorkers int
-	PublishFailed bool // publish a value whose writer exited with a failure status
+	PublishFailed bool   // publish a value whose writer exited with a failure status
+	Metrics       string // host:port of the Prometheus metrics endpoint; "": off
 
 	// Tiers, fastest first.
 	Tiers []Tier

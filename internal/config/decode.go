@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/url"
 	"slices"
 	"sort"
@@ -45,7 +46,7 @@ const (
 
 var topKeys = []string{
 	"promote", "write", "negative_ttl", "remote_timeout", "list_ttl",
-	"delete_remote", "spool_dir", "allow_other", "upload_workers", "publish_failed", "tier",
+	"delete_remote", "spool_dir", "allow_other", "upload_workers", "publish_failed", "metrics", "tier",
 }
 
 // tierKeys maps each tier key to the kinds that use it.
@@ -282,6 +283,34 @@ func (f field) size(dst *int64) {
 	*dst = n
 }
 
+// hostPort reads "host:port", the address of a listener; "" is off.
+func (f field) hostPort(dst *string) {
+	s, ok := f.str()
+	if !ok {
+		return
+	}
+	if s != "" {
+		if err := checkHostPort(s); err != nil {
+			f.bad("%v", err)
+			return
+		}
+	}
+	*dst = s
+}
+
+// checkHostPort checks a listener's address: host (or empty: every
+// interface) and a port number.
+func checkHostPort(s string) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf(`want "host:port", such as "127.0.0.1:9464"`)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	return nil
+}
+
 func (f field) path(dst *string) {
 	s, ok := f.str()
 	if !ok {
@@ -328,6 +357,8 @@ func (p *parser) top(c *Config, raw map[string]any) {
 			f.path(&c.SpoolDir)
 		case "allow_other":
 			f.boolean(&c.AllowOther)
+		case "metrics":
+			f.hostPort(&c.Metrics)
 		case "upload_workers":
 			f.integer(1, MaxUploadWorkers, &c.UploadWorkers)
 		case "publish_failed":

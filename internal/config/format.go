@@ -28,6 +28,9 @@ func (c *Config) TOML() string {
 	fmt.Fprintf(&b, "allow_other = %t\n", c.AllowOther)
 	fmt.Fprintf(&b, "upload_workers = %d\n", c.UploadWorkers)
 	fmt.Fprintf(&b, "publish_failed = %t\n", c.PublishFailed)
+	if c.Metrics != "" {
+		fmt.Fprintf(&b, "metrics = %q\n", c.Metrics)
+	}
 	for _, t := range c.Tiers {
 		fmt.Fprintf(&b, "\n[[tier]]  # %s\n", comment(t.At))
 		fmt.Fprintf(&b, "kind = %q\n", t.Kind)

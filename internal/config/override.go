@@ -44,6 +44,17 @@ var Flags = []Flag{
 	{Name: "remote-timeout", Arg: "DURATION", order: 1, apply: func(c *Config, _ Env, v string) error {
 		return setDuration(&c.RemoteTimeout, v, time.Millisecond, MaxRemoteTimeout)
 	}, Usage: `bound of one lookup in a remote tier`},
+	{Name: "metrics", Arg: "HOST:PORT", order: 1, apply: func(c *Config, _ Env, v string) error {
+		if v == "none" {
+			c.Metrics = ""
+			return nil
+		}
+		if err := checkHostPort(v); err != nil {
+			return err
+		}
+		c.Metrics = v
+		return nil
+	}, Usage: `serve Prometheus metrics at http://HOST:PORT/metrics ("none": off)`},
 	{Name: "promote", Arg: "all|base", order: 1, apply: func(c *Config, _ Env, v string) error {
 		if err := checkEnum(v, "all", "base"); err != nil {
 			return err

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path"
 	"strings"
 	"sync"
@@ -325,10 +326,52 @@ func (t *Tier) dial() (*conn, error) {
 	if errors.As(err, &ne) && ne.Timeout() {
 		return nil, fmt.Errorf("no answer from %s within %v (%s)", t.rem.addr, t.opt.Timeout, stage)
 	}
-	if err != nil && stage != "connect" && stage != "host key" && stage != "login" {
-		return nil, fmt.Errorf("%s: %w", stage, err)
+	if err == nil {
+		return c, nil
 	}
-	return c, err
+	if stage != "connect" && stage != "host key" && stage != "login" {
+		err = fmt.Errorf("%s: %w", stage, err)
+	}
+	if permanentStage(stage, err) {
+		err = permanentError{err}
+	}
+	return nil, err
+}
+
+// ErrPermanent marks a dial failure that trying again will not fix: the
+// server answered, and refused this client (its host key is unknown or
+// changed, the login was refused, the remote directory is missing or not
+// writable), or the client's own files (known_hosts, identities) are
+// unusable. Open of a Lazy tier fails with it; any other failure (no
+// route, no answer, a refused or dropped connection) starts the tier in
+// degraded mode.
+var ErrPermanent = errors.New("permanent")
+
+type permanentError struct{ err error }
+
+func (e permanentError) Error() string        { return e.err.Error() }
+func (e permanentError) Unwrap() error        { return e.err }
+func (e permanentError) Is(target error) bool { return target == ErrPermanent }
+
+// permanentStage reports whether err, the failure of a dial at stage, is
+// permanent (ErrPermanent).
+func permanentStage(stage string, err error) bool {
+	switch {
+	case stage == "host key", stage == "login", stage == "known hosts", stage == "keys":
+		return true
+	case strings.HasPrefix(stage, "remote directory"):
+		// The server's answer (no such directory, permission denied, a
+		// file in the way: pkg/sftp says those as a StatusError or a
+		// PathError), not a connection lost meanwhile.
+		var se *xsftp.StatusError
+		var pe *os.PathError
+		if errors.As(err, &se) {
+			return true
+		}
+		return errors.As(err, &pe) && !errors.Is(pe.Err, xsftp.ErrSSHFxConnectionLost) &&
+			!errors.Is(pe.Err, io.EOF) && !errors.Is(pe.Err, io.ErrUnexpectedEOF)
+	}
+	return false
 }
 
 func (t *Tier) dialStages(stage *string) (*conn, error) {
@@ -349,10 +392,12 @@ func (t *Tier) dialStages(stage *string) (*conn, error) {
 	}()
 	nc.SetDeadline(deadline)
 
+	*stage = "known hosts"
 	hostKey, algos, err := t.hostKeys(nc.RemoteAddr())
 	if err != nil {
 		return nil, err
 	}
+	*stage = "keys"
 	auth, authDone, err := t.authMethod()
 	if err != nil {
 		return nil, err

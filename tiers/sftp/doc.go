@@ -240,8 +240,10 @@
 // next caller gets the connection. The same failure is logged once a
 // minute, a changed one at once; a successful dial resets all of it.
 // Readers are tied to the connection they were opened on and fail with
-// ErrUnavailable when it drops (the caller opens again). With Options.Lazy, Open does not connect, so a mount can
-// start while the server is down.
+// ErrUnavailable when it drops (the caller opens again). With Options.Lazy, Open dials once and fails only when
+// the server refused this client for good (ErrPermanent: host key, login,
+// remote directory), so a mount starts while the server is down but not
+// with a remote that can never work.
 //
 // # Host keys and authentication
 //

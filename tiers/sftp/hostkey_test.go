@@ -113,14 +113,15 @@ func TestHostKeyChanged(t *testing.T) {
 	checkClean(t, err, secrets(t, s))
 	t.Log(err)
 
-	// A lazy tier reports the same on first use, and again without
-	// hammering the server.
+	// A lazy tier (a mount's) fails to open likewise: trying again would
+	// not help, so the mount must not start with a remote that can never
+	// work.
 	opt.Lazy = true
-	tr := open(t, opt)
-	for range 2 {
-		if _, err := tr.Stat(context.Background(), tiertest.Key("x")); !errors.As(err, &he) || !errors.Is(err, tiers.ErrUnavailable) {
-			t.Fatalf("lazy stat: %v", err)
-		}
+	if tr, err := Open(context.Background(), opt); err == nil {
+		tr.Close()
+		t.Fatal("lazy open with a changed host key succeeded")
+	} else if !errors.As(err, &he) || !errors.Is(err, ErrPermanent) {
+		t.Fatalf("lazy open: %v, want a permanent HostKeyError", err)
 	}
 }
 
@@ -230,5 +231,43 @@ func TestAgent(t *testing.T) {
 	t.Setenv("SSH_AUTH_SOCK", "")
 	if _, err := Open(context.Background(), opt); err == nil || !strings.Contains(err.Error(), "SSH_AUTH_SOCK") {
 		t.Fatalf("no agent: %v", err)
+	}
+}
+
+// TestLazyOpenPermanent: a lazy tier (a mount's) opens while the server is
+// down, but not when the server answers and refuses this client for good:
+// no known_hosts file, a key the server does not know, a remote directory
+// that cannot be made. Those fail the open with ErrPermanent and the
+// reason, so that a mount does not start with a remote that can never
+// work.
+func TestLazyOpenPermanent(t *testing.T) {
+	s := sshdtest.Start(t)
+	wrong := filepath.Join(t.TempDir(), "id_wrong")
+	_, other, _ := ed25519.GenerateKey(rand.Reader)
+	blk, _ := ssh.MarshalPrivateKey(other, "")
+	os.WriteFile(wrong, pem.EncodeToMemory(blk), 0o600)
+	file := filepath.Join(s.Dir, "a-file")
+	os.WriteFile(file, []byte("x"), 0o644)
+	for _, c := range []struct {
+		name, want string
+		set        func(*Options)
+	}{
+		{"no known_hosts", "does not exist", func(o *Options) { o.KnownHosts += ".missing" }},
+		{"wrong key", "refused", func(o *Options) { o.IdentityFiles = []string{wrong} }},
+		{"remote directory under a file", "remote directory", func(o *Options) { o.URL = s.URL() + "/a-file/cache" }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			opt := options(s)
+			opt.Lazy = true
+			c.set(&opt)
+			tr, err := Open(context.Background(), opt)
+			if err == nil {
+				tr.Close()
+				t.Fatal("lazy open succeeded")
+			}
+			if !errors.Is(err, ErrPermanent) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("lazy open: %v; want ErrPermanent saying %q", err, c.want)
+			}
+		})
 	}
 }

@@ -72,9 +72,11 @@ type Options struct {
 	// ForeignVerify serves only names that are the SHA-256 of the content;
 	// ForeignIgnore never serves nor lists one. None of them removes it.
 	Foreign Foreign
-	// Lazy makes Open succeed without contacting the server; the first
-	// operation connects. A mount starts in degraded mode this way when the
-	// server is down.
+	// Lazy makes Open succeed unless the server refuses this client for
+	// good (ErrPermanent: host key, login, remote directory): Open dials
+	// once and waits for that dial (at most Timeout), but a server that is
+	// down, unreachable or silent leaves the tier open in degraded mode,
+	// dialing again in the background. A mount starts this way.
 	Lazy bool
 }
 

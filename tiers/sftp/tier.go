@@ -101,6 +101,19 @@ func Open(ctx context.Context, opt Options) (*Tier, error) {
 			t.Close()
 			return nil, tiers.Wrap(opt.Name, "open", digest.Key{}, unavailable(rem.addr, err))
 		}
+		return t, nil
+	}
+	// Lazy: one dial, waited for; only a permanent failure fails the open.
+	t.mu.Lock()
+	a := t.startDial()
+	t.mu.Unlock()
+	select {
+	case <-a.done:
+		if errors.Is(a.err, ErrPermanent) {
+			t.Close()
+			return nil, tiers.Wrap(opt.Name, "open", digest.Key{}, a.err)
+		}
+	case <-ctx.Done():
 	}
 	return t, nil
 }
