@@ -253,12 +253,21 @@ type deferredCopy struct {
 	at      time.Time
 }
 
+// deferKey names a queued copy by its key and source: a read loop over a
+// local hit queues its copy once, while a fetched value's copies into the
+// slower tiers are queued beside a local hit's copy of the same key that
+// can no longer be made (its source found the value damaged and dropped it).
+type deferKey struct {
+	key digest.Key
+	src int // layer index of the source
+}
+
 type deferQueue struct {
-	items   []deferredCopy          // under Stack.mu
-	keys    map[digest.Key]struct{} // of items, under Stack.mu
-	bytes   int64                   // under Stack.mu
-	limit   int64                   // set by NewStack
-	running int64                   // copies being drained, under Stack.mu
+	items   []deferredCopy        // under Stack.mu
+	keys    map[deferKey]struct{} // of items, under Stack.mu
+	bytes   int64                 // under Stack.mu
+	limit   int64                 // set by NewStack
+	running int64                 // copies being drained, under Stack.mu
 	kick    chan struct{}
 	drainMu sync.Mutex // one drain at a time: Close's waits for the drainer's
 }
@@ -291,19 +300,24 @@ func (pm *promoter) deferrable(size int64, targets []*layer) bool {
 }
 
 // deferCopies queues the copies of k into targets, read from layer src
-// (nil: tier 0). A key queued already is not queued again.
+// (nil: tier 0). A key queued already from the same source is not queued
+// again.
 func (pm *promoter) deferCopies(src *layer, k digest.Key, size int64, targets []*layer) {
 	s := pm.s
 	q := &pm.deferq
 	s.mu.Lock()
-	if _, ok := q.keys[k]; ok {
+	dk := deferKey{key: k}
+	if src != nil {
+		dk.src = src.idx
+	}
+	if _, ok := q.keys[dk]; ok {
 		s.mu.Unlock()
 		return
 	}
 	if q.keys == nil {
-		q.keys = map[digest.Key]struct{}{}
+		q.keys = map[deferKey]struct{}{}
 	}
-	q.keys[k] = struct{}{}
+	q.keys[dk] = struct{}{}
 	q.items = append(q.items, deferredCopy{key: k, size: size, src: src, targets: targets, at: time.Now()})
 	q.bytes += size
 	first, full := len(q.items) == 1, q.full()

@@ -290,3 +290,50 @@ func TestLocalHitCopyWaitsForPause(t *testing.T) {
 		})
 	}
 }
+
+// TestFetchedCopyBesideDeadLocalHitCopy: a local hit queues its copy into
+// RAM; the local copy then goes (as a damaged copy is dropped) and the next
+// read fetches the value from the remote. The fetched value's copy into the
+// local tier is queued beside the first copy, which can no longer be made,
+// and is made: the local tier holds the value again.
+func TestFetchedCopyBesideDeadLocalHitCopy(t *testing.T) {
+	ram, local, remote, s := threeTiers(t, 64<<20, neverIdle)
+	k, v := tiertest.Key("value"), tiertest.Data(1, 700)
+	tiertest.Put(t, local, k, v)
+	tiertest.Put(t, remote, k, v)
+	var copied sync.WaitGroup // the local tier's Put of k, made once
+	copied.Add(1)
+	local.onPut = func(_ context.Context, pk digest.Key, _ tiers.Meta) error {
+		if pk == k {
+			copied.Done()
+		}
+		return nil
+	}
+	if got, err := read(t, s, k); err != nil || !bytes.Equal(got, v) {
+		t.Fatalf("read of the local hit: %v", err)
+	}
+	if has(ram, k) {
+		t.Fatal("the local hit was copied into RAM with no pause")
+	}
+	if err := local.Delete(context.Background(), k); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := read(t, s, k); err != nil || !bytes.Equal(got, v) {
+		t.Fatalf("read from the remote: %v", err)
+	}
+	if n := s.Stats().Deferred; n != 2 {
+		t.Fatalf("stats say %d deferred copies, want 2 (the dead one and the fetched one's)", n)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Close makes the copies out of tier 0: a second Put of k would panic
+	// the WaitGroup, none leaves it waiting.
+	done := make(chan struct{})
+	go func() { copied.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+		t.Fatal("Close returned and the fetched value was not copied into the local tier")
+	}
+}
