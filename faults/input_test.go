@@ -450,15 +450,22 @@ func TestManyOpenFiles(t *testing.T) {
 	assertServing(t, n)
 }
 
-// TestRemoteHostKeys mounts a node whose known_hosts lacks the server, then
-// one whose known_hosts holds another key for it: the remote is refused,
-// the log and `flechefs status` name the host and the known_hosts file,
-// nothing reaches the server, and no key material is ever printed. With
-// the right known_hosts the queued entry is uploaded after a restart.
+// TestRemoteHostKeys checks a known_hosts that lacks the server, and one
+// that holds another key for it. At mount the remote is refused for good:
+// flechefs mount exits, naming the host and the known_hosts file, and
+// nothing reaches the server. When the file goes bad under a running mount
+// (the server restarts and is dialled again), the remote is unavailable:
+// the entry written stays queued, the log, `flechefs status` and the stats
+// name the host and the file, local reads work, and with the right
+// known_hosts the queued entry is uploaded. No key material is printed.
 func TestRemoteHostKeys(t *testing.T) {
 	remote := sshdtest.Start(t)
 	host := fmt.Sprintf("127.0.0.1:%d", remote.Port)
 	other, err := otherHostKeyLine(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := os.ReadFile(remote.KnownHosts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -472,16 +479,40 @@ func TestRemoteHostKeys(t *testing.T) {
 			before := remoteEntries(t, remote.Dir)
 			n := mounttest.NewNode(t, "hostkey", remote, mounttest.Opts{NoStart: true, RemoteTimeout: "2s"})
 			kh := filepath.Join(n.Dir, "known_hosts")
-			if err := os.WriteFile(kh, []byte(tc.knownHosts), 0o600); err != nil {
+			writeKH := func(b []byte) {
+				t.Helper()
+				if err := os.WriteFile(kh, b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			writeKH([]byte(tc.knownHosts))
+			relocate(t, n, map[string]string{remote.KnownHosts: kh})
+
+			// At mount: refused for good.
+			err := n.StartE()
+			if err == nil {
+				t.Fatal("flechefs mount mounted with a remote whose host key it cannot check")
+			}
+			if !strings.Contains(err.Error(), host) || !strings.Contains(err.Error(), kh) {
+				t.Errorf("the refused mount does not name the host %s and the file %s:\n%v", host, kh, err)
+			}
+			if mounttest.IsMounted(n.Mnt) {
+				t.Error("the refused mount left a mount behind")
+			}
+			assertNoKeyMaterial(t, remote, err.Error())
+
+			// Under a running mount: unavailable, the entry queued.
+			writeKH(good)
+			n.Start()
+			writeKH([]byte(tc.knownHosts))
+			remote.Kill()
+			if err := remote.Restart(); err != nil {
 				t.Fatal(err)
 			}
-			relocate(t, n, map[string]string{remote.KnownHosts: kh})
-			n.Start()
 			k := mounttest.Key("hostkey " + tc.what)
 			if err := writeEntry(n.Path(k), []byte(tc.what), true); err != nil {
 				t.Fatal(err)
 			}
-			// The probe at mount and the first upload attempt fail.
 			mounttest.Eventually(t, "an upload attempt", 15*time.Second, func() bool {
 				return n.Stats().UploadErrors > 0
 			})
@@ -503,12 +534,11 @@ func TestRemoteHostKeys(t *testing.T) {
 			if got, err := os.ReadFile(n.Path(k)); err != nil || string(got) != tc.what {
 				t.Errorf("local read with the remote refused: %q %v", got, err)
 			}
-			n.Stop()
 			assertNoKeyMaterial(t, remote, log+status)
 
-			// With the server's real key the queued entry goes up.
-			relocate(t, n, map[string]string{kh: remote.KnownHosts})
-			n.Start()
+			// With the server's real key again the queued entry goes up,
+			// with no restart: known_hosts is read at every dial.
+			writeKH(good)
 			n.Sync(30 * time.Second)
 			if b, err := os.ReadFile(filepath.Join(remote.Dir, k)); err != nil || string(b) != tc.what {
 				t.Errorf("after fixing known_hosts: remote holds %q, %v", b, err)

@@ -255,6 +255,16 @@ timeout = %q
 // Start runs `flechefs mount` and waits for the mount to appear.
 func (n *Node) Start() {
 	n.T.Helper()
+	if err := n.StartE(); err != nil {
+		n.T.Fatal(err)
+	}
+}
+
+// StartE starts the daemon as Start does and returns, rather than fails
+// the test with, the reason it did not mount: it exited (the error holds
+// its log) or was not mounted after 20s (it is stopped).
+func (n *Node) StartE() error {
+	n.T.Helper()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.cmd != nil {
@@ -268,7 +278,7 @@ func (n *Node) Start() {
 	cmd.Env = append(os.Environ(), "XDG_CACHE_HOME="+n.Dir, "XDG_CONFIG_HOME="+n.Dir, "GORACE=halt_on_error=1")
 	cmd.Env = append(cmd.Env, n.Opts.Env...)
 	if err := cmd.Start(); err != nil {
-		n.T.Fatal(err)
+		return err
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
@@ -278,14 +288,18 @@ func (n *Node) Start() {
 		select {
 		case <-done:
 			n.cmd = nil
-			n.T.Fatalf("%s: flechefs mount exited: %v\n%s", n.Name, cmd.ProcessState, n.stderr)
+			return fmt.Errorf("%s: flechefs mount exited: %v\n%s", n.Name, cmd.ProcessState, n.stderr)
 		default:
 		}
 		if time.Now().After(deadline) {
-			n.T.Fatalf("%s: not mounted after 20s\n%s", n.Name, n.stderr)
+			cmd.Process.Kill()
+			<-done
+			n.cmd = nil
+			return fmt.Errorf("%s: not mounted after 20s\n%s", n.Name, n.stderr)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return nil
 }
 
 // Running reports whether the daemon was started and not stopped or killed.
