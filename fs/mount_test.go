@@ -1030,3 +1030,46 @@ func TestStatfs(t *testing.T) {
 		t.Errorf("disk with 1 MiB free: bfree %d, blocks %d; want 256 free of %d", fs.Bfree, fs.Blocks, limit/4096)
 	}
 }
+
+// TestFsyncDirAfterClose: close(2) returns before the kernel's RELEASE is
+// served, and the publish happens there. An fsync of the root that begins
+// after the close returned covers the entry: it waits for that publish.
+// The publish is held here until the fsync has had time to return early.
+func TestFsyncDirAfterClose(t *testing.T) {
+	gate, entered := make(chan struct{}), make(chan struct{})
+	var published atomic.Bool
+	fst := &faultStack{stack: newStack(t)}
+	fst.publishFn = func(ctx context.Context, k digest.Key, b tiers.Blob, sum digest.Sum) (tiers.Info, error) {
+		close(entered)
+		<-gate
+		info, err := fst.stack.Publish(ctx, k, b, sum)
+		published.Store(err == nil)
+		return info, err
+	}
+	m := mountStack(t, fst, Options{})
+	open := sync.OnceFunc(func() { close(gate) })
+	t.Cleanup(open) // before the unmount, which waits for the RELEASE
+	if err := os.WriteFile(m.path(newKey()), []byte("closed, then the root fsync'd"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	<-entered // the RELEASE is being served
+	d, err := os.Open(m.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	synced := make(chan error, 1)
+	go func() { synced <- d.Sync() }()
+	select {
+	case err := <-synced:
+		t.Fatalf("fsync of the root returned (%v) while the publish of an entry closed before it was held", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	open()
+	if err := <-synced; err != nil {
+		t.Fatalf("fsync of the root: %v", err)
+	}
+	if !published.Load() {
+		t.Fatal("fsync of the root returned before the publish ended")
+	}
+}

@@ -773,8 +773,12 @@ func (d *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut)
 	return d.r.entryInode(ctx, info.Key, info, out, min(listEntryTTL, d.r.opt.EntryTTL)), 0
 }
 
-// Fsyncdir makes every entry this mount published durable.
+// Fsyncdir makes every entry this mount published durable, those whose
+// last close has returned included: it first waits for their RELEASE, as a
+// lookup does, since close(2) returns before the kernel's RELEASE is served
+// and the publish happens there.
 func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
+	d.r.writers.waitAll()
 	return d.r.syncPublished(ctx)
 }
 
