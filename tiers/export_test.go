@@ -55,3 +55,19 @@ func (s *Stack) CheckState() error {
 	}
 	return errors.Join(errs...)
 }
+
+// SettleCopies makes the queued deferred copies and waits until no copy of
+// k into faster tiers runs, so that a test dropping k's local copies under
+// the stack (another machine's view) is not undone by a copy in flight.
+func (s *Stack) SettleCopies(k digest.Key) {
+	s.promoter.drainDeferred(false)
+	for {
+		s.mu.Lock()
+		busy := s.keys.get(k).promoting
+		s.mu.Unlock()
+		if busy == nil {
+			return
+		}
+		<-busy
+	}
+}
