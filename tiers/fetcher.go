@@ -159,6 +159,11 @@ func (fe *fetcher) startFetch(ctx context.Context, f *fetch, k digest.Key, want 
 		} else {
 			s.noteErr(l, err)
 		}
+		if errors.Is(err, ErrNotFound) {
+			if derr := s.damaged.take(k); derr != nil {
+				err = derr // quarantined by the lookup's fetch a moment ago
+			}
+		}
 		if err != nil {
 			l.misses.Add(1)
 			return nil, err
@@ -355,6 +360,9 @@ func (f *fetch) run(r Reader) {
 	if err != nil {
 		if errors.Is(err, ErrCorrupt) {
 			f.s.corrupt(f.l, k, err)
+			if f.prefetch {
+				f.s.damaged.add(k, err) // for the Open that follows the lookup
+			}
 		} else {
 			f.s.noteErr(f.l, err)
 			f.s.log.Warn("remote fetch failed", "tier", f.l.name, "key", k.String(), "err", err)

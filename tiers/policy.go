@@ -85,6 +85,11 @@ type Policy struct {
 	// ±50% so that many mounts of one remote do not retry in step.
 	RetryMin time.Duration
 	RetryMax time.Duration
+
+	// DamagedTTL: the first Open of a key whose remote copy a lookup's
+	// fetch found damaged less than this long ago answers that damage
+	// (ErrCorrupt), not absence (damaged.go).
+	DamagedTTL time.Duration
 }
 
 // DefaultPolicy is the policy of a stack whose options set none.
@@ -110,6 +115,7 @@ func DefaultPolicy() Policy {
 		AbsentRetry:       30 * time.Second,
 		RetryMin:          time.Second,
 		RetryMax:          time.Minute,
+		DamagedTTL:        10 * time.Second,
 	}
 }
 
@@ -136,6 +142,7 @@ func (p Policy) withDefaults() Policy {
 	def(&p.AbsentRetry, d.AbsentRetry)
 	def(&p.RetryMin, d.RetryMin)
 	def(&p.RetryMax, d.RetryMax)
+	def(&p.DamagedTTL, d.DamagedTTL)
 	return p
 }
 

@@ -40,10 +40,11 @@ type Stack struct {
 	publisher publisher  // publishes and their persistence (publisher.go)
 	rep       replicator // uploads (replicator.go)
 	list      listCache
-	absent    absentSet // absence snapshots of the remotes (absent.go)
-	promoter  promoter  // copies into faster tiers (promoter.go)
-	fetcher   fetcher   // reads from the remotes (fetcher.go)
-	deleter   deleter   // remote deletes and their tombstones (deleter.go)
+	absent    absentSet  // absence snapshots of the remotes (absent.go)
+	damaged   damagedSet // remote copies just found damaged (damaged.go)
+	promoter  promoter   // copies into faster tiers (promoter.go)
+	fetcher   fetcher    // reads from the remotes (fetcher.go)
+	deleter   deleter    // remote deletes and their tombstones (deleter.go)
 
 	// settling counts the drops of values that lost a conflict still
 	// running (lost.go). Under mu.
@@ -93,6 +94,7 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 	s.fetcher.s = s
 	s.deleter.s, s.deleter.kick = s, make(chan struct{}, 1)
 	s.act.pol = &s.pol
+	s.damaged.ttl = s.pol.DamagedTTL
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for i, l := range layers {
 		if l.Tier == nil {
@@ -336,6 +338,7 @@ func (s *Stack) Open(ctx context.Context, k digest.Key) (Reader, error) {
 func (s *Stack) openFrom(ctx context.Context, k digest.Key, from int, want digest.Sum) (Reader, error) {
 	unavailable := false
 	var spoolErr *spoolError
+	var corrupt error // a remote copy found damaged: the read fails with it
 	tombstoned := s.deleter.tombstoned(k)
 	for _, l := range s.layers[from:] {
 		if l.Remote && tombstoned {
@@ -346,7 +349,10 @@ func (s *Stack) openFrom(ctx context.Context, k digest.Key, from int, want diges
 			if err == nil {
 				return r, nil
 			}
-			if !errors.Is(err, ErrNotFound) && !errors.As(err, &spoolErr) {
+			switch {
+			case errors.Is(err, ErrCorrupt):
+				corrupt = err
+			case !errors.Is(err, ErrNotFound) && !errors.As(err, &spoolErr):
 				unavailable = true
 			}
 			continue
@@ -372,6 +378,9 @@ func (s *Stack) openFrom(ctx context.Context, k digest.Key, from int, want diges
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, Wrap("stack", "open", k, err)
+	}
+	if corrupt != nil {
+		return nil, Wrap("stack", "open", k, corrupt)
 	}
 	if unavailable {
 		return nil, Wrap("stack", "open", k, ErrUnavailable)

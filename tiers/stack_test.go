@@ -652,3 +652,43 @@ func TestMissesCounted(t *testing.T) {
 		t.Fatalf("a: %d hits, %d misses; b: %d hits, %d misses; want 0/4 and 1/3", st[0].Hits, st[0].Misses, st[1].Hits, st[1].Misses)
 	}
 }
+
+// TestDamagedFoundByLookupReadsDamaged: a lookup of a small remote value
+// fetches it at once; when that fetch finds the copy damaged and
+// quarantines it before the Open that follows, that Open answers the
+// damage (ErrCorrupt: EIO at the mount), not absence; the next one finds
+// the key absent, as a lookup does. So does an Open later than
+// Policy.DamagedTTL.
+func TestDamagedFoundByLookupReadsDamaged(t *testing.T) {
+	ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
+	const ttl = 200 * time.Millisecond
+	s := newStack(t, tiers.StackOptions{Policy: tiers.Policy{DamagedTTL: ttl}},
+		tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
+	remote.flip.Store(true)
+	lookup := func(name string) (digest.Key, time.Time) {
+		t.Helper()
+		k := tiertest.Key(name)
+		tiertest.Put(t, remote, k, tiertest.Data(6, 14))
+		if _, err := s.Stat(context.Background(), k); err != nil {
+			t.Fatalf("lookup: %v", err)
+		}
+		tiertest.Eventually(t, "the lookup's fetch quarantining the copy", func() bool {
+			_, ok := remote.quarantined.Load(k)
+			return ok
+		})
+		return k, time.Now()
+	}
+	k, found := lookup("damaged, found by the lookup")
+	_, err := s.Open(context.Background(), k)
+	if time.Since(found) < ttl && !errors.Is(err, tiers.ErrCorrupt) {
+		t.Fatalf("open after the lookup's fetch found the copy damaged: %v; want ErrCorrupt", err)
+	}
+	if _, err := s.Open(context.Background(), k); !errors.Is(err, tiers.ErrNotFound) {
+		t.Fatalf("second open: %v; want ErrNotFound", err)
+	}
+	k, _ = lookup("damaged, opened late")
+	time.Sleep(ttl)
+	if _, err := s.Open(context.Background(), k); !errors.Is(err, tiers.ErrNotFound) {
+		t.Fatalf("open after DamagedTTL: %v; want ErrNotFound", err)
+	}
+}
