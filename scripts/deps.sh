@@ -6,6 +6,7 @@ want=(fuse3)
 case "${1:-test}" in
   run) want+=(attr) ;; # getfattr, for the README's user.flechefs.* examples
   test) want+=(attr openssh-server openssh-client python3 iproute2 e2fsprogs util-linux mount procps diffutils
+         systemd # systemd-analyze verify, for contrib/systemd
          # integration/patterns_test.go: the real programs that write results
          # (numpy for Debian's /usr/bin/python3; npm only when Node.js does not bring its own)
          bash dash zsh busybox perl rsync python3 python3-numpy nodejs tar coreutils findutils gawk)

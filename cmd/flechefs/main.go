@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 )
 
@@ -65,10 +66,28 @@ type cli struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	cmd            *command
+	args           []string // the command's arguments, flags included
 }
 
 func main() {
+	if strings.HasPrefix(filepath.Base(os.Args[0]), "mount.") {
+		// Installed as /sbin/mount.fuse.flechefs: mount(8) runs it.
+		os.Exit(runHelper(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	}
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// runHelper runs a mount helper's command line (see helper.go).
+func runHelper(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	margs, err := helperArgs(args)
+	if err != nil {
+		fmt.Fprintf(stderr, "flechefs (mount helper): %v\n", err)
+		return exitUsage
+	}
+	if margs == nil {
+		return exitOK // mount -f
+	}
+	return run(margs, stdin, stdout, stderr)
 }
 
 // run runs the command line args (without the program name) and returns
@@ -87,6 +106,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		args = []string{"version"}
 	}
 	cmd := lookup(args[0])
+	if cmd == nil && isHelperCall(args) {
+		// mount.fuse3 runs "flechefs SOURCE DIR -o OPTIONS".
+		return runHelper(args, stdin, stdout, stderr)
+	}
 	if cmd == nil {
 		if strings.HasPrefix(args[0], "-") {
 			fmt.Fprintf(stderr, "flechefs: flag %s before a command\n", args[0])
@@ -96,7 +119,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "Run 'flechefs help' for the list of commands.")
 		return exitUsage
 	}
-	c.cmd = cmd
+	c.cmd, c.args = cmd, args[1:]
 	fs := newFlagSet(cmd.name)
 	runFn := cmd.setup(fs)
 	pos, err := fs.parse(args[1:], cmd.interspersed)

@@ -27,17 +27,25 @@ import (
 
 var mountCommand = &command{
 	name:    "mount",
-	summary: "mount a cache on a directory (in the foreground)",
+	summary: "mount a cache on a directory (in the foreground, or --background)",
 	usage: `
 Usage: flechefs mount [--config FILE] [flags] MOUNTPOINT
 
 Mounts the tiered cache on MOUNTPOINT and serves it until it is unmounted
 (flechefs umount, fusermount3 -u) or the process gets SIGINT, SIGTERM or
 SIGHUP.
-It runs in the foreground and logs to the standard error; when the mount
-is ready it prints one line:
+It runs in the foreground and logs to the standard error (--log-file,
+--syslog); when the mount is ready it prints one line:
 
   flechefs: mounted MOUNTPOINT (tiers: ram 256MiB, bolt 10GiB, ...)
+
+and, under systemd (Type=notify), says READY=1. With --background it
+returns once the mount is live and the daemon runs on, logging to a file
+(or syslog) and writing a pid file; if the daemon fails first, the command
+fails with its message. mount(8) runs flechefs as a mount helper ("mount
+-t fuse.flechefs CONFIG|none MOUNTPOINT -o OPTIONS", or a line of
+/etc/fstab): a background mount whose options are these flags with _ for
+-, e.g. -o ram=1GiB,allow_other,log_file=/var/log/flechefs.log.
 
 The tiers come from the configuration (--config FILE, else
 $XDG_CONFIG_HOME/flechefs/config.toml if it exists, else a RAM tier of
@@ -57,6 +65,8 @@ Examples:
   flechefs mount --remote sftp://me@nas.example.org/srv/flechefs /mnt/cache
   flechefs mount --ram 1GiB --bolt /scratch/cache.db --bolt-size 200GiB /mnt/cache
   flechefs mount --config ./ci.toml --debug /mnt/cache
+  flechefs mount --background /mnt/cache
+  mount -t fuse.flechefs /etc/flechefs/config.toml /mnt/cache -o allow_other
 `,
 	interspersed: true,
 	setup: func(fs *flagSet) func(c *cli, args []string) int {
@@ -64,6 +74,10 @@ Examples:
 		debug := fs.boolFlag("debug", "log at debug level")
 		debugFUSE := fs.boolFlag("debug-fuse", "log every FUSE request and reply (very verbose)")
 		logJSON := fs.boolFlag("log-json", "log JSON lines instead of text")
+		bg := fs.boolFlag("background", "detach once the mount is live: the daemon runs on in a session of its own, logs to --log-file (or --syslog) and writes --pid-file; exits non-zero with the daemon's error if it fails first")
+		logFile := fs.stringFlag("log-file", "FILE", "", "log to FILE instead of the standard error (with --background: default $XDG_STATE_HOME/flechefs/mnt-cache.log for /mnt/cache, in ~/.local/state when XDG_STATE_HOME is unset)")
+		useSyslog := fs.boolFlag("syslog", "log to the system log (syslog, or the journal through /dev/log)")
+		pidPath := fs.stringFlag("pid-file", "FILE", "", "write the daemon's pid to FILE while it runs (with --background: default next to the log, mnt-cache.pid)")
 		// Hidden (not in --help): a CPU profile of the whole mount, for
 		// the benchmark (bench/README.md).
 		cpuProfile := fs.String("cpuprofile", "", "")
@@ -75,16 +89,36 @@ Examples:
 			if cfg == nil {
 				return code
 			}
+			if *bg {
+				return startBackground(c, args[0], &background{logFile: *logFile, syslog: *useSyslog, pidFile: *pidPath})
+			}
+			logTo := c.stderr
+			switch {
+			case *useSyslog:
+				w, err := syslogWriter()
+				if err != nil {
+					return c.fail("--syslog: %v", err)
+				}
+				logTo = w
+			case *logFile != "":
+				f, err := os.OpenFile(*logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+				if err != nil {
+					return c.fail("--log-file: %v", err)
+				}
+				defer f.Close()
+				logTo = f
+			}
 			level := slog.LevelInfo
 			if *debug || *debugFUSE {
 				level = slog.LevelDebug
 			}
 			hopt := &slog.HandlerOptions{Level: level}
-			var h slog.Handler = slog.NewTextHandler(c.stderr, hopt)
+			var h slog.Handler = slog.NewTextHandler(logTo, hopt)
 			if *logJSON {
-				h = slog.NewJSONHandler(c.stderr, hopt)
+				h = slog.NewJSONHandler(logTo, hopt)
 			}
-			m := &mounter{cli: c, cfg: cfg, log: slog.New(h), debugFUSE: *debugFUSE}
+			m := &mounter{cli: c, cfg: cfg, log: slog.New(h), debugFUSE: *debugFUSE, pidFile: pidFile(*pidPath),
+				logElsewhere: *useSyslog || *logFile != ""}
 			if *cpuProfile != "" {
 				f, err := os.Create(*cpuProfile)
 				if err != nil {
@@ -109,6 +143,10 @@ type mounter struct {
 	log       *slog.Logger
 	debugFUSE bool
 	metrics   *metrics // nil: no metrics endpoint
+	pidFile   pidFile  // "": none
+	// logElsewhere: the log goes to a file or syslog, not with the
+	// lines printed on the standard error.
+	logElsewhere bool
 }
 
 // observeTier is the stack's Observe: the metrics', or none.
@@ -127,6 +165,10 @@ func (m *mounter) run(dir string) int {
 	if err := checkMountpoint(mnt); err != nil {
 		return m.fail("%v", err)
 	}
+	if err := m.pidFile.write(); err != nil {
+		return m.fail("%v", err)
+	}
+	defer m.pidFile.remove()
 	// From now on a signal stops the mount cleanly: one that arrives
 	// while the tiers open is handled once the mount is up.
 	sigs := make(chan os.Signal, 2)
@@ -159,6 +201,10 @@ func (m *mounter) run(dir string) int {
 		m.metrics.serve(srv.Stats, m.log)
 	}
 	fmt.Fprintf(m.stderr, "flechefs: mounted %s (tiers: %s)\n", mnt, m.cfg.Describe())
+	if m.logElsewhere {
+		m.log.Info("flechefs: mounted", "mountpoint", mnt, "tiers", m.cfg.Describe())
+	}
+	notifyReady()
 	for _, r := range remotes {
 		go m.probe(r)
 	}
@@ -175,6 +221,7 @@ func (m *mounter) run(dir string) int {
 			return exitFail
 		}
 	}
+	notifyStopping()
 	closed := make(chan error, 1)
 	go func() { closed <- m.closeStack(st) }()
 	slow := time.AfterFunc(2*time.Second, func() {
