@@ -383,7 +383,7 @@ func (m *mounter) openTier(t config.Tier) (tiers.Tier, error) {
 			Name: t.Name, URL: t.URL, IdentityFiles: t.Identity, KnownHosts: t.KnownHosts,
 			UseAgent: t.Agent, Timeout: t.Timeout, ReadOnly: t.ReadOnly, Mode: os.FileMode(t.Mode),
 			Concurrency: t.Concurrency, Channels: t.Channels, Ciphers: t.Ciphers, Logger: m.log, Lazy: true,
-			Foreign: sftp.Foreign(t.Foreign),
+			Foreign: sftp.Foreign(t.Foreign), Transport: sftp.Transport(t.Transport), SSHConfig: t.SSHConfig,
 		})
 	}
 	return nil, fmt.Errorf("unknown kind %q", t.Kind)

@@ -105,7 +105,7 @@ type Tier struct {
 	// URL of the remote directory, sftp://[user@]host[:port]/path (sftp).
 	URL         string
 	Identity    []string // private key files, absolute
-	KnownHosts  string   // absolute; "" never happens after Parse
+	KnownHosts  string   // absolute; "" only with transport "ssh" (ssh's own)
 	Agent       bool     // use $SSH_AUTH_SOCK
 	Concurrency int      // requests in flight per transfer
 	Channels    int      // SFTP sessions a large fetch reads through
@@ -116,6 +116,12 @@ type Tier struct {
 	// record: "adopt" (serve it and record its sum), "verify" (only a
 	// name that is the SHA-256 of the content), "ignore".
 	Foreign string
+	// Transport is how the tier reaches the server: "go" (the built-in SSH
+	// client, the default) or "ssh" (the system's ssh client, which reads
+	// ~/.ssh/config: ProxyJump, host aliases, certificates).
+	Transport string
+	// SSHConfig is an ssh_config file for transport "ssh" (ssh -F), absolute.
+	SSHConfig string
 
 	// At is where the tier was declared: "config.toml:12:1", or the flag
 	// that added it ("--remote").

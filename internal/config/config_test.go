@@ -139,10 +139,10 @@ identity = "key"
 				{Kind: SFTP, Name: "sftp", URL: "sftp://cache@example.org:2222/srv/flechefs",
 					Identity: []string{"/home/u/.ssh/id_ed25519", "/home/alice/key"}, KnownHosts: "/etc/ssh/known",
 					Concurrency: 8, Channels: 5, Timeout: 30 * time.Second,
-					Ciphers: []string{"aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"}, Mode: 0o640, Foreign: "verify"},
+					Ciphers: []string{"aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"}, Mode: 0o640, Foreign: "verify", Transport: "go"},
 				{Kind: SFTP, Name: "sftp2", URL: "sftp://mirror/cache", ReadOnly: true, Agent: true,
 					Identity: []string{"/etc/flechefs/key"}, KnownHosts: "/home/u/.ssh/known_hosts",
-					Concurrency: 64, Channels: 3, Timeout: 2 * time.Second, Mode: 0o640, Foreign: "adopt"},
+					Concurrency: 64, Channels: 3, Timeout: 2 * time.Second, Mode: 0o640, Foreign: "adopt", Transport: "go"},
 			},
 		}},
 		{"inline tables", inline, &Config{
@@ -151,7 +151,7 @@ identity = "key"
 			Tiers: []Tier{
 				{Kind: Memory, Name: "ram", Size: 1 << 30},
 				{Kind: SFTP, Name: "sftp", URL: "sftp://h/p", Identity: []string{}, Agent: true,
-					KnownHosts: "/home/u/.ssh/known_hosts", Concurrency: 64, Channels: 3, Timeout: 10 * time.Second, Mode: 0o640, Foreign: "adopt"},
+					KnownHosts: "/home/u/.ssh/known_hosts", Concurrency: 64, Channels: 3, Timeout: 10 * time.Second, Mode: 0o640, Foreign: "adopt", Transport: "go"},
 			},
 		}},
 	} {
@@ -561,5 +561,27 @@ func TestDocumented(t *testing.T) {
 		if !strings.Contains(string(md), "`--"+f.Name) {
 			t.Errorf("docs/config.md does not document --%s", f.Name)
 		}
+	}
+}
+
+// TestTransport: with transport = "ssh" the system's ssh finds its own
+// known_hosts (none is filled in) and ssh_config is read; ssh_config with
+// the built-in transport is an error that says so.
+func TestTransport(t *testing.T) {
+	c, err := Parse("config.toml", []byte("[[tier]]\nkind = \"sftp\"\nurl = \"sftp://storage/srv/c\"\ntransport = \"ssh\"\nssh_config = \"~/ssh.conf\"\n"), testEnv())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := c.Tiers[0]
+	if tr.Transport != "ssh" || tr.KnownHosts != "" || tr.SSHConfig != "/home/u/ssh.conf" {
+		t.Fatalf("tier %+v: want transport ssh, no known_hosts, ssh_config /home/u/ssh.conf", tr)
+	}
+	_, err = Parse("config.toml", []byte("[[tier]]\nkind = \"sftp\"\nurl = \"sftp://h/p\"\nssh_config = \"/x\"\n"), testEnv())
+	if err == nil || !strings.Contains(err.Error(), `only with transport = "ssh"`) {
+		t.Fatalf("ssh_config with the go transport: %v", err)
+	}
+	_, err = Parse("config.toml", []byte("[[tier]]\nkind = \"sftp\"\nurl = \"sftp://h/p\"\ntransport = \"rsh\"\n"), testEnv())
+	if err == nil || !strings.Contains(err.Error(), "transport") {
+		t.Fatalf("transport = rsh: %v", err)
 	}
 }

@@ -67,6 +67,8 @@ var tierKeys = map[string][]Kind{
 	"ciphers":     {SFTP},
 	"mode":        {SFTP},
 	"foreign":     {SFTP},
+	"transport":   {SFTP},
+	"ssh_config":  {SFTP},
 }
 
 // kindAliases are names people reach for, mapped to the kind they mean.
@@ -484,6 +486,10 @@ func (p *parser) tier(i int, m map[string]any) Tier {
 			f.mode(&t.Mode)
 		case "foreign":
 			f.enum(&t.Foreign, "adopt", "verify", "ignore")
+		case "transport":
+			f.enum(&t.Transport, "go", "ssh")
+		case "ssh_config":
+			f.path(&t.SSHConfig)
 		}
 	}
 	missing := func(key, example string) {

@@ -64,6 +64,10 @@ func (c *Config) TOML() string {
 			fmt.Fprintf(&b, "timeout = %q\n", t.Timeout.String())
 			fmt.Fprintf(&b, "mode = \"%04o\"\n", t.Mode)
 			fmt.Fprintf(&b, "foreign = %q\n", t.Foreign)
+			fmt.Fprintf(&b, "transport = %q\n", t.Transport)
+			if t.SSHConfig != "" {
+				fmt.Fprintf(&b, "ssh_config = %s\n", quotePath(t.SSHConfig))
+			}
 			if t.Ciphers != nil {
 				cs := make([]string, len(t.Ciphers))
 				for i, c := range t.Ciphers {

@@ -110,8 +110,15 @@ func (c *Config) Validate(env Env) error {
 			if !t.timeoutSet {
 				t.Timeout = c.RemoteTimeout
 			}
-			if t.KnownHosts == "" && env.Home != "" {
+			if t.Transport == "" {
+				t.Transport = "go"
+			}
+			// The system's ssh finds its own known_hosts and keys.
+			if t.KnownHosts == "" && env.Home != "" && t.Transport == "go" {
 				t.KnownHosts = filepath.Join(env.Home, ".ssh", "known_hosts")
+			}
+			if t.SSHConfig != "" && t.Transport != "ssh" {
+				errs = append(errs, t.origin.errorf("%s: ssh_config is read only with transport = \"ssh\"", label))
 			}
 			if !t.ReadOnly {
 				writableRemote = true

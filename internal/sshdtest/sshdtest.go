@@ -93,6 +93,10 @@ type Options struct {
 	// MaxSessions is sshd's limit of sessions (channels) per connection
 	// (default 200).
 	MaxSessions int
+	// Forwarding lets clients open TCP connections through the server: a
+	// jump host (ProxyJump). Its log (LogFile) then says, at DEBUG1, every
+	// connection forwarded ("server_request_direct_tcpip").
+	Forwarding bool
 }
 
 // Start starts an sshd in a new t.TempDir and stops it at cleanup. It fails
@@ -245,6 +249,10 @@ func (s *Server) authorizedKeys() string { return filepath.Join(s.base, "etc", "
 func (s *Server) pidFile() string        { return filepath.Join(s.base, "sshd.pid") }
 
 func (s *Server) writeConfig() error {
+	forwarding, logLevel := "no", "ERROR"
+	if s.opt.Forwarding {
+		forwarding, logLevel = "yes", "DEBUG1"
+	}
 	line := knownhosts.Line([]string{knownhosts.Normalize(s.Addr)}, s.hostPub)
 	if err := os.WriteFile(s.KnownHosts, []byte(line+"\n"), 0o644); err != nil {
 		return err
@@ -264,15 +272,15 @@ UsePAM no
 StrictModes no
 UseDNS no
 PrintMotd no
-AllowTcpForwarding no
+AllowTcpForwarding %s
 X11Forwarding no
-LogLevel ERROR
+LogLevel %s
 LoginGraceTime 30
 MaxStartups 200
 MaxSessions %d
 MaxAuthTries 10
 Subsystem sftp internal-sftp
-`, s.opt.ListenAddr, s.Port, s.HostKeyFile, s.pidFile(), s.authorizedKeys(), cmp.Or(s.opt.MaxSessions, 200))
+`, s.opt.ListenAddr, s.Port, s.HostKeyFile, s.pidFile(), s.authorizedKeys(), forwarding, logLevel, cmp.Or(s.opt.MaxSessions, 200))
 	// OpenSSH 9.8+ penalises sources whose connections crash or fail; the
 	// fault tests kill sessions on purpose. Older versions reject the option.
 	withPenalties := cfg + "PerSourcePenalties no\n"

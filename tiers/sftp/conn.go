@@ -52,7 +52,7 @@ const (
 // life: once dead, Tier.conn dials a new one.
 type conn struct {
 	t    *Tier
-	ssh  *ssh.Client
+	tr   transport // the SSH connection (transport.go)
 	sftp *xsftp.Client
 	// packet is the SFTP payload size in use on this connection.
 	packet int
@@ -94,7 +94,7 @@ func (c *conn) kill(err error) {
 		close(c.dead)
 		// The SSH connection first: closing SFTP waits for its reader,
 		// which only ends when the connection does.
-		c.ssh.Close()
+		c.tr.close()
 		if c.sftp != nil {
 			go c.sftp.Close()
 		}
@@ -342,9 +342,9 @@ func (t *Tier) dial() (*conn, error) {
 // server answered, and refused this client (its host key is unknown or
 // changed, the login was refused, the remote directory is missing or not
 // writable), or the client's own files (known_hosts, identities) are
-// unusable. Open of a Lazy tier fails with it; any other failure (no
-// route, no answer, a refused or dropped connection) starts the tier in
-// degraded mode.
+// unusable, or the ssh_config of TransportSSH is invalid. Open of a Lazy
+// tier fails with it; any other failure (no route, no answer, a refused
+// or dropped connection) starts the tier in degraded mode.
 var ErrPermanent = errors.New("permanent")
 
 type permanentError struct{ err error }
@@ -357,7 +357,7 @@ func (e permanentError) Is(target error) bool { return target == ErrPermanent }
 // permanent (ErrPermanent).
 func permanentStage(stage string, err error) bool {
 	switch {
-	case stage == "host key", stage == "login", stage == "known hosts", stage == "keys":
+	case stage == "host key", stage == "login", stage == "known hosts", stage == "keys", stage == "ssh config":
 		return true
 	case strings.HasPrefix(stage, "remote directory"):
 		// The server's answer (no such directory, permission denied, a
@@ -375,6 +375,17 @@ func permanentStage(stage string, err error) bool {
 }
 
 func (t *Tier) dialStages(stage *string) (*conn, error) {
+	var tr transport
+	if t.opt.Transport == TransportSSH {
+		e := newExecTransport(t)
+		tr = e
+		c, err := t.startConn(e, stage)
+		if err != nil {
+			e.close()
+			return nil, e.failure(err, stage)
+		}
+		return c, nil
+	}
 	deadline := time.Now().Add(t.opt.Timeout)
 	d := net.Dialer{
 		Deadline:        deadline,
@@ -426,7 +437,19 @@ func (t *Tier) dialStages(stage *string) (*conn, error) {
 		}
 		return nil, err
 	}
-	c := &conn{t: t, ssh: ssh.NewClient(sc, chans, reqs), dead: make(chan struct{})}
+	tr = &goTransport{client: ssh.NewClient(sc, chans, reqs), nc: nc}
+	c, err := t.startConn(tr, stage)
+	if err != nil {
+		return nil, err
+	}
+	ok = true
+	return c, nil
+}
+
+// startConn starts SFTP over tr and checks the remote directory: the
+// stages of a dial after the SSH connection, whatever carries it.
+func (t *Tier) startConn(tr transport, stage *string) (*conn, error) {
+	c := &conn{t: t, tr: tr, dead: make(chan struct{})}
 	c.touch()
 
 	*stage = "SFTP start"
@@ -444,7 +467,7 @@ func (t *Tier) dialStages(stage *string) (*conn, error) {
 		}
 	}
 	if err != nil {
-		c.ssh.Close()
+		c.tr.close()
 		return nil, err
 	}
 	c.sftp, c.packet = sc2, packet
@@ -457,7 +480,7 @@ func (t *Tier) dialStages(stage *string) (*conn, error) {
 		var least time.Duration
 		for i := range 3 {
 			start := time.Now()
-			if _, _, err := c.ssh.SendRequest("keepalive@openssh.com", true, nil); err != nil {
+			if err := c.tr.ping(c); err != nil {
 				break
 			}
 			if d := time.Since(start); i == 0 || d < least {
@@ -473,15 +496,14 @@ func (t *Tier) dialStages(stage *string) (*conn, error) {
 		err = t.mkdirs(c)
 	}
 	if err != nil {
-		c.ssh.Close()
+		c.tr.close()
 		<-rttc
 		return nil, err
 	}
 	c.rtt = <-rttc
-	nc.SetDeadline(time.Time{})
-	ok = true
+	tr.dialed()
 
-	go func() { c.kill(lost(c.ssh.Wait())) }()
+	go func() { c.kill(lost(c.tr.wait())) }()
 	go func() { c.kill(lost(c.sftp.Wait())) }()
 	go c.keepalive()
 	return c, nil
@@ -502,19 +524,8 @@ func (t *Tier) keysOffered() string {
 }
 
 func (c *conn) startSFTP(packet int) (*xsftp.Client, error) {
-	s, err := c.ssh.NewSession()
+	r, w, err := c.tr.session()
 	if err != nil {
-		return nil, err
-	}
-	w, err := s.StdinPipe()
-	if err != nil {
-		return nil, err
-	}
-	r, err := s.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := s.RequestSubsystem("sftp"); err != nil {
 		return nil, err
 	}
 	return xsftp.NewClientPipe(touchReader{r, c}, w,
@@ -541,7 +552,7 @@ func (c *conn) keepalive() {
 			continue
 		}
 		w := c.watch()
-		_, _, err := c.ssh.SendRequest("keepalive@openssh.com", true, nil)
+		err := c.tr.ping(c)
 		w.stop()
 		if err != nil {
 			c.kill(fmt.Errorf("keepalive: %w", err))

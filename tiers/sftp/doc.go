@@ -255,6 +255,19 @@
 // files are only usable through the agent. Errors and logs never contain
 // key material or passphrases.
 //
+// # The system's ssh client
+//
+// With TransportSSH the connection is the system's ssh client instead
+// (transport.go): one `ssh -s HOST sftp` process per SFTP session, SFTP over
+// its pipes, so that everything ssh_config can say (ProxyJump, Host aliases,
+// certificates, Kerberos, hardware keys, ControlMaster) works. Host keys and
+// logins are then ssh's: its last words on stderr are the error, and a
+// refused host key or login, or an invalid ssh_config, is ErrPermanent. ssh
+// runs in BatchMode (never a prompt) with ServerAliveInterval, so a dead
+// peer ends the process, which ends the connection; the keepalive and the
+// round-trip measure use an SFTP request (REALPATH). A lane is one more
+// process (through the jump host too, or through ssh's ControlMaster).
+//
 // # Transfers
 //
 // Reads and writes use up to Options.Concurrency requests in flight.

@@ -78,7 +78,29 @@ type Options struct {
 	// down, unreachable or silent leaves the tier open in degraded mode,
 	// dialing again in the background. A mount starts this way.
 	Lazy bool
+	// Transport is how the tier reaches the server: TransportGo (the
+	// default) or TransportSSH, the system's ssh client (transport.go),
+	// for everything ~/.ssh/config can say. With TransportSSH, the URL's
+	// host may be a Host alias, its user and port are passed only when
+	// the URL names them, and IdentityFiles and KnownHosts only when set;
+	// UseAgent is ssh's own business.
+	Transport Transport
+	// SSHCommand is the ssh client TransportSSH runs. Default "ssh".
+	SSHCommand string
+	// SSHConfig is an ssh_config file for TransportSSH (ssh -F); default
+	// ssh's own (~/.ssh/config, /etc/ssh/ssh_config).
+	SSHConfig string
+
+	knownHostsSet bool // KnownHosts was given, not defaulted
 }
+
+// Transport is the setting Options.Transport.
+type Transport string
+
+const (
+	TransportGo  Transport = "go"
+	TransportSSH Transport = "ssh"
+)
 
 // Foreign is the setting Options.Foreign: what to do with a data file
 // without a sum record (doc.go, "Files flechefs did not write").
@@ -114,11 +136,13 @@ const (
 
 // remote is the parsed URL.
 type remote struct {
-	user string
-	host string // without port
-	port int
-	addr string // host:port, for dialing and known_hosts
-	root string // absolute, clean
+	userSet bool // the URL names the user
+	portSet bool // the URL names the port
+	user    string
+	host    string // without port
+	port    int
+	addr    string // host:port, for dialing and known_hosts
+	root    string // absolute, clean
 }
 
 func parseURL(raw string) (remote, error) {
@@ -150,9 +174,11 @@ func parseURL(raw string) (remote, error) {
 			return r, fmt.Errorf("URL %q: bad port %q", raw, p)
 		}
 		r.port = n
+		r.portSet = true
 	}
 	r.addr = net.JoinHostPort(r.host, strconv.Itoa(r.port))
 	r.user = u.User.Username()
+	r.userSet = r.user != ""
 	if r.user == "" {
 		cur, err := user.Current()
 		if err != nil {
@@ -201,7 +227,30 @@ func (o *Options) setDefaults() error {
 	if _, err := ParseForeign(string(o.Foreign)); err != nil {
 		return err
 	}
+	switch o.Transport {
+	case "":
+		o.Transport = TransportGo
+	case TransportGo, TransportSSH:
+	default:
+		return fmt.Errorf("transport %q: want \"go\" or \"ssh\"", o.Transport)
+	}
+	if o.SSHCommand == "" {
+		o.SSHCommand = "ssh"
+	}
 	home, _ := os.UserHomeDir()
+	o.knownHostsSet = o.KnownHosts != ""
+	if o.Transport == TransportSSH {
+		// ssh finds its own known_hosts and keys.
+		if o.knownHostsSet {
+			o.KnownHosts = expandHome(o.KnownHosts, home)
+		}
+		files := make([]string, len(o.IdentityFiles))
+		for i, f := range o.IdentityFiles {
+			files[i] = expandHome(f, home)
+		}
+		o.IdentityFiles = files
+		return nil
+	}
 	if o.KnownHosts == "" {
 		if home == "" {
 			return errors.New("no known_hosts file set and no home directory to find ~/.ssh/known_hosts")

@@ -76,12 +76,16 @@ func Open(ctx context.Context, opt Options) (*Tier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s tier: %w", opt.Name, err)
 	}
-	signers, err := loadSigners(opt.IdentityFiles, opt.UseAgent)
-	if err != nil {
-		return nil, fmt.Errorf("%s tier: %w", opt.Name, err)
-	}
-	if len(signers) == 0 && !opt.UseAgent {
-		return nil, fmt.Errorf("%s tier: no identity: set identity (key files) or agent = true", opt.Name)
+	var signers []ssh.Signer
+	if opt.Transport == TransportGo {
+		// The system's ssh client (TransportSSH) loads its own keys.
+		signers, err = loadSigners(opt.IdentityFiles, opt.UseAgent)
+		if err != nil {
+			return nil, fmt.Errorf("%s tier: %w", opt.Name, err)
+		}
+		if len(signers) == 0 && !opt.UseAgent {
+			return nil, fmt.Errorf("%s tier: no identity: set identity (key files) or agent = true", opt.Name)
+		}
 	}
 	t := &Tier{
 		opt:     opt,
