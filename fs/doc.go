@@ -96,7 +96,10 @@
 //   - a scratch file to a key publishes its bytes under the key,
 //     atomically; if the key has a value, the rename succeeds and that value
 //     stays (first writer wins). A scratch file still open is published at
-//     its last close instead;
+//     its last close instead; one whose descriptors were all closed before
+//     the rename (close(2) returns before the kernel's RELEASE) is waited
+//     for, at most releaseWait, so that the key is readable when the
+//     rename returns;
 //   - an entry to an absent key gives that key the same value and deletes
 //     the entry (to an existing key: the existing value stays, the source
 //     is deleted);

@@ -260,3 +260,40 @@ func listNames(t *testing.T, dir string) []string {
 	}
 	return names
 }
+
+// TestRenameClosedScratchPublishes: a temp file closed and then renamed
+// to a key is readable under the key as soon as the rename returns, even
+// while the kernel's RELEASE of its handle is still to come. Here a dup of
+// the descriptor holds the handle 200 ms after the first close (its FLUSH):
+// the rename waits for that RELEASE instead of leaving the publish to it.
+func TestRenameClosedScratchPublishes(t *testing.T) {
+	m := mountT(t, Options{})
+	tmp, key := m.path("tmp.result"), m.path(newKey())
+	f, err := os.Create(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("the result")); err != nil {
+		t.Fatal(err)
+	}
+	dup, err := syscall.Dup(int(f.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil { // FLUSH; the handle lives on in dup
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		syscall.Close(dup) // FLUSH and RELEASE
+		close(closed)
+	}()
+	t.Cleanup(func() { <-closed }) // before the unmount
+	if err := os.Rename(tmp, key); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(key); err != nil || string(b) != "the result" {
+		t.Fatalf("read right after the rename: %q, %v", b, err)
+	}
+}

@@ -608,9 +608,11 @@ func (r *root) renameScratch(name, newName string, noReplace bool) syscall.Errno
 
 // publishRenamed publishes the scratch file name under k.
 func (r *root) publishRenamed(ctx context.Context, name string, k digest.Key, noReplace bool) syscall.Errno {
-	if r.scratch.get(name) == nil {
+	sf := r.scratch.get(name)
+	if sf == nil {
 		return syscall.ENOENT
 	}
+	sf.waitReleases() // a closed temp file is published by the rename itself
 	r.writers.wait(k)
 	if noReplace {
 		if errno := r.exists(ctx, k); errno != syscall.ENOENT {

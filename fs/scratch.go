@@ -60,6 +60,13 @@ type scratchFile struct {
 	// target is the key the file was renamed to while open: its bytes are
 	// published when its last handle is released.
 	target digest.Key
+	// unflushed counts the handles that had no FLUSH yet; flushedAt is
+	// the last FLUSH; released is closed (and replaced) at each RELEASE.
+	// A rename to a key waits for the RELEASEs of closed handles
+	// (waitReleases).
+	unflushed int
+	flushedAt time.Time
+	released  chan struct{}
 }
 
 func (s *scratchFiles) get(name string) *scratchFile {
@@ -157,6 +164,37 @@ func (f *scratchFile) discardLocked() {
 	}
 }
 
+// waitReleases waits, when every open handle of f has been closed (had a
+// FLUSH), for their RELEASEs, at most releaseWait after the last FLUSH:
+// close(2) returns before the kernel's RELEASE is served, and a program
+// that writes a temp file, closes it and renames it to a key (Python's
+// NamedTemporaryFile, then os.replace) reads the key next. A handle still
+// open somewhere keeps the publish for its last close.
+func (f *scratchFile) waitReleases() {
+	for {
+		f.mu.Lock()
+		if f.handles == 0 || f.unflushed > 0 {
+			f.mu.Unlock()
+			return
+		}
+		left := time.Until(f.flushedAt.Add(releaseWait))
+		if f.released == nil {
+			f.released = make(chan struct{})
+		}
+		ch := f.released
+		f.mu.Unlock()
+		if left <= 0 {
+			return
+		}
+		t := time.NewTimer(left)
+		select {
+		case <-ch:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
 // takeForKey marks f renamed to k and returns its data to publish now, or
 // nil when handles are open: the last one publishes.
 func (f *scratchFile) takeForKey(k digest.Key) *spool {
@@ -244,6 +282,7 @@ func (f *scratchFile) open(r *root, flags uint32) (*scratchHandle, syscall.Errno
 		}
 	}
 	f.handles++
+	f.unflushed++
 	f.used = time.Now()
 	return &scratchHandle{r: r, f: f}, 0
 }
@@ -314,8 +353,9 @@ func (n *scratchNode) Removexattr(ctx context.Context, attr string) syscall.Errn
 
 // scratchHandle is an open descriptor of a scratch file.
 type scratchHandle struct {
-	r *root
-	f *scratchFile
+	r       *root
+	f       *scratchFile
+	flushed bool // under f.mu
 }
 
 func (h *scratchHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
@@ -355,7 +395,19 @@ func (h *scratchHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.
 // persisted; the rename to a key publishes it.
 func (h *scratchHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno { return 0 }
 
-func (h *scratchHandle) Flush(ctx context.Context) syscall.Errno { return 0 }
+// Flush notes the close(2) of a descriptor: a rename of the file to a key
+// then waits for the handle's RELEASE (waitReleases).
+func (h *scratchHandle) Flush(ctx context.Context) syscall.Errno {
+	f := h.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !h.flushed {
+		h.flushed = true
+		f.unflushed--
+	}
+	f.flushedAt = time.Now()
+	return 0
+}
 
 // Release ends the handle. The last handle of a file renamed to a key
 // while open publishes it; that of an unlinked file drops its data.
@@ -363,6 +415,13 @@ func (h *scratchHandle) Release(ctx context.Context) syscall.Errno {
 	f := h.f
 	f.mu.Lock()
 	f.handles--
+	if !h.flushed {
+		f.unflushed--
+	}
+	if f.released != nil {
+		close(f.released)
+		f.released = nil
+	}
 	var sp *spool
 	k := f.target
 	if f.handles == 0 && f.removed {
