@@ -100,24 +100,27 @@ func BenchmarkFetch(b *testing.B) {
 
 func BenchmarkPut(b *testing.B) {
 	s := sshdtest.Start(b)
+	for _, cipher := range benchCiphers {
+		b.Run(cipher, func(b *testing.B) { benchPut(b, benchTier(b, s, cipher), "bench put") })
+	}
+}
+
+// benchPut puts benchSize bytes through tr in a loop, under keys named
+// after prefix, deleting each outside the timer.
+func benchPut(b *testing.B, tr *Tier, prefix string) {
 	data := benchData()
 	m := tiers.Meta{Size: benchSize, Sum: digest.Of(data)}
-	for _, cipher := range benchCiphers {
-		b.Run(cipher, func(b *testing.B) {
-			tr := benchTier(b, s, cipher)
-			b.SetBytes(benchSize)
-			i := 0
-			for b.Loop() {
-				i++
-				k := tiertest.Key(fmt.Sprint("bench put ", i))
-				if _, err := tr.Put(context.Background(), k, bytes.NewReader(data), m); err != nil {
-					b.Fatal(err)
-				}
-				b.StopTimer()
-				tr.Delete(context.Background(), k)
-				b.StartTimer()
-			}
-		})
+	b.SetBytes(benchSize)
+	i := 0
+	for b.Loop() {
+		i++
+		k := tiertest.Key(fmt.Sprint(prefix, " ", i))
+		if _, err := tr.Put(context.Background(), k, bytes.NewReader(data), m); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		tr.Delete(context.Background(), k)
+		b.StartTimer()
 	}
 }
 
@@ -317,8 +320,13 @@ func BenchmarkPutSmall(b *testing.B) {
 // at the lookup of a small remote value: the latency of a cold small read.
 func BenchmarkOpenSmall(b *testing.B) {
 	s := sshdtest.Start(b)
-	tr := open(b, options(s))
-	k := tiertest.Key("bench open small")
+	benchOpenSmall(b, open(b, options(s)), "bench open small")
+}
+
+// benchOpenSmall opens and reads a 16 KiB value, stored under name, in a
+// loop.
+func benchOpenSmall(b *testing.B, tr *Tier, name string) {
+	k := tiertest.Key(name)
 	data := tiertest.Data(8, 16<<10)
 	tiertest.Put(b, tr, k, data)
 	buf := make([]byte, len(data))

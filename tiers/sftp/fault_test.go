@@ -137,6 +137,13 @@ func killDuringPut(t *testing.T, lanes bool) {
 	if lanes {
 		tr.laneRTT = 0
 	}
+	killServerDuringPut(t, s, tr)
+}
+
+// killServerDuringPut kills s 48 MiB into a put through tr: the put fails
+// with ErrUnavailable within the bound, nothing is left under the key nor
+// in the temp directory, and tr works once s is back.
+func killServerDuringPut(t *testing.T, s *sshdtest.Server, tr *Tier) {
 	works(t, tr, "before")
 	k := tiertest.Key("killed put")
 	var killed time.Time

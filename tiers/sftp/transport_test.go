@@ -1,11 +1,9 @@
 package sftp
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -13,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flechefs/flechefs/digest"
 	"github.com/flechefs/flechefs/internal/sshdtest"
 	"github.com/flechefs/flechefs/tiers"
 	"github.com/flechefs/flechefs/tiers/tiertest"
@@ -158,19 +155,7 @@ func TestSSHTransportServerKilled(t *testing.T) {
 	s := sshdtest.Start(t)
 	opt := sshOptions(t, s, sshConfigHost("storage", s))
 	opt.Timeout = faultTimeout
-	tr := open(t, opt)
-	works(t, tr, "before")
-	k := tiertest.Key("killed put, ssh transport")
-	var killed time.Time
-	r := &hookReader{n: 4 << 30, at: 48 << 20, hook: func() { s.Kill(); killed = time.Now() }}
-	_, err := tr.Put(context.Background(), k, r, tiers.UnknownMeta)
-	within(t, "put", err, killed, faultTimeout)
-	if err := s.Restart(); err != nil {
-		t.Fatal(err)
-	}
-	noEntry(t, tr, k)
-	eventuallyNoTemps(t, tr)
-	works(t, tr, "after")
+	killServerDuringPut(t, s, open(t, opt))
 }
 
 // BenchmarkTransport compares the two transports on loopback, one cipher
@@ -191,39 +176,7 @@ func BenchmarkTransport(b *testing.B) {
 			return open(b, opt)
 		}
 		b.Run(name+"/fetch", func(b *testing.B) { benchFetch(b, mk(b)) })
-		b.Run(name+"/put", func(b *testing.B) {
-			tr := mk(b)
-			data := benchData()
-			m := tiers.Meta{Size: benchSize, Sum: digest.Of(data)}
-			b.SetBytes(benchSize)
-			i := 0
-			for b.Loop() {
-				i++
-				k := tiertest.Key(fmt.Sprint("transport put ", name, i))
-				if _, err := tr.Put(context.Background(), k, bytes.NewReader(data), m); err != nil {
-					b.Fatal(err)
-				}
-				b.StopTimer()
-				tr.Delete(context.Background(), k)
-				b.StartTimer()
-			}
-		})
-		b.Run(name+"/open16KiB", func(b *testing.B) {
-			tr := mk(b)
-			k := tiertest.Key("transport open small " + name)
-			data := tiertest.Data(8, 16<<10)
-			tiertest.Put(b, tr, k, data)
-			buf := make([]byte, len(data))
-			for b.Loop() {
-				r, err := tr.Open(context.Background(), k)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if _, err := r.ReadAt(buf, 0); err != nil && err != io.EOF {
-					b.Fatal(err)
-				}
-				r.Close()
-			}
-		})
+		b.Run(name+"/put", func(b *testing.B) { benchPut(b, mk(b), "transport put "+name) })
+		b.Run(name+"/open16KiB", func(b *testing.B) { benchOpenSmall(b, mk(b), "transport open small "+name) })
 	}
 }
