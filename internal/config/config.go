@@ -120,7 +120,9 @@ type Tier struct {
 	// client, the default) or "ssh" (the system's ssh client, which reads
 	// ~/.ssh/config: ProxyJump, host aliases, certificates).
 	Transport string
-	// SSHConfig is an ssh_config file for transport "ssh" (ssh -F), absolute.
+	// SSHConfig is the ssh_config file, absolute: ssh -F for transport
+	// "ssh"; for "go", where the URL host's HostName, User, Port and
+	// IdentityFile are read ("": ~/.ssh/config).
 	SSHConfig string
 
 	// At is where the tier was declared: "config.toml:12:1", or the flag

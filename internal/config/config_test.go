@@ -565,8 +565,8 @@ func TestDocumented(t *testing.T) {
 }
 
 // TestTransport: with transport = "ssh" the system's ssh finds its own
-// known_hosts (none is filled in) and ssh_config is read; ssh_config with
-// the built-in transport is an error that says so.
+// known_hosts (none is filled in) and ssh_config is read; ssh_config is
+// read with the built-in transport too.
 func TestTransport(t *testing.T) {
 	c, err := Parse("config.toml", []byte("[[tier]]\nkind = \"sftp\"\nurl = \"sftp://storage/srv/c\"\ntransport = \"ssh\"\nssh_config = \"~/ssh.conf\"\n"), testEnv())
 	if err != nil {
@@ -576,8 +576,8 @@ func TestTransport(t *testing.T) {
 	if tr.Transport != "ssh" || tr.KnownHosts != "" || tr.SSHConfig != "/home/u/ssh.conf" {
 		t.Fatalf("tier %+v: want transport ssh, no known_hosts, ssh_config /home/u/ssh.conf", tr)
 	}
-	_, err = Parse("config.toml", []byte("[[tier]]\nkind = \"sftp\"\nurl = \"sftp://h/p\"\nssh_config = \"/x\"\n"), testEnv())
-	if err == nil || !strings.Contains(err.Error(), `only with transport = "ssh"`) {
+	c, err = Parse("config.toml", []byte("[[tier]]\nkind = \"sftp\"\nurl = \"sftp://h/p\"\nssh_config = \"/x\"\n"), testEnv())
+	if err != nil || c.Tiers[0].SSHConfig != "/x" || c.Tiers[0].Transport != "go" {
 		t.Fatalf("ssh_config with the go transport: %v", err)
 	}
 	_, err = Parse("config.toml", []byte("[[tier]]\nkind = \"sftp\"\nurl = \"sftp://h/p\"\ntransport = \"rsh\"\n"), testEnv())

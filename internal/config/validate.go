@@ -117,9 +117,7 @@ func (c *Config) Validate(env Env) error {
 			if t.KnownHosts == "" && env.Home != "" && t.Transport == "go" {
 				t.KnownHosts = filepath.Join(env.Home, ".ssh", "known_hosts")
 			}
-			if t.SSHConfig != "" && t.Transport != "ssh" {
-				errs = append(errs, t.origin.errorf("%s: ssh_config is read only with transport = \"ssh\"", label))
-			}
+
 			if !t.ReadOnly {
 				writableRemote = true
 			}

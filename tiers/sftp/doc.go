@@ -253,7 +253,10 @@
 // server for the key types known_hosts holds for the host. Keys come from
 // identity files and, with UseAgent, from ssh-agent; encrypted identity
 // files are only usable through the agent. Errors and logs never contain
-// key material or passphrases.
+// key material or passphrases. The user's ssh_config names the host to
+// dial, the user, the port and the identity files of a Host alias
+// (sshconfig.go); a ProxyJump or ProxyCommand there is an error that
+// points to TransportSSH.
 //
 // # The system's ssh client
 //

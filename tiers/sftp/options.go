@@ -87,8 +87,10 @@ type Options struct {
 	Transport Transport
 	// SSHCommand is the ssh client TransportSSH runs. Default "ssh".
 	SSHCommand string
-	// SSHConfig is an ssh_config file for TransportSSH (ssh -F); default
-	// ssh's own (~/.ssh/config, /etc/ssh/ssh_config).
+	// SSHConfig is an ssh_config file: for TransportSSH, ssh -F (default
+	// ssh's own, ~/.ssh/config and /etc/ssh/ssh_config); for TransportGo,
+	// where HostName, User, Port and IdentityFile of the URL's host are
+	// read (default ~/.ssh/config, if it exists; sshconfig.go).
 	SSHConfig string
 
 	knownHostsSet bool // KnownHosts was given, not defaulted
@@ -265,15 +267,20 @@ func (o *Options) setDefaults() error {
 		}
 		o.IdentityFiles = files
 	}
-	if o.IdentityFiles == nil && home != "" {
-		for _, n := range []string{"id_ed25519", "id_ecdsa", "id_rsa"} {
-			p := filepath.Join(home, ".ssh", n)
-			if _, err := os.Stat(p); err == nil {
-				o.IdentityFiles = append(o.IdentityFiles, p)
-			}
+	return nil
+}
+
+// defaultIdentities are the key files ssh tries when nothing names one:
+// ~/.ssh/id_ed25519, id_ecdsa, id_rsa, those that exist.
+func defaultIdentities(home string) []string {
+	var out []string
+	for _, n := range []string{"id_ed25519", "id_ecdsa", "id_rsa"} {
+		p := filepath.Join(home, ".ssh", n)
+		if _, err := os.Stat(p); err == nil && home != "" {
+			out = append(out, p)
 		}
 	}
-	return nil
+	return out
 }
 
 // expandHome expands a leading "~/" as a shell would.

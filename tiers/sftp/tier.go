@@ -78,6 +78,18 @@ func Open(ctx context.Context, opt Options) (*Tier, error) {
 	}
 	var signers []ssh.Signer
 	if opt.Transport == TransportGo {
+		home, _ := os.UserHomeDir()
+		hc, err := readSSHConfig(opt.SSHConfig, home, rem.host)
+		if err != nil {
+			return nil, fmt.Errorf("%s tier: %w", opt.Name, err)
+		}
+		hc.apply(&rem)
+		if opt.IdentityFiles == nil {
+			opt.IdentityFiles = hc.identities
+			if opt.IdentityFiles == nil {
+				opt.IdentityFiles = defaultIdentities(home)
+			}
+		}
 		// The system's ssh client (TransportSSH) loads its own keys.
 		signers, err = loadSigners(opt.IdentityFiles, opt.UseAgent)
 		if err != nil {

@@ -180,3 +180,31 @@ func BenchmarkTransport(b *testing.B) {
 		b.Run(name+"/open16KiB", func(b *testing.B) { benchOpenSmall(b, mk(b), "transport open small "+name) })
 	}
 }
+
+// TestGoTransportSSHConfig: the built-in client takes HostName, User, Port
+// and IdentityFile of the URL's host from an ssh_config, and refuses, with
+// a message naming transport = "ssh", what it cannot follow.
+func TestGoTransportSSHConfig(t *testing.T) {
+	s := sshdtest.Start(t)
+	goOptions := func(cfg string) Options {
+		opt := sshOptions(t, s, cfg)
+		opt.Transport = TransportGo
+		opt.KnownHosts = s.KnownHosts
+		return opt
+	}
+	tr := open(t, goOptions(sshConfigHost("storage", s)))
+	works(t, tr, "through an ssh_config alias")
+	if tr.rem.addr != s.Addr || tr.rem.user != s.User {
+		t.Errorf("dialled %s as %s, want %s as %s", tr.rem.addr, tr.rem.user, s.Addr, s.User)
+	}
+	for _, c := range []struct{ what, cfg string }{
+		{"ProxyJump", sshConfigHost("storage", s, "ProxyJump jump")},
+		{"ProxyCommand", sshConfigHost("storage", s, "ProxyCommand nc %h %p")},
+		{"Match exec", sshConfigHost("storage", s) + "Match exec true\n  User nobody\n"},
+	} {
+		_, err := Open(context.Background(), goOptions(c.cfg))
+		if err == nil || !strings.Contains(err.Error(), `transport = "ssh"`) {
+			t.Errorf("%s with the built-in client: %v; want an error naming transport = \"ssh\"", c.what, err)
+		}
+	}
+}
