@@ -76,6 +76,9 @@ func Open(ctx context.Context, opt Options) (*Tier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s tier: %w", opt.Name, err)
 	}
+	if opt.Transport == TransportSSH && !rem.portSet {
+		rem.addr = rem.host // its port is ssh_config's business: messages name the host alone
+	}
 	var signers []ssh.Signer
 	if opt.Transport == TransportGo {
 		home, _ := os.UserHomeDir()
