@@ -106,6 +106,19 @@ func clip(s string) string {
 // String returns the file name of the key.
 func (k Key) String() string { return k.name }
 
+// MarshalText writes the key's name, so that keys read as names in JSON.
+func (k Key) MarshalText() ([]byte, error) { return []byte(k.name), nil }
+
+// UnmarshalText parses a key's name (Parse).
+func (k *Key) UnmarshalText(b []byte) error {
+	parsed, err := Parse(string(b))
+	if err != nil {
+		return err
+	}
+	*k = parsed
+	return nil
+}
+
 // IsZero reports whether k is the zero Key (not a valid key).
 func (k Key) IsZero() bool { return k.name == "" }
 

@@ -216,8 +216,10 @@
 // where user.flechefs.tiers asks every tier).
 //
 // .flechefs is a read-only directory (0555) with "stats", the JSON of
-// Stack.Stats generated at each open, and "version". Both are served with
-// FOPEN_DIRECT_IO and report size 0, like /proc files: read them to EOF.
+// Stack.Stats generated at each open, "version", and the program's own
+// files (Options.Ctl: flechefs's "retention", "prune", "prune-dry-run").
+// All are served with FOPEN_DIRECT_IO and report size 0, like /proc
+// files: read them to EOF.
 //
 // # Kernel caching
 //

@@ -66,7 +66,12 @@ type Options struct {
 	// Observe, when set, is told of every common FUSE request and how long
 	// it took (metrics).
 	Observe Observer
-	Logger  *slog.Logger
+	// Ctl adds read-only files to .flechefs, each generated at every open
+	// by its function (the program's own reports: "retention", "prune").
+	// An error answers the open with its errno. At most 11; names must not
+	// be "stats" or "version".
+	Ctl    map[string]func() ([]byte, error)
+	Logger *slog.Logger
 	// ReadAheadKB is written to /sys/class/bdi/<dev>/read_ahead_kb after
 	// mounting, when running as root (default 1024; negative: leave alone).
 	ReadAheadKB int

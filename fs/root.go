@@ -27,6 +27,7 @@ const (
 	ctlIno        = 2
 	statsIno      = 3
 	versionIno    = 4
+	extraCtlIno   = 5 // Options.Ctl's files: 5 to 15
 	firstEntryIno = 16
 
 	// listEntryTTL is the entry and attribute timeout of entries the kernel
@@ -106,6 +107,16 @@ func (r *root) OnAdd(ctx context.Context) {
 		fusefs.StableAttr{Mode: syscall.S_IFREG, Ino: statsIno}), false)
 	ctl.AddChild("version", ctl.NewPersistentInode(ctx, &ctlFile{r: r, gen: versionText},
 		fusefs.StableAttr{Mode: syscall.S_IFREG, Ino: versionIno}), false)
+	ino := uint64(extraCtlIno)
+	for _, name := range slices.Sorted(maps.Keys(r.opt.Ctl)) {
+		if ino >= firstEntryIno || name == "stats" || name == "version" {
+			r.log.Error("flechefs: control file not added", "name", name)
+			continue
+		}
+		ctl.AddChild(name, ctl.NewPersistentInode(ctx, &ctlFile{r: r, gen: r.opt.Ctl[name]},
+			fusefs.StableAttr{Mode: syscall.S_IFREG, Ino: ino}), false)
+		ino++
+	}
 	r.ctl = ctl
 }
 

@@ -5,6 +5,8 @@
 //	flechefs umount MOUNTPOINT            unmount
 //	flechefs status MOUNTPOINT            tiers, hit rates, upload queue
 //	flechefs sync MOUNTPOINT              wait until every entry is uploaded
+//	flechefs warm MOUNTPOINT [KEY...]     fetch entries into the local tiers
+//	flechefs prune [--dry-run] MOUNTPOINT a retention pass over bounded remotes
 //	flechefs digest NAME [ARG...]         the key of a call
 //	flechefs config                       the configuration in effect
 //	flechefs version                      the version
@@ -47,7 +49,7 @@ var commands []*command
 
 func init() {
 	commands = []*command{
-		mountCommand, umountCommand, statusCommand, syncCommand, warmCommand,
+		mountCommand, umountCommand, statusCommand, syncCommand, warmCommand, pruneCommand,
 		digestCommand, configCommand, versionCommand, helpCommand,
 	}
 }

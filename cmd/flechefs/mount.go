@@ -144,6 +144,7 @@ type mounter struct {
 	debugFUSE bool
 	metrics   *metrics // nil: no metrics endpoint
 	pidFile   pidFile  // "": none
+	retainer  retainer // retention passes of the bounded remotes
 	// logElsewhere: the log goes to a file or syslog, not with the
 	// lines printed on the standard error.
 	logElsewhere bool
@@ -208,6 +209,10 @@ func (m *mounter) run(dir string) int {
 	for _, r := range remotes {
 		go m.probe(r)
 	}
+	retainCtx, stopRetain := context.WithCancel(context.Background())
+	defer stopRetain()
+	m.retainer.log = m.log
+	m.retainer.start(retainCtx)
 
 	done := make(chan struct{})
 	go func() { srv.Wait(); close(done) }()
@@ -221,6 +226,7 @@ func (m *mounter) run(dir string) int {
 			return exitFail
 		}
 	}
+	stopRetain() // a pass under way ends with its next request
 	notifyStopping()
 	closed := make(chan error, 1)
 	go func() { closed <- m.closeStack(st) }()
@@ -304,6 +310,9 @@ func (m *mounter) fsOptions() fs.Options {
 	if m.metrics != nil {
 		o.Observe = m.metrics.observeFUSE
 	}
+	if len(m.retainer.tiers) > 0 {
+		o.Ctl = m.retainer.ctl()
+	}
 	return o
 }
 
@@ -379,12 +388,17 @@ func (m *mounter) openTier(t config.Tier) (tiers.Tier, error) {
 		}
 		return bt, nil
 	case config.SFTP:
-		return sftp.Open(context.Background(), sftp.Options{
+		tr, err := sftp.Open(context.Background(), sftp.Options{
 			Name: t.Name, URL: t.URL, IdentityFiles: t.Identity, KnownHosts: t.KnownHosts,
 			UseAgent: t.Agent, Timeout: t.Timeout, ReadOnly: t.ReadOnly, Mode: os.FileMode(t.Mode),
 			Concurrency: t.Concurrency, Channels: t.Channels, Ciphers: t.Ciphers, Logger: m.log, Lazy: true,
 			Foreign: sftp.Foreign(t.Foreign), Transport: sftp.Transport(t.Transport), SSHConfig: t.SSHConfig,
+			Retention: sftp.Bound{MaxBytes: t.MaxSize, MaxAge: t.MaxAge, Grace: t.PruneGrace},
 		})
+		if err == nil && (t.MaxSize > 0 || t.MaxAge > 0) {
+			m.retainer.add(t, tr)
+		}
+		return tr, err
 	}
 	return nil, fmt.Errorf("unknown kind %q", t.Kind)
 }

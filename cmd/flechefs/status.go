@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	flfs "github.com/flechefs/flechefs/fs"
 	"github.com/flechefs/flechefs/internal/config"
@@ -56,6 +57,7 @@ Examples:
 			}
 			printStatus(c.stdout, st)
 			printWrites(c.stdout, w)
+			printRetention(c.stdout, args[0])
 			return exitOK
 		}
 	},
@@ -190,4 +192,31 @@ func percent(n, d int64) string {
 
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
+}
+
+// printRetention shows each bounded remote's bound and last pass, when
+// the mount has one (.flechefs/retention).
+func printRetention(w io.Writer, mountpoint string) {
+	raw, err := os.ReadFile(filepath.Join(mountpoint, retentionFile))
+	if err != nil {
+		return
+	}
+	var res []pruneResult
+	if json.Unmarshal(raw, &res) != nil {
+		return
+	}
+	for _, r := range res {
+		fmt.Fprintf(w, "retention:        %s (%s): ", r.Tier, describeBound(r))
+		switch {
+		case r.At.IsZero():
+			fmt.Fprintln(w, "no pass yet")
+		case r.Error != "":
+			fmt.Fprintf(w, "last pass %s failed: %s\n", r.At.Format(time.DateTime), r.Error)
+		default:
+			rep := r.Report
+			fmt.Fprintf(w, "%s of values in %d entries at the last pass (%s), which removed %d (%s)\n",
+				config.FormatSize(rep.Bytes-rep.RemovedBytes), rep.Entries-len(rep.Removed), r.At.Format(time.DateTime),
+				len(rep.Removed), config.FormatSize(rep.RemovedBytes))
+		}
+	}
 }

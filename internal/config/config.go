@@ -120,6 +120,13 @@ type Tier struct {
 	// client, the default) or "ssh" (the system's ssh client, which reads
 	// ~/.ssh/config: ProxyJump, host aliases, certificates).
 	Transport string
+	// Retention of a remote (sftp): MaxSize bytes of values and MaxAge
+	// since last use (0: no bound); PruneGrace, the age under which an
+	// entry is never removed; PruneEvery, how often this mount runs a pass.
+	MaxSize    int64
+	MaxAge     time.Duration
+	PruneGrace time.Duration
+	PruneEvery time.Duration
 	// SSHConfig is the ssh_config file, absolute: ssh -F for transport
 	// "ssh"; for "go", where the URL host's HostName, User, Port and
 	// IdentityFile are read ("": ~/.ssh/config).

@@ -38,10 +38,15 @@ const (
 	// another machine publishes must appear within this time.
 	MaxNegativeTTL   = 2 * time.Second
 	MaxRemoteTimeout = 10 * time.Minute
-	MaxListTTL       = 24 * time.Hour
-	MaxUploadWorkers = 64
-	MaxConcurrency   = 1024
-	MaxChannels      = 8
+	// DefaultPruneGrace and DefaultPruneEvery: a bounded remote never
+	// loses an entry used in the last hour, and each mount runs a pass
+	// every hour.
+	DefaultPruneGrace = time.Hour
+	DefaultPruneEvery = time.Hour
+	MaxListTTL        = 24 * time.Hour
+	MaxUploadWorkers  = 64
+	MaxConcurrency    = 1024
+	MaxChannels       = 8
 )
 
 var topKeys = []string{
@@ -69,6 +74,10 @@ var tierKeys = map[string][]Kind{
 	"foreign":     {SFTP},
 	"transport":   {SFTP},
 	"ssh_config":  {SFTP},
+	"max_size":    {SFTP},
+	"max_age":     {SFTP},
+	"prune_grace": {SFTP},
+	"prune_every": {SFTP},
 }
 
 // kindAliases are names people reach for, mapped to the kind they mean.
@@ -490,6 +499,14 @@ func (p *parser) tier(i int, m map[string]any) Tier {
 			f.enum(&t.Transport, "go", "ssh")
 		case "ssh_config":
 			f.path(&t.SSHConfig)
+		case "max_size":
+			f.size(&t.MaxSize)
+		case "max_age":
+			f.duration(time.Hour, 100*365*24*time.Hour, &t.MaxAge)
+		case "prune_grace":
+			f.duration(time.Minute, 100*365*24*time.Hour, &t.PruneGrace)
+		case "prune_every":
+			f.duration(time.Minute, 30*24*time.Hour, &t.PruneEvery)
 		}
 	}
 	missing := func(key, example string) {

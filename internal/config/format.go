@@ -65,6 +65,16 @@ func (c *Config) TOML() string {
 			fmt.Fprintf(&b, "mode = \"%04o\"\n", t.Mode)
 			fmt.Fprintf(&b, "foreign = %q\n", t.Foreign)
 			fmt.Fprintf(&b, "transport = %q\n", t.Transport)
+			if t.MaxSize > 0 {
+				fmt.Fprintf(&b, "max_size = %q\n", FormatSize(t.MaxSize))
+			}
+			if t.MaxAge > 0 {
+				fmt.Fprintf(&b, "max_age = %q\n", t.MaxAge.String())
+			}
+			if t.PruneGrace > 0 {
+				fmt.Fprintf(&b, "prune_grace = %q\n", t.PruneGrace.String())
+				fmt.Fprintf(&b, "prune_every = %q\n", t.PruneEvery.String())
+			}
 			if t.SSHConfig != "" {
 				fmt.Fprintf(&b, "ssh_config = %s\n", quotePath(t.SSHConfig))
 			}

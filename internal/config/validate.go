@@ -113,6 +113,19 @@ func (c *Config) Validate(env Env) error {
 			if t.Transport == "" {
 				t.Transport = "go"
 			}
+			if t.MaxSize > 0 || t.MaxAge > 0 {
+				if t.PruneGrace == 0 {
+					t.PruneGrace = DefaultPruneGrace
+				}
+				if t.PruneEvery == 0 {
+					t.PruneEvery = DefaultPruneEvery
+				}
+				if t.ReadOnly {
+					errs = append(errs, t.origin.errorf("%s: max_size and max_age need a writable tier (read_only = true)", label))
+				}
+			} else if t.PruneGrace > 0 || t.PruneEvery > 0 {
+				errs = append(errs, t.origin.errorf("%s: prune_grace and prune_every have no effect without max_size or max_age", label))
+			}
 			// The system's ssh finds its own known_hosts and keys.
 			if t.KnownHosts == "" && env.Home != "" && t.Transport == "go" {
 				t.KnownHosts = filepath.Join(env.Home, ".ssh", "known_hosts")

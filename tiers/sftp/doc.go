@@ -9,6 +9,8 @@
 //	<root>/.flechefs/sums/<key>     a symlink to "<sha256>.<size>.<created>"
 //	<root>/.flechefs/tmp/           uploads in progress
 //	<root>/.flechefs/quarantine/    damaged copies moved aside, never deleted
+//	<root>/.flechefs/used/<key>     last use, with a retention bound (retention.go)
+//	<root>/.flechefs/prune.lease    the one mount pruning, with a bound
 //
 // Values are plain files named by their key, so other tools (or fleche's
 // PickleFile) can read the directory directly. The sum record says what the

@@ -93,6 +93,10 @@ type Options struct {
 	// read (default ~/.ssh/config, if it exists; sshconfig.go).
 	SSHConfig string
 
+	// Retention bounds the remote (retention.go): entries are marked when
+	// used, and Prune removes the least recently used beyond the bound.
+	Retention Bound
+
 	knownHostsSet bool // KnownHosts was given, not defaulted
 }
 

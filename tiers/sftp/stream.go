@@ -38,6 +38,9 @@ func (t *Tier) PutGrowing(ctx context.Context, k digest.Key, g tiers.Growing) (t
 	}()
 	gr := &growingReader{t: t, ctx: gctx, c: c, g: g}
 	info, err := t.putFinal(ctx, c, w, k, gr, tiers.UnknownMeta, gr.meta)
+	if err == nil || errors.Is(err, tiers.ErrExist) {
+		t.markUsed(k)
+	}
 	return info, t.wrap("put", k, err)
 }
 

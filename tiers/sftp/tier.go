@@ -50,6 +50,8 @@ type Tier struct {
 	warnedAt    time.Time
 	orphans     []string // temp files to remove once connected again
 
+	ret *retention // last-use marks, when Options.Retention bounds the remote
+
 	// hook, if set (tests), is called at the steps of the record protocol
 	// (record.go): "renamed", "record", "record-other", "record-stale",
 	// "record-check", "adopt", "adopt-check", "delete-record-removed".
@@ -115,6 +117,9 @@ func Open(ctx context.Context, opt Options) (*Tier, error) {
 			Multiplier: 2, RandomizationFactor: backoffJitter},
 	}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
+	if opt.Retention.On() {
+		t.ret = newRetention(t)
+	}
 	if !opt.Lazy {
 		if _, err := t.conn(ctx); err != nil {
 			t.Close()
@@ -385,6 +390,7 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 				r.headErr = r.readHead(sf, false)
 				close(r.headReady)
 			}()
+			t.markUsed(k)
 			return r, nil
 		}
 	}
@@ -402,6 +408,7 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 		go f.Close()
 		return nil, t.wrap("open", k, err)
 	}
+	t.markUsed(k)
 	return r, nil
 }
 
@@ -509,7 +516,17 @@ func (t *Tier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 	}
 	defer w.stop()
 	info, err := t.put(ctx, c, w, k, r, m)
+	if err == nil || errors.Is(err, tiers.ErrExist) {
+		t.markUsed(k)
+	}
 	return info, t.wrap("put", k, err)
+}
+
+// markUsed notes a use of k for retention (retention.go), if bounded.
+func (t *Tier) markUsed(k digest.Key) {
+	if t.ret != nil {
+		t.ret.used(k)
+	}
 }
 
 var errTooLong = errors.New("longer than announced")
