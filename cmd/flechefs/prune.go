@@ -149,9 +149,9 @@ Usage: flechefs prune [--dry-run] [--json] MOUNTPOINT
 
 Runs a retention pass now over every remote tier of the mount that has a
 bound (max_size, max_age): the least recently used entries are removed
-until the remote is under its bound. It never removes a file without a
-checksum record, a key whose fleche <key>.lock exists, an upload in
-progress, or an entry used less than prune_grace ago. One mount at a time
+until the remote is under its bound. It never removes a file flechefs did
+not write (adopted by a read or not), a key whose fleche <key>.lock exists,
+an upload in progress, or an entry used less than prune_grace ago. One mount at a time
 prunes a remote: if another holds the lease, this one says so and removes
 nothing. The mount also runs a pass every prune_every by itself.
 
@@ -217,9 +217,9 @@ func printPrune(w io.Writer, r pruneResult, dry bool) bool {
 	if dry {
 		verb = "would remove"
 	}
-	fmt.Fprintf(w, "%s (%s): %d entries, %s of values; %s %d entries (%s), leaving %s; %d kept by prune_grace (%v)\n",
+	fmt.Fprintf(w, "%s (%s): %d entries, %s of values; %s %d entries (%s), leaving %s; %d kept by prune_grace, %d not written by flechefs (%v)\n",
 		r.Tier, bound, rep.Entries, config.FormatSize(rep.Bytes), verb, len(rep.Removed), config.FormatSize(rep.RemovedBytes),
-		config.FormatSize(rep.Bytes-rep.RemovedBytes), rep.Kept, rep.Took.Round(time.Millisecond))
+		config.FormatSize(rep.Bytes-rep.RemovedBytes), rep.Kept, rep.Adopted, rep.Took.Round(time.Millisecond))
 	if dry {
 		for _, k := range rep.Removed {
 			fmt.Fprintf(w, "  %s\n", k)

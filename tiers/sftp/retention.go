@@ -29,8 +29,9 @@ import (
 // written. Every mount of a bounded remote should carry the bound, so that
 // its reads count.
 //
-// What Prune never removes: a file without a checksum record (one flechefs
-// did not write and nobody adopted), a key whose fleche <key>.lock exists,
+// What Prune never removes: a file flechefs did not write, adopted or not
+// (without a checksum record, or with the record adoption writes), a key
+// whose fleche <key>.lock exists,
 // anything in .flechefs/tmp (an upload in progress), an entry used less
 // than Grace ago. It removes an entry as Delete does (the record first,
 // then the data), then its marker. One mount at a time prunes a remote: the
@@ -68,6 +69,7 @@ type PruneReport struct {
 	Removed      []digest.Key  // least recently used first
 	RemovedBytes int64         // bytes of Removed
 	Kept         int           // entries the pass could have removed but the grace kept
+	Adopted      int           // entries it would have removed but flechefs did not write them
 	Took         time.Duration // the whole pass
 	DryRun       bool
 }
@@ -187,22 +189,44 @@ func (t *Tier) Prune(ctx context.Context, b Bound, dryRun bool) (PruneReport, er
 	if err != nil {
 		return rep, err
 	}
-	// Decide first, least recently used first, then remove.
+	// Decide first, least recently used first, then remove. Entries are
+	// looked at in batches whose records are read at once (the record
+	// tells an adopted file from an upload), until nothing more is over
+	// the bound: the rest are more recently used.
 	now := time.Now()
 	total := rep.Bytes
 	var victims []pruneEntry
-	for _, e := range ents {
-		age := now.Sub(e.used)
-		over := (b.MaxBytes > 0 && total > b.MaxBytes) || (b.MaxAge > 0 && age > b.MaxAge)
-		if !over {
-			continue
+	over := func(e pruneEntry) bool {
+		return (b.MaxBytes > 0 && total > b.MaxBytes) || (b.MaxAge > 0 && now.Sub(e.used) > b.MaxAge)
+	}
+decide:
+	for i := 0; i < len(ents); i += recordBatch {
+		batch := ents[i:min(i+recordBatch, len(ents))]
+		if !over(batch[0]) {
+			break
 		}
-		if age < b.Grace {
-			rep.Kept++
-			continue
+		recs := t.readRecords(c, batch)
+		for j, e := range batch {
+			if !over(e) {
+				break decide
+			}
+			if now.Sub(e.used) < b.Grace {
+				rep.Kept++
+				continue
+			}
+			switch r := recs[j]; {
+			case r.err != nil:
+				rep.Took = time.Since(start)
+				return rep, t.wrap("prune", e.key, t.failure(c, r.err))
+			case !r.found:
+				continue // removed meanwhile
+			case adoptedRecord(r.s, e.mtime):
+				rep.Adopted++
+				continue
+			}
+			victims = append(victims, e)
+			total -= e.size
 		}
-		victims = append(victims, e)
-		total -= e.size
 	}
 	if !dryRun {
 		victims, err = t.removeAll(ctx, c, lease, victims)
@@ -284,9 +308,40 @@ func (t *Tier) removeAll(ctx context.Context, c *conn, lease string, victims []p
 }
 
 type pruneEntry struct {
-	key  digest.Key
-	size int64
-	used time.Time
+	key   digest.Key
+	size  int64
+	used  time.Time
+	mtime time.Time // the data file's
+}
+
+// recordBatch is how many records a pass reads at once.
+const recordBatch = 64
+
+// readRecords reads the records of es, pruneWorkers at a time.
+func (t *Tier) readRecords(c *conn, es []pruneEntry) []sumResult {
+	out := make([]sumResult, len(es))
+	sem := make(chan struct{}, pruneWorkers)
+	var wg sync.WaitGroup
+	for i, e := range es {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			out[i] = t.readSum(c, e.key)
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// adoptedRecord reports whether s is the record of a file flechefs did not
+// write, adopted by a read: adoption records the file's own modification
+// time, which the server gives in whole seconds, as its creation time. An
+// upload records when its value was published, to the millisecond, before
+// the file's later modification time. An upload that happens to match is
+// taken for adopted and kept: the error that never removes what flechefs
+// did not write.
+func adoptedRecord(s sumFile, dataMtime time.Time) bool {
+	return s.created.Unix() == dataMtime.Unix() && s.created.Nanosecond() == 0
 }
 
 // pruneCandidates lists the entries Prune may remove, least recently used
@@ -339,7 +394,7 @@ func (t *Tier) pruneCandidates(ctx context.Context, c *conn, rep *PruneReport) (
 		if u, ok := used[name]; ok && u.ModTime().After(last) {
 			last = u.ModTime()
 		}
-		out = append(out, pruneEntry{key: k, size: fi.Size(), used: last})
+		out = append(out, pruneEntry{key: k, size: fi.Size(), used: last, mtime: fi.ModTime()})
 	}
 	slices.SortFunc(out, func(a, b pruneEntry) int {
 		if c := a.used.Compare(b.used); c != 0 {

@@ -305,7 +305,10 @@ func TestPruneLargeRemote(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Entry i was used n-i minutes ago: keys[0] is the least recently used.
-		if err := WriteLocalSum(root, k.String(), SumRecord{Sum: digest.Of(v), Size: 100, Created: time.Now()}); err != nil {
+		// Created with milliseconds, as an upload records it (a whole
+		// second equal to the file's mtime is an adopted file's).
+		created := time.Now().Truncate(time.Second).Add(123 * time.Millisecond)
+		if err := WriteLocalSum(root, k.String(), SumRecord{Sum: digest.Of(v), Size: 100, Created: created}); err != nil {
 			t.Fatal(err)
 		}
 		at := time.Now().Add(-time.Duration(n-i+60) * time.Minute)
@@ -356,5 +359,50 @@ func TestPruneLargeRemote(t *testing.T) {
 	left, _ := os.ReadDir(filepath.Join(root, ".flechefs", "sums"))
 	if len(left) != n-n/2 {
 		t.Fatalf("%d records left, want %d", len(left), n-n/2)
+	}
+}
+
+// TestPruneKeepsAdopted: a file flechefs did not write, adopted by a read
+// (it has a record now), is never removed by a pass, however old; the
+// entries flechefs uploaded beside it are.
+func TestPruneKeepsAdopted(t *testing.T) {
+	s := sshdtest.Start(t)
+	tr := boundTier(t, s, Bound{MaxBytes: 1, Grace: time.Minute})
+	foreign := tiertest.Key("adopted foreign")
+	data := tiertest.Data(30, 5000)
+	p := localPath(tr, foreign.String())
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-48 * time.Hour).Truncate(time.Second)
+	os.Chtimes(p, old, old)
+	// Read whole and adopted, as the stack does after such a read.
+	r, err := tr.Open(context.Background(), foreign)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := tiers.ReadAll(r); err != nil || len(got) != len(data) {
+		t.Fatalf("read of the foreign file: %d bytes, %v", len(got), err)
+	}
+	if err := r.(tiers.Adopter).Adopt(context.Background(), digest.Of(data)); err != nil {
+		t.Fatalf("adopt: %v", err)
+	}
+	r.Close()
+	if _, err := LocalSum(localPath(tr), foreign.String()); err != nil {
+		t.Fatalf("the read did not adopt the file: %v", err)
+	}
+	ours := tiertest.Key("uploaded beside it")
+	putMarked(t, tr, ours, tiertest.Data(31, 5000))
+	ageEntry(t, tr, ours, 24*time.Hour)
+	ageEntry(t, tr, foreign, 72*time.Hour)
+	rep, err := tr.Prune(context.Background(), tr.opt.Retention, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(rep.Removed, []digest.Key{ours}) || rep.Adopted != 1 {
+		t.Fatalf("removed %v, adopted %d; want only the uploaded entry removed, the adopted one kept", rep.Removed, rep.Adopted)
+	}
+	if b, err := os.ReadFile(p); err != nil || len(b) != len(data) {
+		t.Fatalf("the adopted file: %d bytes, %v", len(b), err)
 	}
 }

@@ -666,6 +666,12 @@ func (t *Tier) putFinal(ctx context.Context, c *conn, w *watch, k digest.Key, r 
 		created = time.Now()
 	}
 	created = recordedCreated(created) // as the sum record keeps it
+	if created.Nanosecond() == 0 {
+		// An upload's record never holds a whole second: adoption
+		// records a file's own mtime, whole seconds, and a retention
+		// pass tells the two apart by it (adoptedRecord).
+		created = created.Add(time.Millisecond)
+	}
 	info := tiers.Info{Key: k, Size: size, Sum: sum, Created: created}
 
 	// Publish. Every write has been answered, so the data is in the temp
