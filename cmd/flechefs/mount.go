@@ -22,6 +22,7 @@ import (
 	"github.com/flechefs/flechefs/tiers"
 	"github.com/flechefs/flechefs/tiers/bolt"
 	"github.com/flechefs/flechefs/tiers/memory"
+	"github.com/flechefs/flechefs/tiers/s3"
 	"github.com/flechefs/flechefs/tiers/sftp"
 )
 
@@ -399,6 +400,11 @@ func (m *mounter) openTier(t config.Tier) (tiers.Tier, error) {
 			m.retainer.add(t, tr)
 		}
 		return tr, err
+	case config.S3:
+		return s3.Open(s3.Options{
+			Name: t.Name, Endpoint: t.Endpoint, Bucket: t.Bucket, Prefix: t.Prefix, Region: t.Region,
+			PathStyle: t.PathStyle, Profile: t.Profile, Timeout: t.Timeout, SpoolDir: m.cfg.SpoolDir, Logger: m.log,
+		})
 	}
 	return nil, fmt.Errorf("unknown kind %q", t.Kind)
 }

@@ -52,14 +52,15 @@ const (
 	Memory Kind = "memory" // RAM, bounded by bytes (tiers/memory)
 	Bolt   Kind = "bolt"   // a bbolt database file (tiers/bolt)
 	SFTP   Kind = "sftp"   // a directory on an SFTP server (tiers/sftp)
+	S3     Kind = "s3"     // a bucket of an S3-compatible object store (tiers/s3)
 )
 
 // Kinds lists the known kinds, in their usual order in a stack.
-var Kinds = []Kind{Memory, Bolt, SFTP}
+var Kinds = []Kind{Memory, Bolt, SFTP, S3}
 
 // Remote reports whether tiers of kind k are remote (shared, slow, fed by
 // the upload queue).
-func (k Kind) Remote() bool { return k == SFTP }
+func (k Kind) Remote() bool { return k == SFTP || k == S3 }
 
 // Config is a parsed, validated configuration.
 type Config struct {
@@ -127,6 +128,15 @@ type Tier struct {
 	MaxAge     time.Duration
 	PruneGrace time.Duration
 	PruneEvery time.Duration
+	// The S3 tier: Endpoint (http(s)://host[:port]), Bucket, Prefix (of
+	// the object names), Region, PathStyle, and the ~/.aws/credentials
+	// Profile when the AWS environment gives no credentials.
+	Endpoint  string
+	Bucket    string
+	Prefix    string
+	Region    string
+	PathStyle bool
+	Profile   string
 	// SSHConfig is the ssh_config file, absolute: ssh -F for transport
 	// "ssh"; for "go", where the URL host's HostName, User, Port and
 	// IdentityFile are read ("": ~/.ssh/config).
@@ -183,6 +193,8 @@ func (c *Config) Describe() string {
 		switch t.Kind {
 		case SFTP:
 			s = t.Name + " " + t.URL
+		case S3:
+			s = t.Name + " s3://" + t.Bucket + "/" + t.Prefix + " at " + t.Endpoint
 		default:
 			s = t.Name + " " + FormatSize(t.Size)
 		}

@@ -56,11 +56,11 @@ var topKeys = []string{
 
 // tierKeys maps each tier key to the kinds that use it.
 var tierKeys = map[string][]Kind{
-	"kind":        {Memory, Bolt, SFTP},
-	"name":        {Memory, Bolt, SFTP},
+	"kind":        {Memory, Bolt, SFTP, S3},
+	"name":        {Memory, Bolt, SFTP, S3},
 	"size":        {Memory, Bolt},
 	"max_entry":   {Memory},
-	"read_only":   {Bolt, SFTP},
+	"read_only":   {Bolt, SFTP, S3},
 	"path":        {Bolt},
 	"url":         {SFTP},
 	"identity":    {SFTP},
@@ -68,7 +68,7 @@ var tierKeys = map[string][]Kind{
 	"agent":       {SFTP},
 	"concurrency": {SFTP},
 	"channels":    {SFTP},
-	"timeout":     {SFTP},
+	"timeout":     {SFTP, S3},
 	"ciphers":     {SFTP},
 	"mode":        {SFTP},
 	"foreign":     {SFTP},
@@ -78,6 +78,12 @@ var tierKeys = map[string][]Kind{
 	"max_age":     {SFTP},
 	"prune_grace": {SFTP},
 	"prune_every": {SFTP},
+	"endpoint":    {S3},
+	"bucket":      {S3},
+	"prefix":      {S3},
+	"region":      {S3},
+	"path_style":  {S3},
+	"profile":     {S3},
 }
 
 // kindAliases are names people reach for, mapped to the kind they mean.
@@ -420,12 +426,12 @@ func (p *parser) tier(i int, m map[string]any) Tier {
 		return t
 	}
 	switch t.Kind = Kind(s); t.Kind {
-	case Memory, Bolt, SFTP:
+	case Memory, Bolt, SFTP, S3:
 	default:
-		hint := "want \"memory\", \"bolt\" or \"sftp\""
+		hint := "want \"memory\", \"bolt\", \"sftp\" or \"s3\""
 		if k, ok := kindAliases[strings.ToLower(s)]; ok {
 			hint = fmt.Sprintf("did you mean %q?", k)
-		} else if k := suggest(s, []string{"memory", "bolt", "sftp"}); k != "" {
+		} else if k := suggest(s, []string{"memory", "bolt", "sftp", "s3"}); k != "" {
 			hint = fmt.Sprintf("did you mean %q?", k)
 		}
 		kf.bad("unknown kind: %s", hint)
@@ -507,6 +513,32 @@ func (p *parser) tier(i int, m map[string]any) Tier {
 			f.duration(time.Minute, 100*365*24*time.Hour, &t.PruneGrace)
 		case "prune_every":
 			f.duration(time.Minute, 30*24*time.Hour, &t.PruneEvery)
+		case "endpoint":
+			if v, ok := f.str(); ok {
+				if e, err := checkEndpoint(v); err != nil {
+					f.bad("%v", err)
+				} else {
+					t.Endpoint = e
+				}
+			}
+		case "bucket":
+			if v, ok := f.str(); ok {
+				t.Bucket = v
+			}
+		case "prefix":
+			if v, ok := f.str(); ok {
+				t.Prefix = v
+			}
+		case "region":
+			if v, ok := f.str(); ok {
+				t.Region = v
+			}
+		case "path_style":
+			f.boolean(&t.PathStyle)
+		case "profile":
+			if v, ok := f.str(); ok {
+				t.Profile = v
+			}
 		}
 	}
 	missing := func(key, example string) {
@@ -530,6 +562,13 @@ func (p *parser) tier(i int, m map[string]any) Tier {
 	case SFTP:
 		if _, ok := m["url"]; !ok {
 			missing("url", `url = "sftp://user@host/srv/flechefs"`)
+		}
+	case S3:
+		if _, ok := m["endpoint"]; !ok {
+			missing("endpoint", `endpoint = "https://s3.example.org"`)
+		}
+		if _, ok := m["bucket"]; !ok {
+			missing("bucket", `bucket = "flechefs"`)
 		}
 	}
 	return t
@@ -702,6 +741,20 @@ func checkName(s string) error {
 		}
 	}
 	return nil
+}
+
+// checkEndpoint checks an S3 endpoint, http(s)://host[:port] (https when
+// the scheme is left out), and returns it with its scheme.
+func checkEndpoint(s string) (string, error) {
+	e := strings.TrimRight(strings.TrimSpace(s), "/")
+	if !strings.Contains(e, "://") {
+		e = "https://" + e
+	}
+	u, err := url.Parse(e)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || u.Path != "" || u.User != nil {
+		return "", fmt.Errorf("endpoint %q: want http(s)://host[:port], no path (the bucket is its own key)", s)
+	}
+	return e, nil
 }
 
 // checkURL checks sftp://[user@]host[:port]/path and returns it cleaned.

@@ -45,6 +45,19 @@ func (c *Config) TOML() string {
 			fmt.Fprintf(&b, "path = %s\n", quotePath(t.Path))
 			fmt.Fprintf(&b, "size = %s\n", exactSize(t.Size))
 			fmt.Fprintf(&b, "read_only = %t\n", t.ReadOnly)
+		case S3:
+			fmt.Fprintf(&b, "endpoint = %s\n", tomlString(t.Endpoint))
+			fmt.Fprintf(&b, "bucket = %s\n", tomlString(t.Bucket))
+			fmt.Fprintf(&b, "prefix = %s\n", tomlString(t.Prefix))
+			if t.Region != "" {
+				fmt.Fprintf(&b, "region = %s\n", tomlString(t.Region))
+			}
+			fmt.Fprintf(&b, "path_style = %t\n", t.PathStyle)
+			if t.Profile != "" {
+				fmt.Fprintf(&b, "profile = %s\n", tomlString(t.Profile))
+			}
+			fmt.Fprintf(&b, "read_only = %t\n", t.ReadOnly)
+			fmt.Fprintf(&b, "timeout = %q\n", t.Timeout.String())
 		case SFTP:
 			fmt.Fprintf(&b, "url = %s\n", tomlString(t.URL))
 			if t.Identity != nil {

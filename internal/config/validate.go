@@ -7,7 +7,7 @@ import (
 )
 
 // baseNames are the default tier names, by kind.
-var baseNames = map[Kind]string{Memory: "ram", Bolt: "bolt", SFTP: "sftp"}
+var baseNames = map[Kind]string{Memory: "ram", Bolt: "bolt", SFTP: "sftp", S3: "s3"}
 
 // Validate fills in the defaults that depend on other settings (tier names,
 // the spool directory, the remote timeout of sftp tiers), checks the stack
@@ -102,6 +102,14 @@ func (c *Config) Validate(env Env) error {
 				warn(t.origin, "%s: a local tier below a remote tier is searched only after the remote; put local tiers first", label)
 			}
 			sawSlow = true
+		case S3:
+			if !t.timeoutSet {
+				t.Timeout = c.RemoteTimeout
+			}
+			if !t.ReadOnly {
+				writableRemote = true
+			}
+			sawSlow, sawRemote = true, true
 		case SFTP:
 			if j, dup := urls[t.URL]; dup {
 				errs = append(errs, t.origin.errorf("%s: url %q is already the remote of %s", label, t.URL, c.label(j)))

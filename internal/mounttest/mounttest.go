@@ -167,6 +167,7 @@ type Opts struct {
 	Wrap          []string // a command prefix for the daemon, e.g. nsenter --net=...
 	Env           []string // more environment for the daemon
 	NoStart       bool     // write the config only; the test calls Start
+	MoreTiers     string   // TOML appended after the tiers (another remote, as [[tier]])
 }
 
 // Node is one machine: its own cache dir (RAM + bbolt) and optionally a remote.
@@ -242,6 +243,7 @@ timeout = %q
 %s
 `, o.RemoteURL, remote.IdentityFile, remote.KnownHosts, o.RemoteTimeout, o.RemoteTier)
 	}
+	cfg += o.MoreTiers
 	if err := os.WriteFile(n.Config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

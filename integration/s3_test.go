@@ -1,0 +1,65 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+
+	"github.com/flechefs/flechefs/internal/mounttest"
+	"github.com/flechefs/flechefs/internal/s3test"
+)
+
+// TestTwoMountsShareABucket: two machines whose remote is the same S3
+// bucket (a real SeaweedFS): a value written on one is uploaded (an object
+// named by its key, with its SHA-256 in metadata) and read on the other;
+// a second writer of the key keeps the first value.
+func TestTwoMountsShareABucket(t *testing.T) {
+	s := s3test.Start(t)
+	tier := fmt.Sprintf("\n[[tier]]\nkind = \"s3\"\nendpoint = %q\nbucket = %q\nprefix = \"cache/\"\npath_style = true\nregion = \"us-east-1\"\n", s.Endpoint, s.Bucket)
+	env := []string{"AWS_ACCESS_KEY_ID=" + s3test.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s3test.SecretKey}
+	a := mounttest.NewNode(t, "s3-a", nil, mounttest.Opts{MoreTiers: tier, Env: env})
+	b := mounttest.NewNode(t, "s3-b", nil, mounttest.Opts{MoreTiers: tier, Env: env})
+	k := mounttest.Key("shared through s3")
+	v := bytes.Repeat([]byte("s3 value "), 300000) // 2.7 MB
+	if err := os.WriteFile(a.Path(k), v, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a.Sync(time.Minute)
+	c, err := s.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := statObject(c, s.Bucket, "cache/"+k)
+	if err != nil || info.Size != int64(len(v)) || info.UserMetadata["Flechefs-Sha256"] != mounttest.Sum(v) {
+		t.Fatalf("the object in the bucket: %+v, %v", info, err)
+	}
+	got, err := os.ReadFile(b.Path(k))
+	if err != nil || !bytes.Equal(got, v) {
+		t.Fatalf("read on the second mount: %d bytes, %v\n%s", len(got), err, b.Stderr())
+	}
+	// Written again on the second mount, whose lookup found the value:
+	// the first value stays everywhere.
+	k2 := mounttest.Key("s3 first writer")
+	if err := os.WriteFile(a.Path(k2), []byte("first"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a.Sync(time.Minute)
+	if err := os.WriteFile(b.Path(k2), []byte("second"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b.Sync(time.Minute)
+	for _, n := range []*mounttest.Node{a, b} {
+		if got, err := os.ReadFile(n.Path(k2)); err != nil || string(got) != "first" {
+			t.Errorf("%s reads %q, %v; want the first value", n.Name, got, err)
+		}
+	}
+}
+
+func statObject(c *minio.Client, bucket, name string) (minio.ObjectInfo, error) {
+	return c.StatObject(context.Background(), bucket, name, minio.StatObjectOptions{})
+}

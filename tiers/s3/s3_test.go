@@ -1,0 +1,46 @@
+package s3
+
+import (
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+
+	"github.com/flechefs/flechefs/internal/s3test"
+	"github.com/flechefs/flechefs/tiers"
+	"github.com/flechefs/flechefs/tiers/tiertest"
+)
+
+var prefixes atomic.Int64
+
+// options are Options of a fresh prefix in s's bucket.
+func options(s *s3test.Server) Options {
+	return Options{
+		Endpoint: s.Endpoint, Bucket: s.Bucket, PathStyle: true, Region: "us-east-1",
+		Prefix:    fmt.Sprintf("t%d/", prefixes.Add(1)),
+		AccessKey: s3test.AccessKey, SecretKey: s3test.SecretKey,
+		Logger: slog.New(slog.DiscardHandler),
+	}
+}
+
+// TestConformance runs the tier suite against a real SeaweedFS.
+func TestConformance(t *testing.T) {
+	s := s3test.Start(t)
+	tiertest.Run(t, func(t *testing.T) tiers.Tier {
+		tr, err := Open(options(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tr
+	}, tiertest.Options{
+		MaxSize: 40 << 20,
+		Reopen: func(t *testing.T, tr tiers.Tier) tiers.Tier {
+			old := tr.(*Tier)
+			again, err := Open(old.opt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return again
+		},
+	})
+}

@@ -1,0 +1,362 @@
+// Package s3 is a remote tier in an S3-compatible object store (AWS S3,
+// Ceph RGW, MinIO, SeaweedFS, Garage), through github.com/minio/minio-go.
+//
+// Objects are the raw values named <prefix><key>, so any S3 tool reads
+// them. The SHA-256 and the creation time travel with the object as user
+// metadata (x-amz-meta-flechefs-sha256, -created), written with the object
+// in the same request: an object is visible with its checksum or not at
+// all. Every read is verified against it by the stack, as for the other
+// tiers. An object without that metadata was not written by flechefs: it is
+// absent to this tier (never served, never listed, never removed).
+//
+// First writer wins: a Put sends If-None-Match: *, and a store that honours
+// it (AWS S3 since 2024, MinIO, SeaweedFS) answers 412 to the second writer
+// of a key, which Put reports as tiers.ErrExist. A store that ignores the
+// header lets the last writer's object stand; two mounts then converge on
+// that one (their reads verify it against its own metadata), but the first
+// value may be replaced.
+//
+// A value whose size and SHA-256 the caller announces is streamed, and the
+// stream fails (so the object is never completed) if the bytes differ; one
+// announced without them is spooled to a temp file first, so that its
+// checksum can go with it.
+package s3
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/flechefs/flechefs/digest"
+	"github.com/flechefs/flechefs/tiers"
+)
+
+// Options configure Open.
+type Options struct {
+	Name     string // default "s3"
+	Endpoint string // http(s)://host[:port]; https when no scheme is given
+	Bucket   string
+	Prefix   string // object names are Prefix + key
+	Region   string
+	// PathStyle addresses the bucket in the path (http://host/bucket/key),
+	// which stores on an IP address or without wildcard DNS need.
+	PathStyle bool
+	// Credentials; when empty, the AWS environment (AWS_ACCESS_KEY_ID,
+	// AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), then ~/.aws/credentials
+	// with Profile.
+	AccessKey, SecretKey, SessionToken string
+	Profile                            string
+	// Timeout bounds each request that hears nothing. Default 10s.
+	Timeout time.Duration
+	// SpoolDir holds a value put without its size and SHA-256 while it
+	// is hashed. Default os.TempDir().
+	SpoolDir string
+	Logger   *slog.Logger
+}
+
+const (
+	metaSum     = "Flechefs-Sha256"
+	metaCreated = "Flechefs-Created"
+	partSize    = 16 << 20
+)
+
+// Tier is an S3 bucket (and prefix) as a tier.
+type Tier struct {
+	opt Options
+	c   *minio.Client
+}
+
+// Open checks the options and makes the client. It does not talk to the
+// store: a store that is down leaves the tier usable once it comes back.
+func Open(opt Options) (*Tier, error) {
+	if opt.Name == "" {
+		opt.Name = "s3"
+	}
+	if opt.Timeout <= 0 {
+		opt.Timeout = 10 * time.Second
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
+	}
+	if opt.Bucket == "" {
+		return nil, fmt.Errorf("%s tier: no bucket", opt.Name)
+	}
+	ep := opt.Endpoint
+	if !strings.Contains(ep, "://") {
+		ep = "https://" + ep
+	}
+	u, err := url.Parse(ep)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || (u.Path != "" && u.Path != "/") {
+		return nil, fmt.Errorf("%s tier: endpoint %q: want http(s)://host[:port]", opt.Name, opt.Endpoint)
+	}
+	var creds *credentials.Credentials
+	if opt.AccessKey != "" {
+		creds = credentials.NewStaticV4(opt.AccessKey, opt.SecretKey, opt.SessionToken)
+	} else {
+		creds = credentials.NewChainCredentials([]credentials.Provider{
+			&credentials.EnvAWS{},
+			&credentials.FileAWSCredentials{Profile: opt.Profile},
+		})
+	}
+	lookup := minio.BucketLookupDNS
+	if opt.PathStyle {
+		lookup = minio.BucketLookupPath
+	}
+	tr := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: opt.Timeout, KeepAlive: 15 * time.Second}).DialContext,
+		MaxIdleConnsPerHost:   32,
+		IdleConnTimeout:       time.Minute,
+		TLSHandshakeTimeout:   opt.Timeout,
+		ResponseHeaderTimeout: opt.Timeout,
+	}
+	c, err := minio.New(u.Host, &minio.Options{
+		Creds: creds, Secure: u.Scheme == "https", Region: opt.Region,
+		BucketLookup: lookup, Transport: tr, MaxRetries: 3,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s tier: %w", opt.Name, err)
+	}
+	return &Tier{opt: opt, c: c}, nil
+}
+
+// Name returns Options.Name.
+func (t *Tier) Name() string { return t.opt.Name }
+
+// Close releases nothing: requests end with their contexts.
+func (t *Tier) Close() error { return nil }
+
+func (t *Tier) object(k digest.Key) string { return t.opt.Prefix + k.String() }
+
+// wrap makes err a tiers error: absent, existing, or the store unreachable.
+func (t *Tier) wrap(op string, k digest.Key, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, tiers.ErrNotFound) || errors.Is(err, tiers.ErrExist) || errors.Is(err, tiers.ErrCorrupt) ||
+		errors.Is(err, context.Canceled) {
+		return tiers.Wrap(t.opt.Name, op, k, err)
+	}
+	resp := minio.ToErrorResponse(err)
+	switch {
+	case resp.Code == "NoSuchKey" || resp.StatusCode == http.StatusNotFound && resp.Code != "NoSuchBucket":
+		return tiers.Wrap(t.opt.Name, op, k, tiers.ErrNotFound)
+	case resp.StatusCode == http.StatusPreconditionFailed:
+		return tiers.Wrap(t.opt.Name, op, k, tiers.ErrExist)
+	case resp.StatusCode == 0 || resp.StatusCode >= 500:
+		return tiers.Wrap(t.opt.Name, op, k, fmt.Errorf("%w: %s: %v", tiers.ErrUnavailable, t.opt.Endpoint, err))
+	}
+	return tiers.Wrap(t.opt.Name, op, k, fmt.Errorf("%s: %w", t.opt.Endpoint, err))
+}
+
+// info is the Info of object o of key k, or ErrNotFound when it carries no
+// checksum (not written by flechefs).
+func (t *Tier) info(k digest.Key, o minio.ObjectInfo) (tiers.Info, error) {
+	sum, err := digest.ParseSum(o.UserMetadata[metaSum])
+	if err != nil || sum.IsZero() {
+		return tiers.Info{}, fmt.Errorf("%w: %s has no flechefs checksum (not written by flechefs)", tiers.ErrNotFound, o.Key)
+	}
+	created := o.LastModified
+	if ms, err := time.Parse(time.RFC3339Nano, o.UserMetadata[metaCreated]); err == nil {
+		created = ms
+	}
+	return tiers.Info{Key: k, Size: o.Size, Sum: sum, Created: created}, nil
+}
+
+func (t *Tier) Stat(ctx context.Context, k digest.Key) (tiers.Info, error) {
+	ctx, cancel := context.WithTimeout(ctx, t.opt.Timeout)
+	defer cancel()
+	o, err := t.c.StatObject(ctx, t.opt.Bucket, t.object(k), minio.StatObjectOptions{})
+	if err != nil {
+		return tiers.Info{}, t.wrap("stat", k, err)
+	}
+	info, err := t.info(k, o)
+	return info, t.wrap("stat", k, err)
+}
+
+// Open opens the object for reads at offsets: each ReadAt is a ranged GET
+// (minio-go's Object), so a reader gets its first bytes early.
+func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
+	info, err := t.Stat(ctx, k)
+	if err != nil {
+		return nil, err
+	}
+	o, err := t.c.GetObject(context.Background(), t.opt.Bucket, t.object(k), minio.GetObjectOptions{})
+	if err != nil {
+		return nil, t.wrap("open", k, err)
+	}
+	return &reader{t: t, k: k, o: o, info: info}, nil
+}
+
+type reader struct {
+	t    *Tier
+	k    digest.Key
+	o    *minio.Object
+	info tiers.Info
+}
+
+func (r *reader) Info() tiers.Info { return r.info }
+func (r *reader) Close() error     { return r.o.Close() }
+
+func (r *reader) ReadAt(p []byte, off int64) (int, error) {
+	if off >= r.info.Size {
+		return 0, io.EOF
+	}
+	n, err := r.o.ReadAt(p, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return n, r.t.wrap("read", r.k, err)
+	}
+	if n < len(p) && off+int64(n) >= r.info.Size {
+		return n, io.EOF
+	}
+	return n, err
+}
+
+// Put stores the value under k unless the key has one (ErrExist).
+func (t *Tier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta) (tiers.Info, error) {
+	if m.Size < 0 || m.Sum.IsZero() {
+		return t.putSpooled(ctx, k, r, m)
+	}
+	created := m.Created
+	if created.IsZero() {
+		created = time.Now()
+	}
+	v := &verifier{r: r, h: sha256.New(), want: m.Sum, size: m.Size}
+	opts := minio.PutObjectOptions{
+		UserMetadata: map[string]string{metaSum: m.Sum.String(), metaCreated: created.UTC().Format(time.RFC3339Nano)},
+		ContentType:  "application/octet-stream",
+		PartSize:     partSize,
+		NumThreads:   2,
+	}
+	opts.SetMatchETagExcept("*")
+	if _, err := t.c.PutObject(ctx, t.opt.Bucket, t.object(k), v, m.Size, opts); err != nil {
+		if v.err != nil {
+			return tiers.Info{}, tiers.Wrap(t.opt.Name, "put", k, v.err)
+		}
+		return tiers.Info{}, t.wrap("put", k, err)
+	}
+	return tiers.Info{Key: k, Size: m.Size, Sum: m.Sum, Created: created}, nil
+}
+
+// putSpooled hashes a value of unknown size or checksum into a temp file,
+// then puts it with both.
+func (t *Tier) putSpooled(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta) (tiers.Info, error) {
+	f, err := os.CreateTemp(t.opt.SpoolDir, "flechefs-s3-*")
+	if err != nil {
+		return tiers.Info{}, tiers.Wrap(t.opt.Name, "put", k, err)
+	}
+	os.Remove(f.Name())
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), r)
+	if err != nil {
+		return tiers.Info{}, tiers.Wrap(t.opt.Name, "put", k, err)
+	}
+	var sum digest.Sum
+	copy(sum[:], h.Sum(nil))
+	if m.Size >= 0 && n != m.Size {
+		return tiers.Info{}, tiers.Wrap(t.opt.Name, "put", k, fmt.Errorf("%w: %d bytes, announced %d", tiers.ErrCorrupt, n, m.Size))
+	}
+	if !m.Sum.IsZero() && sum != m.Sum {
+		return tiers.Info{}, tiers.Wrap(t.opt.Name, "put", k, fmt.Errorf("%w: sha256 %s, announced %s", tiers.ErrCorrupt, sum, m.Sum))
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return tiers.Info{}, tiers.Wrap(t.opt.Name, "put", k, err)
+	}
+	return t.Put(ctx, k, f, tiers.Meta{Size: n, Sum: sum, Created: m.Created})
+}
+
+// verifier passes a value through, and fails the stream instead of ending
+// it when the bytes are not the ones announced: the store then never
+// completes the object.
+type verifier struct {
+	r    io.Reader
+	h    hash.Hash
+	want digest.Sum
+	size int64
+	n    int64
+	err  error
+}
+
+func (v *verifier) Read(p []byte) (int, error) {
+	if v.err != nil {
+		return 0, v.err
+	}
+	n, err := v.r.Read(p)
+	v.n += int64(n)
+	v.h.Write(p[:n])
+	if v.n > v.size {
+		v.err = fmt.Errorf("%w: longer than the announced %d bytes", tiers.ErrCorrupt, v.size)
+		return 0, v.err
+	}
+	if errors.Is(err, io.EOF) {
+		var sum digest.Sum
+		copy(sum[:], v.h.Sum(nil))
+		switch {
+		case v.n != v.size:
+			v.err = fmt.Errorf("%w: %d bytes, announced %d", tiers.ErrCorrupt, v.n, v.size)
+		case sum != v.want:
+			v.err = fmt.Errorf("%w: sha256 %s, announced %s", tiers.ErrCorrupt, sum, v.want)
+		}
+		if v.err != nil {
+			return n, v.err
+		}
+	} else if err != nil {
+		v.err = err
+	}
+	if v.n == v.size && err == nil {
+		// The last byte is here: check now, as the client may not read
+		// again to see EOF.
+		var sum digest.Sum
+		copy(sum[:], v.h.Sum(nil))
+		if sum != v.want {
+			v.err = fmt.Errorf("%w: sha256 %s, announced %s", tiers.ErrCorrupt, sum, v.want)
+			return 0, v.err
+		}
+	}
+	return n, err
+}
+
+// Delete removes k's object; ErrNotFound when there is none of flechefs's.
+func (t *Tier) Delete(ctx context.Context, k digest.Key) error {
+	if _, err := t.Stat(ctx, k); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, t.opt.Timeout)
+	defer cancel()
+	return t.wrap("delete", k, t.c.RemoveObject(ctx, t.opt.Bucket, t.object(k), minio.RemoveObjectOptions{}))
+}
+
+// List reports the objects under the prefix whose names are keys, with
+// their sizes and times and a zero Sum (the metadata takes a request each;
+// objects flechefs did not write are listed too, and absent to Stat).
+func (t *Tier) List(ctx context.Context, fn func(tiers.Info) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for o := range t.c.ListObjects(ctx, t.opt.Bucket, minio.ListObjectsOptions{Prefix: t.opt.Prefix}) {
+		if o.Err != nil {
+			return t.wrap("list", digest.Key{}, o.Err)
+		}
+		k, err := digest.Parse(strings.TrimPrefix(o.Key, t.opt.Prefix))
+		if err != nil {
+			continue
+		}
+		if err := fn(tiers.Info{Key: k, Size: o.Size, Created: o.LastModified}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
