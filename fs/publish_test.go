@@ -264,7 +264,7 @@ func listNames(t *testing.T, dir string) []string {
 // TestRenameClosedScratchPublishes: a temp file closed and then renamed
 // to a key is readable under the key as soon as the rename returns, even
 // while the kernel's RELEASE of its handle is still to come. Here a dup of
-// the descriptor holds the handle 200 ms after the first close (its FLUSH):
+// the descriptor holds the handle 50 ms after the first close (its FLUSH):
 // the rename waits for that RELEASE instead of leaving the publish to it.
 func TestRenameClosedScratchPublishes(t *testing.T) {
 	m := mountT(t, Options{})
@@ -285,8 +285,8 @@ func TestRenameClosedScratchPublishes(t *testing.T) {
 	}
 	closed := make(chan struct{})
 	go func() {
-		time.Sleep(200 * time.Millisecond)
-		syscall.Close(dup) // FLUSH and RELEASE
+		time.Sleep(50 * time.Millisecond) // well within releaseWait
+		syscall.Close(dup)                // FLUSH and RELEASE
 		close(closed)
 	}()
 	t.Cleanup(func() { <-closed }) // before the unmount

@@ -359,10 +359,12 @@ func (f *fetch) run(r Reader) {
 	}
 	if err != nil {
 		if errors.Is(err, ErrCorrupt) {
-			f.s.corrupt(f.l, k, err)
 			if f.prefetch {
-				f.s.damaged.add(k, err) // for the Open that follows the lookup
+				// For the Open that follows the lookup; before the
+				// quarantine, which makes the copy absent.
+				f.s.damaged.add(k, err)
 			}
+			f.s.corrupt(f.l, k, err)
 		} else {
 			f.s.noteErr(f.l, err)
 			f.s.log.Warn("remote fetch failed", "tier", f.l.name, "key", k.String(), "err", err)

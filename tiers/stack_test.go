@@ -661,7 +661,7 @@ func TestMissesCounted(t *testing.T) {
 // Policy.DamagedTTL.
 func TestDamagedFoundByLookupReadsDamaged(t *testing.T) {
 	ram, remote := mem(t, "ram", 64<<20), mem(t, "remote", 64<<20)
-	const ttl = 200 * time.Millisecond
+	const ttl = 2 * time.Second
 	s := newStack(t, tiers.StackOptions{Policy: tiers.Policy{DamagedTTL: ttl}},
 		tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
 	remote.flip.Store(true)
