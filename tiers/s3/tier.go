@@ -9,12 +9,15 @@
 // tiers. An object without that metadata was not written by flechefs: it is
 // absent to this tier (never served, never listed, never removed).
 //
-// First writer wins: a Put sends If-None-Match: *, and a store that honours
-// it (AWS S3 since 2024, MinIO, SeaweedFS) answers 412 to the second writer
-// of a key, which Put reports as tiers.ErrExist. A store that ignores the
-// header lets the last writer's object stand; two mounts then converge on
-// that one (their reads verify it against its own metadata), but the first
-// value may be replaced.
+// First writer wins: a Put is one PUT (never a multipart upload, whose
+// completion SeaweedFS does not make conditional) with If-None-Match: *,
+// and a store that honours it (AWS S3 since 2024, MinIO, SeaweedFS)
+// answers 412 to the second writer of a key, which Put reports as
+// tiers.ErrExist. So a value is at most 5 GiB. A store that ignores the
+// header lets a later upload replace the object: the first writer's mount
+// then keeps serving its own copy while other mounts read the replacement,
+// so such a store must not be shared by mounts that may write one key
+// (the conformance suite's FirstWriterWins tells).
 //
 // A value whose size and SHA-256 the caller announces is streamed, and the
 // stream fails (so the object is never completed) if the bytes differ; one
@@ -70,7 +73,8 @@ type Options struct {
 const (
 	metaSum     = "Flechefs-Sha256"
 	metaCreated = "Flechefs-Created"
-	partSize    = 16 << 20
+	// maxPut is the largest value one S3 PUT takes.
+	maxPut = 5 << 30
 )
 
 // Tier is an S3 bucket (and prefix) as a tier.
@@ -230,6 +234,9 @@ func (t *Tier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 	if m.Size < 0 || m.Sum.IsZero() {
 		return t.putSpooled(ctx, k, r, m)
 	}
+	if m.Size > maxPut {
+		return tiers.Info{}, tiers.Wrap(t.opt.Name, "put", k, fmt.Errorf("%d bytes: an S3 tier holds values of at most 5 GiB (one PUT)", m.Size))
+	}
 	created := m.Created
 	if created.IsZero() {
 		created = time.Now()
@@ -238,8 +245,11 @@ func (t *Tier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 	opts := minio.PutObjectOptions{
 		UserMetadata: map[string]string{metaSum: m.Sum.String(), metaCreated: created.UTC().Format(time.RFC3339Nano)},
 		ContentType:  "application/octet-stream",
-		PartSize:     partSize,
-		NumThreads:   2,
+		// One PUT, never a multipart upload: stores honour If-None-Match
+		// on a PUT, and not all on a multipart upload's completion
+		// (SeaweedFS lets a second writer's completion replace the
+		// object), which would let two mounts keep different values.
+		DisableMultipart: true,
 	}
 	opts.SetMatchETagExcept("*")
 	if _, err := t.c.PutObject(ctx, t.opt.Bucket, t.object(k), v, m.Size, opts); err != nil {
@@ -298,34 +308,24 @@ func (v *verifier) Read(p []byte) (int, error) {
 	n, err := v.r.Read(p)
 	v.n += int64(n)
 	v.h.Write(p[:n])
-	if v.n > v.size {
+	switch {
+	case v.n > v.size:
 		v.err = fmt.Errorf("%w: longer than the announced %d bytes", tiers.ErrCorrupt, v.size)
-		return 0, v.err
-	}
-	if errors.Is(err, io.EOF) {
-		var sum digest.Sum
-		copy(sum[:], v.h.Sum(nil))
-		switch {
-		case v.n != v.size:
-			v.err = fmt.Errorf("%w: %d bytes, announced %d", tiers.ErrCorrupt, v.n, v.size)
-		case sum != v.want:
-			v.err = fmt.Errorf("%w: sha256 %s, announced %s", tiers.ErrCorrupt, sum, v.want)
-		}
-		if v.err != nil {
-			return n, v.err
-		}
-	} else if err != nil {
-		v.err = err
-	}
-	if v.n == v.size && err == nil {
-		// The last byte is here: check now, as the client may not read
-		// again to see EOF.
+	case v.n == v.size:
+		// Checked at the last byte: the client may not read again to see
+		// the end.
 		var sum digest.Sum
 		copy(sum[:], v.h.Sum(nil))
 		if sum != v.want {
 			v.err = fmt.Errorf("%w: sha256 %s, announced %s", tiers.ErrCorrupt, sum, v.want)
-			return 0, v.err
 		}
+	case errors.Is(err, io.EOF):
+		v.err = fmt.Errorf("%w: %d bytes, announced %d", tiers.ErrCorrupt, v.n, v.size)
+	case err != nil:
+		v.err = err
+	}
+	if v.err != nil {
+		return 0, v.err
 	}
 	return n, err
 }
