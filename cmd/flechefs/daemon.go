@@ -118,7 +118,7 @@ func (b *background) start(c *cli, mnt string, args []string) int {
 		if err := os.MkdirAll(filepath.Dir(b.logFile), 0o700); err != nil {
 			return c.fail("log file: %v", err)
 		}
-		out, err = os.OpenFile(b.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		out, err = os.OpenFile(b.logFile, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o600)
 		if err == nil {
 			logStart, _ = out.Seek(0, io.SeekEnd)
 		}
@@ -160,7 +160,7 @@ func (b *background) start(c *cli, mnt string, args []string) int {
 	// The pipe closed with no word: the daemon exited (or closed it
 	// without mounting, which it never does).
 	err = cmd.Wait()
-	if tail, rerr := readFrom(out.Name(), out, logStart); rerr == nil {
+	if tail, rerr := readFrom(out, logStart); rerr == nil {
 		c.stderr.Write(tail)
 	}
 	code := exitFail
@@ -172,26 +172,14 @@ func (b *background) start(c *cli, mnt string, args []string) int {
 	return code
 }
 
-// readFrom returns what f (opened for writing, named name) holds from off.
-func readFrom(name string, f *os.File, off int64) ([]byte, error) {
-	if _, err := os.Stat(name); err != nil {
-		// Unlinked (the syslog case): read through the descriptor.
-		b := make([]byte, 64<<10)
-		n, err := f.ReadAt(b, off)
-		if errors.Is(err, io.EOF) {
-			err = nil
-		}
-		return b[:n], err
+// readFrom returns up to 64 KiB of what f holds from off.
+func readFrom(f *os.File, off int64) ([]byte, error) {
+	b := make([]byte, 64<<10)
+	n, err := f.ReadAt(b, off)
+	if errors.Is(err, io.EOF) {
+		err = nil
 	}
-	r, err := os.Open(name)
-	if err != nil {
-		return nil, err
-	}
-	defer r.Close()
-	if _, err := r.Seek(off, io.SeekStart); err != nil {
-		return nil, err
-	}
-	return io.ReadAll(io.LimitReader(r, 64<<10))
+	return b[:n], err
 }
 
 // pidFile is the pid file of a running background daemon.

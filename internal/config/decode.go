@@ -238,6 +238,13 @@ func (f field) enum(dst *string, values ...string) {
 	*dst = s
 }
 
+// text stores a string value in dst.
+func (f field) text(dst *string) {
+	if v, ok := f.str(); ok {
+		*dst = v
+	}
+}
+
 func (f field) duration(lo, hi time.Duration, dst *time.Duration) {
 	s, ok := f.v.(string)
 	if !ok {
@@ -522,23 +529,15 @@ func (p *parser) tier(i int, m map[string]any) Tier {
 				}
 			}
 		case "bucket":
-			if v, ok := f.str(); ok {
-				t.Bucket = v
-			}
+			f.text(&t.Bucket)
 		case "prefix":
-			if v, ok := f.str(); ok {
-				t.Prefix = v
-			}
+			f.text(&t.Prefix)
 		case "region":
-			if v, ok := f.str(); ok {
-				t.Region = v
-			}
+			f.text(&t.Region)
 		case "path_style":
 			f.boolean(&t.PathStyle)
 		case "profile":
-			if v, ok := f.str(); ok {
-				t.Profile = v
-			}
+			f.text(&t.Profile)
 		}
 	}
 	missing := func(key, example string) {
