@@ -394,17 +394,22 @@ func (m *mounter) openTier(t config.Tier) (tiers.Tier, error) {
 			UseAgent: t.Agent, Timeout: t.Timeout, ReadOnly: t.ReadOnly, Mode: os.FileMode(t.Mode),
 			Concurrency: t.Concurrency, Channels: t.Channels, Ciphers: t.Ciphers, Logger: m.log, Lazy: true,
 			Foreign: sftp.Foreign(t.Foreign), Transport: sftp.Transport(t.Transport), SSHConfig: t.SSHConfig,
-			Retention: sftp.Bound{MaxBytes: t.MaxSize, MaxAge: t.MaxAge, Grace: t.PruneGrace},
+			Retention: retention(t),
 		})
-		if err == nil && (t.MaxSize > 0 || t.MaxAge > 0) {
+		if err == nil && retention(t).On() {
 			m.retainer.add(t, tr)
 		}
 		return tr, err
 	case config.S3:
-		return s3.Open(s3.Options{
+		tr, err := s3.Open(s3.Options{
 			Name: t.Name, Endpoint: t.Endpoint, Bucket: t.Bucket, Prefix: t.Prefix, Region: t.Region,
 			PathStyle: t.PathStyle, Profile: t.Profile, Timeout: t.Timeout, SpoolDir: m.cfg.SpoolDir, Logger: m.log,
+			Retention: retention(t),
 		})
+		if err == nil && retention(t).On() {
+			m.retainer.add(t, tr)
+		}
+		return tr, err
 	}
 	return nil, fmt.Errorf("unknown kind %q", t.Kind)
 }

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/flechefs/flechefs/internal/config"
-	"github.com/flechefs/flechefs/tiers/sftp"
+	"github.com/flechefs/flechefs/tiers"
 )
 
 // A mount's retention: the passes over its bounded remotes (max_size,
@@ -32,19 +32,19 @@ const (
 // retained is one bounded remote tier of a mount.
 type retained struct {
 	name  string
-	tier  *sftp.Tier
-	bound sftp.Bound
+	tier  tiers.Pruner
+	bound tiers.Bound
 	every time.Duration
 }
 
 // pruneResult is one tier's pass, as the control files say it.
 type pruneResult struct {
-	Tier     string           `json:"tier"`
-	MaxBytes int64            `json:"max_bytes,omitempty"`
-	MaxAge   string           `json:"max_age,omitempty"`
-	At       time.Time        `json:"at"`
-	Report   sftp.PruneReport `json:"report"`
-	Error    string           `json:"error,omitempty"`
+	Tier     string            `json:"tier"`
+	MaxBytes int64             `json:"max_bytes,omitempty"`
+	MaxAge   string            `json:"max_age,omitempty"`
+	At       time.Time         `json:"at"`
+	Report   tiers.PruneReport `json:"report"`
+	Error    string            `json:"error,omitempty"`
 }
 
 // retainer runs the passes of a mount.
@@ -55,9 +55,13 @@ type retainer struct {
 	last  map[string]pruneResult // under mu
 }
 
-func (r *retainer) add(t config.Tier, tr *sftp.Tier) {
-	r.tiers = append(r.tiers, retained{name: t.Name, tier: tr,
-		bound: sftp.Bound{MaxBytes: t.MaxSize, MaxAge: t.MaxAge, Grace: t.PruneGrace}, every: t.PruneEvery})
+func (r *retainer) add(t config.Tier, tr tiers.Pruner) {
+	r.tiers = append(r.tiers, retained{name: t.Name, tier: tr, bound: retention(t), every: t.PruneEvery})
+}
+
+// retention is t's bound (off when it sets neither max_size nor max_age).
+func retention(t config.Tier) tiers.Bound {
+	return tiers.Bound{MaxBytes: t.MaxSize, MaxAge: t.MaxAge, Grace: t.PruneGrace}
 }
 
 // start runs each tier's passes every prune_every until ctx ends.
@@ -92,7 +96,7 @@ func (r *retainer) pass(ctx context.Context, t retained, dry bool) pruneResult {
 	if err != nil {
 		res.Error = err.Error()
 	}
-	if !dry && !errors.Is(err, sftp.ErrLeaseHeld) {
+	if !dry && !errors.Is(err, tiers.ErrLeaseHeld) {
 		r.mu.Lock()
 		if r.last == nil {
 			r.last = map[string]pruneResult{}
@@ -210,7 +214,7 @@ func printPrune(w io.Writer, r pruneResult, dry bool) bool {
 		fmt.Fprintf(w, "%s (%s): %s\n", r.Tier, bound, r.Error)
 		// Another mount pruning is not a failure: the remote is being
 		// brought under its bound.
-		return strings.Contains(r.Error, sftp.ErrLeaseHeld.Error())
+		return strings.Contains(r.Error, tiers.ErrLeaseHeld.Error())
 	}
 	rep := r.Report
 	verb := "removed"

@@ -58,6 +58,7 @@ func (c *Config) TOML() string {
 			}
 			fmt.Fprintf(&b, "read_only = %t\n", t.ReadOnly)
 			fmt.Fprintf(&b, "timeout = %q\n", t.Timeout.String())
+			formatRetention(&b, t)
 		case SFTP:
 			fmt.Fprintf(&b, "url = %s\n", tomlString(t.URL))
 			if t.Identity != nil {
@@ -78,16 +79,7 @@ func (c *Config) TOML() string {
 			fmt.Fprintf(&b, "mode = \"%04o\"\n", t.Mode)
 			fmt.Fprintf(&b, "foreign = %q\n", t.Foreign)
 			fmt.Fprintf(&b, "transport = %q\n", t.Transport)
-			if t.MaxSize > 0 {
-				fmt.Fprintf(&b, "max_size = %q\n", FormatSize(t.MaxSize))
-			}
-			if t.MaxAge > 0 {
-				fmt.Fprintf(&b, "max_age = %q\n", t.MaxAge.String())
-			}
-			if t.PruneGrace > 0 {
-				fmt.Fprintf(&b, "prune_grace = %q\n", t.PruneGrace.String())
-				fmt.Fprintf(&b, "prune_every = %q\n", t.PruneEvery.String())
-			}
+			formatRetention(&b, t)
 			if t.SSHConfig != "" {
 				fmt.Fprintf(&b, "ssh_config = %s\n", quotePath(t.SSHConfig))
 			}
@@ -149,4 +141,18 @@ func comment(s string) string {
 		}
 		return r
 	}, s)
+}
+
+// formatRetention writes a remote tier's retention keys, when it is bounded.
+func formatRetention(b *strings.Builder, t Tier) {
+	if t.MaxSize > 0 {
+		fmt.Fprintf(b, "max_size = %q\n", FormatSize(t.MaxSize))
+	}
+	if t.MaxAge > 0 {
+		fmt.Fprintf(b, "max_age = %q\n", t.MaxAge.String())
+	}
+	if t.PruneGrace > 0 {
+		fmt.Fprintf(b, "prune_grace = %q\n", t.PruneGrace.String())
+		fmt.Fprintf(b, "prune_every = %q\n", t.PruneEvery.String())
+	}
 }

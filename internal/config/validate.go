@@ -106,6 +106,7 @@ func (c *Config) Validate(env Env) error {
 			if !t.timeoutSet {
 				t.Timeout = c.RemoteTimeout
 			}
+			errs = t.validateRetention(label, errs)
 			if !t.ReadOnly {
 				writableRemote = true
 			}
@@ -121,19 +122,7 @@ func (c *Config) Validate(env Env) error {
 			if t.Transport == "" {
 				t.Transport = "go"
 			}
-			if t.MaxSize > 0 || t.MaxAge > 0 {
-				if t.PruneGrace == 0 {
-					t.PruneGrace = DefaultPruneGrace
-				}
-				if t.PruneEvery == 0 {
-					t.PruneEvery = DefaultPruneEvery
-				}
-				if t.ReadOnly {
-					errs = append(errs, t.origin.errorf("%s: max_size and max_age need a writable tier (read_only = true)", label))
-				}
-			} else if t.PruneGrace > 0 || t.PruneEvery > 0 {
-				errs = append(errs, t.origin.errorf("%s: prune_grace and prune_every have no effect without max_size or max_age", label))
-			}
+			errs = t.validateRetention(label, errs)
 			// The system's ssh finds its own known_hosts and keys.
 			if t.KnownHosts == "" && env.Home != "" && t.Transport == "go" {
 				t.KnownHosts = filepath.Join(env.Home, ".ssh", "known_hosts")
@@ -156,4 +145,23 @@ func (c *Config) Validate(env Env) error {
 		return errs
 	}
 	return nil
+}
+
+// validateRetention sets the defaults of a bounded remote tier's passes
+// and refuses settings that bound nothing.
+func (t *Tier) validateRetention(label string, errs Errors) Errors {
+	if t.MaxSize > 0 || t.MaxAge > 0 {
+		if t.PruneGrace == 0 {
+			t.PruneGrace = DefaultPruneGrace
+		}
+		if t.PruneEvery == 0 {
+			t.PruneEvery = DefaultPruneEvery
+		}
+		if t.ReadOnly {
+			errs = append(errs, t.origin.errorf("%s: max_size and max_age need a writable tier (read_only = true)", label))
+		}
+	} else if t.PruneGrace > 0 || t.PruneEvery > 0 {
+		errs = append(errs, t.origin.errorf("%s: prune_grace and prune_every have no effect without max_size or max_age", label))
+	}
+	return errs
 }

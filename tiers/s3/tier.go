@@ -64,6 +64,9 @@ type Options struct {
 	Profile                            string
 	// Timeout bounds each request that hears nothing. Default 10s.
 	Timeout time.Duration
+	// Retention bounds the prefix (retention.go): entries are marked when
+	// used, and Prune removes the least recently used.
+	Retention tiers.Bound
 	// SpoolDir holds a value put without its size and SHA-256 while it
 	// is hashed. Default os.TempDir().
 	SpoolDir string
@@ -79,8 +82,11 @@ const (
 
 // Tier is an S3 bucket (and prefix) as a tier.
 type Tier struct {
-	opt Options
-	c   *minio.Client
+	opt    Options
+	c      *minio.Client
+	ctx    context.Context // ends at Close: the background marks stop
+	cancel context.CancelFunc
+	marks  *tiers.UseMarks // last-use marks, when Options.Retention bounds the prefix
 }
 
 // Open checks the options and makes the client. It does not talk to the
@@ -134,14 +140,24 @@ func Open(opt Options) (*Tier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s tier: %w", opt.Name, err)
 	}
-	return &Tier{opt: opt, c: c}, nil
+	t := &Tier{opt: opt, c: c}
+	t.ctx, t.cancel = context.WithCancel(context.Background())
+	if opt.Retention.On() {
+		t.marks = tiers.NewUseMarks(t.ctx, t.touchUsed, func(k digest.Key, err error) {
+			opt.Logger.Debug("last-use mark failed", "tier", opt.Name, "key", k.String(), "err", err)
+		})
+	}
+	return t, nil
 }
 
 // Name returns Options.Name.
 func (t *Tier) Name() string { return t.opt.Name }
 
-// Close releases nothing: requests end with their contexts.
-func (t *Tier) Close() error { return nil }
+// Close stops the background marks; requests end with their contexts.
+func (t *Tier) Close() error {
+	t.cancel()
+	return nil
+}
 
 func (t *Tier) object(k digest.Key) string { return t.opt.Prefix + k.String() }
 
@@ -171,7 +187,7 @@ func (t *Tier) wrap(op string, k digest.Key, err error) error {
 func (t *Tier) info(k digest.Key, o minio.ObjectInfo) (tiers.Info, error) {
 	sum, err := digest.ParseSum(o.UserMetadata[metaSum])
 	if err != nil || sum.IsZero() {
-		return tiers.Info{}, fmt.Errorf("%w: %s has no flechefs checksum (not written by flechefs)", tiers.ErrNotFound, o.Key)
+		return tiers.Info{}, fmt.Errorf("%w: %s has no flechefs checksum", tiers.ErrForeign, o.Key)
 	}
 	created := o.LastModified
 	if ms, err := time.Parse(time.RFC3339Nano, o.UserMetadata[metaCreated]); err == nil {
@@ -202,6 +218,7 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 	if err != nil {
 		return nil, t.wrap("open", k, err)
 	}
+	t.used(k)
 	return &reader{t: t, k: k, o: o, info: info}, nil
 }
 
@@ -258,6 +275,7 @@ func (t *Tier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 		}
 		return tiers.Info{}, t.wrap("put", k, err)
 	}
+	t.used(k)
 	return tiers.Info{Key: k, Size: m.Size, Sum: m.Sum, Created: created}, nil
 }
 

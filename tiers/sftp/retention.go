@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path"
-	"slices"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/flechefs/flechefs/digest"
@@ -24,7 +21,7 @@ import (
 //	<root>/.flechefs/prune.lease    held by the one mount pruning
 //
 // A read or an upload marks the entry used, off the request's path and at
-// most once per markEvery per key and process, so a day's reads of an entry
+// most once per tiers.MarkEvery per key and process, so a day's reads of an entry
 // cost one request. An entry never marked was last used when its record was
 // written. Every mount of a bounded remote should carry the bound, so that
 // its reads count.
@@ -36,102 +33,34 @@ import (
 // than Grace ago. It removes an entry as Delete does (the record first,
 // then the data), then its marker. One mount at a time prunes a remote: the
 // lease is a file made with O_EXCL, refreshed while the pass runs, and
-// taken over only once it is leaseStale old (its holder died).
+// taken over only once it is tiers.LeaseStale old (its holder died).
 
-// Bound is a remote tier's retention.
-type Bound struct {
-	MaxBytes int64         // bytes of values; 0: no bound
-	MaxAge   time.Duration // since last use; 0: no bound
-	Grace    time.Duration // never remove an entry used more recently; default 1h
-}
-
-// On reports whether b bounds anything.
-func (b Bound) On() bool { return b.MaxBytes > 0 || b.MaxAge > 0 }
-
-const (
-	defaultGrace = time.Hour
-	markEvery    = 24 * time.Hour
-	// marksKept bounds the marks remembered per process; past it the
-	// memory is cleared, which costs one more mark per key.
-	marksKept  = 1 << 16
-	leaseStale = 10 * time.Minute
-	// leaseRefresh: a pass touches its lease this often.
-	leaseRefresh = time.Minute
+// The bound, the report, the marks and the choice of victims are the
+// tiers package's (tiers/retention.go), shared with the other remote kinds.
+type (
+	Bound       = tiers.Bound
+	PruneReport = tiers.PruneReport
 )
 
 // ErrLeaseHeld is Prune's error when another mount holds the lease.
-var ErrLeaseHeld = errors.New("another mount is pruning this remote")
-
-// PruneReport says what a pass found and did.
-type PruneReport struct {
-	Entries      int           // entries (values with a record)
-	Bytes        int64         // bytes of every value file in the root, before
-	Removed      []digest.Key  // least recently used first
-	RemovedBytes int64         // bytes of Removed
-	Kept         int           // entries the pass could have removed but the grace kept
-	Adopted      int           // entries it would have removed but flechefs did not write them
-	Took         time.Duration // the whole pass
-	DryRun       bool
-}
+var ErrLeaseHeld = tiers.ErrLeaseHeld
 
 // retention is the tier's last-use marking.
 type retention struct {
 	t      *Tier
 	usedIn string // <root>/.flechefs/used
-	marks  chan digest.Key
-	mu     sync.Mutex
-	marked map[digest.Key]time.Time
+	*tiers.UseMarks
 }
 
 func newRetention(t *Tier) *retention {
-	r := &retention{t: t, usedIn: path.Join(t.rem.root, ".flechefs", "used"),
-		marks: make(chan digest.Key, 1024), marked: map[digest.Key]time.Time{}}
-	go r.marker()
+	r := &retention{t: t, usedIn: path.Join(t.rem.root, ".flechefs", "used")}
+	r.UseMarks = tiers.NewUseMarks(t.ctx, r.touch, func(k digest.Key, err error) {
+		t.log.Debug("last-use mark failed", "tier", t.opt.Name, "key", k.String(), "err", err)
+	})
 	return r
 }
 
 func (r *retention) usedPath(k digest.Key) string { return path.Join(r.usedIn, k.String()) }
-
-// used notes a read or an upload of k: its marker is touched in the
-// background unless this process did so less than markEvery ago. A full
-// queue drops the mark (the next use marks it).
-func (r *retention) used(k digest.Key) {
-	now := time.Now()
-	r.mu.Lock()
-	if at, ok := r.marked[k]; ok && now.Sub(at) < markEvery {
-		r.mu.Unlock()
-		return
-	}
-	if len(r.marked) >= marksKept {
-		clear(r.marked)
-	}
-	r.marked[k] = now
-	r.mu.Unlock()
-	select {
-	case r.marks <- k:
-	default:
-		r.mu.Lock()
-		delete(r.marked, k)
-		r.mu.Unlock()
-	}
-}
-
-// marker touches the markers queued by used, until the tier closes.
-func (r *retention) marker() {
-	for {
-		select {
-		case <-r.t.ctx.Done():
-			return
-		case k := <-r.marks:
-			if err := r.touch(k); err != nil {
-				r.mu.Lock()
-				delete(r.marked, k) // the next use tries again
-				r.mu.Unlock()
-				r.t.log.Debug("last-use mark failed", "tier", r.t.opt.Name, "key", k.String(), "err", err)
-			}
-		}
-	}
-}
 
 // touch sets k's marker's mtime to now, making it (and its directory) if
 // needed.
@@ -170,9 +99,6 @@ func (t *Tier) Prune(ctx context.Context, b Bound, dryRun bool) (PruneReport, er
 	if t.opt.ReadOnly && !dryRun {
 		return rep, t.wrap("prune", digest.Key{}, tiers.ErrReadOnly)
 	}
-	if b.Grace <= 0 {
-		b.Grace = defaultGrace
-	}
 	c, err := t.conn(ctx)
 	if err != nil {
 		return rep, t.wrap("prune", digest.Key{}, unavailable(t.rem.addr, err))
@@ -189,148 +115,50 @@ func (t *Tier) Prune(ctx context.Context, b Bound, dryRun bool) (PruneReport, er
 	if err != nil {
 		return rep, err
 	}
-	// Decide first, least recently used first, then remove. Entries are
-	// looked at in batches whose records are read at once (the record
-	// tells an adopted file from an upload), until nothing more is over
-	// the bound: the rest are more recently used.
-	now := time.Now()
-	total := rep.Bytes
-	var victims []pruneEntry
-	over := func(e pruneEntry) bool {
-		return (b.MaxBytes > 0 && total > b.MaxBytes) || (b.MaxAge > 0 && now.Sub(e.used) > b.MaxAge)
-	}
-decide:
-	for i := 0; i < len(ents); i += recordBatch {
-		batch := ents[i:min(i+recordBatch, len(ents))]
-		if !over(batch[0]) {
-			break
-		}
-		recs := t.readRecords(c, batch)
-		for j, e := range batch {
-			if !over(e) {
-				break decide
-			}
-			if now.Sub(e.used) < b.Grace {
-				rep.Kept++
-				continue
-			}
-			switch r := recs[j]; {
+	// Decide first, then remove. The record tells an adopted file from an
+	// upload; records are read a batch at a time, only while the remote
+	// is over the bound.
+	victims, err := tiers.PlanPrune(ents, b, time.Now(), &rep, func(batch []tiers.PruneEntry) ([]tiers.PruneVerdict, error) {
+		recs := make([]sumResult, len(batch))
+		tiers.Batch(len(batch), func(i int) { recs[i] = t.readSum(c, batch[i].Key) })
+		out := make([]tiers.PruneVerdict, len(batch))
+		for i, r := range recs {
+			switch {
 			case r.err != nil:
-				rep.Took = time.Since(start)
-				return rep, t.wrap("prune", e.key, t.failure(c, r.err))
+				return nil, t.wrap("prune", batch[i].Key, t.failure(c, r.err))
 			case !r.found:
-				continue // removed meanwhile
-			case adoptedRecord(r.s, e.mtime):
-				rep.Adopted++
-				continue
+				out[i] = tiers.PruneGone
+			case adoptedRecord(r.s, batch[i].Mtime):
+				out[i] = tiers.PruneAdopted
 			}
-			victims = append(victims, e)
-			total -= e.size
 		}
-	}
-	if !dryRun {
-		victims, err = t.removeAll(ctx, c, lease, victims)
-	}
-	for _, e := range victims {
-		rep.Removed = append(rep.Removed, e.key)
-		rep.RemovedBytes += e.size
-	}
-	total = rep.Bytes - rep.RemovedBytes
+		return out, nil
+	})
 	if err != nil {
 		rep.Took = time.Since(start)
 		return rep, err
 	}
+	if dryRun {
+		tiers.ReportRemoved(&rep, victims, nil)
+	} else {
+		refresh := func() { now := time.Now(); c.sftp.Chtimes(lease, now, now) }
+		err = tiers.RemoveVictims(victims, &rep, refresh, func(e tiers.PruneEntry) error {
+			err := t.Delete(ctx, e.Key)
+			if err == nil || errors.Is(err, tiers.ErrNotFound) {
+				c.sftp.Remove(path.Join(t.rem.root, ".flechefs", "used", e.Key.String()))
+			}
+			return err
+		})
+	}
 	rep.Took = time.Since(start)
+	if err != nil {
+		return rep, err
+	}
 	if !dryRun && len(rep.Removed) > 0 {
 		t.log.Info("pruned the remote", "tier", t.opt.Name, "removed", len(rep.Removed), "bytes", rep.RemovedBytes,
-			"left", total, "took", rep.Took.Round(time.Millisecond))
+			"left", rep.Bytes-rep.RemovedBytes, "took", rep.Took.Round(time.Millisecond))
 	}
 	return rep, nil
-}
-
-// pruneWorkers removes this many entries at once: each removal is three
-// round trips (record, data, marker).
-const pruneWorkers = 8
-
-// removeAll removes the entries of victims, pruneWorkers at a time,
-// refreshing the lease meanwhile. It returns those removed, in victims'
-// order, and the first error (after which no more are started).
-func (t *Tier) removeAll(ctx context.Context, c *conn, lease string, victims []pruneEntry) ([]pruneEntry, error) {
-	done := make([]bool, len(victims))
-	var (
-		mu       sync.Mutex
-		firstErr error
-		next     int
-	)
-	refreshed := time.Now()
-	var wg sync.WaitGroup
-	for range pruneWorkers {
-		wg.Go(func() {
-			for {
-				mu.Lock()
-				if firstErr != nil || next == len(victims) {
-					mu.Unlock()
-					return
-				}
-				i := next
-				next++
-				if time.Since(refreshed) > leaseRefresh {
-					refreshed = time.Now()
-					c.sftp.Chtimes(lease, refreshed, refreshed)
-				}
-				mu.Unlock()
-				e := victims[i]
-				err := t.Delete(ctx, e.key)
-				if err == nil || errors.Is(err, tiers.ErrNotFound) {
-					c.sftp.Remove(path.Join(t.rem.root, ".flechefs", "used", e.key.String()))
-				}
-				mu.Lock()
-				switch {
-				case err == nil:
-					done[i] = true
-				case errors.Is(err, tiers.ErrNotFound):
-					// Gone already (another remover): not counted.
-				case firstErr == nil:
-					firstErr = err
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	var out []pruneEntry
-	for i, e := range victims {
-		if done[i] {
-			out = append(out, e)
-		}
-	}
-	return out, firstErr
-}
-
-type pruneEntry struct {
-	key   digest.Key
-	size  int64
-	used  time.Time
-	mtime time.Time // the data file's
-}
-
-// recordBatch is how many records a pass reads at once.
-const recordBatch = 64
-
-// readRecords reads the records of es, pruneWorkers at a time.
-func (t *Tier) readRecords(c *conn, es []pruneEntry) []sumResult {
-	out := make([]sumResult, len(es))
-	sem := make(chan struct{}, pruneWorkers)
-	var wg sync.WaitGroup
-	for i, e := range es {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			out[i] = t.readSum(c, e.key)
-		})
-	}
-	wg.Wait()
-	return out
 }
 
 // adoptedRecord reports whether s is the record of a file flechefs did not
@@ -346,7 +174,7 @@ func adoptedRecord(s sumFile, dataMtime time.Time) bool {
 
 // pruneCandidates lists the entries Prune may remove, least recently used
 // first, and counts every value file's bytes into rep.
-func (t *Tier) pruneCandidates(ctx context.Context, c *conn, rep *PruneReport) ([]pruneEntry, error) {
+func (t *Tier) pruneCandidates(ctx context.Context, c *conn, rep *PruneReport) ([]tiers.PruneEntry, error) {
 	w := c.watch()
 	defer w.stop()
 	read := func(dir string) (map[string]os.FileInfo, error) {
@@ -372,7 +200,7 @@ func (t *Tier) pruneCandidates(ctx context.Context, c *conn, rep *PruneReport) (
 	if err != nil {
 		return nil, t.wrap("prune", digest.Key{}, t.failure(c, err))
 	}
-	var out []pruneEntry
+	var out []tiers.PruneEntry
 	for name, fi := range root {
 		if !fi.Mode().IsRegular() {
 			continue
@@ -394,14 +222,9 @@ func (t *Tier) pruneCandidates(ctx context.Context, c *conn, rep *PruneReport) (
 		if u, ok := used[name]; ok && u.ModTime().After(last) {
 			last = u.ModTime()
 		}
-		out = append(out, pruneEntry{key: k, size: fi.Size(), used: last, mtime: fi.ModTime()})
+		out = append(out, tiers.PruneEntry{Key: k, Size: fi.Size(), Used: last, Mtime: fi.ModTime()})
 	}
-	slices.SortFunc(out, func(a, b pruneEntry) int {
-		if c := a.used.Compare(b.used); c != 0 {
-			return c
-		}
-		return strings.Compare(a.key.String(), b.key.String())
-	})
+	tiers.SortLRU(out)
 	return out, nil
 }
 
@@ -431,7 +254,7 @@ func (t *Tier) takeLease(c *conn, lease string) (string, error) {
 			}
 			return "", t.failure(c, serr)
 		}
-		if time.Since(fi.ModTime()) < leaseStale {
+		if time.Since(fi.ModTime()) < tiers.LeaseStale {
 			return "", fmt.Errorf("%w (lease %s, %v old)", ErrLeaseHeld, lease, time.Since(fi.ModTime()).Round(time.Second))
 		}
 		stale := fmt.Sprintf("%s.stale-%d", lease, time.Now().UnixNano())

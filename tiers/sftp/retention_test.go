@@ -180,9 +180,7 @@ func TestPruneMarksUse(t *testing.T) {
 	putMarked(t, tr, b, tiertest.Data(2, 1000))
 	ageEntry(t, tr, a, 5*time.Hour)
 	ageEntry(t, tr, b, 4*time.Hour)
-	tr.ret.mu.Lock()
-	clear(tr.ret.marked) // the puts marked both: forget, as a new process would
-	tr.ret.mu.Unlock()
+	tr.ret.ForgetAll()     // the puts marked both: forget, as a new process would
 	tiertest.Get(t, tr, a) // a is now the most recently used
 	tiertest.Eventually(t, "the read's mark on the server", func() bool {
 		fi, err := os.Stat(localPath(tr, ".flechefs", "used", a.String()))

@@ -525,7 +525,7 @@ func (t *Tier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 // markUsed notes a use of k for retention (retention.go), if bounded.
 func (t *Tier) markUsed(k digest.Key) {
 	if t.ret != nil {
-		t.ret.used(k)
+		t.ret.Used(k)
 	}
 }
 
