@@ -154,6 +154,15 @@ identity = "key"
 					KnownHosts: "/home/u/.ssh/known_hosts", Concurrency: 64, Channels: 3, Timeout: 10 * time.Second, Mode: 0o640, Foreign: "adopt", Transport: "go"},
 			},
 		}},
+		{"bounded s3", "[[tier]]\nkind = \"memory\"\nsize = \"1G\"\n[[tier]]\nkind = \"s3\"\nendpoint = \"https://s3.example.org\"\nbucket = \"b\"\nprefix = \"c/\"\nmax_size = \"2TiB\"\nmax_age = \"720h\"\n", &Config{
+			Promote: "all", NegativeTTL: time.Second, RemoteTimeout: 10 * time.Second, ListTTL: 30 * time.Second,
+			DeleteRemote: true, SpoolDir: "/home/u/.cache/flechefs/spool", UploadWorkers: 8,
+			Tiers: []Tier{
+				{Kind: Memory, Name: "ram", Size: 1 << 30},
+				{Kind: S3, Name: "s3", Endpoint: "https://s3.example.org", Bucket: "b", Prefix: "c/", Timeout: 10 * time.Second,
+					MaxSize: 2 << 40, MaxAge: 720 * time.Hour, PruneGrace: time.Hour, PruneEvery: time.Hour},
+			},
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := Parse("config.toml", []byte(tc.src), testEnv())
