@@ -9,11 +9,12 @@
 // tiers. An object without that metadata was not written by flechefs: it is
 // absent to this tier (never served, never listed, never removed).
 //
-// First writer wins: a Put is one PUT (never a multipart upload, whose
-// completion SeaweedFS does not make conditional) with If-None-Match: *,
-// and a store that honours it (AWS S3 since 2024, MinIO, SeaweedFS)
-// answers 412 to the second writer of a key, which Put reports as
-// tiers.ErrExist. So a value is at most 5 GiB. A store that ignores the
+// First writer wins: a Put of up to 5 GiB is one PUT (never a multipart
+// upload, whose completion SeaweedFS does not make conditional) with
+// If-None-Match: *, and a store that honours it (AWS S3 since 2024, MinIO,
+// SeaweedFS) answers 412 to the second writer of a key, which Put reports
+// as tiers.ErrExist. A larger value is a multipart upload (multipart.go),
+// whose conditional completion fewer stores honour. A store that ignores the
 // header lets a later upload replace the object: the first writer's mount
 // then keeps serving its own copy while other mounts read the replacement,
 // so such a store must not be shared by mounts that may write one key
@@ -87,6 +88,8 @@ type Tier struct {
 	ctx    context.Context // ends at Close: the background marks stop
 	cancel context.CancelFunc
 	marks  *tiers.UseMarks // last-use marks, when Options.Retention bounds the prefix
+	// putLimit: a larger value is a multipart upload (multipart.go).
+	putLimit int64
 }
 
 // Open checks the options and makes the client. It does not talk to the
@@ -140,7 +143,7 @@ func Open(opt Options) (*Tier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s tier: %w", opt.Name, err)
 	}
-	t := &Tier{opt: opt, c: c}
+	t := &Tier{opt: opt, c: c, putLimit: maxPut}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	if opt.Retention.On() {
 		t.marks = tiers.NewUseMarks(t.ctx, t.touchUsed, func(k digest.Key, err error) {
@@ -251,9 +254,6 @@ func (t *Tier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 	if m.Size < 0 || m.Sum.IsZero() {
 		return t.putSpooled(ctx, k, r, m)
 	}
-	if m.Size > maxPut {
-		return tiers.Info{}, tiers.Wrap(t.opt.Name, "put", k, fmt.Errorf("%d bytes: an S3 tier holds values of at most 5 GiB (one PUT)", m.Size))
-	}
 	created := m.Created
 	if created.IsZero() {
 		created = time.Now()
@@ -262,14 +262,21 @@ func (t *Tier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 	opts := minio.PutObjectOptions{
 		UserMetadata: map[string]string{metaSum: m.Sum.String(), metaCreated: created.UTC().Format(time.RFC3339Nano)},
 		ContentType:  "application/octet-stream",
-		// One PUT, never a multipart upload: stores honour If-None-Match
-		// on a PUT, and not all on a multipart upload's completion
-		// (SeaweedFS lets a second writer's completion replace the
-		// object), which would let two mounts keep different values.
+		// One PUT up to 5 GiB, never minio-go's multipart upload: stores
+		// honour If-None-Match on a PUT, and not all on a multipart
+		// upload's completion (SeaweedFS lets a second writer's
+		// completion replace the object), which would let two mounts
+		// keep different values.
 		DisableMultipart: true,
 	}
-	opts.SetMatchETagExcept("*")
-	if _, err := t.c.PutObject(ctx, t.opt.Bucket, t.object(k), v, m.Size, opts); err != nil {
+	var err error
+	if m.Size > t.putLimit {
+		err = t.putMultipart(ctx, k, v, m.Size, opts)
+	} else {
+		opts.SetMatchETagExcept("*")
+		_, err = t.c.PutObject(ctx, t.opt.Bucket, t.object(k), v, m.Size, opts)
+	}
+	if err != nil {
 		if v.err != nil {
 			return tiers.Info{}, tiers.Wrap(t.opt.Name, "put", k, v.err)
 		}
