@@ -1,6 +1,7 @@
 package tiers
 
 import (
+	"container/heap"
 	"container/list"
 	"context"
 	"errors"
@@ -44,12 +45,17 @@ func (q *uploadQueue) init(keys *keyTable) {
 }
 
 // uploadQueue is the in-memory mirror of the durable queue: keys in order,
-// with per-key retry times.
+// with per-key retry times. A key waiting for its upload is in ready (due)
+// or in waiting (before its retry time), so that next costs the same
+// whatever the backlog: during an outage every key of a large queue waits,
+// and every publish asks next under the stack's lock.
 type uploadQueue struct {
-	order list.List // of digest.Key, oldest first: a removal costs O(1) however long the queue
-	set   map[digest.Key]*upItem
-	keys  *keyTable // the uploads in flight are keyState.upload
-	kick  chan struct{}
+	order   list.List // of digest.Key, oldest first: a removal costs O(1) however long the queue
+	ready   list.List // of *upItem due, in the order they are tried
+	waiting waitHeap  // of *upItem before their retry time, soonest first
+	set     map[digest.Key]*upItem
+	keys    *keyTable // the uploads in flight are keyState.upload
+	kick    chan struct{}
 }
 
 // upItem is one key's place in the upload queue. Its state moves
@@ -69,10 +75,13 @@ type uploadQueue struct {
 // cancels the upload in flight; a publish of the key after it makes a new
 // item, which the ending upload leaves alone.
 type upItem struct {
+	key   digest.Key
 	state upState
 	since time.Time // when it entered the queue
 	retry
-	elem *list.Element // in uploadQueue.order
+	elem    *list.Element // in uploadQueue.order
+	readyAt *list.Element // in uploadQueue.ready, or nil
+	heapAt  int           // in uploadQueue.waiting, or -1
 }
 
 type upState uint8
@@ -87,7 +96,9 @@ func (q *uploadQueue) add(k digest.Key) {
 	if _, ok := q.set[k]; ok {
 		return
 	}
-	q.set[k] = &upItem{elem: q.order.PushBack(k), since: time.Now()}
+	it := &upItem{key: k, elem: q.order.PushBack(k), since: time.Now(), heapAt: -1}
+	it.readyAt = q.ready.PushBack(it)
+	q.set[k] = it
 	select {
 	case q.kick <- struct{}{}:
 	default:
@@ -115,6 +126,7 @@ func (q *uploadQueue) remove(k digest.Key) {
 	}
 	delete(q.set, k)
 	q.order.Remove(it.elem)
+	q.unready(it)
 	if u := q.keys.get(k).upload; u != nil {
 		u.cancel()
 	}
@@ -124,20 +136,78 @@ func (q *uploadQueue) remove(k digest.Key) {
 // A key for which held says so waits (its queued remote delete comes
 // first: the remote keeps the first value it gets).
 func (q *uploadQueue) next(now time.Time, held func(digest.Key) bool) (digest.Key, time.Duration, bool) {
+	// Keys whose retry time came go first, the earliest first.
+	var due []*upItem
+	for len(q.waiting) > 0 && !q.waiting[0].next.After(now) {
+		due = append(due, heap.Pop(&q.waiting).(*upItem))
+	}
+	for i := len(due) - 1; i >= 0; i-- {
+		due[i].readyAt = q.ready.PushFront(due[i])
+	}
+	for e := q.ready.Front(); e != nil; {
+		it := e.Value.(*upItem)
+		e = e.Next()
+		if q.keys.get(it.key).upload != nil || held(it.key) {
+			continue // in flight (it leaves ready when it starts), or held: stays
+		}
+		if it.next.After(now) {
+			q.unready(it)
+			heap.Push(&q.waiting, it)
+			continue
+		}
+		return it.key, 0, true
+	}
 	wait := time.Minute
-	for e := q.order.Front(); e != nil; e = e.Next() {
-		k := e.Value.(digest.Key)
-		if q.keys.get(k).upload != nil || held(k) {
-			continue
-		}
-		it := q.set[k]
-		if d := it.next.Sub(now); d > 0 {
-			wait = min(wait, d)
-			continue
-		}
-		return k, 0, true
+	if len(q.waiting) > 0 {
+		wait = min(wait, q.waiting[0].next.Sub(now))
 	}
 	return digest.Key{}, wait, false
+}
+
+// unready takes it out of ready and waiting: its upload starts, or it
+// leaves the queue.
+func (q *uploadQueue) unready(it *upItem) {
+	if it.readyAt != nil {
+		q.ready.Remove(it.readyAt)
+		it.readyAt = nil
+	}
+	if it.heapAt >= 0 {
+		heap.Remove(&q.waiting, it.heapAt)
+	}
+}
+
+// wait puts it, not in flight, back to wait for its retry time (at the
+// front of ready when that has come: a retry goes before newer keys).
+func (q *uploadQueue) wait(it *upItem) {
+	q.unready(it)
+	if it.next.IsZero() || !it.next.After(time.Now()) {
+		it.readyAt = q.ready.PushFront(it)
+		return
+	}
+	heap.Push(&q.waiting, it)
+}
+
+// waitHeap orders items by retry time (container/heap).
+type waitHeap []*upItem
+
+func (h waitHeap) Len() int           { return len(h) }
+func (h waitHeap) Less(i, j int) bool { return h[i].next.Before(h[j].next) }
+func (h waitHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapAt, h[j].heapAt = i, j
+}
+func (h *waitHeap) Push(x any) {
+	it := x.(*upItem)
+	it.heapAt = len(*h)
+	*h = append(*h, it)
+}
+func (h *waitHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	it.heapAt = -1
+	return it
 }
 
 func (rp *replicator) uploader() {
@@ -225,6 +295,7 @@ func (rp *replicator) uploadNow(ctx context.Context, k digest.Key) error {
 func (rp *replicator) startUploadLocked(k digest.Key, item *upItem, cancel context.CancelFunc) {
 	s := rp.s
 	item.state = upInFlight
+	rp.q.unready(item)
 	s.keys.edit(k, func(ks *keyState) { ks.upload = &inflight{cancel: cancel, done: make(chan struct{})} })
 }
 
@@ -251,9 +322,11 @@ func (rp *replicator) endUploadLocked(k digest.Key, item *upItem, err error, bac
 		case backoff:
 			it.state = upQueued
 			it.failed(&s.pol)
+			rp.q.wait(it)
 		default:
 			it.state = upQueued
 			it.next = time.Time{}
+			rp.q.wait(it)
 		}
 	}
 	s.broadcastLocked()

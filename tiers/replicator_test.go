@@ -106,3 +106,60 @@ func BenchmarkUploadQueueDrain(b *testing.B) {
 		b.Fatalf("%d keys left (%d in order)", q.len(), q.order.Len())
 	}
 }
+
+// BenchmarkUploadQueueNextBackedOff: next over a queue of 100,000 keys
+// that all failed (the remote is down) and wait for their retry, the state
+// of a large backlog during an outage: every publish wakes a worker, which
+// asks next under the stack's lock. Its cost must not grow with the queue.
+func BenchmarkUploadQueueNextBackedOff(b *testing.B) {
+	q, _ := newTestQueue()
+	now := time.Now()
+	for i := range 100000 {
+		k := testKey(fmt.Sprint(i))
+		q.add(k)
+		it := q.set[k]
+		it.next = now.Add(30*time.Second + time.Duration(i)*time.Millisecond)
+		q.wait(it) // as endUploadLocked after a failure
+	}
+	none := func(digest.Key) bool { return false }
+	for b.Loop() {
+		if _, wait, ok := q.next(now, none); ok || wait != 30*time.Second {
+			b.Fatalf("next: %v, %v; want nothing due for 30s", ok, wait)
+		}
+	}
+}
+
+// A key whose upload failed waits for its retry time while later keys go;
+// once due it goes before keys queued after it.
+func TestUploadQueueRetryFirst(t *testing.T) {
+	q, _ := newTestQueue()
+	a, b, c := testKey("a"), testKey("b"), testKey("c")
+	q.add(a)
+	q.add(b)
+	none := func(digest.Key) bool { return false }
+	now := time.Now()
+	if k, _, ok := q.next(now, none); !ok || k != a {
+		t.Fatalf("next: %v %v, want a", k, ok)
+	}
+	q.unready(q.set[a]) // a's upload starts, and fails:
+	q.set[a].next = now.Add(time.Hour)
+	q.wait(q.set[a])
+	if k, _, ok := q.next(now, none); !ok || k != b {
+		t.Fatalf("next with a waiting: %v %v, want b", k, ok)
+	}
+	q.unready(q.set[b]) // b's upload starts
+	if k, wait, ok := q.next(now, none); ok || wait != time.Minute {
+		t.Fatalf("next with a waiting an hour and b in flight: %v %v %v, want nothing due (wait capped at 1m)", k, wait, ok)
+	}
+	q.add(c)
+	if k, _, ok := q.next(now.Add(2*time.Hour), none); !ok || k != a {
+		t.Fatalf("next once a's retry time came: %v %v, want a before c", k, ok)
+	}
+	q.remove(a)
+	if k, _, ok := q.next(now, none); !ok || k != c {
+		t.Fatalf("next after a left: %v %v, want c", k, ok)
+	}
+	if q.len() != 2 || q.ready.Len() != 1 || len(q.waiting) != 0 {
+		t.Fatalf("queue %d keys, ready %d, waiting %d; want 2, 1 (c), 0", q.len(), q.ready.Len(), len(q.waiting))
+	}
+}

@@ -511,6 +511,8 @@ func TestStatFetchesSmallRemote(t *testing.T) {
 		t.Errorf("stat then read opened the remote %d times, want 1", n)
 	}
 	tiertest.Eventually(t, "promotion of the small value", func() bool { return has(ram, small) })
+	// The fetch ends after its copy into RAM: counted until then.
+	tiertest.Eventually(t, "the end of the small value's fetch", func() bool { return s.Stats().Fetching == 0 })
 
 	if _, err := s.Stat(context.Background(), large); err != nil {
 		t.Fatal(err)
