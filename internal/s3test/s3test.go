@@ -97,6 +97,9 @@ func StartE(dir string, o Options) (*Server, error) {
 	case -1:
 		o.MaxVolumes = 0
 	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
 	s := &Server{Dir: dir, Bucket: "flechefs"}
 	s.LogFile = filepath.Join(s.Dir, "weed.log")
 	ports, err := freePorts(7)

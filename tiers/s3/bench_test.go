@@ -1,16 +1,20 @@
 package s3
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/flechefs/flechefs/digest"
 	"github.com/flechefs/flechefs/internal/delayproxy"
 	"github.com/flechefs/flechefs/internal/s3test"
+	"github.com/flechefs/flechefs/tiers"
 	"github.com/flechefs/flechefs/tiers/tiertest"
 )
 
@@ -96,5 +100,34 @@ func benchFetch(b *testing.B, tr *Tier, k digest.Key) {
 		if err != nil || n != benchFetchSize {
 			b.Fatalf("fetched %d bytes, %v", n, err)
 		}
+	}
+}
+
+// BenchmarkPutSmall puts 16 KiB values, 8 or 32 at once (upload_workers
+// uploads 8 at once by default): the rate the store takes small uploads
+// at.
+func BenchmarkPutSmall(b *testing.B) {
+	s := s3test.Start(b)
+	v := tiertest.Data(8, 16<<10)
+	for _, inflight := range []int{8, 32} {
+		b.Run(fmt.Sprintf("inflight=%d", inflight), func(b *testing.B) {
+			tr, err := Open(options(s))
+			if err != nil {
+				b.Fatal(err)
+			}
+			var n atomic.Int64
+			b.SetParallelism(max(1, inflight/runtime.GOMAXPROCS(0)))
+			b.SetBytes(int64(len(v)))
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					k := tiertest.Key(fmt.Sprintf("put small %d", n.Add(1)))
+					if _, err := tr.Put(context.Background(), k, bytes.NewReader(v), tiers.Meta{Size: int64(len(v)), Sum: digest.Of(v)}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "values/s")
+		})
 	}
 }
