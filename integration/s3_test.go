@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -63,6 +64,57 @@ func TestTwoMountsShareABucket(t *testing.T) {
 
 func statObject(c *minio.Client, bucket, name string) (minio.ObjectInfo, error) {
 	return c.StatObject(context.Background(), bucket, name, minio.StatObjectOptions{})
+}
+
+// TestMountRemoteS3URL mounts with --remote s3://bucket/prefix and nothing
+// else about the store in the configuration: the endpoint and region come
+// from AWS_ENDPOINT_URL and AWS_REGION, the credentials from
+// ~/.aws/credentials under AWS_PROFILE. A value written on one mount
+// lands under the URL's prefix and is read on another, a large one
+// through the ranged fetch.
+func TestMountRemoteS3URL(t *testing.T) {
+	s := s3test.Start(t)
+	home := t.TempDir()
+	creds := fmt.Sprintf("[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n[flechefs]\naws_access_key_id = %s\naws_secret_access_key = %s\n", s3test.AccessKey, s3test.SecretKey)
+	if err := os.MkdirAll(filepath.Join(home, ".aws"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(home, ".aws", "credentials"), []byte(creds), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"HOME=" + home, "AWS_PROFILE=flechefs", "AWS_ENDPOINT_URL=" + s.Endpoint, "AWS_REGION=us-east-1",
+		"AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY=", "AWS_CONFIG_FILE=", "AWS_SHARED_CREDENTIALS_FILE="}
+	o := mounttest.Opts{Env: env, Args: []string{"--remote", "s3://" + s.Bucket + "/via-flag"}}
+	a := mounttest.NewNode(t, "s3url-a", nil, o)
+	b := mounttest.NewNode(t, "s3url-b", nil, o)
+	small, large := mounttest.Key("s3 url small"), mounttest.Key("s3 url large")
+	vs, vl := []byte("a small value"), bytes.Repeat([]byte("0123456789abcdef"), 20<<20/16+7)
+	if err := os.WriteFile(a.Path(small), vs, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(a.Path(large), vl, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a.Sync(time.Minute)
+	c, err := s.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string][]byte{small: vs, large: vl} {
+		info, err := statObject(c, s.Bucket, "via-flag/"+k)
+		if err != nil || info.Size != int64(len(v)) || info.UserMetadata["Flechefs-Sha256"] != mounttest.Sum(v) {
+			t.Fatalf("object via-flag/%s: %+v, %v\n%s", k, info, err, a.Stderr())
+		}
+	}
+	for k, v := range map[string][]byte{small: vs, large: vl} {
+		got, err := os.ReadFile(b.Path(k))
+		if err != nil || !bytes.Equal(got, v) {
+			t.Fatalf("read of %s on the second mount: %d bytes, %v; want the %d written\n%s", k, len(got), err, len(v), b.Stderr())
+		}
+	}
+	if !strings.Contains(b.Stderr(), "s3 s3://"+s.Bucket+"/via-flag/ at "+s.Endpoint) {
+		t.Errorf("the mounted line does not name the bucket, prefix and endpoint:\n%s", b.Stderr())
+	}
 }
 
 // TestS3RetentionThroughMount: a mount whose S3 tier has max_size runs

@@ -64,6 +64,7 @@ signal exits at once.
 Examples:
   flechefs mount /mnt/cache
   flechefs mount --remote sftp://me@nas.example.org/srv/flechefs /mnt/cache
+  AWS_ENDPOINT_URL=https://s3.example.org flechefs mount --remote s3://my-bucket/cache /mnt/cache
   flechefs mount --ram 1GiB --bolt /scratch/cache.db --bolt-size 200GiB /mnt/cache
   flechefs mount --config ./ci.toml --debug /mnt/cache
   flechefs mount --background /mnt/cache

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -27,7 +28,7 @@ type Override struct{ Name, Value string }
 // Flags are the overriding flags, in the order usage lists them.
 var Flags = []Flag{
 	{Name: "remote", Arg: "URL", order: 0, apply: setRemote,
-		Usage: `remote tier sftp://[user@]host[:port]/path: replaces the URL of the last sftp tier, or adds one at the end; "none" removes the sftp tiers`},
+		Usage: `remote tier sftp://[user@]host[:port]/path, or s3://bucket[/prefix] with the store, region and credentials of the AWS environment (AWS_ENDPOINT_URL, AWS_REGION, AWS_PROFILE, ~/.aws): replaces the last tier if it is of that kind, or adds one at the end; "none" removes the remote tiers`},
 	{Name: "ram", Arg: "SIZE", order: 0, apply: setRAM,
 		Usage: `size of the memory tier (added first if there is none); 0 removes it`},
 	{Name: "bolt", Arg: "PATH", order: 0, apply: setBolt,
@@ -172,13 +173,20 @@ func insert(c *Config, at int, t Tier) {
 	c.Tiers[at] = t
 }
 
-func setRemote(c *Config, _ Env, v string) error {
+func setRemote(c *Config, env Env, v string) error {
 	if v == "none" {
 		removeKind(c, SFTP)
+		removeKind(c, S3)
 		return nil
+	}
+	if scheme, _, ok := strings.Cut(strings.TrimSpace(v), ":"); ok && strings.EqualFold(scheme, "s3") {
+		return setS3Remote(c, env, v)
 	}
 	u, err := checkURL(v)
 	if err != nil {
+		if scheme, _, ok := strings.Cut(v, "://"); ok && scheme != "sftp" {
+			return fmt.Errorf("scheme %q: want sftp://[user@]host[:port]/path or %s", scheme, s3Form)
+		}
 		return err
 	}
 	if i := len(c.Tiers) - 1; i >= 0 && c.Tiers[i].Kind == SFTP {

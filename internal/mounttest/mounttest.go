@@ -168,6 +168,7 @@ type Opts struct {
 	Env           []string // more environment for the daemon
 	NoStart       bool     // write the config only; the test calls Start
 	MoreTiers     string   // TOML appended after the tiers (another remote, as [[tier]])
+	Args          []string // more flags of flechefs mount, after --config
 }
 
 // Node is one machine: its own cache dir (RAM + bbolt) and optionally a remote.
@@ -272,7 +273,8 @@ func (n *Node) StartE() error {
 	if n.cmd != nil {
 		n.T.Fatalf("%s: Start of a running node", n.Name)
 	}
-	args := append(append([]string{}, n.Opts.Wrap...), bin, "mount", "--config", n.Config, n.Mnt)
+	args := append(append([]string{}, n.Opts.Wrap...), bin, "mount", "--config", n.Config)
+	args = append(append(args, n.Opts.Args...), n.Mnt)
 	cmd := exec.Command(args[0], args[1:]...)
 	n.stderr = &tiertest.SyncBuffer{}
 	cmd.Stderr = n.stderr

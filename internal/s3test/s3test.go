@@ -65,52 +65,83 @@ type Server struct {
 // missing or the server does not come up.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	s, err := StartE(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// Options size the server's storage.
+type Options struct {
+	// VolumeSizeLimitMB is the size of one volume, default 64;
+	// MaxVolumes how many the volume server makes, default 20 (0 in
+	// SeaweedFS is "from the free disk space": pass -1 for that).
+	VolumeSizeLimitMB, MaxVolumes int
+}
+
+// StartE starts a server in dir and makes a bucket, as Start does, for
+// callers without a testing.TB (the benchmark); the caller stops it.
+func StartE(dir string, o Options) (*Server, error) {
 	bin := Binary()
 	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("s3test: no SeaweedFS binary at %s (build it with scripts/seaweedfs.sh, which scripts/deps.sh test runs): %v", bin, err)
+		return nil, fmt.Errorf("s3test: no SeaweedFS binary at %s (build it with scripts/seaweedfs.sh, which scripts/deps.sh test runs): %v", bin, err)
 	}
-	s := &Server{Dir: t.TempDir(), Bucket: "flechefs"}
+	if o.VolumeSizeLimitMB == 0 {
+		o.VolumeSizeLimitMB = 64
+	}
+	switch o.MaxVolumes {
+	case 0:
+		o.MaxVolumes = 20
+	case -1:
+		o.MaxVolumes = 0
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	s := &Server{Dir: dir, Bucket: "flechefs"}
 	s.LogFile = filepath.Join(s.Dir, "weed.log")
 	ports, err := freePorts(7)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cfg := filepath.Join(s.Dir, "s3.json")
 	ident := fmt.Sprintf(`{"identities":[{"name":"test","credentials":[{"accessKey":%q,"secretKey":%q}],"actions":["Admin","Read","Write","List","Tagging"]}]}`, AccessKey, SecretKey)
 	if err := os.WriteFile(cfg, []byte(ident), 0o600); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	data := filepath.Join(s.Dir, "data")
 	if err := os.MkdirAll(data, 0o755); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	args := []string{"server", "-dir=" + data, "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
 		"-master.port=" + strconv.Itoa(ports[0]), "-master.port.grpc=" + strconv.Itoa(ports[1]),
 		"-volume.port=" + strconv.Itoa(ports[2]), "-volume.port.grpc=" + strconv.Itoa(ports[3]),
 		"-filer", "-filer.port=" + strconv.Itoa(ports[4]), "-filer.port.grpc=" + strconv.Itoa(ports[5]),
 		"-s3", "-s3.port=" + strconv.Itoa(ports[6]), "-s3.config=" + cfg,
-		"-master.volumeSizeLimitMB=64", "-volume.max=20",
+		"-master.volumeSizeLimitMB=" + strconv.Itoa(o.VolumeSizeLimitMB), "-volume.max=" + strconv.Itoa(o.MaxVolumes),
 	}
 	logf, err := os.Create(s.LogFile)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	s.cmd = exec.Command(bin, args...)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
 		logf.Close()
-		t.Fatal(err)
+		return nil, err
 	}
 	s.done = make(chan struct{})
 	go func() { s.cmd.Wait(); logf.Close(); close(s.done) }()
-	t.Cleanup(s.Stop)
 	s.Endpoint = "http://127.0.0.1:" + strconv.Itoa(ports[6])
 	if err := s.ready(); err != nil {
+		s.Stop()
 		log, _ := os.ReadFile(s.LogFile)
-		t.Fatalf("s3test: SeaweedFS did not come up: %v\n%s", err, tail(log))
+		return nil, fmt.Errorf("s3test: SeaweedFS did not come up: %v\n%s", err, tail(log))
 	}
-	return s
+	return s, nil
 }
 
 // Client is a client of the server with the test credentials.

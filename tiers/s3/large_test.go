@@ -4,7 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 
@@ -35,6 +39,124 @@ func TestFirstWriterWinsLarge(t *testing.T) {
 	}
 	if info, err := tr.Stat(context.Background(), k); err != nil || info.Sum != digest.Of(a) {
 		t.Fatalf("the object after two puts: %+v, %v; want the first value", info, err)
+	}
+}
+
+// TestFetchLargeInRanges reads a 64 MiB value whole through WriteTo: the
+// bytes arrive in order and right, the ranged GETs run Ranges at a time
+// (each of the first Ranges waits for the others to start: a fetch that
+// asked for them one after another would never get past the first), and
+// never more than Ranges are in flight.
+func TestFetchLargeInRanges(t *testing.T) {
+	s := s3test.Start(t)
+	opt := options(s)
+	opt.Ranges, opt.RangeSize = 4, 2<<20
+	tr, err := Open(opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := tiertest.Data(3, 64<<20+12345)
+	k := tiertest.Key("large in ranges")
+	tiertest.Put(t, tr, k, data)
+
+	var (
+		mu      sync.Mutex
+		started int
+		offs    []int64
+		peak    int64
+	)
+	all := make(chan struct{})
+	tr.rangeHook = func(off int64) {
+		mu.Lock()
+		started++
+		offs = append(offs, off)
+		if started == opt.Ranges {
+			close(all)
+		}
+		first := started <= opt.Ranges
+		peak = max(peak, tr.rangesInFlight.Load()+1)
+		mu.Unlock()
+		if first {
+			select {
+			case <-all:
+			case <-time.After(time.Minute):
+				t.Errorf("range at %d: the other ranges of the window did not start within a minute", off)
+			}
+		}
+	}
+	r, err := tr.Open(context.Background(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if got := r.Info(); got.Size != int64(len(data)) || got.Sum != digest.Of(data) {
+		t.Fatalf("Info = %+v; want size %d and the value's sum", got, len(data))
+	}
+	cw := &checkWriter{want: data}
+	n, err := r.(io.WriterTo).WriteTo(cw)
+	if err != nil || n != int64(len(data)) || cw.off != int64(len(data)) {
+		t.Fatalf("WriteTo = %d, %v (%d bytes checked); want %d bytes", n, err, cw.off, len(data))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := (int64(len(data)) - headSize + opt.RangeSize - 1) / opt.RangeSize
+	if int64(len(offs)) != want {
+		t.Errorf("%d ranged GETs; want %d of %d bytes after the %d-byte head", len(offs), want, opt.RangeSize, headSize)
+	}
+	if peak > int64(opt.Ranges) {
+		t.Errorf("%d ranged GETs in flight at once; the window is %d", peak, opt.Ranges)
+	}
+}
+
+// checkWriter checks that what is written is want, in order.
+type checkWriter struct {
+	want []byte
+	off  int64
+}
+
+func (w *checkWriter) Write(p []byte) (int, error) {
+	if w.off+int64(len(p)) > int64(len(w.want)) {
+		return 0, fmt.Errorf("write of %d bytes at %d: past the value's %d", len(p), w.off, len(w.want))
+	}
+	if !bytes.Equal(p, w.want[w.off:w.off+int64(len(p))]) {
+		return 0, fmt.Errorf("write of %d bytes at %d: not the value's bytes", len(p), w.off)
+	}
+	w.off += int64(len(p))
+	return len(p), nil
+}
+
+// TestReadReplacedObject: a reader opened before its object was deleted
+// and written again with another value fails; it never hands out bytes of
+// the second value.
+func TestReadReplacedObject(t *testing.T) {
+	s := s3test.Start(t)
+	tr, err := Open(options(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := tiertest.Key("replaced")
+	a, b := tiertest.Data(4, 3<<20), tiertest.Data(5, 3<<20)
+	tiertest.Put(t, tr, k, a)
+	r, err := tr.Open(context.Background(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := tr.Delete(context.Background(), k); err != nil {
+		t.Fatal(err)
+	}
+	tiertest.Put(t, tr, k, b)
+	cw := &checkWriter{want: a}
+	n, err := r.(io.WriterTo).WriteTo(cw)
+	if err == nil {
+		t.Fatalf("WriteTo of a replaced object = %d bytes, no error; want an error", n)
+	}
+	if !errors.Is(err, tiers.ErrNotFound) {
+		t.Errorf("WriteTo: %v; want ErrNotFound (the value opened is gone)", err)
+	}
+	buf := make([]byte, 1<<20)
+	if _, err := r.ReadAt(buf, 2<<20); !errors.Is(err, tiers.ErrNotFound) {
+		t.Errorf("ReadAt past the head: %v; want ErrNotFound", err)
 	}
 }
 

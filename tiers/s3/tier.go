@@ -39,6 +39,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -71,7 +72,12 @@ type Options struct {
 	// SpoolDir holds a value put without its size and SHA-256 while it
 	// is hashed. Default os.TempDir().
 	SpoolDir string
-	Logger   *slog.Logger
+	// Ranges is how many ranged GETs of RangeSize bytes one fetch of a
+	// large value keeps in flight (reader.go). Defaults 4 and 4 MiB: a
+	// fetch holds at most Ranges × RangeSize bytes.
+	Ranges    int
+	RangeSize int64
+	Logger    *slog.Logger
 }
 
 const (
@@ -85,11 +91,17 @@ const (
 type Tier struct {
 	opt    Options
 	c      *minio.Client
+	core   minio.Core      // the same client: single requests (ranged GETs)
 	ctx    context.Context // ends at Close: the background marks stop
 	cancel context.CancelFunc
 	marks  *tiers.UseMarks // last-use marks, when Options.Retention bounds the prefix
 	// putLimit: a larger value is a multipart upload (multipart.go).
 	putLimit int64
+
+	rangesInFlight atomic.Int64 // ranged GETs running (reader.go)
+	// rangeHook, when set (tests), runs before each ranged GET with its
+	// offset.
+	rangeHook func(off int64)
 }
 
 // Open checks the options and makes the client. It does not talk to the
@@ -103,6 +115,12 @@ func Open(opt Options) (*Tier, error) {
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
+	}
+	if opt.Ranges <= 0 {
+		opt.Ranges = defaultRanges
+	}
+	if opt.RangeSize <= 0 {
+		opt.RangeSize = defaultRangeSize
 	}
 	if opt.Bucket == "" {
 		return nil, fmt.Errorf("%s tier: no bucket", opt.Name)
@@ -143,7 +161,7 @@ func Open(opt Options) (*Tier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s tier: %w", opt.Name, err)
 	}
-	t := &Tier{opt: opt, c: c, putLimit: maxPut}
+	t := &Tier{opt: opt, c: c, core: minio.Core{Client: c}, putLimit: maxPut}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	if opt.Retention.On() {
 		t.marks = tiers.NewUseMarks(t.ctx, t.touchUsed, func(k digest.Key, err error) {
@@ -208,45 +226,6 @@ func (t *Tier) Stat(ctx context.Context, k digest.Key) (tiers.Info, error) {
 	}
 	info, err := t.info(k, o)
 	return info, t.wrap("stat", k, err)
-}
-
-// Open opens the object for reads at offsets: each ReadAt is a ranged GET
-// (minio-go's Object), so a reader gets its first bytes early.
-func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
-	info, err := t.Stat(ctx, k)
-	if err != nil {
-		return nil, err
-	}
-	o, err := t.c.GetObject(context.Background(), t.opt.Bucket, t.object(k), minio.GetObjectOptions{})
-	if err != nil {
-		return nil, t.wrap("open", k, err)
-	}
-	t.used(k)
-	return &reader{t: t, k: k, o: o, info: info}, nil
-}
-
-type reader struct {
-	t    *Tier
-	k    digest.Key
-	o    *minio.Object
-	info tiers.Info
-}
-
-func (r *reader) Info() tiers.Info { return r.info }
-func (r *reader) Close() error     { return r.o.Close() }
-
-func (r *reader) ReadAt(p []byte, off int64) (int, error) {
-	if off >= r.info.Size {
-		return 0, io.EOF
-	}
-	n, err := r.o.ReadAt(p, off)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return n, r.t.wrap("read", r.k, err)
-	}
-	if n < len(p) && off+int64(n) >= r.info.Size {
-		return n, io.EOF
-	}
-	return n, err
 }
 
 // Put stores the value under k unless the key has one (ErrExist).

@@ -169,6 +169,7 @@ type flechefsClient struct {
 	env        []string
 	url        string
 	knownHosts string
+	s3         *s3Store // the remote is this S3 store instead of sshd (the s3 phase)
 }
 
 func (b *bench) newFlechefs(label string) *flechefsClient {
@@ -183,7 +184,18 @@ func (b *bench) newFlechefs(label string) *flechefsClient {
 func (c *flechefsClient) name() string { return "flechefs" }
 
 func (c *flechefsClient) writeConfig() error {
-	cfg := fmt.Sprintf(`# written by flechebench: RAM, bbolt, SFTP
+	remote := fmt.Sprintf(`kind = "sftp"
+url = %q
+identity = [%q]
+known_hosts = %q
+agent = false
+ciphers = [%q]
+channels = %d
+`, c.url, c.b.srv.IdentityFile, c.knownHosts, cipher, c.b.opt.channels)
+	if c.s3 != nil {
+		remote = c.s3.s3TOML()
+	}
+	cfg := fmt.Sprintf(`# written by flechebench: RAM, bbolt, a remote
 spool_dir = %q
 
 [[tier]]
@@ -196,14 +208,7 @@ path = %q
 size = "8GiB"
 
 [[tier]]
-kind = "sftp"
-url = %q
-identity = [%q]
-known_hosts = %q
-agent = false
-ciphers = [%q]
-channels = %d
-`, c.spool, c.ramSize, c.db, c.url, c.b.srv.IdentityFile, c.knownHosts, cipher, c.b.opt.channels)
+%s`, c.spool, c.ramSize, c.db, remote)
 	if err := os.MkdirAll(filepath.Dir(c.cfgPath), 0o755); err != nil {
 		return err
 	}
@@ -323,6 +328,10 @@ func (c *sshfsClient) start(fresh bool) error {
 type rcloneClient struct {
 	daemon
 	cache string
+	// remote is an rclone remote defined by env (the s3 phase); "": the
+	// sshd's directory through the SFTP backend.
+	remote string
+	env    []string
 }
 
 func (b *bench) newRclone(label string) *rcloneClient {
@@ -343,6 +352,10 @@ func (c *rcloneClient) start(fresh bool) error {
 	s := c.b.srv
 	empty := filepath.Join(c.b.opt.work, "rclone.conf")
 	os.WriteFile(empty, nil, 0o600)
+	if c.remote != "" {
+		return c.run(c.env, "rclone", "mount", "--config", empty, c.remote, c.mnt,
+			"--vfs-cache-mode", "full", "--cache-dir", c.cache, "--vfs-write-back", "0s", "--log-level", "NOTICE")
+	}
 	// rclone 1.60 has no --sftp-ciphers: sshd offers only the one cipher.
 	return c.run(nil, "rclone", "mount", "--config", empty,
 		":sftp:"+s.Dir, c.mnt,

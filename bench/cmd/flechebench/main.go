@@ -1,6 +1,7 @@
 // Command flechebench is the benchmark of flechefs against sshfs, rclone
 // mount and the ceilings (native reads, OpenSSH sftp, a go-fuse RAM
-// filesystem). bench/run.sh builds it and runs it; bench/README.md says what
+// filesystem), and, with an S3 store (a local SeaweedFS), against rclone
+// mount's S3 backend. bench/run.sh builds it and runs it; bench/README.md says what
 // each scenario measures.
 //
 //	flechebench -flechefs bin/flechefs -memfs bin/memfs [-repeats 3] [-out bench/results]
@@ -35,7 +36,7 @@ type options struct {
 	work            string
 	out             string
 	repeats         int
-	only            string // comma-separated phases: main,memory,scale,slow
+	only            string // comma-separated phases: main,memory,scale,slow,s3
 	clients         string // comma-separated clients of the main phase
 	scenarios       string // comma-separated scenarios of the main phase
 	scaleN          int
@@ -67,7 +68,7 @@ func main() {
 	flag.StringVar(&o.work, "work", "/var/tmp/flechebench", "work directory (wiped at start; the 1M-entry database is kept in WORK-cache)")
 	flag.StringVar(&o.out, "out", "bench/results", "directory of the CSV results")
 	flag.IntVar(&o.repeats, "repeats", 3, "runs of every scenario; medians, min and max are printed")
-	flag.StringVar(&o.only, "only", "main,memory,scale,slow", "phases to run")
+	flag.StringVar(&o.only, "only", "main,memory,scale,slow,s3", "phases to run")
 	flag.StringVar(&o.clients, "clients", "flechefs,sshfs,rclone,memfs,native,sftp", "clients of the main phase")
 	flag.StringVar(&o.scenarios, "scenarios", "cold,warm,stat,remount,write", "scenarios of the main phase (cold and warm read, stat, remount read, write)")
 	flag.IntVar(&o.scaleN, "scale-entries", 1_000_000, "entries of the bbolt tier of the scale phase")
@@ -144,6 +145,11 @@ func run(o options) (err error) {
 	}
 	if phases["slow"] {
 		if err := b.slowPhase(); err != nil {
+			return err
+		}
+	}
+	if phases["s3"] {
+		if err := b.s3Phase(); err != nil {
 			return err
 		}
 	}

@@ -50,7 +50,7 @@ func (b *bench) mainPhase() error {
 				c.stop()
 				return err
 			}
-			steal := b.noteSteal(c.name(), sm)
+			steal := b.noteSteal(c.name(), "machine.steal", sm)
 			b.logf("repeat %d: %s done in %v (steal %s)", r+1, c.name(), time.Since(t).Round(time.Millisecond), steal)
 		}
 		if want["sftp"] {
@@ -59,22 +59,22 @@ func (b *bench) mainPhase() error {
 			if err := b.sftpAll(); err != nil {
 				return err
 			}
-			steal := b.noteSteal("sftp", sm)
+			steal := b.noteSteal("sftp", "machine.steal", sm)
 			b.logf("repeat %d: sftp done in %v (steal %s)", r+1, time.Since(t).Round(time.Millisecond), steal)
 		}
 	}
 	return nil
 }
 
-// noteSteal records, as the client's machine.steal figure, the share of
-// CPU time the hypervisor took while the client was measured, and returns
-// it for the log.
-func (b *bench) noteSteal(client string, sm stealMeter) string {
+// noteSteal records, as the client's metric (machine.steal, or the
+// phase's own), the share of CPU time the hypervisor took while the
+// client was measured, and returns it for the log.
+func (b *bench) noteSteal(client, metric string, sm stealMeter) string {
 	p := sm.Percent()
 	if p < 0 {
 		return "unknown"
 	}
-	b.res.add(client, "machine.steal", "%", p)
+	b.res.add(client, metric, "%", p)
 	return fmt.Sprintf("%.0f%%", p)
 }
 

@@ -175,17 +175,37 @@ func (b *bench) waitRemote(names []string, size int64, timeout time.Duration) er
 	}
 }
 
-// writeAll runs the write scenarios: 2000 small files, then the large one,
-// each timed until the last close returns and, with remote, until the data
-// is on the remote. It removes what it wrote from the remote afterwards.
+// writeSink is where the write scenarios' values must arrive, and the
+// names of their metrics: PREFIX.small.close, PREFIX.small.WHERE, ...
+type writeSink struct {
+	prefix, where string
+	// wait waits until every name is there with its size; nil: the client
+	// has no remote (native, memfs).
+	wait   func(names []string, size int64, timeout time.Duration) error
+	remove func(names []string)
+}
+
+// writeAll runs the write scenarios of the main phase, the remote being
+// sshd's directory.
 func (b *bench) writeAll(c client, remote bool) error {
+	s := writeSink{prefix: "write", where: "remote", remove: b.ds.removeWritten}
+	if remote {
+		s.wait = b.waitRemote
+	}
+	return b.writeTo(c, s)
+}
+
+// writeTo runs the write scenarios: 2000 small files, then the large one,
+// each timed until the last close returns and, with s.wait, until the
+// data is at s. It removes what it wrote afterwards.
+func (b *bench) writeTo(c client, s writeSink) error {
 	ds := b.ds
 	names := make([]string, nSmall)
 	for i := range names {
 		names[i] = newKey()
 	}
 	large := newKey()
-	defer ds.removeWritten(append(names, large))
+	defer s.remove(append(names, large))
 	// Each write starts with no dirty data of the scenarios before it:
 	// their writeback throttled whichever client came next (native and
 	// memfs writes of the 512 MiB file took 0.13-1.60 s in one run).
@@ -196,12 +216,12 @@ func (b *bench) writeAll(c client, remote bool) error {
 			return fmt.Errorf("%s: %w", c.name(), err)
 		}
 	}
-	b.res.add(c.name(), "write.small.close", "s", time.Since(start).Seconds())
-	if remote {
-		if err := b.waitRemote(names, smallSize, 10*time.Minute); err != nil {
+	b.res.add(c.name(), s.prefix+".small.close", "s", time.Since(start).Seconds())
+	if s.wait != nil {
+		if err := s.wait(names, smallSize, 10*time.Minute); err != nil {
 			return fmt.Errorf("%s: %w", c.name(), err)
 		}
-		b.res.add(c.name(), "write.small.remote", "s", time.Since(start).Seconds())
+		b.res.add(c.name(), s.prefix+".small."+s.where, "s", time.Since(start).Seconds())
 	}
 	c.settle()
 	if f, ok := c.(*flechefsClient); ok {
@@ -212,12 +232,12 @@ func (b *bench) writeAll(c client, remote bool) error {
 	if err := writeFile(filepath.Join(c.root(), large), ds.largeData); err != nil {
 		return fmt.Errorf("%s: %w", c.name(), err)
 	}
-	b.res.add(c.name(), "write.large.close", "s", time.Since(start).Seconds())
-	if remote {
-		if err := b.waitRemote([]string{large}, ds.lsize, 10*time.Minute); err != nil {
+	b.res.add(c.name(), s.prefix+".large.close", "s", time.Since(start).Seconds())
+	if s.wait != nil {
+		if err := s.wait([]string{large}, ds.lsize, 10*time.Minute); err != nil {
 			return fmt.Errorf("%s: %w", c.name(), err)
 		}
-		b.res.add(c.name(), "write.large.remote", "s", time.Since(start).Seconds())
+		b.res.add(c.name(), s.prefix+".large."+s.where, "s", time.Since(start).Seconds())
 	}
 	c.settle()
 	return nil
