@@ -264,6 +264,16 @@ func RemoveVictims(victims []PruneEntry, rep *PruneReport, refresh func(), remov
 	return firstErr
 }
 
+// ApplyPrune removes victims (RemoveVictims), or, in a dry run
+// (rep.DryRun), only reports them.
+func ApplyPrune(victims []PruneEntry, rep *PruneReport, refresh func(), remove func(PruneEntry) error) error {
+	if rep.DryRun {
+		ReportRemoved(rep, victims, nil)
+		return nil
+	}
+	return RemoveVictims(victims, rep, refresh, remove)
+}
+
 // ReportRemoved adds the victims marked done (all, when done is nil) to rep.
 func ReportRemoved(rep *PruneReport, victims []PruneEntry, done []bool) {
 	for i, e := range victims {

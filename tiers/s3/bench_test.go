@@ -37,22 +37,7 @@ func fetchWhole(r io.ReaderAt, size int64, dst io.Writer) (int64, error) {
 // the default window of ranged GETs and with one GET at a time.
 func BenchmarkFetch(b *testing.B) {
 	s := s3test.Start(b)
-	k := tiertest.Key("bench fetch")
-	for _, ranges := range []int{defaultRanges, 1} {
-		b.Run(fmt.Sprintf("ranges=%d", ranges), func(b *testing.B) {
-			opt := options(s)
-			opt.Prefix = "bench/"
-			opt.Ranges = ranges
-			tr, err := Open(opt)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if _, err := tr.Stat(context.Background(), k); err != nil {
-				tiertest.Put(b, tr, k, tiertest.Data(7, benchFetchSize))
-			}
-			benchFetch(b, tr, k)
-		})
-	}
+	benchFetchRanges(b, s, s.Endpoint)
 }
 
 // BenchmarkFetchSlowLink is BenchmarkFetch through a link of 20 ms each
@@ -65,6 +50,12 @@ func BenchmarkFetchSlowLink(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(px.Close)
+	benchFetchRanges(b, s, "http://"+px.Addr())
+}
+
+// benchFetchRanges fetches the bench value through endpoint, with the
+// default window and with one range at a time; the value is put directly.
+func benchFetchRanges(b *testing.B, s *s3test.Server, endpoint string) {
 	k := tiertest.Key("bench fetch")
 	for _, ranges := range []int{defaultRanges, 1} {
 		b.Run(fmt.Sprintf("ranges=%d", ranges), func(b *testing.B) {
@@ -78,7 +69,7 @@ func BenchmarkFetchSlowLink(b *testing.B) {
 			if _, err := direct.Stat(context.Background(), k); err != nil {
 				tiertest.Put(b, direct, k, tiertest.Data(7, benchFetchSize))
 			}
-			opt.Endpoint = "http://" + px.Addr()
+			opt.Endpoint = endpoint
 			tr, err := Open(opt)
 			if err != nil {
 				b.Fatal(err)

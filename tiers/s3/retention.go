@@ -93,19 +93,15 @@ func (t *Tier) Prune(ctx context.Context, b tiers.Bound, dryRun bool) (tiers.Pru
 		rep.Took = time.Since(start)
 		return rep, err
 	}
-	if dryRun {
-		tiers.ReportRemoved(&rep, victims, nil)
-	} else {
-		err = tiers.RemoveVictims(victims, &rep, func() { t.putLease(ctx, token, false) }, func(e tiers.PruneEntry) error {
-			err := t.Delete(ctx, e.Key)
-			if err == nil || errors.Is(err, tiers.ErrNotFound) && !errors.Is(err, tiers.ErrForeign) {
-				rctx, cancel := context.WithTimeout(ctx, t.opt.Timeout)
-				t.c.RemoveObject(rctx, t.opt.Bucket, t.usedName(e.Key), minio.RemoveObjectOptions{})
-				cancel()
-			}
-			return err
-		})
-	}
+	err = tiers.ApplyPrune(victims, &rep, func() { t.putLease(ctx, token, false) }, func(e tiers.PruneEntry) error {
+		err := t.Delete(ctx, e.Key)
+		if err == nil || errors.Is(err, tiers.ErrNotFound) && !errors.Is(err, tiers.ErrForeign) {
+			rctx, cancel := context.WithTimeout(ctx, t.opt.Timeout)
+			t.c.RemoveObject(rctx, t.opt.Bucket, t.usedName(e.Key), minio.RemoveObjectOptions{})
+			cancel()
+		}
+		return err
+	})
 	rep.Took = time.Since(start)
 	if err != nil {
 		return rep, err

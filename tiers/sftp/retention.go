@@ -138,18 +138,14 @@ func (t *Tier) Prune(ctx context.Context, b Bound, dryRun bool) (PruneReport, er
 		rep.Took = time.Since(start)
 		return rep, err
 	}
-	if dryRun {
-		tiers.ReportRemoved(&rep, victims, nil)
-	} else {
-		refresh := func() { now := time.Now(); c.sftp.Chtimes(lease, now, now) }
-		err = tiers.RemoveVictims(victims, &rep, refresh, func(e tiers.PruneEntry) error {
-			err := t.Delete(ctx, e.Key)
-			if err == nil || errors.Is(err, tiers.ErrNotFound) {
-				c.sftp.Remove(path.Join(t.rem.root, ".flechefs", "used", e.Key.String()))
-			}
-			return err
-		})
-	}
+	refresh := func() { now := time.Now(); c.sftp.Chtimes(lease, now, now) }
+	err = tiers.ApplyPrune(victims, &rep, refresh, func(e tiers.PruneEntry) error {
+		err := t.Delete(ctx, e.Key)
+		if err == nil || errors.Is(err, tiers.ErrNotFound) {
+			c.sftp.Remove(path.Join(t.rem.root, ".flechefs", "used", e.Key.String()))
+		}
+		return err
+	})
 	rep.Took = time.Since(start)
 	if err != nil {
 		return rep, err
