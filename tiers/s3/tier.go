@@ -79,8 +79,9 @@ const (
 
 // Tier is an S3 bucket (and prefix) as a tier.
 type Tier struct {
-	opt Options
-	c   *minio.Client
+	opt   Options
+	c     *minio.Client
+	reach *reach
 }
 
 // Open checks the options and makes the client. It does not talk to the
@@ -121,20 +122,21 @@ func Open(opt Options) (*Tier, error) {
 	}
 	tr := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: opt.Timeout, KeepAlive: 15 * time.Second}).DialContext,
+		DialContext:           dialIdle(&net.Dialer{Timeout: opt.Timeout, KeepAlive: 15 * time.Second}, opt.Timeout+idleMargin),
 		MaxIdleConnsPerHost:   32,
 		IdleConnTimeout:       time.Minute,
 		TLSHandshakeTimeout:   opt.Timeout,
 		ResponseHeaderTimeout: opt.Timeout,
 	}
+	rt := &reach{next: tr, timeout: opt.Timeout}
 	c, err := minio.New(u.Host, &minio.Options{
 		Creds: creds, Secure: u.Scheme == "https", Region: opt.Region,
-		BucketLookup: lookup, Transport: tr, MaxRetries: 3,
+		BucketLookup: lookup, Transport: rt, MaxRetries: 3,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%s tier: %w", opt.Name, err)
 	}
-	return &Tier{opt: opt, c: c}, nil
+	return &Tier{opt: opt, c: c, reach: rt}, nil
 }
 
 // Name returns Options.Name.
@@ -144,6 +146,15 @@ func (t *Tier) Name() string { return t.opt.Name }
 func (t *Tier) Close() error { return nil }
 
 func (t *Tier) object(k digest.Key) string { return t.opt.Prefix + k.String() }
+
+// unavailable is ErrUnavailable for op on k while the store is known to be
+// unreachable (reach), else nil: the request is not made.
+func (t *Tier) unavailable(op string, k digest.Key) error {
+	if err := t.reach.down(); err != nil {
+		return tiers.Wrap(t.opt.Name, op, k, fmt.Errorf("%w: %s: %v", tiers.ErrUnavailable, t.opt.Endpoint, err))
+	}
+	return nil
+}
 
 // wrap makes err a tiers error: absent, existing, or the store unreachable.
 func (t *Tier) wrap(op string, k digest.Key, err error) error {
@@ -181,6 +192,9 @@ func (t *Tier) info(k digest.Key, o minio.ObjectInfo) (tiers.Info, error) {
 }
 
 func (t *Tier) Stat(ctx context.Context, k digest.Key) (tiers.Info, error) {
+	if err := t.unavailable("stat", k); err != nil {
+		return tiers.Info{}, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, t.opt.Timeout)
 	defer cancel()
 	o, err := t.c.StatObject(ctx, t.opt.Bucket, t.object(k), minio.StatObjectOptions{})
@@ -223,6 +237,11 @@ func (r *reader) ReadAt(p []byte, off int64) (int, error) {
 	if err != nil && !errors.Is(err, io.EOF) {
 		return n, r.t.wrap("read", r.k, err)
 	}
+	if err != nil && n < len(p) && off+int64(n) < r.info.Size {
+		// A response that ended before the object did: the store went
+		// away mid-way, which is not damage.
+		return n, r.t.wrap("read", r.k, fmt.Errorf("%w: the response ended at byte %d of %d", io.ErrUnexpectedEOF, off+int64(n), r.info.Size))
+	}
 	if n < len(p) && off+int64(n) >= r.info.Size {
 		return n, io.EOF
 	}
@@ -233,6 +252,9 @@ func (r *reader) ReadAt(p []byte, off int64) (int, error) {
 func (t *Tier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta) (tiers.Info, error) {
 	if m.Size < 0 || m.Sum.IsZero() {
 		return t.putSpooled(ctx, k, r, m)
+	}
+	if err := t.unavailable("put", k); err != nil {
+		return tiers.Info{}, err
 	}
 	if m.Size > maxPut {
 		return tiers.Info{}, tiers.Wrap(t.opt.Name, "put", k, fmt.Errorf("%d bytes: an S3 tier holds values of at most 5 GiB (one PUT)", m.Size))
@@ -344,6 +366,9 @@ func (t *Tier) Delete(ctx context.Context, k digest.Key) error {
 // their sizes and times and a zero Sum (the metadata takes a request each;
 // objects flechefs did not write are listed too, and absent to Stat).
 func (t *Tier) List(ctx context.Context, fn func(tiers.Info) error) error {
+	if err := t.unavailable("list", digest.Key{}); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	for o := range t.c.ListObjects(ctx, t.opt.Bucket, minio.ListObjectsOptions{Prefix: t.opt.Prefix}) {
