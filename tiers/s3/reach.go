@@ -19,23 +19,30 @@ import (
 // answers nothing, and each try waited Timeout for response headers: three
 // times Timeout for one ReadAt, which no context bounds. So:
 //
+//   - A try waits Timeout/2 for response headers, so that a request has two
+//     tries within Timeout: a store that stalls one request (SeaweedFS,
+//     when the volume server it reads from dies under it, stalled the
+//     request in flight for more than 5 s and answered the next at once
+//     from the replica) is asked again in time.
 //   - reach remembers that the store could not be reached (a failed dial,
-//     no response or no byte within Timeout) and then fails requests at
-//     once, for a backoff of minBackoff doubling to maxBackoff (each
-//     ±backoffJitter), after which one request at a time goes through and
-//     the first response of any kind ends the outage. A hung store then
-//     costs one try Timeout, and the retries of that request fail at once
-//     (minio-go waits at most 0.6 s before its last, within the shortest
-//     backoff); the tier's methods ask reach first and skip minio-go's
-//     backoff. A store that returns is used again within maxBackoff
-//     (+20%) of its return.
-//   - idleConn fails a connection on which nothing moves for Timeout
+//     or two tries in a row without response headers) and then fails
+//     requests at once, for a backoff of minBackoff doubling to
+//     maxBackoff (each ±backoffJitter), after which one request at a time
+//     goes through and the first response of any kind ends the outage. A
+//     hung store then costs one request about Timeout, and its last try
+//     fails at once (minio-go waits at most 0.6 s before it, within the
+//     shortest backoff); the tier's methods ask reach first and skip
+//     minio-go's backoff. A store that returns is used again within
+//     maxBackoff (+20%) of its return.
+//   - idleConn fails a connection on which nothing moves for Timeout/2
 //     (+idleMargin): a response body that stops mid-way (the server frozen
-//     while it sends) fails the read instead of hanging it. The margin lets
-//     the transport's own wait for response headers (Timeout) end first: a
-//     read that fails on a reused connection before any response makes
-//     net/http send the request again on a new one, which waited Timeout
-//     once more.
+//     while it sends) fails the read instead of hanging it, and the
+//     reader makes that ReadAt again once, on a new request, unless the
+//     store is known down. The margin lets the transport's own wait for
+//     response headers (Timeout/2) end first: a read that fails on a
+//     reused connection before any response makes net/http send the
+//     request again on a new one, which waited as long once more. A body
+//     that stalls counts as a try without an answer (stalled).
 const (
 	idleMargin    = time.Second
 	minBackoff    = time.Second
@@ -52,11 +59,12 @@ type reach struct {
 	next    http.RoundTripper
 	timeout time.Duration // Options.Timeout
 
-	mu     sync.Mutex
-	wait   time.Duration // the current backoff; 0 while the store answers
-	until  time.Time     // requests fail at once before this
-	trying bool          // a request is trying the store after a backoff
-	why    error         // the failure that began or prolonged the outage
+	mu      sync.Mutex
+	wait    time.Duration // the current backoff; 0 while the store answers
+	strikes int           // tries in a row that timed out
+	until   time.Time     // requests fail at once before this
+	trying  bool          // a request is trying the store after a backoff
+	why     error         // the failure that began or prolonged the outage
 }
 
 // down returns why requests fail at once now, or nil when one may try.
@@ -87,13 +95,14 @@ func (r *reach) RoundTrip(req *http.Request) (*http.Response, error) {
 	defer r.mu.Unlock()
 	switch {
 	case err == nil:
-		r.wait, r.trying, r.why = 0, false, nil
-	case unreachable(err) && (req.Context().Err() == nil || time.Since(start) >= r.timeout):
-		// A timeout of the caller's context counts once the request has
-		// waited Timeout: the caller's deadline need not be longer.
-		r.wait = min(max(2*r.wait, minBackoff), maxBackoff)
-		f := 1 + backoffJitter*(2*rand.Float64()-1)
-		r.until, r.trying, r.why = time.Now().Add(time.Duration(f*float64(r.wait))), false, err
+		r.wait, r.strikes, r.trying, r.why = 0, 0, false, nil
+	case dialFailed(err):
+		r.downLocked(err)
+	case timedOut(err) && (req.Context().Err() == nil || time.Since(start) >= r.timeout/2):
+		// A timeout of the caller's context counts once the try has
+		// waited as long as the transport would have. A try after a
+		// backoff has no second chance.
+		r.strikeLocked(err, probe)
 	case probe:
 		// Cancelled by its caller, or a failure of an established
 		// connection (minio-go tries again): nothing learnt, and the
@@ -103,14 +112,45 @@ func (r *reach) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-// unreachable reports whether err says that the store could not be
-// reached: a dial that failed, or a timeout (no response headers within
-// Timeout, or an idleConn deadline).
-func unreachable(err error) bool {
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
-		return true
+// stalled counts a response body that stopped for the idle timeout as a
+// try without an answer.
+func (r *reach) stalled(err error) {
+	if !timedOut(err) {
+		return
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.strikeLocked(err, false)
+}
+
+// strikeLocked counts a try without an answer: the second in a row, or
+// one after a backoff, begins or prolongs an outage. r.mu is held.
+func (r *reach) strikeLocked(err error, probe bool) {
+	r.strikes++
+	if r.strikes >= 2 || probe {
+		r.downLocked(err)
+	}
+}
+
+// downLocked begins or prolongs an outage: requests fail at once for the
+// next backoff. r.mu is held.
+func (r *reach) downLocked(err error) {
+	r.strikes = 0
+	r.wait = min(max(2*r.wait, minBackoff), maxBackoff)
+	f := 1 + backoffJitter*(2*rand.Float64()-1)
+	r.until, r.trying, r.why = time.Now().Add(time.Duration(f*float64(r.wait))), false, err
+}
+
+// dialFailed reports whether err is a failed dial: the store refused, or
+// is not there.
+func dialFailed(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// timedOut reports whether err is a timeout: no response headers in time,
+// an idleConn deadline, or the caller's deadline.
+func timedOut(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }

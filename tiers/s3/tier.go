@@ -37,7 +37,9 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -73,6 +75,10 @@ type Options struct {
 const (
 	metaSum     = "Flechefs-Sha256"
 	metaCreated = "Flechefs-Created"
+	// metaSize is the value's size: an object whose bytes were replaced
+	// by others of another size, keeping the metadata, is damage that Stat
+	// sees, as the sftp tier's record does.
+	metaSize = "Flechefs-Size"
 	// maxPut is the largest value one S3 PUT takes.
 	maxPut = 5 << 30
 )
@@ -122,11 +128,11 @@ func Open(opt Options) (*Tier, error) {
 	}
 	tr := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialIdle(&net.Dialer{Timeout: opt.Timeout, KeepAlive: 15 * time.Second}, opt.Timeout+idleMargin),
+		DialContext:           dialIdle(&net.Dialer{Timeout: opt.Timeout, KeepAlive: 15 * time.Second}, opt.Timeout/2+idleMargin),
 		MaxIdleConnsPerHost:   32,
 		IdleConnTimeout:       time.Minute,
 		TLSHandshakeTimeout:   opt.Timeout,
-		ResponseHeaderTimeout: opt.Timeout,
+		ResponseHeaderTimeout: opt.Timeout / 2, // two tries within Timeout (reach.go)
 	}
 	rt := &reach{next: tr, timeout: opt.Timeout}
 	c, err := minio.New(u.Host, &minio.Options{
@@ -188,7 +194,18 @@ func (t *Tier) info(k digest.Key, o minio.ObjectInfo) (tiers.Info, error) {
 	if ms, err := time.Parse(time.RFC3339Nano, o.UserMetadata[metaCreated]); err == nil {
 		created = ms
 	}
-	return tiers.Info{Key: k, Size: o.Size, Sum: sum, Created: created}, nil
+	info := tiers.Info{Key: k, Size: o.Size, Sum: sum, Created: created}
+	// Objects put before the size was recorded have none; an empty one
+	// can still be told from its checksum, which no read would check (a
+	// reader of 0 bytes reads nothing).
+	if v, ok := o.UserMetadata[metaSize]; ok {
+		if n, err := strconv.ParseInt(v, 10, 64); err != nil || n != o.Size {
+			return info, fmt.Errorf("%w: %s is %d bytes, its metadata says %q", tiers.ErrCorrupt, o.Key, o.Size, v)
+		}
+	} else if o.Size == 0 && sum != digest.Of(nil) {
+		return info, fmt.Errorf("%w: %s is empty, its checksum is of another value", tiers.ErrCorrupt, o.Key)
+	}
+	return info, nil
 }
 
 func (t *Tier) Stat(ctx context.Context, k digest.Key) (tiers.Info, error) {
@@ -222,19 +239,57 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 type reader struct {
 	t    *Tier
 	k    digest.Key
-	o    *minio.Object
 	info tiers.Info
+
+	mu sync.Mutex
+	o  *minio.Object // replaced by retry after a failure, which it keeps
 }
 
 func (r *reader) Info() tiers.Info { return r.info }
-func (r *reader) Close() error     { return r.o.Close() }
+
+func (r *reader) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.o.Close()
+}
 
 func (r *reader) ReadAt(p []byte, off int64) (int, error) {
 	if off >= r.info.Size {
 		return 0, io.EOF
 	}
-	n, err := r.o.ReadAt(p, off)
+	r.mu.Lock()
+	o := r.o
+	r.mu.Unlock()
+	n, err := r.readAt(o, p, off)
+	if errors.Is(err, tiers.ErrUnavailable) && r.t.reach.down() == nil {
+		// A request that failed while the store answers others is made
+		// once more, a new GET for the rest: SeaweedFS stalls a response
+		// whose volume server dies under it, and serves the next request
+		// from the replica.
+		o2, gerr := r.t.c.GetObject(context.Background(), r.t.opt.Bucket, r.t.object(r.k), minio.GetObjectOptions{})
+		if gerr != nil {
+			return n, err
+		}
+		r.mu.Lock()
+		if r.o == o {
+			r.o = o2
+		} else {
+			o2.Close() // another ReadAt replaced it first
+			o2 = r.o
+		}
+		r.mu.Unlock()
+		o.Close()
+		m, err2 := r.readAt(o2, p[n:], off+int64(n))
+		return n + m, err2
+	}
+	return n, err
+}
+
+// readAt is one ReadAt of o, its errors made tiers errors.
+func (r *reader) readAt(o *minio.Object, p []byte, off int64) (int, error) {
+	n, err := o.ReadAt(p, off)
 	if err != nil && !errors.Is(err, io.EOF) {
+		r.t.reach.stalled(err)
 		return n, r.t.wrap("read", r.k, err)
 	}
 	if err != nil && n < len(p) && off+int64(n) < r.info.Size {
@@ -265,7 +320,7 @@ func (t *Tier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 	}
 	v := &verifier{r: r, h: sha256.New(), want: m.Sum, size: m.Size}
 	opts := minio.PutObjectOptions{
-		UserMetadata: map[string]string{metaSum: m.Sum.String(), metaCreated: created.UTC().Format(time.RFC3339Nano)},
+		UserMetadata: map[string]string{metaSum: m.Sum.String(), metaSize: strconv.FormatInt(m.Size, 10), metaCreated: created.UTC().Format(time.RFC3339Nano)},
 		ContentType:  "application/octet-stream",
 		// One PUT, never a multipart upload: stores honour If-None-Match
 		// on a PUT, and not all on a multipart upload's completion
@@ -354,8 +409,8 @@ func (v *verifier) Read(p []byte) (int, error) {
 
 // Delete removes k's object; ErrNotFound when there is none of flechefs's.
 func (t *Tier) Delete(ctx context.Context, k digest.Key) error {
-	if _, err := t.Stat(ctx, k); err != nil {
-		return err
+	if _, err := t.Stat(ctx, k); err != nil && !errors.Is(err, tiers.ErrCorrupt) {
+		return err // a damaged object of flechefs's is removed too
 	}
 	ctx, cancel := context.WithTimeout(ctx, t.opt.Timeout)
 	defer cancel()
