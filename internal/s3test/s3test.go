@@ -5,7 +5,7 @@
 // scripts/seaweedfs.sh and found at $FLECHEFS_WEED or in its cache.
 //
 // With Options.VolumeServers of 2 or more, the parts run as processes of
-// their own (weed master, weed volume per server, weed filer -s3) and the
+// their own (weed master, weed volume per server, weed filer, weed s3) and the
 // master replicates every write on that many volume servers, so that a
 // test can kill one of them (KillVolume) and read from the others.
 package s3test
@@ -73,7 +73,7 @@ type Server struct {
 
 	bin   string
 	mu    sync.Mutex
-	procs []*proc // the filer (with the gateway) last: started last, stopped first
+	procs []*proc // the gateway last: started last, stopped first
 }
 
 // proc is one weed process.
@@ -111,7 +111,7 @@ func StartWith(t testing.TB, o Options) *Server {
 		return d
 	}
 	// Every port at once: ports taken one by one could repeat.
-	ports, err := freePorts(7 + 2*max(o.VolumeServers, 1))
+	ports, err := freePorts(8 + 2*max(o.VolumeServers, 1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,15 +133,19 @@ func StartWith(t testing.TB, o Options) *Server {
 		mp, mg := port(), port()
 		master := "127.0.0.1:" + mp + "." + mg // SeaweedFS's host:port.grpcPort
 		s.add("master", "master", "-mdir="+dir("master"), "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-			"-port="+mp, "-port.grpc="+mg, "-volumeSizeLimitMB=64", "-telemetry=false",
+			"-port="+mp, "-port.grpc="+mg, "-peers=none", "-volumeSizeLimitMB=64", "-telemetry=false",
 			fmt.Sprintf("-defaultReplication=00%d", o.VolumeServers-1))
 		for i := range o.VolumeServers {
 			s.add(fmt.Sprintf("volume%d", i), "volume", "-dir="+dir(fmt.Sprintf("volume%d", i)), "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
 				"-port="+port(), "-port.grpc="+port(), "-master="+master, "-max=20", "-preStopSeconds=0")
 		}
+		fp, fg := port(), port()
 		s.add("filer", "filer", "-defaultStoreDir="+dir("filer"), "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-			"-port="+port(), "-port.grpc="+port(), "-master="+master,
-			"-s3", "-s3.port="+s3Port, "-s3.config="+cfg)
+			"-port="+fp, "-port.grpc="+fg, "-master="+master)
+		// A gateway of its own: `weed filer -s3` of this version never
+		// started its gateway here.
+		s.add("s3", "s3", "-filer=127.0.0.1:"+fp+"."+fg, "-ip.bind=127.0.0.1", "-port="+s3Port,
+			"-port.grpc="+port(), "-port.iceberg=0", "-config="+cfg)
 	}
 	s.LogFile = s.procs[len(s.procs)-1].log
 	t.Cleanup(s.Stop)
