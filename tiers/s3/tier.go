@@ -2,10 +2,12 @@
 // Ceph RGW, MinIO, SeaweedFS, Garage), through github.com/minio/minio-go.
 //
 // Objects are the raw values named <prefix><key>, so any S3 tool reads
-// them. The SHA-256 and the creation time travel with the object as user
-// metadata (x-amz-meta-flechefs-sha256, -created), written with the object
-// in the same request: an object is visible with its checksum or not at
-// all. Every read is verified against it by the stack, as for the other
+// them. The SHA-256, the size and the creation time travel with the object
+// as user metadata (x-amz-meta-flechefs-sha256, -size, -created), written
+// with the object in the same request: an object is visible with its
+// checksum or not at all, and one whose size differs from its metadata is
+// damage (ErrCorrupt) at Stat. A store that cannot be reached is down for
+// a backoff (reach.go). Every read is verified against it by the stack, as for the other
 // tiers. An object without that metadata was not written by flechefs: it is
 // absent to this tier (never served, never listed, never removed).
 //
