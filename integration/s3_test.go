@@ -2,15 +2,12 @@ package integration
 
 import (
 	"bytes"
-	"context"
-	"fmt"
 	"os"
 	"testing"
 	"time"
 
-	"github.com/minio/minio-go/v7"
-
 	"github.com/flechefs/flechefs/internal/mounttest"
+	"github.com/flechefs/flechefs/internal/remotetest"
 	"github.com/flechefs/flechefs/internal/s3test"
 )
 
@@ -19,24 +16,17 @@ import (
 // named by its key, with its SHA-256 in metadata) and read on the other;
 // a second writer of the key keeps the first value.
 func TestTwoMountsShareABucket(t *testing.T) {
-	s := s3test.Start(t)
-	tier := fmt.Sprintf("\n[[tier]]\nkind = \"s3\"\nendpoint = %q\nbucket = %q\nprefix = \"cache/\"\npath_style = true\nregion = \"us-east-1\"\n", s.Endpoint, s.Bucket)
-	env := []string{"AWS_ACCESS_KEY_ID=" + s3test.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s3test.SecretKey}
-	a := mounttest.NewNode(t, "s3-a", nil, mounttest.Opts{MoreTiers: tier, Env: env})
-	b := mounttest.NewNode(t, "s3-b", nil, mounttest.Opts{MoreTiers: tier, Env: env})
+	s := remotetest.NewS3(t, s3test.Start(t))
+	a := s.Node(t, "s3-a", mounttest.Opts{})
+	b := s.Node(t, "s3-b", mounttest.Opts{})
 	k := mounttest.Key("shared through s3")
 	v := bytes.Repeat([]byte("s3 value "), 300000) // 2.7 MB
 	if err := os.WriteFile(a.Path(k), v, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	a.Sync(time.Minute)
-	c, err := s.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := statObject(c, s.Bucket, "cache/"+k)
-	if err != nil || info.Size != int64(len(v)) || info.UserMetadata["Flechefs-Sha256"] != mounttest.Sum(v) {
-		t.Fatalf("the object in the bucket: %+v, %v", info, err)
+	if got, sum, err := s.Get(k); err != nil || !bytes.Equal(got, v) || sum != mounttest.Sum(v) {
+		t.Fatalf("the object in the bucket: %d bytes, checksum %q, %v", len(got), sum, err)
 	}
 	got, err := os.ReadFile(b.Path(k))
 	if err != nil || !bytes.Equal(got, v) {
@@ -58,8 +48,4 @@ func TestTwoMountsShareABucket(t *testing.T) {
 			t.Errorf("%s reads %q, %v; want the first value", n.Name, got, err)
 		}
 	}
-}
-
-func statObject(c *minio.Client, bucket, name string) (minio.ObjectInfo, error) {
-	return c.StatObject(context.Background(), bucket, name, minio.StatObjectOptions{})
 }
