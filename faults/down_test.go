@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/flechefs/flechefs/internal/mounttest"
-	"github.com/flechefs/flechefs/internal/sshdtest"
+	"github.com/flechefs/flechefs/internal/remotetest"
 )
 
 // TestRemoteOnlyReadWhileDown: node a uploads entries; node b, whose local
@@ -24,11 +24,15 @@ import (
 // waiting on the server, so `[ -e f ] || compute > f` computes; an open of a
 // name b had looked up before the outage (the kernel still holds it) cannot
 // get the bytes and fails with EIO. After the server returns, b reads every
-// entry.
+// entry. For every kind of remote.
 func TestRemoteOnlyReadWhileDown(t *testing.T) {
-	srv := sshdtest.Start(t)
-	a := mounttest.NewNode(t, "writer", srv, mounttest.Opts{RemoteTimeout: remoteTimeout.String()})
-	b := mounttest.NewNode(t, "reader", srv, mounttest.Opts{RemoteTimeout: remoteTimeout.String()})
+	remotetest.Each(t, testRemoteOnlyReadWhileDown)
+}
+
+func testRemoteOnlyReadWhileDown(t *testing.T, startStore func(testing.TB) remotetest.Store) {
+	srv := startStore(t)
+	a := srv.Node(t, "writer", mounttest.Opts{RemoteTimeout: remoteTimeout.String()})
+	b := srv.Node(t, "reader", mounttest.Opts{RemoteTimeout: remoteTimeout.String()})
 	const names = 20
 	want := map[string]string{}
 	var keys []string

@@ -20,6 +20,7 @@ import (
 
 	"github.com/flechefs/flechefs/digest"
 	"github.com/flechefs/flechefs/internal/mounttest"
+	"github.com/flechefs/flechefs/internal/remotetest"
 	"github.com/flechefs/flechefs/internal/sshdtest"
 	"github.com/flechefs/flechefs/tiers/sftp"
 )
@@ -126,6 +127,44 @@ func verifyRemote(t *testing.T, root string, want map[string]string) int {
 	return len(tmp)
 }
 
+// verifyStore checks a remote against the entries a node shows (key →
+// sha256), as verifyRemote does for an sftp remote, whose leftovers in
+// .flechefs/tmp it returns (0 for the others).
+func verifyStore(t *testing.T, s remotetest.Store, want map[string]string) int {
+	t.Helper()
+	if s, ok := s.(*remotetest.SFTP); ok {
+		return verifyRemote(t, s.Dir, want)
+	}
+	remotetest.Verify(t, s, want)
+	return 0
+}
+
+// checkNoPartial checks that every value the remote holds is the complete
+// value of its key (want: key → sha256), with a record that says so (or,
+// on an sftp remote, no record yet), and returns how many it checked.
+func checkNoPartial(t *testing.T, s remotetest.Store, want map[string]string) int {
+	t.Helper()
+	keys := s.Keys(t)
+	for _, k := range keys {
+		data, sum, err := s.Get(k)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed since the listing: nothing partial
+		}
+		got := mounttest.Sum(data)
+		switch {
+		case err != nil:
+			t.Errorf("%s: reading %s: %v", s.Kind(), k[:12], err)
+		case got != want[k]:
+			t.Errorf("%s: %s holds %d bytes with sha256 %s, not the value written (%s)", s.Kind(), k[:12], len(data), got, want[k])
+		case sum == "" && s.Kind() == "sftp":
+			// Renamed into place, its record still to come.
+		case sum != got:
+			t.Errorf("%s: %s: the record says %q, the data is %s", s.Kind(), k[:12], sum, got)
+		}
+	}
+	return len(keys)
+}
+
 // timedRead opens path (unless f is given), reads from off to the end and
 // returns the bytes' sum, how many were read, the error and the time taken.
 func timedRead(path string, f *os.File, off int64) (string, int64, error, time.Duration) {
@@ -145,18 +184,23 @@ func timedRead(path string, f *os.File, off int64) (string, int64, error, time.D
 // isEIO reports whether err is EIO.
 func isEIO(err error) bool { return errors.Is(err, syscall.EIO) }
 
-// TestRemoteStopMidRead stops (or freezes) sshd while a node streams a
-// remote-only entry, 24 times: the read completes with the right bytes or
-// fails with EIO within remote_timeout plus slack; opening another remote
-// entry fails the same way; local entries keep being served; after the
-// server is back the entry reads whole and correct.
+// TestRemoteStopMidRead stops (or freezes) the server while a node streams
+// a remote-only entry, 24 times, for every kind of remote: the read
+// completes with the right bytes or fails with EIO within remote_timeout
+// plus slack; opening another remote entry fails the same way; local
+// entries keep being served; after the server is back the entry reads
+// whole and correct, and nothing half-fetched was kept.
 func TestRemoteStopMidRead(t *testing.T) {
 	if testing.Short() {
 		t.Skip("long fault suite; runs without -short")
 	}
+	remotetest.Each(t, testRemoteStopMidRead)
+}
+
+func testRemoteStopMidRead(t *testing.T, startStore func(testing.TB) remotetest.Store) {
 	const trials, size = 24, 8 << 20
-	srv := sshdtest.Start(t)
-	n := mounttest.NewNode(t, "reader", srv, mounttest.Opts{RemoteTimeout: remoteTimeout.String()})
+	srv := startStore(t)
+	n := srv.Node(t, "reader", mounttest.Opts{RemoteTimeout: remoteTimeout.String()})
 	// Remote-only entries: two per trial, placed on the server directly.
 	type entry struct {
 		key, sum string
@@ -166,7 +210,7 @@ func TestRemoteStopMidRead(t *testing.T) {
 	for i := range 2 * trials {
 		d := content(11, 11, i, size)
 		k := mounttest.Key(fmt.Sprintf("remote-only %d", i))
-		putRemote(t, srv.Dir, k, d)
+		srv.Put(t, k, d)
 		remote = append(remote, entry{k, mounttest.Sum(d), d})
 	}
 	// A local entry, written through the mount and durable.
@@ -312,23 +356,30 @@ func writeFileE(path string, data []byte, durable bool) error {
 	return f.Close()
 }
 
-// TestRemoteStopMidUpload stops sshd while uploads are in flight, 20
-// times, and writes more while it is down: writes succeed locally at once;
-// after the server is back and `flechefs sync` returns, the remote holds
-// every entry exactly, with its sum file, and nothing under a key's name
-// that is not a complete entry.
+// TestRemoteStopMidUpload stops the server while uploads are in flight, 20
+// times, and writes more while it is down, for every kind of remote:
+// writes succeed locally at once; once the server is back, before the
+// queue catches up, whatever the remote holds under a key is that key's
+// complete value (an sftp data file may still lack its record: an upload
+// cut between its rename and its record; an S3 object never lacks its
+// checksum); after `flechefs sync` returns, the remote holds every entry
+// exactly, with its record, and nothing else.
 func TestRemoteStopMidUpload(t *testing.T) {
 	if testing.Short() {
 		t.Skip("long fault suite; runs without -short")
 	}
+	remotetest.Each(t, testRemoteStopMidUpload)
+}
+
+func testRemoteStopMidUpload(t *testing.T, startStore func(testing.TB) remotetest.Store) {
 	const trials = 20
-	srv := sshdtest.Start(t)
-	n := mounttest.NewNode(t, "uploader", srv, mounttest.Opts{RemoteTimeout: remoteTimeout.String()})
+	srv := startStore(t)
+	n := srv.Node(t, "uploader", mounttest.Opts{RemoteTimeout: remoteTimeout.String()})
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 2))
 	want := map[string]string{}
 	var maxDown, maxSync time.Duration
 	var queuedAtStop int64
-	i := 0
+	i, checked := 0, 0
 	write := func(trial int) (string, []byte) {
 		i++
 		d := content(13, trial, i, 512<<10+rng.IntN(3<<20))
@@ -359,11 +410,12 @@ func TestRemoteStopMidUpload(t *testing.T) {
 		if err := srv.Restart(); err != nil {
 			t.Fatal(err)
 		}
+		checked += checkNoPartial(t, srv, want)
 		start := time.Now()
 		n.Sync(2 * time.Minute)
 		maxSync = max(maxSync, time.Since(start))
 	}
-	tmp := verifyRemote(t, srv.Dir, want)
+	tmp := verifyStore(t, srv, want)
 	st := n.Stats()
 	if st.Conflicts != 0 {
 		t.Errorf("%d conflicts", st.Conflicts)
@@ -377,18 +429,23 @@ func TestRemoteStopMidUpload(t *testing.T) {
 	// its record; the retry, once the settle time has passed, hashes it,
 	// finds its own value and records its sum (adoption), never removing it.
 	cut := strings.Count(n.Stderr(), "published without its sum record")
-	t.Logf("%d stops mid-upload, %d entries (%d still queued just before the stops): all on the remote with matching sum files after sync; %d upload attempts failed (%d cut between the data's rename and its record, then adopted); %d leftovers in .flechefs/tmp; slowest write while down %v, slowest sync after restart %v",
-		trials, len(want), queuedAtStop, st.UploadErrors, cut, tmp, maxDown.Round(time.Millisecond), maxSync.Round(time.Millisecond))
+	t.Logf("%d stops mid-upload, %d entries (%d still queued just before the stops): %d remote copies found complete right after the restarts, all on the remote with matching records after sync; %d upload attempts failed (%d cut between the data's rename and its record, then adopted); %d leftovers in .flechefs/tmp; slowest write while down %v, slowest sync after restart %v",
+		trials, len(want), queuedAtStop, checked, st.UploadErrors, cut, tmp, maxDown.Round(time.Millisecond), maxSync.Round(time.Millisecond))
 }
 
-// TestMountWithRemoteDown mounts while sshd is down: the mount works from
-// the local tiers, says so once in its log and in `flechefs status`, and
-// uploads what was written meanwhile when the server returns.
+// TestMountWithRemoteDown mounts while the server is down, for every kind
+// of remote: the mount works from the local tiers, says so once in its log
+// and in `flechefs status`, and uploads what was written meanwhile when
+// the server returns.
 func TestMountWithRemoteDown(t *testing.T) {
-	srv := sshdtest.Start(t)
+	remotetest.Each(t, testMountWithRemoteDown)
+}
+
+func testMountWithRemoteDown(t *testing.T, startStore func(testing.TB) remotetest.Store) {
+	srv := startStore(t)
 	srv.Stop()
 	start := time.Now()
-	n := mounttest.NewNode(t, "degraded", srv, mounttest.Opts{RemoteTimeout: remoteTimeout.String()})
+	n := srv.Node(t, "degraded", mounttest.Opts{RemoteTimeout: remoteTimeout.String()})
 	mountTook := time.Since(start)
 	want := map[string]string{}
 	for i := range 5 {
@@ -413,7 +470,7 @@ func TestMountWithRemoteDown(t *testing.T) {
 	}
 	mounttest.Eventually(t, "status to show the remote unavailable", 2*bound, func() bool {
 		out, _ := n.Flechefs("status", n.Mnt)
-		return strings.Contains(sftpLine(out), "UNAVAILABLE")
+		return strings.Contains(tierLine(out, srv.Kind()), "UNAVAILABLE")
 	})
 	status := n.Status()
 	log := n.Stderr()
@@ -434,22 +491,22 @@ func TestMountWithRemoteDown(t *testing.T) {
 	start = time.Now()
 	n.Sync(2 * time.Minute)
 	caughtUp := time.Since(start)
-	verifyRemote(t, srv.Dir, want)
+	verifyStore(t, srv, want)
 	mounttest.Eventually(t, "status to show the remote ok", 2*bound, func() bool {
 		out, _ := n.Flechefs("status", n.Mnt)
-		return strings.Contains(sftpLine(out), " ok")
+		return strings.Contains(tierLine(out, srv.Kind()), " ok")
 	})
 	if c := strings.Count(n.Stderr(), "remote tier unavailable"); c != 1 {
 		t.Errorf("after the catch-up the start-up warning was logged %d times", c)
 	}
 	t.Logf("mounted with the remote down in %v; log: %d start-up warning, %d stack warning; status line %q; caught up (5 entries) %v after the server returned",
-		mountTook.Round(time.Millisecond), probe, stack, sftpLine(status), caughtUp.Round(time.Millisecond))
+		mountTook.Round(time.Millisecond), probe, stack, tierLine(status, srv.Kind()), caughtUp.Round(time.Millisecond))
 }
 
-// sftpLine is the sftp tier's line of `flechefs status`.
-func sftpLine(status string) string {
+// tierLine is the line of `flechefs status` of the tier called name.
+func tierLine(status, name string) string {
 	for _, l := range strings.Split(status, "\n") {
-		if strings.HasPrefix(l, "sftp") {
+		if strings.HasPrefix(l, name+" ") {
 			return strings.Join(strings.Fields(l), " ")
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/flechefs/flechefs/internal/mounttest"
+	"github.com/flechefs/flechefs/internal/remotetest"
 	"github.com/flechefs/flechefs/internal/sshdtest"
 	"github.com/flechefs/flechefs/tiers"
 )
@@ -34,14 +35,27 @@ func (d daemonLog) String() string { return d.n.Stderr() }
 type nodeOpts struct {
 	ram        string // RAM tier size, default "64MiB"
 	extra      string // more top-level TOML
-	remoteTier string // more keys in the sftp tier table
+	remoteTier string // more keys in the remote tier's table
 	negTTL     string // negative_ttl, default "1s"
 }
 
 func newNode(t *testing.T, name string, remote *sshdtest.Server, o nodeOpts) *node {
 	t.Helper()
-	m := mounttest.NewNode(t, name, remote, mounttest.Opts{RAM: o.ram, Extra: o.extra, RemoteTier: o.remoteTier, NegativeTTL: o.negTTL})
-	return &node{Node: m, t: t, name: name, dir: m.Dir, mnt: m.Mnt, config: m.Config, stderr: daemonLog{m}}
+	return wrapNode(t, mounttest.NewNode(t, name, remote, o.mounttest()))
+}
+
+// newStoreNode is newNode with a remote of any kind.
+func newStoreNode(t *testing.T, name string, s remotetest.Store, o nodeOpts) *node {
+	t.Helper()
+	return wrapNode(t, s.Node(t, name, o.mounttest()))
+}
+
+func (o nodeOpts) mounttest() mounttest.Opts {
+	return mounttest.Opts{RAM: o.ram, Extra: o.extra, RemoteTier: o.remoteTier, NegativeTTL: o.negTTL}
+}
+
+func wrapNode(t *testing.T, m *mounttest.Node) *node {
+	return &node{Node: m, t: t, name: m.Name, dir: m.Dir, mnt: m.Mnt, config: m.Config, stderr: daemonLog{m}}
 }
 
 func (n *node) start()                                  { n.t.Helper(); n.Start() }

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,9 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/minio/minio-go/v7"
-
 	"github.com/flechefs/flechefs/internal/mounttest"
+	"github.com/flechefs/flechefs/internal/remotetest"
 	"github.com/flechefs/flechefs/internal/s3test"
 )
 
@@ -21,24 +19,17 @@ import (
 // named by its key, with its SHA-256 in metadata) and read on the other;
 // a second writer of the key keeps the first value.
 func TestTwoMountsShareABucket(t *testing.T) {
-	s := s3test.Start(t)
-	tier := fmt.Sprintf("\n[[tier]]\nkind = \"s3\"\nendpoint = %q\nbucket = %q\nprefix = \"cache/\"\npath_style = true\nregion = \"us-east-1\"\n", s.Endpoint, s.Bucket)
-	env := []string{"AWS_ACCESS_KEY_ID=" + s3test.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s3test.SecretKey}
-	a := mounttest.NewNode(t, "s3-a", nil, mounttest.Opts{MoreTiers: tier, Env: env})
-	b := mounttest.NewNode(t, "s3-b", nil, mounttest.Opts{MoreTiers: tier, Env: env})
+	s := remotetest.NewS3(t, s3test.Start(t))
+	a := s.Node(t, "s3-a", mounttest.Opts{})
+	b := s.Node(t, "s3-b", mounttest.Opts{})
 	k := mounttest.Key("shared through s3")
 	v := bytes.Repeat([]byte("s3 value "), 300000) // 2.7 MB
 	if err := os.WriteFile(a.Path(k), v, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	a.Sync(time.Minute)
-	c, err := s.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := statObject(c, s.Bucket, "cache/"+k)
-	if err != nil || info.Size != int64(len(v)) || info.UserMetadata["Flechefs-Sha256"] != mounttest.Sum(v) {
-		t.Fatalf("the object in the bucket: %+v, %v", info, err)
+	if got, sum, err := s.Get(k); err != nil || !bytes.Equal(got, v) || sum != mounttest.Sum(v) {
+		t.Fatalf("the object in the bucket: %d bytes, checksum %q, %v", len(got), sum, err)
 	}
 	got, err := os.ReadFile(b.Path(k))
 	if err != nil || !bytes.Equal(got, v) {
@@ -60,10 +51,6 @@ func TestTwoMountsShareABucket(t *testing.T) {
 			t.Errorf("%s reads %q, %v; want the first value", n.Name, got, err)
 		}
 	}
-}
-
-func statObject(c *minio.Client, bucket, name string) (minio.ObjectInfo, error) {
-	return c.StatObject(context.Background(), bucket, name, minio.StatObjectOptions{})
 }
 
 // TestMountRemoteS3URL mounts with --remote s3://bucket/prefix and nothing
@@ -96,14 +83,12 @@ func TestMountRemoteS3URL(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.Sync(time.Minute)
-	c, err := s.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := remotetest.NewS3(t, s)
+	st.Prefix = "via-flag/"
 	for k, v := range map[string][]byte{small: vs, large: vl} {
-		info, err := statObject(c, s.Bucket, "via-flag/"+k)
-		if err != nil || info.Size != int64(len(v)) || info.UserMetadata["Flechefs-Sha256"] != mounttest.Sum(v) {
-			t.Fatalf("object via-flag/%s: %+v, %v\n%s", k, info, err, a.Stderr())
+		got, sum, err := st.Get(k)
+		if err != nil || !bytes.Equal(got, v) || sum != mounttest.Sum(v) {
+			t.Fatalf("object via-flag/%s: %d bytes, checksum %q, %v\n%s", k, len(got), sum, err, a.Stderr())
 		}
 	}
 	for k, v := range map[string][]byte{small: vs, large: vl} {
@@ -123,10 +108,8 @@ func TestMountRemoteS3URL(t *testing.T) {
 // than prune_grace (S3 cannot be made to look older; tiers/s3's TestPrune
 // removes entries), and `flechefs status` shows the pass.
 func TestS3RetentionThroughMount(t *testing.T) {
-	s := s3test.Start(t)
-	tier := fmt.Sprintf("\n[[tier]]\nkind = \"s3\"\nendpoint = %q\nbucket = %q\nprefix = \"bounded/\"\npath_style = true\nregion = \"us-east-1\"\nmax_size = \"150KiB\"\nprune_grace = \"1h\"\n", s.Endpoint, s.Bucket)
-	env := []string{"AWS_ACCESS_KEY_ID=" + s3test.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s3test.SecretKey}
-	n := mounttest.NewNode(t, "s3-retention", nil, mounttest.Opts{MoreTiers: tier, Env: env})
+	s := remotetest.NewS3(t, s3test.Start(t))
+	n := s.Node(t, "s3-retention", mounttest.Opts{RemoteTier: "max_size = \"150KiB\"\nprune_grace = \"1h\"\n"})
 	for i := range 3 {
 		k := mounttest.Key(fmt.Sprintf("s3 retention %d", i))
 		if err := os.WriteFile(n.Path(k), bytes.Repeat([]byte{byte(i)}, 100<<10), 0o644); err != nil {

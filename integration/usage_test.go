@@ -14,16 +14,22 @@ import (
 	"time"
 
 	"github.com/flechefs/flechefs/internal/mounttest"
+	"github.com/flechefs/flechefs/internal/remotetest"
 	"github.com/flechefs/flechefs/internal/sshdtest"
 )
 
 // The fleche CacheStack scenario: A computes and publishes; B, with its own
 // RAM and bbolt tiers and the same remote, reads it, holds it in RAM after
-// the read, and still has it in bbolt after a restart.
+// the read, and still has it in bbolt after a restart. For every kind of
+// remote.
 func TestCacheStackAcrossMachines(t *testing.T) {
-	srv := sshdtest.Start(t)
-	a := newNode(t, "A", srv, nodeOpts{})
-	b := newNode(t, "B", srv, nodeOpts{})
+	remotetest.Each(t, testCacheStackAcrossMachines)
+}
+
+func testCacheStackAcrossMachines(t *testing.T, start func(testing.TB) remotetest.Store) {
+	srv := start(t)
+	a := newStoreNode(t, "A", srv, nodeOpts{})
+	b := newStoreNode(t, "B", srv, nodeOpts{})
 
 	k := key("simulate(42)")
 	val := make([]byte, 3<<20+17)
@@ -32,8 +38,8 @@ func TestCacheStackAcrossMachines(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.sync(30 * time.Second)
-	if got, err := os.ReadFile(filepath.Join(srv.Dir, k)); err != nil || !bytes.Equal(got, val) {
-		t.Fatalf("the remote does not hold the value after sync: %v", err)
+	if got, sum, err := srv.Get(k); err != nil || !bytes.Equal(got, val) || sum != key(string(val)) {
+		t.Fatalf("the remote does not hold the value and its checksum after sync: %q, %v", sum, err)
 	}
 
 	got, err := os.ReadFile(b.path(k))
@@ -43,8 +49,8 @@ func TestCacheStackAcrossMachines(t *testing.T) {
 	eventually(t, "B's RAM tier to hold the entry", 10*time.Second, func() bool {
 		return strings.Contains(xattr(t, b.path(k), "user.flechefs.tiers"), "ram")
 	})
-	if ts := b.tierStats("sftp"); ts.Hits != 1 {
-		t.Fatalf("B's sftp hits = %d, want 1", ts.Hits)
+	if ts := b.tierStats(srv.Kind()); ts.Hits != 1 {
+		t.Fatalf("B's %s hits = %d, want 1", srv.Kind(), ts.Hits)
 	}
 	if ts := b.tierStats("ram"); ts.Promotions != 1 {
 		t.Fatalf("B's ram promotions = %d, want 1", ts.Promotions)
@@ -274,10 +280,15 @@ func TestTwoMountsShareRemote(t *testing.T) {
 }
 
 // Restart: entries survive, and a stop with uploads pending resumes them.
+// For every kind of remote.
 func TestRestartResumesQueue(t *testing.T) {
-	srv := sshdtest.Start(t)
+	remotetest.Each(t, testRestartResumesQueue)
+}
+
+func testRestartResumesQueue(t *testing.T, start func(testing.TB) remotetest.Store) {
+	srv := start(t)
 	srv.Stop() // the remote is down: uploads queue
-	n := newNode(t, "restart", srv, nodeOpts{})
+	n := newStoreNode(t, "restart", srv, nodeOpts{})
 	keys := map[string][]byte{}
 	for i := range 10 {
 		k := key("resume" + string(rune('a'+i)))
@@ -312,9 +323,9 @@ func TestRestartResumesQueue(t *testing.T) {
 	}
 	n.sync(60 * time.Second)
 	for k, v := range keys {
-		got, err := os.ReadFile(filepath.Join(srv.Dir, k))
-		if err != nil || !bytes.Equal(got, v) {
-			t.Fatalf("remote copy of %s after resume: %v", k, err)
+		got, sum, err := srv.Get(k)
+		if err != nil || !bytes.Equal(got, v) || sum != key(string(v)) {
+			t.Fatalf("remote copy of %s after resume: checksum %q, %v", k, sum, err)
 		}
 	}
 }

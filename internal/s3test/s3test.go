@@ -3,6 +3,11 @@
 // 127.0.0.1, in a directory of the test's own, as internal/sshdtest does
 // for sshd. The weed binary is built once from SeaweedFS's Go module by
 // scripts/seaweedfs.sh and found at $FLECHEFS_WEED or in its cache.
+//
+// With Options.VolumeServers of 2 or more, the parts run as processes of
+// their own (weed master, weed volume per server, weed filer, weed s3) and the
+// master replicates every write on that many volume servers, so that a
+// test can kill one of them (KillVolume) and read from the others.
 package s3test
 
 import (
@@ -14,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -49,40 +55,61 @@ func cacheDir() string {
 	return filepath.Join(os.TempDir(), "flechefs-test")
 }
 
+// Options shape the server.
+type Options struct {
+	// VolumeServers is the number of volume servers; 2 or more starts the
+	// parts as separate processes and replicates each write on every
+	// volume server (replication 00N-1: copies on other servers of the
+	// same rack). 0 or 1 is one `weed server`.
+	VolumeServers int
+	// VolumeSizeLimitMB is the size of one volume, default 64;
+	// MaxVolumes how many a volume server makes, default 20 (0 in
+	// SeaweedFS is "from the free disk space": pass -1 for that).
+	VolumeSizeLimitMB, MaxVolumes int
+}
+
 // Server is a running SeaweedFS with its S3 gateway.
 type Server struct {
 	Endpoint string // http://127.0.0.1:PORT
 	Bucket   string // made at Start
 	Dir      string
-	LogFile  string
+	LogFile  string // the log of the S3 gateway's process
 
+	bin   string
+	mu    sync.Mutex
+	procs []*proc // the gateway last: started last, stopped first
+}
+
+// proc is one weed process.
+type proc struct {
+	name string
+	args []string
+	log  string
 	cmd  *exec.Cmd
 	done chan struct{}
 }
 
-// Start starts a server in a new t.TempDir, makes a bucket, and stops the
-// server at cleanup. It fails the test (never skips) when the binary is
-// missing or the server does not come up.
-func Start(t testing.TB) *Server {
+// Start starts a server (one `weed server`) in a new t.TempDir, makes a
+// bucket, and stops the server at cleanup. It fails the test (never
+// skips) when the binary is missing or the server does not come up.
+func Start(t testing.TB) *Server { t.Helper(); return StartWith(t, Options{}) }
+
+// StartWith starts a server shaped by o, as Start does.
+func StartWith(t testing.TB, o Options) *Server {
 	t.Helper()
-	s, err := StartE(t.TempDir(), Options{})
+	s, err := StartE(t.TempDir(), o)
+	if s != nil {
+		t.Cleanup(s.Stop)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(s.Stop)
 	return s
 }
 
-// Options size the server's storage.
-type Options struct {
-	// VolumeSizeLimitMB is the size of one volume, default 64;
-	// MaxVolumes how many the volume server makes, default 20 (0 in
-	// SeaweedFS is "from the free disk space": pass -1 for that).
-	VolumeSizeLimitMB, MaxVolumes int
-}
-
 // StartE starts a server in dir and makes a bucket, as Start does, for
-// callers without a testing.TB (the benchmark); the caller stops it.
+// callers without a testing.TB (the benchmark); the caller stops it, also
+// after an error when it returns a Server.
 func StartE(dir string, o Options) (*Server, error) {
 	bin := Binary()
 	if _, err := os.Stat(bin); err != nil {
@@ -97,13 +124,8 @@ func StartE(dir string, o Options) (*Server, error) {
 	case -1:
 		o.MaxVolumes = 0
 	}
+	s := &Server{Dir: dir, Bucket: "flechefs", bin: bin}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	s := &Server{Dir: dir, Bucket: "flechefs"}
-	s.LogFile = filepath.Join(s.Dir, "weed.log")
-	ports, err := freePorts(7)
-	if err != nil {
 		return nil, err
 	}
 	cfg := filepath.Join(s.Dir, "s3.json")
@@ -111,37 +133,64 @@ func StartE(dir string, o Options) (*Server, error) {
 	if err := os.WriteFile(cfg, []byte(ident), 0o600); err != nil {
 		return nil, err
 	}
-	data := filepath.Join(s.Dir, "data")
-	if err := os.MkdirAll(data, 0o755); err != nil {
-		return nil, err
+	var dirErr error
+	mkdir := func(name string) string {
+		d := filepath.Join(s.Dir, name)
+		if err := os.MkdirAll(d, 0o755); err != nil && dirErr == nil {
+			dirErr = err
+		}
+		return d
 	}
-	args := []string{"server", "-dir=" + data, "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-		"-master.port=" + strconv.Itoa(ports[0]), "-master.port.grpc=" + strconv.Itoa(ports[1]),
-		"-volume.port=" + strconv.Itoa(ports[2]), "-volume.port.grpc=" + strconv.Itoa(ports[3]),
-		"-filer", "-filer.port=" + strconv.Itoa(ports[4]), "-filer.port.grpc=" + strconv.Itoa(ports[5]),
-		"-s3", "-s3.port=" + strconv.Itoa(ports[6]), "-s3.config=" + cfg,
-		"-master.volumeSizeLimitMB=" + strconv.Itoa(o.VolumeSizeLimitMB), "-volume.max=" + strconv.Itoa(o.MaxVolumes),
-	}
-	logf, err := os.Create(s.LogFile)
+	// Every port at once: ports taken one by one could repeat.
+	ports, err := freePorts(8 + 2*max(o.VolumeServers, 1))
 	if err != nil {
 		return nil, err
 	}
-	s.cmd = exec.Command(bin, args...)
-	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := s.cmd.Start(); err != nil {
-		logf.Close()
-		return nil, err
+	port := func() string {
+		p := ports[0]
+		ports = ports[1:]
+		return strconv.Itoa(p)
 	}
-	s.done = make(chan struct{})
-	go func() { s.cmd.Wait(); logf.Close(); close(s.done) }()
-	s.Endpoint = "http://127.0.0.1:" + strconv.Itoa(ports[6])
-	if err := s.ready(); err != nil {
-		s.Stop()
-		log, _ := os.ReadFile(s.LogFile)
-		return nil, fmt.Errorf("s3test: SeaweedFS did not come up: %v\n%s", err, tail(log))
+	size, maxVol := strconv.Itoa(o.VolumeSizeLimitMB), strconv.Itoa(o.MaxVolumes)
+	s3Port := port()
+	s.Endpoint = "http://127.0.0.1:" + s3Port
+	if o.VolumeServers < 2 {
+		s.add("server", "server", "-dir="+mkdir("data"), "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+			"-master.port="+port(), "-master.port.grpc="+port(),
+			"-volume.port="+port(), "-volume.port.grpc="+port(),
+			"-filer", "-filer.port="+port(), "-filer.port.grpc="+port(),
+			"-s3", "-s3.port="+s3Port, "-s3.config="+cfg,
+			"-master.volumeSizeLimitMB="+size, "-volume.max="+maxVol, "-master.telemetry=false")
+	} else {
+		mp, mg := port(), port()
+		master := "127.0.0.1:" + mp + "." + mg // SeaweedFS's host:port.grpcPort
+		s.add("master", "master", "-mdir="+mkdir("master"), "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+			"-port="+mp, "-port.grpc="+mg, "-peers=none", "-volumeSizeLimitMB="+size, "-telemetry=false",
+			fmt.Sprintf("-defaultReplication=00%d", o.VolumeServers-1))
+		for i := range o.VolumeServers {
+			s.add(fmt.Sprintf("volume%d", i), "volume", "-dir="+mkdir(fmt.Sprintf("volume%d", i)), "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+				"-port="+port(), "-port.grpc="+port(), "-master="+master, "-max="+maxVol, "-preStopSeconds=0")
+		}
+		fp, fg := port(), port()
+		s.add("filer", "filer", "-defaultStoreDir="+mkdir("filer"), "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+			"-port="+fp, "-port.grpc="+fg, "-master="+master)
+		// A gateway of its own: `weed filer -s3` of this version never
+		// started its gateway here.
+		s.add("s3", "s3", "-filer=127.0.0.1:"+fp+"."+fg, "-ip.bind=127.0.0.1", "-port="+s3Port,
+			"-port.grpc="+port(), "-port.iceberg=0", "-config="+cfg)
+	}
+	if dirErr != nil {
+		return nil, dirErr
+	}
+	s.LogFile = s.procs[len(s.procs)-1].log
+	if err := s.Restart(); err != nil {
+		return s, fmt.Errorf("s3test: %v", err)
 	}
 	return s, nil
+}
+
+func (s *Server) add(name string, args ...string) {
+	s.procs = append(s.procs, &proc{name: name, args: args, log: filepath.Join(s.Dir, name+".log")})
 }
 
 // Client is a client of the server with the test credentials.
@@ -151,8 +200,48 @@ func (s *Server) Client() (*minio.Client, error) {
 	})
 }
 
+// Restart starts every process that is not running (all of them after
+// Stop, or a volume server after KillVolume) and waits, at most a minute,
+// until the gateway stores an object.
+func (s *Server) Restart() error {
+	s.mu.Lock()
+	for _, p := range s.procs {
+		if p.cmd != nil {
+			continue
+		}
+		if err := p.start(s.bin); err != nil {
+			s.mu.Unlock()
+			return err
+		}
+	}
+	s.mu.Unlock()
+	if err := s.ready(); err != nil {
+		return fmt.Errorf("SeaweedFS did not come up: %v\n%s", err, s.tails())
+	}
+	return nil
+}
+
+func (p *proc) start(bin string) error {
+	logf, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(bin, p.args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("weed %s: %w", p.name, err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(done) }()
+	p.cmd, p.done = cmd, done
+	return nil
+}
+
 // ready waits until the gateway makes the bucket (the filer and a volume
-// must be up for that), at most a minute.
+// must be up for that) and stores an object (as many volume servers as
+// the replication asks for must be), at most a minute.
 func (s *Server) ready() error {
 	c, err := s.Client()
 	if err != nil {
@@ -161,10 +250,8 @@ func (s *Server) ready() error {
 	deadline := time.Now().Add(time.Minute)
 	var last error
 	for time.Now().Before(deadline) {
-		select {
-		case <-s.done:
-			return fmt.Errorf("weed exited")
-		default:
+		if p := s.exited(); p != "" {
+			return fmt.Errorf("weed %s exited", p)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		last = c.MakeBucket(ctx, s.Bucket, minio.MakeBucketOptions{})
@@ -172,7 +259,6 @@ func (s *Server) ready() error {
 			last = nil
 		}
 		if last == nil {
-			// A first small object proves a volume is writable.
 			_, last = c.PutObject(ctx, s.Bucket, ".ready", http.NoBody, 0, minio.PutObjectOptions{})
 			if last == nil {
 				c.RemoveObject(ctx, s.Bucket, ".ready", minio.RemoveObjectOptions{})
@@ -186,18 +272,89 @@ func (s *Server) ready() error {
 	return last
 }
 
-// Stop stops the server and its processes.
+// exited names a process that was started and has exited, or is "".
+func (s *Server) exited() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range s.procs {
+		if p.cmd == nil {
+			continue
+		}
+		select {
+		case <-p.done:
+			return p.name
+		default:
+		}
+	}
+	return ""
+}
+
+// Stop SIGKILLs every process, as a crash would: open connections drop at
+// once (a SIGTERM lets the gateway finish the requests it serves, and the
+// volume servers wait before they exit). Restart brings the server back
+// with its data.
 func (s *Server) Stop() {
-	if s.cmd == nil || s.cmd.Process == nil {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := len(s.procs) - 1; i >= 0; i-- {
+		s.procs[i].kill()
+	}
+}
+
+// KillVolume SIGKILLs volume server i (of Options.VolumeServers); the
+// other processes go on. Restart starts it again.
+func (s *Server) KillVolume(i int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, p := range s.procs {
+		if p.args[0] == "volume" {
+			if n == i {
+				p.kill()
+				return
+			}
+			n++
+		}
+	}
+	panic(fmt.Sprintf("s3test: no volume server %d", i))
+}
+
+func (p *proc) kill() {
+	if p.cmd == nil {
 		return
 	}
-	syscall.Kill(-s.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(3 * time.Second):
-		syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-		<-s.done
+	// A frozen process dies of SIGKILL too.
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
+	p.cmd = nil
+}
+
+// Freeze SIGSTOPs every process: connections stay open and the server
+// answers nothing, as with a hung host or a lost route. Thaw undoes it;
+// Stop works on a frozen server.
+func (s *Server) Freeze() { s.signal(syscall.SIGSTOP) }
+
+// Thaw resumes a frozen server.
+func (s *Server) Thaw() { s.signal(syscall.SIGCONT) }
+
+func (s *Server) signal(sig syscall.Signal) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range s.procs {
+		if p.cmd != nil {
+			syscall.Kill(-p.cmd.Process.Pid, sig)
+		}
 	}
+}
+
+// tails is the end of every process's log.
+func (s *Server) tails() string {
+	var out string
+	for _, p := range s.procs {
+		b, _ := os.ReadFile(p.log)
+		out += fmt.Sprintf("--- weed %s (%s):\n%s\n", p.name, p.log, tail(b))
+	}
+	return out
 }
 
 func freePorts(n int) ([]int, error) {

@@ -68,6 +68,9 @@ var (
 
 // Open opens the object: one GET of its head, whose headers give its Info.
 func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
+	if err := t.unavailable("open", k); err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, t.opt.Timeout)
 	defer cancel()
 	opts := minio.GetObjectOptions{}
@@ -210,7 +213,10 @@ func (b *rangeBuf) notify() {
 }
 
 // fill runs the GET of b until it is whole or fails. A GET that hears
-// nothing for the tier's Timeout is abandoned (ErrUnavailable).
+// nothing for the tier's Timeout is abandoned (ErrUnavailable). A GET that
+// fails while the store answers others is made once more for the bytes
+// still missing: SeaweedFS stalls a response whose volume server dies under
+// it, and serves the next request from the replica (reach.go).
 func (r *reader) fill(b *rangeBuf) {
 	t := r.t
 	if h := t.rangeHook; h != nil {
@@ -218,14 +224,30 @@ func (r *reader) fill(b *rangeBuf) {
 	}
 	t.rangesInFlight.Add(1)
 	defer t.rangesInFlight.Add(-1)
+	err := r.get(b)
+	if err != nil && !errors.Is(err, errChanged) && r.ctx.Err() == nil && t.reach.down() == nil {
+		err = r.get(b)
+	}
+	b.mu.Lock()
+	b.done, b.err = true, err
+	b.mu.Unlock()
+	b.notify()
+}
+
+// get is one GET of the bytes of b still missing.
+func (r *reader) get(b *rangeBuf) error {
+	t := r.t
 	ctx, cancel := context.WithCancel(r.ctx)
 	defer cancel()
 	var stalled atomic.Bool
 	watch := time.AfterFunc(t.opt.Timeout, func() { stalled.Store(true); cancel() })
 	defer watch.Stop()
 	err := func() error {
+		b.mu.Lock()
+		from := b.n
+		b.mu.Unlock()
 		opts := minio.GetObjectOptions{}
-		opts.SetRange(b.off, b.off+int64(len(b.buf))-1)
+		opts.SetRange(b.off+int64(from), b.off+int64(len(b.buf))-1)
 		if r.etag != "" {
 			opts.SetMatchETag(r.etag)
 		}
@@ -262,13 +284,13 @@ func (r *reader) fill(b *rangeBuf) {
 			}
 		}
 	}()
+	if err != nil {
+		t.reach.stalled(err)
+	}
 	if err != nil && stalled.Load() {
 		err = fmt.Errorf("%w: %s: no data for %v", tiers.ErrUnavailable, t.opt.Endpoint, t.opt.Timeout)
 	}
-	b.mu.Lock()
-	b.done, b.err = true, err
-	b.mu.Unlock()
-	b.notify()
+	return err
 }
 
 var rangeBufs sync.Pool

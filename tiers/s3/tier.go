@@ -2,10 +2,12 @@
 // Ceph RGW, MinIO, SeaweedFS, Garage), through github.com/minio/minio-go.
 //
 // Objects are the raw values named <prefix><key>, so any S3 tool reads
-// them. The SHA-256 and the creation time travel with the object as user
-// metadata (x-amz-meta-flechefs-sha256, -created), written with the object
-// in the same request: an object is visible with its checksum or not at
-// all. Every read is verified against it by the stack, as for the other
+// them. The SHA-256, the size and the creation time travel with the object
+// as user metadata (x-amz-meta-flechefs-sha256, -size, -created), written
+// with the object in the same request: an object is visible with its
+// checksum or not at all, and one whose size differs from its metadata is
+// damage (ErrCorrupt) at Stat. A store that cannot be reached is down for
+// a backoff (reach.go). Every read is verified against it by the stack, as for the other
 // tiers. An object without that metadata was not written by flechefs: it is
 // absent to this tier (never served, never listed, never removed).
 //
@@ -38,6 +40,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -83,6 +86,10 @@ type Options struct {
 const (
 	metaSum     = "Flechefs-Sha256"
 	metaCreated = "Flechefs-Created"
+	// metaSize is the value's size: an object whose bytes were replaced
+	// by others of another size, keeping the metadata, is damage that Stat
+	// sees, as the sftp tier's record does.
+	metaSize = "Flechefs-Size"
 	// maxPut is the largest value one S3 PUT takes.
 	maxPut = 5 << 30
 )
@@ -92,6 +99,7 @@ type Tier struct {
 	opt    Options
 	c      *minio.Client
 	core   minio.Core      // the same client: single requests (ranged GETs)
+	reach  *reach          // whether the store answers (reach.go)
 	ctx    context.Context // ends at Close: the background marks stop
 	cancel context.CancelFunc
 	marks  *tiers.UseMarks // last-use marks, when Options.Retention bounds the prefix
@@ -148,20 +156,21 @@ func Open(opt Options) (*Tier, error) {
 	}
 	tr := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: opt.Timeout, KeepAlive: 15 * time.Second}).DialContext,
+		DialContext:           dialIdle(&net.Dialer{Timeout: opt.Timeout, KeepAlive: 15 * time.Second}, opt.Timeout/2+idleMargin),
 		MaxIdleConnsPerHost:   32,
 		IdleConnTimeout:       time.Minute,
 		TLSHandshakeTimeout:   opt.Timeout,
-		ResponseHeaderTimeout: opt.Timeout,
+		ResponseHeaderTimeout: opt.Timeout / 2, // two tries within Timeout (reach.go)
 	}
+	rt := &reach{next: tr, timeout: opt.Timeout}
 	c, err := minio.New(u.Host, &minio.Options{
 		Creds: creds, Secure: u.Scheme == "https", Region: opt.Region,
-		BucketLookup: lookup, Transport: tr, MaxRetries: 3,
+		BucketLookup: lookup, Transport: rt, MaxRetries: 3,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%s tier: %w", opt.Name, err)
 	}
-	t := &Tier{opt: opt, c: c, core: minio.Core{Client: c}, putLimit: maxPut}
+	t := &Tier{opt: opt, c: c, core: minio.Core{Client: c}, reach: rt, putLimit: maxPut}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	if opt.Retention.On() {
 		t.marks = tiers.NewUseMarks(t.ctx, t.touchUsed, func(k digest.Key, err error) {
@@ -181,6 +190,15 @@ func (t *Tier) Close() error {
 }
 
 func (t *Tier) object(k digest.Key) string { return t.opt.Prefix + k.String() }
+
+// unavailable is ErrUnavailable for op on k while the store is known to be
+// unreachable (reach), else nil: the request is not made.
+func (t *Tier) unavailable(op string, k digest.Key) error {
+	if err := t.reach.down(); err != nil {
+		return tiers.Wrap(t.opt.Name, op, k, fmt.Errorf("%w: %s: %v", tiers.ErrUnavailable, t.opt.Endpoint, err))
+	}
+	return nil
+}
 
 // wrap makes err a tiers error: absent, existing, or the store unreachable.
 func (t *Tier) wrap(op string, k digest.Key, err error) error {
@@ -214,10 +232,24 @@ func (t *Tier) info(k digest.Key, o minio.ObjectInfo) (tiers.Info, error) {
 	if ms, err := time.Parse(time.RFC3339Nano, o.UserMetadata[metaCreated]); err == nil {
 		created = ms
 	}
-	return tiers.Info{Key: k, Size: o.Size, Sum: sum, Created: created}, nil
+	info := tiers.Info{Key: k, Size: o.Size, Sum: sum, Created: created}
+	// Objects put before the size was recorded have none; an empty one
+	// can still be told from its checksum, which no read would check (a
+	// reader of 0 bytes reads nothing).
+	if v, ok := o.UserMetadata[metaSize]; ok {
+		if n, err := strconv.ParseInt(v, 10, 64); err != nil || n != o.Size {
+			return info, fmt.Errorf("%w: %s is %d bytes, its metadata says %q", tiers.ErrCorrupt, o.Key, o.Size, v)
+		}
+	} else if o.Size == 0 && sum != digest.Of(nil) {
+		return info, fmt.Errorf("%w: %s is empty, its checksum is of another value", tiers.ErrCorrupt, o.Key)
+	}
+	return info, nil
 }
 
 func (t *Tier) Stat(ctx context.Context, k digest.Key) (tiers.Info, error) {
+	if err := t.unavailable("stat", k); err != nil {
+		return tiers.Info{}, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, t.opt.Timeout)
 	defer cancel()
 	o, err := t.c.StatObject(ctx, t.opt.Bucket, t.object(k), minio.StatObjectOptions{})
@@ -233,13 +265,16 @@ func (t *Tier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 	if m.Size < 0 || m.Sum.IsZero() {
 		return t.putSpooled(ctx, k, r, m)
 	}
+	if err := t.unavailable("put", k); err != nil {
+		return tiers.Info{}, err
+	}
 	created := m.Created
 	if created.IsZero() {
 		created = time.Now()
 	}
 	v := &verifier{r: r, h: sha256.New(), want: m.Sum, size: m.Size}
 	opts := minio.PutObjectOptions{
-		UserMetadata: map[string]string{metaSum: m.Sum.String(), metaCreated: created.UTC().Format(time.RFC3339Nano)},
+		UserMetadata: map[string]string{metaSum: m.Sum.String(), metaSize: strconv.FormatInt(m.Size, 10), metaCreated: created.UTC().Format(time.RFC3339Nano)},
 		ContentType:  "application/octet-stream",
 		// One PUT up to 5 GiB, never minio-go's multipart upload: stores
 		// honour If-None-Match on a PUT, and not all on a multipart
@@ -336,8 +371,8 @@ func (v *verifier) Read(p []byte) (int, error) {
 
 // Delete removes k's object; ErrNotFound when there is none of flechefs's.
 func (t *Tier) Delete(ctx context.Context, k digest.Key) error {
-	if _, err := t.Stat(ctx, k); err != nil {
-		return err
+	if _, err := t.Stat(ctx, k); err != nil && !errors.Is(err, tiers.ErrCorrupt) {
+		return err // a damaged object of flechefs's is removed too
 	}
 	ctx, cancel := context.WithTimeout(ctx, t.opt.Timeout)
 	defer cancel()
@@ -348,6 +383,9 @@ func (t *Tier) Delete(ctx context.Context, k digest.Key) error {
 // their sizes and times and a zero Sum (the metadata takes a request each;
 // objects flechefs did not write are listed too, and absent to Stat).
 func (t *Tier) List(ctx context.Context, fn func(tiers.Info) error) error {
+	if err := t.unavailable("list", digest.Key{}); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	for o := range t.c.ListObjects(ctx, t.opt.Bucket, minio.ListObjectsOptions{Prefix: t.opt.Prefix}) {

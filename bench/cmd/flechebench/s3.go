@@ -42,10 +42,12 @@ func (b *bench) s3Phase() error {
 		// Room for the writes of every repeat: SeaweedFS reclaims the
 		// space of deleted objects only when it compacts a volume.
 		s3test.Options{VolumeSizeLimitMB: 1024, MaxVolumes: -1})
+	if srv != nil {
+		b.defer_(srv.Stop)
+	}
 	if err != nil {
 		return err
 	}
-	b.defer_(srv.Stop)
 	c, err := srv.Client()
 	if err != nil {
 		return err
