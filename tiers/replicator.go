@@ -29,6 +29,10 @@ type replicator struct {
 
 	uploaded, uploadedBytes, uploadErrors, conflicts atomic.Int64
 	lastErr                                          atomic.Value // string
+	// retryNow: a writable remote answers again, so the keys waiting for
+	// a retry go now (taken by the next worker).
+	retryNow atomic.Bool
+	probing  atomic.Bool // a worker is probing a remote that is down
 }
 
 func (rp *replicator) init(s *Stack) {
@@ -187,6 +191,20 @@ func (q *uploadQueue) wait(it *upItem) {
 	heap.Push(&q.waiting, it)
 }
 
+// retryAll makes every key waiting for its retry time due now, before
+// newer keys, soonest retry first.
+func (q *uploadQueue) retryAll() {
+	var due []*upItem
+	for len(q.waiting) > 0 {
+		it := heap.Pop(&q.waiting).(*upItem)
+		it.next = time.Time{}
+		due = append(due, it)
+	}
+	for i := len(due) - 1; i >= 0; i-- {
+		due[i].readyAt = q.ready.PushFront(due[i])
+	}
+}
+
 // waitHeap orders items by retry time (container/heap).
 type waitHeap []*upItem
 
@@ -223,7 +241,11 @@ func (rp *replicator) uploader() {
 			continue
 		}
 		s.mu.Lock()
+		if rp.retryNow.Swap(false) {
+			rp.q.retryAll()
+		}
 		k, wait, ok := rp.q.next(time.Now(), s.deleter.tombstonedLocked)
+		waiting := len(rp.q.waiting) > 0
 		var ctx context.Context
 		var item *upItem
 		if ok {
@@ -234,11 +256,20 @@ func (rp *replicator) uploader() {
 		}
 		s.mu.Unlock()
 		if !ok {
+			if waiting && !s.remotesUp() {
+				// Uploads wait for a remote that is down: ask it now and
+				// then, so that they go once it answers, not at their
+				// own retry times up to RetryMax later.
+				wait = min(wait, remoteProbeEvery)
+			}
 			select {
 			case <-s.ctx.Done():
 				return
 			case <-rp.q.kick:
 			case <-time.After(wait):
+				if waiting && !s.remotesUp() {
+					rp.probe()
+				}
 			}
 			continue
 		}
@@ -253,6 +284,46 @@ func (rp *replicator) uploader() {
 		if s.ctx.Err() != nil {
 			return
 		}
+	}
+}
+
+// remoteProbeEvery is how often the workers ask a writable remote that is
+// down whether it answers again, while uploads wait for it.
+const remoteProbeEvery = 2 * time.Second
+
+// ProbeKey is a key no entry has: a Stat of it tells whether a remote
+// answers.
+var ProbeKey = digest.MustParse("0000000000000000")
+
+// probe asks each writable remote that is down for ProbeKey, once at a
+// time among the workers; an answer marks it available (noteErr), which
+// sends the waiting uploads (wakeRetries).
+func (rp *replicator) probe() {
+	s := rp.s
+	if !rp.probing.CompareAndSwap(false, true) {
+		return
+	}
+	defer rp.probing.Store(false)
+	for r := range s.layers.writableRemote() {
+		if !r.unavailable.Load() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(s.ctx, s.opt.RemoteTimeout)
+		_, err := r.Tier.Stat(ctx, ProbeKey)
+		cancel()
+		if s.ctx.Err() == nil {
+			s.noteErr(r, err)
+		}
+	}
+}
+
+// wakeRetries sends the uploads waiting for a retry now: a writable remote
+// answers again.
+func (rp *replicator) wakeRetries() {
+	rp.retryNow.Store(true)
+	select {
+	case rp.q.kick <- struct{}{}:
+	default:
 	}
 }
 

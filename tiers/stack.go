@@ -275,6 +275,9 @@ func (s *Stack) noteErr(l *layer, err error) {
 	if err == nil || errors.Is(err, ErrNotFound) {
 		if l.unavailable.Swap(false) {
 			s.log.Info("tier available again", "tier", l.name)
+			if l.Remote && l.writable() {
+				s.rep.wakeRetries()
+			}
 		}
 		return
 	}

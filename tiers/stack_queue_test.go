@@ -3,6 +3,7 @@ package tiers_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"errors"
 	"log/slog"
 	"path/filepath"
@@ -369,5 +370,35 @@ func TestWriteThrough(t *testing.T) {
 	}
 	if info, err := remote.Tier.Stat(ctx, k2); err != nil || info.Sum != digest.Of(v2) {
 		t.Fatalf("remote after the remote returned: %+v, %v", info, err)
+	}
+}
+
+// TestUploadsResumeWhenRemoteReturns: uploads that failed while the remote
+// was down wait for retry times far away (RetryMin of an hour here), yet go
+// within seconds of the remote's return: the workers ask a remote that is
+// down every few seconds, and its first answer sends every waiting upload.
+func TestUploadsResumeWhenRemoteReturns(t *testing.T) {
+	remote := mem(t, "remote", 64<<20)
+	remote.down.Store(true)
+	s := newStack(t, tiers.StackOptions{RemoteTimeout: time.Second, Policy: tiers.Policy{RetryMin: time.Hour, RetryMax: time.Hour}},
+		tiers.Layer{Tier: mem(t, "ram", 64<<20)}, tiers.Layer{Tier: remote, Remote: true})
+	var keys []digest.Key
+	for i := range 20 {
+		k, v := tiertest.Key(fmt.Sprint("returns ", i)), tiertest.Data(uint64(i), 3000)
+		if _, err := s.Publish(context.Background(), k, newBlob(v), digest.Of(v)); err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, k)
+	}
+	tiertest.Eventually(t, "every upload tried and failed", func() bool {
+		st := s.Stats()
+		return st.UploadErrors >= 20 && !st.Tiers[1].Available
+	})
+	remote.down.Store(false)
+	tiertest.Eventually(t, "the uploads after the remote's return", func() bool { return s.Stats().Queue == 0 })
+	for _, k := range keys {
+		if !has(remote, k) {
+			t.Fatalf("%s not on the remote", k)
+		}
 	}
 }

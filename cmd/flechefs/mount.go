@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/flechefs/flechefs/digest"
 	"github.com/flechefs/flechefs/fs"
 	"github.com/flechefs/flechefs/internal/config"
 	"github.com/flechefs/flechefs/internal/mountinfo"
@@ -415,16 +414,12 @@ func (m *mounter) openTier(t config.Tier) (tiers.Tier, error) {
 	return nil, fmt.Errorf("unknown kind %q", t.Kind)
 }
 
-// probeKey is a key no entry has; a Stat of it tells whether a remote
-// answers.
-var probeKey = digest.MustParse("0000000000000000")
-
 // probe connects a lazy remote tier once after mounting, so that the log
 // says at once whether it is reachable rather than at the first miss.
 func (m *mounter) probe(t tiers.Tier) {
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.RemoteTimeout+time.Second)
 	defer cancel()
-	_, err := t.Stat(ctx, probeKey)
+	_, err := t.Stat(ctx, tiers.ProbeKey)
 	switch {
 	case err == nil || errors.Is(err, tiers.ErrNotFound):
 		m.log.Info("flechefs: remote tier connected", "tier", t.Name())
