@@ -3,8 +3,8 @@ package tiers_test
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"slices"
