@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -284,7 +285,12 @@ func (r *reader) get(b *rangeBuf) error {
 			}
 		}
 	}()
-	if err != nil {
+	switch {
+	case err != nil && stalled.Load():
+		// No data for Timeout: a try without an answer, as one whose
+		// connection's deadline passed.
+		t.reach.stalled(os.ErrDeadlineExceeded)
+	case err != nil:
 		t.reach.stalled(err)
 	}
 	if err != nil && stalled.Load() {
