@@ -65,6 +65,8 @@ type reach struct {
 	until   time.Time     // requests fail at once before this
 	trying  bool          // a request is trying the store after a backoff
 	why     error         // the failure that began or prolonged the outage
+	// lastStall: when a stalled body last counted (stalled).
+	lastStall time.Time
 }
 
 // down returns why requests fail at once now, or nil when one may try.
@@ -113,13 +115,21 @@ func (r *reach) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // stalled counts a response body that stopped for the idle timeout as a
-// try without an answer.
+// try without an answer. Bodies that stop together (the ranges of one
+// fetch, when the volume server under them dies) are one try: within
+// timeout/2 of the last, a stall is not counted again, so that each range
+// is tried once more (the reader's fill) rather than the store taken for
+// down.
 func (r *reach) stalled(err error) {
 	if !timedOut(err) {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if time.Since(r.lastStall) < r.timeout/2 {
+		return
+	}
+	r.lastStall = time.Now()
 	r.strikeLocked(err, false)
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -285,12 +284,11 @@ func (r *reader) get(b *rangeBuf) error {
 			}
 		}
 	}()
-	switch {
-	case err != nil && stalled.Load():
-		// No data for Timeout: a try without an answer, as one whose
-		// connection's deadline passed.
-		t.reach.stalled(os.ErrDeadlineExceeded)
-	case err != nil:
+	if err != nil {
+		// A body stopped by its connection's deadline counts as a try
+		// without an answer. The GET's own watchdog does not: the ranges
+		// in flight stall together when a volume server dies under them,
+		// and each must be tried again from the replica (fill).
 		t.reach.stalled(err)
 	}
 	if err != nil && stalled.Load() {
