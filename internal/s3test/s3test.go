@@ -160,6 +160,9 @@ func StartE(dir string, o Options) (*Server, error) {
 			"-volume.port="+port(), "-volume.port.grpc="+port(),
 			"-filer", "-filer.port="+port(), "-filer.port.grpc="+port(),
 			"-s3", "-s3.port="+s3Port, "-s3.config="+cfg,
+			// Off: their fixed default ports collide when two servers
+			// start at once.
+			"-s3.port.iceberg=0", "-s3.port.lance=0",
 			"-master.volumeSizeLimitMB="+size, "-volume.max="+maxVol, "-master.telemetry=false")
 	} else {
 		mp, mg := port(), port()
@@ -177,7 +180,7 @@ func StartE(dir string, o Options) (*Server, error) {
 		// A gateway of its own: `weed filer -s3` of this version never
 		// started its gateway here.
 		s.add("s3", "s3", "-filer=127.0.0.1:"+fp+"."+fg, "-ip.bind=127.0.0.1", "-port="+s3Port,
-			"-port.grpc="+port(), "-port.iceberg=0", "-config="+cfg)
+			"-port.grpc="+port(), "-port.iceberg=0", "-port.lance=0", "-config="+cfg)
 	}
 	if dirErr != nil {
 		return nil, dirErr
