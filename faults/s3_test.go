@@ -23,9 +23,10 @@ import (
 // them): a node without a copy of its own never serves one (EIO, or
 // ENOENT when the lookup found the damage; an empty object was served as
 // an empty value before its size was recorded and checked), counts each
-// as a corruption of the s3 tier, keeps none in a local tier and leaves
-// the object in place; the node that wrote the values keeps serving its
-// good copies.
+// as a corruption of the s3 tier, keeps none in a local tier and moves
+// the object, whole, into the tier's quarantine; the node that wrote the
+// values keeps serving its good copies, and a node that writes them again
+// repairs the store.
 func TestS3DamagedObjects(t *testing.T) {
 	st := remotetest.NewS3(t, s3test.Start(t))
 	flip := func(d []byte, off int) []byte {
@@ -94,9 +95,13 @@ func TestS3DamagedObjects(t *testing.T) {
 		if !strings.Contains(n.Stderr(), k) {
 			t.Errorf("%s: %s not in the log", dm.name, k[:12])
 		}
-		// Never removed: the damaged object is still there, as it was.
-		if got, sum, err := st.Get(k); err != nil || !bytes.Equal(got, dm.bad(data[k])) || sum != mounttest.Sum(data[k]) {
-			t.Errorf("%s: the damaged object after the reads: %d bytes, record %q, %v", dm.name, len(got), sum, err)
+		// Never deleted: the damaged object is in the quarantine, as it
+		// was, and no longer under its key.
+		if q := st.Quarantined(t, k); len(q) != 1 || !bytes.Equal(q[0], dm.bad(data[k])) {
+			t.Errorf("%s: %d copies in the quarantine, want the damaged object", dm.name, len(q))
+		}
+		if _, _, err := st.Get(k); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s: the key's object after the quarantine: %v, want it absent", dm.name, err)
 		}
 		t.Logf("%-30s %s", dm.name, strings.Join(errs, "; "))
 	}
@@ -111,8 +116,22 @@ func TestS3DamagedObjects(t *testing.T) {
 		}
 	}
 	ts := n.TierStats("s3")
-	t.Logf("%d damaged objects: %d reads failed with EIO, %d with ENOENT, none served; s3 corruptions %d (left in place, unquarantined %d); the writer served its good copies",
-		len(damages), eio, enoent, ts.Corruptions, ts.Unquarantined)
+	if ts.Quarantined != int64(len(damages)) || ts.Unquarantined != 0 {
+		t.Errorf("quarantined %d, unquarantined %d; want %d and 0", ts.Quarantined, ts.Unquarantined, len(damages))
+	}
+	// A node that computes the values again uploads them into the freed keys.
+	healer := st.Node(t, "healer", mounttest.Opts{RemoteTimeout: remoteTimeout.String()})
+	for _, k := range keys {
+		writeFile(t, healer.Path(k), data[k], true)
+	}
+	healer.Sync(time.Minute)
+	for i, k := range keys {
+		if got, sum, err := st.Get(k); err != nil || !bytes.Equal(got, data[k]) || sum != mounttest.Sum(data[k]) {
+			t.Errorf("%s: after the healer's upload the store holds %d bytes, record %q, %v", damages[i].name, len(got), sum, err)
+		}
+	}
+	t.Logf("%d damaged objects: %d reads failed with EIO, %d with ENOENT, none served; s3 corruptions %d, moved to the quarantine %d; the writer served its good copies; a healer's uploads repaired every key",
+		len(damages), eio, enoent, ts.Corruptions, ts.Quarantined)
 }
 
 // TestS3ReplicaLostMidRead: a SeaweedFS whose master keeps every object on

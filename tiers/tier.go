@@ -215,6 +215,12 @@ type Quarantiner interface {
 	Quarantine(ctx context.Context, k digest.Key) error
 }
 
+// QuarantineMax is how many damaged copies a remote tier's quarantine
+// keeps. When it is full, a damaged copy is left in place, unserved, and
+// logged: the quarantine never grows without bound from a failing disk,
+// and nothing is ever deleted to make room.
+const QuarantineMax = 1000
+
 // Usage is a tier's fill, for status and stats.
 type Usage struct {
 	Entries   int64

@@ -218,6 +218,26 @@ func (s *S3) Get(key string) ([]byte, string, error) {
 	return data, info.UserMetadata["Flechefs-Sha256"], nil
 }
 
+// Quarantined returns the bytes of each object in the tier's quarantine
+// that holds a copy of key, oldest first.
+func (s *S3) Quarantined(t testing.TB, key string) [][]byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out [][]byte
+	for o := range s.c.ListObjects(ctx, s.Bucket, minio.ListObjectsOptions{Prefix: s.Prefix + ".flechefs/quarantine/" + key + "."}) {
+		if o.Err != nil {
+			t.Fatal(o.Err)
+		}
+		data, _, err := s.Get(strings.TrimPrefix(o.Key, s.Prefix))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, data)
+	}
+	return out
+}
+
 func (s *S3) Keys(t testing.TB) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

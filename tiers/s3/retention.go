@@ -176,7 +176,7 @@ func (t *Tier) list(ctx context.Context, prefix string, fn func(minio.ObjectInfo
 	defer cancel()
 	for o := range t.c.ListObjects(ctx, t.opt.Bucket, minio.ListObjectsOptions{Prefix: prefix}) {
 		if o.Err != nil {
-			return t.wrap("prune", digest.Key{}, o.Err)
+			return t.wrap("list", digest.Key{}, o.Err)
 		}
 		if name := strings.TrimPrefix(o.Key, prefix); name != "" && !strings.Contains(name, "/") {
 			fn(o, name)

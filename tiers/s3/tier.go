@@ -9,7 +9,9 @@
 // damage (ErrCorrupt) at Stat. A store that cannot be reached is down for
 // a backoff (reach.go). Every read is verified against it by the stack, as for the other
 // tiers. An object without that metadata was not written by flechefs: it is
-// absent to this tier (never served, never listed, never removed).
+// absent to this tier (never served, never listed, never removed). A
+// damaged object of flechefs's is moved aside into the quarantine
+// (quarantine.go), never deleted.
 //
 // First writer wins: a Put of up to 5 GiB is one PUT (never a multipart
 // upload, whose completion SeaweedFS does not make conditional) with

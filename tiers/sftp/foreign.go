@@ -27,10 +27,7 @@ import (
 const foreignSettle = 5 * time.Second
 
 // maxQuarantine is how many damaged data files .flechefs/quarantine keeps.
-// When it is full, a damaged copy is left in place, unserved, and logged:
-// the quarantine never grows without bound from a failing disk, and nothing
-// is ever deleted to make room.
-const maxQuarantine = 1000
+const maxQuarantine = tiers.QuarantineMax
 
 func (t *Tier) lockPath(k digest.Key) string { return t.dataPath(k) + ".lock" }
 func (t *Tier) quarantineDir() string        { return path.Join(t.rem.root, ".flechefs", "quarantine") }
