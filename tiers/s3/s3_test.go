@@ -1,10 +1,15 @@
 package s3
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"testing"
+
+	"github.com/minio/minio-go/v7"
 
 	"github.com/flechefs/flechefs/internal/s3test"
 	"github.com/flechefs/flechefs/tiers"
@@ -43,4 +48,22 @@ func TestConformance(t *testing.T) {
 			return again
 		},
 	})
+}
+
+// TestChecksumHeader: a value goes with S3's own SHA-256 checksum, which
+// SeaweedFS verifies and keeps: the store reports the value's sum.
+func TestChecksumHeader(t *testing.T) {
+	s := s3test.Start(t)
+	tr, err := Open(options(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	k, data := tiertest.Key("checksum"), tiertest.Data(1, 300<<10)
+	tiertest.Put(t, tr, k, data)
+	o, err := tr.c.StatObject(context.Background(), tr.opt.Bucket, tr.object(k), minio.StatObjectOptions{Checksum: true})
+	sum := sha256.Sum256(data)
+	if want := base64.StdEncoding.EncodeToString(sum[:]); err != nil || o.ChecksumSHA256 != want {
+		t.Errorf("the store's checksum %q, %v; want %q", o.ChecksumSHA256, err, want)
+	}
 }

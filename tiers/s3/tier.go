@@ -4,7 +4,10 @@
 // Objects are the raw values named <prefix><key>, so any S3 tool reads
 // them. The SHA-256, the size and the creation time travel with the object
 // as user metadata (x-amz-meta-flechefs-sha256, -size, -created), written
-// with the object in the same request: an object is visible with its
+// with the object in the same request, and the SHA-256 also as S3's
+// checksum header (x-amz-checksum-sha256), which stores that support it
+// verify on arrival and keep; the metadata, which every store keeps, is
+// what the tier reads: an object is visible with its
 // checksum or not at all, and one whose size differs from its metadata is
 // damage (ErrCorrupt) at Stat. A store that cannot be reached is down for
 // a backoff (reach.go). Every read is verified against it by the stack, as for the other
@@ -33,6 +36,7 @@ package s3
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"hash"
@@ -92,6 +96,9 @@ const (
 	// by others of another size, keeping the metadata, is damage that Stat
 	// sees, as the sftp tier's record does.
 	metaSize = "Flechefs-Size"
+	// headerChecksum is S3's checksum header (a multipart upload's parts
+	// go without it: the metadata carries the sum).
+	headerChecksum = "X-Amz-Checksum-Sha256"
 	// maxPut is the largest value one S3 PUT takes.
 	maxPut = 5 << 30
 )
@@ -290,6 +297,13 @@ func (t *Tier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 		err = t.putMultipart(ctx, k, v, m.Size, opts)
 	} else {
 		opts.SetMatchETagExcept("*")
+		// The sum as S3's own checksum too: a store that supports it
+		// (AWS, MinIO, SeaweedFS) refuses a body that does not match and
+		// keeps the checksum with the object; the others ignore it. The
+		// key is not in lower case so that minio-go sends it as given
+		// instead of asking for its trailing-header checksums, which
+		// fewer stores take.
+		opts.UserMetadata[headerChecksum] = base64.StdEncoding.EncodeToString(m.Sum[:])
 		_, err = t.c.PutObject(ctx, t.opt.Bucket, t.object(k), v, m.Size, opts)
 	}
 	if err != nil {
