@@ -154,12 +154,12 @@ identity = "key"
 					KnownHosts: "/home/u/.ssh/known_hosts", Concurrency: 64, Channels: 3, Timeout: 10 * time.Second, Mode: 0o640, Foreign: "adopt", Transport: "go"},
 			},
 		}},
-		{"bounded s3", "[[tier]]\nkind = \"memory\"\nsize = \"1G\"\n[[tier]]\nkind = \"s3\"\nendpoint = \"https://s3.example.org\"\nbucket = \"b\"\nprefix = \"c/\"\nmax_size = \"2TiB\"\nmax_age = \"720h\"\n", &Config{
+		{"bounded s3", "[[tier]]\nkind = \"memory\"\nsize = \"1G\"\n[[tier]]\nkind = \"s3\"\nendpoint = \"https://s3.example.org\"\nbucket = \"bkt\"\nprefix = \"c/\"\nmax_size = \"2TiB\"\nmax_age = \"720h\"\n", &Config{
 			Promote: "all", NegativeTTL: time.Second, RemoteTimeout: 10 * time.Second, ListTTL: 30 * time.Second,
 			DeleteRemote: true, SpoolDir: "/home/u/.cache/flechefs/spool", UploadWorkers: 8,
 			Tiers: []Tier{
 				{Kind: Memory, Name: "ram", Size: 1 << 30},
-				{Kind: S3, Name: "s3", Endpoint: "https://s3.example.org", Bucket: "b", Prefix: "c/", Timeout: 10 * time.Second,
+				{Kind: S3, Name: "s3", Endpoint: "https://s3.example.org", Bucket: "bkt", Prefix: "c/", Timeout: 10 * time.Second,
 					MaxSize: 2 << 40, MaxAge: 720 * time.Hour, PruneGrace: time.Hour, PruneEvery: time.Hour},
 			},
 		}},
@@ -191,6 +191,11 @@ func TestBad(t *testing.T) {
 	}{
 		{"bad size unit", "[[tier]]\nkind = \"memory\"\nsize = \"1G\"\n\n[[tier]]\nkind = \"bolt\"\nsize = \"10XB\"\npath = \"/c.db\"\n", []string{
 			`config.toml:7:8: tier 2 (bolt): size "10XB": unknown unit "XB"; use B, KiB, MiB, GiB, TiB (powers of 1024) or KB, MB, GB, TB (powers of 1000)`,
+		}},
+		{"bad s3 keys", "[[tier]]\nkind = \"s3\"\nendpoint = \"s3.example.org/bucket\"\nbucket = \"a..b\"\nprefix = \"/cache/\"\n", []string{
+			`config.toml:3:12: tier 1 (s3): endpoint "s3.example.org/bucket": want http(s)://host[:port], no path (the bucket is its own key)`,
+			`config.toml:4:10: tier 1 (s3): bucket "a..b": Bucket name contains invalid characters`,
+			`config.toml:5:10: tier 1 (s3): prefix "/cache/": object names would begin with '/', which S3 tools show as a folder with an empty name; write it without the leading '/' ("cache/")`,
 		}},
 		{"syntax", "promote = \"all\"\nwrite = back\n", []string{
 			`config.toml:2:9: TOML syntax: `,

@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/BurntSushi/toml"
+	"github.com/minio/minio-go/v7/pkg/s3utils"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -529,9 +530,23 @@ func (p *parser) tier(i int, m map[string]any) Tier {
 				}
 			}
 		case "bucket":
-			f.text(&t.Bucket)
+			if v, ok := f.str(); ok {
+				// The S3 client's own rule, which it applies to every
+				// request: a name it refuses would fail them all.
+				if err := s3utils.CheckValidBucketName(v); err != nil {
+					f.bad("%v", err)
+				} else {
+					t.Bucket = v
+				}
+			}
 		case "prefix":
-			f.text(&t.Prefix)
+			if v, ok := f.str(); ok {
+				if strings.HasPrefix(v, "/") {
+					f.bad("object names would begin with '/', which S3 tools show as a folder with an empty name; write it without the leading '/' (%q)", strings.TrimLeft(v, "/"))
+				} else {
+					t.Prefix = v
+				}
+			}
 		case "region":
 			f.text(&t.Region)
 		case "path_style":
@@ -751,7 +766,7 @@ func checkEndpoint(s string) (string, error) {
 	}
 	u, err := url.Parse(e)
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || u.Path != "" || u.User != nil {
-		return "", fmt.Errorf("endpoint %q: want http(s)://host[:port], no path (the bucket is its own key)", s)
+		return "", errors.New("want http(s)://host[:port], no path (the bucket is its own key)")
 	}
 	return e, nil
 }

@@ -141,7 +141,7 @@ func readAWS(env Env) (awsSettings, error) {
 		if c.v != "" && !ignore {
 			e, err := checkEndpoint(c.v)
 			if err != nil {
-				return a, fmt.Errorf("%s: %v", c.from, err)
+				return a, fmt.Errorf("%s: endpoint %q: %v", c.from, c.v, err)
 			}
 			a.endpoint, a.endpointFrom = e, c.from
 			break
