@@ -39,7 +39,9 @@ if [ "${1:-test}" = test ] && [ ! -f "$npmdir/node_modules/write-file-atomic/pac
   npm install --prefix "$npmdir" --no-audit --no-fund --loglevel=error write-file-atomic@5 >/dev/null
 fi
 command -v go >/dev/null || { echo "deps: Go is not installed (need Go 1.26: /usr/local/go/bin)" >&2; exit 1; }
-# SeaweedFS, the S3 server of the S3 tier's tests (internal/s3test), built once.
+# SeaweedFS and versitygw, the S3 servers of the S3 tier's tests
+# (internal/s3test), built once.
 if [ "${1:-test}" = test ]; then
   "$(dirname "$0")/seaweedfs.sh"
+  "$(dirname "$0")/versitygw.sh"
 fi

@@ -8,6 +8,11 @@
 // their own (weed master, weed volume per server, weed filer, weed s3) and the
 // master replicates every write on that many volume servers, so that a
 // test can kill one of them (KillVolume) and read from the others.
+//
+// With Options.Gateway "versitygw", the server is instead the Versity S3
+// Gateway over a POSIX directory (`versitygw posix`), a second S3
+// implementation for the tier's conformance suite, built by
+// scripts/versitygw.sh and found at $FLECHEFS_VERSITYGW or in the cache.
 package s3test
 
 import (
@@ -31,6 +36,10 @@ import (
 // Version is the SeaweedFS module version scripts/seaweedfs.sh builds.
 const Version = "v0.0.0-20261109003541-7506e5f91cd6"
 
+// VersityVersion is the versitygw module version scripts/versitygw.sh
+// installs.
+const VersityVersion = "v1.8.0"
+
 // Credentials the server accepts.
 const (
 	AccessKey = "flechefs-test"
@@ -43,6 +52,15 @@ func Binary() string {
 		return p
 	}
 	return filepath.Join(cacheDir(), "weed-"+Version)
+}
+
+// VersityBinary is where scripts/versitygw.sh puts the versitygw binary of
+// VersityVersion.
+func VersityBinary() string {
+	if p := os.Getenv("FLECHEFS_VERSITYGW"); p != "" {
+		return p
+	}
+	return filepath.Join(cacheDir(), "versitygw-"+VersityVersion)
 }
 
 func cacheDir() string {
@@ -66,6 +84,10 @@ type Options struct {
 	// MaxVolumes how many a volume server makes, default 20 (0 in
 	// SeaweedFS is "from the free disk space": pass -1 for that).
 	VolumeSizeLimitMB, MaxVolumes int
+	// Gateway "versitygw" starts the Versity S3 Gateway over a directory
+	// instead of SeaweedFS (VolumeServers and the volume options do not
+	// apply); "" is SeaweedFS.
+	Gateway string
 }
 
 // Server is a running SeaweedFS with its S3 gateway.
@@ -76,6 +98,7 @@ type Server struct {
 	LogFile  string // the log of the S3 gateway's process
 
 	bin   string
+	kind  string // "SeaweedFS" or "versitygw", for messages
 	mu    sync.Mutex
 	procs []*proc // the gateway last: started last, stopped first
 }
@@ -111,6 +134,9 @@ func StartWith(t testing.TB, o Options) *Server {
 // callers without a testing.TB (the benchmark); the caller stops it, also
 // after an error when it returns a Server.
 func StartE(dir string, o Options) (*Server, error) {
+	if o.Gateway == "versitygw" {
+		return startVersity(dir)
+	}
 	bin := Binary()
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("s3test: no SeaweedFS binary at %s (build it with scripts/seaweedfs.sh, which scripts/deps.sh test runs): %v", bin, err)
@@ -124,7 +150,7 @@ func StartE(dir string, o Options) (*Server, error) {
 	case -1:
 		o.MaxVolumes = 0
 	}
-	s := &Server{Dir: dir, Bucket: "flechefs", bin: bin}
+	s := &Server{Dir: dir, Bucket: "flechefs", bin: bin, kind: "SeaweedFS"}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -192,6 +218,31 @@ func StartE(dir string, o Options) (*Server, error) {
 	return s, nil
 }
 
+// startVersity starts `versitygw posix` on a directory of dir, with the
+// test credentials as its root account.
+func startVersity(dir string) (*Server, error) {
+	bin := VersityBinary()
+	if _, err := os.Stat(bin); err != nil {
+		return nil, fmt.Errorf("s3test: no versitygw binary at %s (install it with scripts/versitygw.sh, which scripts/deps.sh test runs): %v", bin, err)
+	}
+	s := &Server{Dir: dir, Bucket: "flechefs", bin: bin, kind: "versitygw"}
+	root := filepath.Join(dir, "root")
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, err
+	}
+	ports, err := freePorts(1)
+	if err != nil {
+		return nil, err
+	}
+	s.Endpoint = fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+	s.add("versitygw", "--access", AccessKey, "--secret", SecretKey, "--port", s.Endpoint[len("http://"):], "posix", root)
+	s.LogFile = s.procs[0].log
+	if err := s.Restart(); err != nil {
+		return s, fmt.Errorf("s3test: %v", err)
+	}
+	return s, nil
+}
+
 func (s *Server) add(name string, args ...string) {
 	s.procs = append(s.procs, &proc{name: name, args: args, log: filepath.Join(s.Dir, name+".log")})
 }
@@ -219,7 +270,7 @@ func (s *Server) Restart() error {
 	}
 	s.mu.Unlock()
 	if err := s.ready(); err != nil {
-		return fmt.Errorf("SeaweedFS did not come up: %v\n%s", err, s.tails())
+		return fmt.Errorf("%s did not come up: %v\n%s", s.kind, err, s.tails())
 	}
 	return nil
 }
@@ -234,7 +285,7 @@ func (p *proc) start(bin string) error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return fmt.Errorf("weed %s: %w", p.name, err)
+		return fmt.Errorf("%s %s: %w", filepath.Base(bin), p.name, err)
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); logf.Close(); close(done) }()
@@ -254,7 +305,7 @@ func (s *Server) ready() error {
 	var last error
 	for time.Now().Before(deadline) {
 		if p := s.exited(); p != "" {
-			return fmt.Errorf("weed %s exited", p)
+			return fmt.Errorf("%s process %q exited", s.kind, p)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		last = c.MakeBucket(ctx, s.Bucket, minio.MakeBucketOptions{})
@@ -355,7 +406,7 @@ func (s *Server) tails() string {
 	var out string
 	for _, p := range s.procs {
 		b, _ := os.ReadFile(p.log)
-		out += fmt.Sprintf("--- weed %s (%s):\n%s\n", p.name, p.log, tail(b))
+		out += fmt.Sprintf("--- %s (%s):\n%s\n", p.name, p.log, tail(b))
 	}
 	return out
 }

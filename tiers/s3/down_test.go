@@ -20,10 +20,11 @@ import (
 // made a ReadAt wait three times Timeout on a frozen store), a reader open
 // across the outage fails rather than hangs, and the tier works again
 // once the store is back.
-func TestStoreDown(t *testing.T) {
+func TestStoreDown(t *testing.T) { eachStore(t, testStoreDown) }
+
+func testStoreDown(t *testing.T, s *s3test.Server) {
 	const timeout = 3 * time.Second
 	bound := timeout + 3*time.Second // slack for -race on 2 loaded cores
-	s := s3test.Start(t)
 	o := options(s)
 	o.Timeout = timeout
 	tr, err := Open(o)

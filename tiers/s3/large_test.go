@@ -22,8 +22,9 @@ import (
 // (16 MiB) keeps its first writer too: it goes up in one PUT, whose
 // If-None-Match the store honours (a multipart completion's, SeaweedFS
 // does not).
-func TestFirstWriterWinsLarge(t *testing.T) {
-	s := s3test.Start(t)
+func TestFirstWriterWinsLarge(t *testing.T) { eachStore(t, testFirstWriterWinsLarge) }
+
+func testFirstWriterWinsLarge(t *testing.T, s *s3test.Server) {
 	tr, err := Open(options(s))
 	if err != nil {
 		t.Fatal(err)
@@ -47,8 +48,9 @@ func TestFirstWriterWinsLarge(t *testing.T) {
 // (each of the first Ranges waits for the others to start: a fetch that
 // asked for them one after another would never get past the first), and
 // never more than Ranges are in flight.
-func TestFetchLargeInRanges(t *testing.T) {
-	s := s3test.Start(t)
+func TestFetchLargeInRanges(t *testing.T) { eachStore(t, testFetchLargeInRanges) }
+
+func testFetchLargeInRanges(t *testing.T, s *s3test.Server) {
 	opt := options(s)
 	opt.Ranges, opt.RangeSize = 4, 2<<20
 	tr, err := Open(opt)
@@ -128,8 +130,9 @@ func (w *checkWriter) Write(p []byte) (int, error) {
 // TestReadReplacedObject: a reader opened before its object was deleted
 // and written again with another value fails; it never hands out bytes of
 // the second value.
-func TestReadReplacedObject(t *testing.T) {
-	s := s3test.Start(t)
+func TestReadReplacedObject(t *testing.T) { eachStore(t, testReadReplacedObject) }
+
+func testReadReplacedObject(t *testing.T, s *s3test.Server) {
 	tr, err := Open(options(s))
 	if err != nil {
 		t.Fatal(err)
@@ -164,8 +167,9 @@ func TestReadReplacedObject(t *testing.T) {
 // goes up in parts and reads back whole with its checksum; a second writer
 // of the key is refused before it uploads; a value whose bytes differ from
 // the announced SHA-256 is aborted, leaving no object and no upload behind.
-func TestMultipart(t *testing.T) {
-	s := s3test.Start(t)
+func TestMultipart(t *testing.T) { eachStore(t, testMultipart) }
+
+func testMultipart(t *testing.T, s *s3test.Server) {
 	tr, err := Open(options(s))
 	if err != nil {
 		t.Fatal(err)

@@ -18,8 +18,9 @@ import (
 // TestQuarantine: a damaged object of flechefs's is moved aside whole,
 // with its metadata, and its key becomes free for a good upload; an object
 // flechefs did not write is never moved; a full quarantine moves nothing.
-func TestQuarantine(t *testing.T) {
-	s := s3test.Start(t)
+func TestQuarantine(t *testing.T) { eachStore(t, testQuarantine) }
+
+func testQuarantine(t *testing.T, s *s3test.Server) {
 	opt := options(s)
 	tr, err := Open(opt)
 	if err != nil {

@@ -20,8 +20,9 @@ import (
 // upload time or by the last read's mark, and never an object flechefs did
 // not write or a key whose fleche lock exists; a dry run removes nothing;
 // a fresh lease held by another mount stops a pass.
-func TestPrune(t *testing.T) {
-	s := s3test.Start(t)
+func TestPrune(t *testing.T) { eachStore(t, testPrune) }
+
+func testPrune(t *testing.T, s *s3test.Server) {
 	opt := options(s)
 	// S3 times are whole seconds: a second between the uploads orders them.
 	opt.Retention = tiers.Bound{MaxBytes: 3500, Grace: time.Nanosecond}

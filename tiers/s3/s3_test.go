@@ -28,9 +28,12 @@ func options(s *s3test.Server) Options {
 	}
 }
 
-// TestConformance runs the tier suite against a real SeaweedFS.
-func TestConformance(t *testing.T) {
-	s := s3test.Start(t)
+// TestConformance runs the tier suite against a real SeaweedFS and a
+// real Versity S3 Gateway over a directory: two implementations of S3,
+// with their own answers to conditional writes, ranges and metadata.
+func TestConformance(t *testing.T) { eachStore(t, testConformance) }
+
+func testConformance(t *testing.T, s *s3test.Server) {
 	tiertest.Run(t, func(t *testing.T) tiers.Tier {
 		tr, err := Open(options(s))
 		if err != nil {
@@ -51,9 +54,10 @@ func TestConformance(t *testing.T) {
 }
 
 // TestChecksumHeader: a value goes with S3's own SHA-256 checksum, which
-// SeaweedFS verifies and keeps: the store reports the value's sum.
-func TestChecksumHeader(t *testing.T) {
-	s := s3test.Start(t)
+// both stores verify and keep: the store reports the value's sum.
+func TestChecksumHeader(t *testing.T) { eachStore(t, testChecksumHeader) }
+
+func testChecksumHeader(t *testing.T, s *s3test.Server) {
 	tr, err := Open(options(s))
 	if err != nil {
 		t.Fatal(err)
@@ -66,4 +70,11 @@ func TestChecksumHeader(t *testing.T) {
 	if want := base64.StdEncoding.EncodeToString(sum[:]); err != nil || o.ChecksumSHA256 != want {
 		t.Errorf("the store's checksum %q, %v; want %q", o.ChecksumSHA256, err, want)
 	}
+}
+
+// eachStore runs f against each S3 implementation the tests start:
+// SeaweedFS and the Versity S3 Gateway.
+func eachStore(t *testing.T, f func(t *testing.T, s *s3test.Server)) {
+	t.Run("seaweedfs", func(t *testing.T) { f(t, s3test.Start(t)) })
+	t.Run("versitygw", func(t *testing.T) { f(t, s3test.StartWith(t, s3test.Options{Gateway: "versitygw"})) })
 }

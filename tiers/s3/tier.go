@@ -310,10 +310,28 @@ func (t *Tier) Put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 		if v.err != nil {
 			return tiers.Info{}, tiers.Wrap(t.opt.Name, "put", k, v.err)
 		}
-		return tiers.Info{}, t.wrap("put", k, err)
+		err = t.wrap("put", k, err)
+		if errors.Is(err, tiers.ErrUnavailable) && t.reach.down() == nil && t.exists(ctx, k) {
+			// A store may answer a conditional PUT's 412 before it has
+			// read the body and close the connection (versitygw does):
+			// the client sees its write cut, not the answer. An object
+			// under the key now is that answer, or another writer's
+			// value, or ours completed: the caller compares.
+			return tiers.Info{}, tiers.Wrap(t.opt.Name, "put", k, fmt.Errorf("%w (the upload was cut off and the key holds an object)", tiers.ErrExist))
+		}
+		return tiers.Info{}, err
 	}
 	t.used(k)
 	return tiers.Info{Key: k, Size: m.Size, Sum: m.Sum, Created: created}, nil
+}
+
+// exists reports whether k has an object (of flechefs's or not, whole or
+// damaged), as far as one HEAD tells.
+func (t *Tier) exists(ctx context.Context, k digest.Key) bool {
+	ctx, cancel := context.WithTimeout(ctx, t.opt.Timeout)
+	defer cancel()
+	_, err := t.c.StatObject(ctx, t.opt.Bucket, t.object(k), minio.StatObjectOptions{})
+	return err == nil
 }
 
 // putSpooled hashes a value of unknown size or checksum into a temp file,
