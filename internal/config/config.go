@@ -87,7 +87,8 @@ type Config struct {
 	Warnings []string
 }
 
-// Tier is one [[tier]] table.
+// Tier is one [[tier]] table: the keys every kind has, then each kind's
+// own (a key of another kind is refused when the configuration is read).
 type Tier struct {
 	Kind Kind
 	// Name is unique in the stack: the name key, else "ram", "bolt" or
@@ -103,44 +104,12 @@ type Tier struct {
 	// Path of the database file (bolt), absolute.
 	Path string
 
-	// URL of the remote directory, sftp://[user@]host[:port]/path (sftp).
-	URL         string
-	Identity    []string // private key files, absolute
-	KnownHosts  string   // absolute; "" only with transport "ssh" (ssh's own)
-	Agent       bool     // use $SSH_AUTH_SOCK
-	Concurrency int      // requests in flight per transfer
-	Channels    int      // SFTP sessions a large fetch reads through
-	Timeout     time.Duration
-	Ciphers     []string // SSH ciphers offered, in order; nil: the library's defaults
-	Mode        int      // permission bits of uploaded values (sftp), default 0640
-	// Foreign is what the tier does with a remote file that has no sum
-	// record: "adopt" (serve it and record its sum), "verify" (only a
-	// name that is the SHA-256 of the content), "ignore".
-	Foreign string
-	// Transport is how the tier reaches the server: "go" (the built-in SSH
-	// client, the default) or "ssh" (the system's ssh client, which reads
-	// ~/.ssh/config: ProxyJump, host aliases, certificates).
-	Transport string
-	// Retention of a remote (sftp): MaxSize bytes of values and MaxAge
-	// since last use (0: no bound); PruneGrace, the age under which an
-	// entry is never removed; PruneEvery, how often this mount runs a pass.
-	MaxSize    int64
-	MaxAge     time.Duration
-	PruneGrace time.Duration
-	PruneEvery time.Duration
-	// The S3 tier: Endpoint (http(s)://host[:port]), Bucket, Prefix (of
-	// the object names), Region, PathStyle, and the ~/.aws/credentials
-	// Profile when the AWS environment gives no credentials.
-	Endpoint  string
-	Bucket    string
-	Prefix    string
-	Region    string
-	PathStyle bool
-	Profile   string
-	// SSHConfig is the ssh_config file, absolute: ssh -F for transport
-	// "ssh"; for "go", where the URL host's HostName, User, Port and
-	// IdentityFile are read ("": ~/.ssh/config).
-	SSHConfig string
+	// Timeout of a remote's requests (sftp, s3).
+	Timeout time.Duration
+
+	SFTPKeys
+	S3Keys
+	RetentionKeys
 
 	// At is where the tier was declared: "config.toml:12:1", or the flag
 	// that added it ("--remote").
@@ -150,6 +119,55 @@ type Tier struct {
 	explicitName bool
 	// timeoutSet: the timeout key was given (else it is remote_timeout).
 	timeoutSet bool
+}
+
+// SFTPKeys are the keys of an sftp tier.
+type SFTPKeys struct {
+	// URL of the remote directory, sftp://[user@]host[:port]/path.
+	URL         string
+	Identity    []string // private key files, absolute
+	KnownHosts  string   // absolute; "" only with transport "ssh" (ssh's own)
+	Agent       bool     // use $SSH_AUTH_SOCK
+	Concurrency int      // requests in flight per transfer
+	Channels    int      // SFTP sessions a large fetch reads through
+	Ciphers     []string // SSH ciphers offered, in order; nil: the library's defaults
+	Mode        int      // permission bits of uploaded values, default 0640
+	// Foreign is what the tier does with a remote file that has no sum
+	// record: "adopt" (serve it and record its sum), "verify" (only a
+	// name that is the SHA-256 of the content), "ignore".
+	Foreign string
+	// Transport is how the tier reaches the server: "go" (the built-in SSH
+	// client, the default) or "ssh" (the system's ssh client, which reads
+	// ~/.ssh/config: ProxyJump, host aliases, certificates).
+	Transport string
+	// SSHConfig is the ssh_config file, absolute: ssh -F for transport
+	// "ssh"; for "go", where the URL host's HostName, User, Port and
+	// IdentityFile are read ("": ~/.ssh/config).
+	SSHConfig string
+}
+
+// S3Keys are the keys of an s3 tier: Endpoint (http(s)://host[:port]),
+// Bucket, Prefix (of the object names), Region, PathStyle, and the
+// ~/.aws/credentials Profile when the AWS environment gives no
+// credentials.
+type S3Keys struct {
+	Endpoint  string
+	Bucket    string
+	Prefix    string
+	Region    string
+	PathStyle bool
+	Profile   string
+}
+
+// RetentionKeys bound a remote tier (sftp, s3): MaxSize bytes of values
+// and MaxAge since last use (0: no bound); PruneGrace, the age under
+// which an entry is never removed; PruneEvery, how often this mount runs
+// a pass.
+type RetentionKeys struct {
+	MaxSize    int64
+	MaxAge     time.Duration
+	PruneGrace time.Duration
+	PruneEvery time.Duration
 }
 
 // origin is where a tier comes from: a place in a file, or a flag.

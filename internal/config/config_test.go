@@ -136,13 +136,13 @@ identity = "key"
 				{Kind: Memory, Name: "ram", Size: 3 << 29, MaxEntry: 64 << 20},
 				{Kind: Bolt, Name: "disk", Size: 1 << 20, Path: "/home/u/cache.db"},
 				{Kind: Bolt, Name: "bolt", Size: 1e12, Path: "/data/shared.db", ReadOnly: true},
-				{Kind: SFTP, Name: "sftp", URL: "sftp://cache@example.org:2222/srv/flechefs",
+				{Kind: SFTP, Name: "sftp", Timeout: 30 * time.Second, SFTPKeys: SFTPKeys{URL: "sftp://cache@example.org:2222/srv/flechefs",
 					Identity: []string{"/home/u/.ssh/id_ed25519", "/home/alice/key"}, KnownHosts: "/etc/ssh/known",
-					Concurrency: 8, Channels: 5, Timeout: 30 * time.Second,
-					Ciphers: []string{"aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"}, Mode: 0o640, Foreign: "verify", Transport: "go"},
-				{Kind: SFTP, Name: "sftp2", URL: "sftp://mirror/cache", ReadOnly: true, Agent: true,
+					Concurrency: 8, Channels: 5,
+					Ciphers: []string{"aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"}, Mode: 0o640, Foreign: "verify", Transport: "go"}},
+				{Kind: SFTP, Name: "sftp2", ReadOnly: true, Timeout: 2 * time.Second, SFTPKeys: SFTPKeys{URL: "sftp://mirror/cache", Agent: true,
 					Identity: []string{"/etc/flechefs/key"}, KnownHosts: "/home/u/.ssh/known_hosts",
-					Concurrency: 64, Channels: 3, Timeout: 2 * time.Second, Mode: 0o640, Foreign: "adopt", Transport: "go"},
+					Concurrency: 64, Channels: 3, Mode: 0o640, Foreign: "adopt", Transport: "go"}},
 			},
 		}},
 		{"inline tables", inline, &Config{
@@ -150,8 +150,8 @@ identity = "key"
 			DeleteRemote: true, SpoolDir: "/home/u/.cache/flechefs/spool", UploadWorkers: 8,
 			Tiers: []Tier{
 				{Kind: Memory, Name: "ram", Size: 1 << 30},
-				{Kind: SFTP, Name: "sftp", URL: "sftp://h/p", Identity: []string{}, Agent: true,
-					KnownHosts: "/home/u/.ssh/known_hosts", Concurrency: 64, Channels: 3, Timeout: 10 * time.Second, Mode: 0o640, Foreign: "adopt", Transport: "go"},
+				{Kind: SFTP, Name: "sftp", Timeout: 10 * time.Second, SFTPKeys: SFTPKeys{URL: "sftp://h/p", Identity: []string{}, Agent: true,
+					KnownHosts: "/home/u/.ssh/known_hosts", Concurrency: 64, Channels: 3, Mode: 0o640, Foreign: "adopt", Transport: "go"}},
 			},
 		}},
 		{"bounded s3", "[[tier]]\nkind = \"memory\"\nsize = \"1G\"\n[[tier]]\nkind = \"s3\"\nendpoint = \"https://s3.example.org\"\nbucket = \"bkt\"\nprefix = \"c/\"\nmax_size = \"2TiB\"\nmax_age = \"720h\"\n", &Config{
@@ -159,8 +159,8 @@ identity = "key"
 			DeleteRemote: true, SpoolDir: "/home/u/.cache/flechefs/spool", UploadWorkers: 8,
 			Tiers: []Tier{
 				{Kind: Memory, Name: "ram", Size: 1 << 30},
-				{Kind: S3, Name: "s3", Endpoint: "https://s3.example.org", Bucket: "bkt", Prefix: "c/", Timeout: 10 * time.Second,
-					MaxSize: 2 << 40, MaxAge: 720 * time.Hour, PruneGrace: time.Hour, PruneEvery: time.Hour},
+				{Kind: S3, Name: "s3", Timeout: 10 * time.Second, S3Keys: S3Keys{Endpoint: "https://s3.example.org", Bucket: "bkt", Prefix: "c/"},
+					RetentionKeys: RetentionKeys{MaxSize: 2 << 40, MaxAge: 720 * time.Hour, PruneGrace: time.Hour, PruneEvery: time.Hour}},
 			},
 		}},
 	} {

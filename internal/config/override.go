@@ -195,7 +195,7 @@ func setRemote(c *Config, env Env, v string) error {
 		c.Tiers[i].At = "--remote"
 		return nil
 	}
-	t := Tier{Kind: SFTP, URL: u, origin: flagOrigin("remote"), At: "--remote"}
+	t := Tier{Kind: SFTP, SFTPKeys: SFTPKeys{URL: u}, origin: flagOrigin("remote"), At: "--remote"}
 	t.setDefaults()
 	c.Tiers = append(c.Tiers, t)
 	return nil

@@ -257,8 +257,8 @@ func setS3Remote(c *Config, env Env, v string) error {
 		t.origin, t.At = flagOrigin("remote"), "--remote"
 		return nil
 	}
-	t := Tier{Kind: S3, Bucket: u.bucket, Prefix: u.prefix, Endpoint: a.endpoint, PathStyle: !isAWSEndpoint(a.endpoint),
-		Region: a.region, Profile: a.profile, origin: flagOrigin("remote"), At: "--remote"}
+	t := Tier{Kind: S3, S3Keys: S3Keys{Bucket: u.bucket, Prefix: u.prefix, Endpoint: a.endpoint, PathStyle: !isAWSEndpoint(a.endpoint),
+		Region: a.region, Profile: a.profile}, origin: flagOrigin("remote"), At: "--remote"}
 	t.setDefaults()
 	c.Tiers = append(c.Tiers, t)
 	return nil
