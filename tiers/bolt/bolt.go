@@ -81,19 +81,31 @@ type Tier struct {
 	readOnly bool
 	bufs     sync.Pool // *[]byte of crcLen+chunk bytes
 
-	// Damage and a vanished file (fault.go).
+	faults
+	closing
+	groupCommit
+	pending
+}
+
+// faults is what the tier knows of damage and of its file (fault.go).
+type faults struct {
 	failure  atomic.Pointer[failure]
 	aside    *Aside   // the damaged database Open replaced, if it did
 	file     *os.File // the database file bbolt opened
 	fileSize int64    // its size when last watched; by the flusher
+}
 
+// closing is the tier's end: Close, and the flusher it stops.
+type closing struct {
 	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
 	stop      chan struct{} // closed by Close to stop the flusher
 	flusher   chan struct{} // closed when the flusher has stopped
+}
 
-	// Group commit (commit.go).
+// groupCommit is the state of the group commit (commit.go).
+type groupCommit struct {
 	gmu     sync.Mutex
 	queue   []*call
 	leading bool
@@ -106,7 +118,10 @@ type Tier struct {
 	st        stats
 	// Published copies of st for Usage and early checks.
 	entries, bytes, evictions, pinned atomic.Int64
+}
 
+// pending is work the flusher writes later.
+type pending struct {
 	// Access times not yet written to the LRU index.
 	tmu     sync.Mutex
 	touched map[digest.Key]int64
@@ -204,15 +219,14 @@ func open(path string, opt Options) (*Tier, error) {
 		name:     opt.Name,
 		path:     path,
 		db:       db,
-		file:     file,
+		faults:   faults{file: file},
 		log:      log,
 		chunk:    opt.ChunkSize,
 		stage:    max(stageBytes/opt.ChunkSize, 1) * opt.ChunkSize,
 		limit:    opt.Limit,
 		readOnly: opt.ReadOnly,
-		stop:     make(chan struct{}),
-		flusher:  make(chan struct{}),
-		touched:  map[digest.Key]int64{},
+		closing:  closing{stop: make(chan struct{}), flusher: make(chan struct{})},
+		pending:  pending{touched: map[digest.Key]int64{}},
 	}
 	t.bufs.New = func() any { b := make([]byte, crcLen+t.chunk); return &b }
 	if fi, err := file.Stat(); err == nil {

@@ -123,8 +123,8 @@ func (t *Tier) salvage(aside string) (requeued, lost int) {
 		t.log.Error("damaged database: its upload queue cannot be read; nothing salvaged", "path", aside, "err", err)
 		return 0, 0
 	}
-	old := &Tier{name: t.name + "(damaged)", path: aside, db: db, file: file, log: t.log,
-		chunk: t.chunk, readOnly: true, touched: map[digest.Key]int64{}}
+	old := &Tier{name: t.name + "(damaged)", path: aside, db: db, faults: faults{file: file}, log: t.log,
+		chunk: t.chunk, readOnly: true, pending: pending{touched: map[digest.Key]int64{}}}
 	defer old.closeDamaged()
 	// The trees salvage reads are walked first: bbolt would loop through a
 	// damaged one until its stack overflowed (checkTrees).
