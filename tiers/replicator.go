@@ -141,13 +141,7 @@ func (q *uploadQueue) remove(k digest.Key) {
 // first: the remote keeps the first value it gets).
 func (q *uploadQueue) next(now time.Time, held func(digest.Key) bool) (digest.Key, time.Duration, bool) {
 	// Keys whose retry time came go first, the earliest first.
-	var due []*upItem
-	for len(q.waiting) > 0 && !q.waiting[0].next.After(now) {
-		due = append(due, heap.Pop(&q.waiting).(*upItem))
-	}
-	for i := len(due) - 1; i >= 0; i-- {
-		due[i].readyAt = q.ready.PushFront(due[i])
-	}
+	q.readyFront(func(it *upItem) bool { return !it.next.After(now) }, false)
 	for e := q.ready.Front(); e != nil; {
 		it := e.Value.(*upItem)
 		e = e.Next()
@@ -194,14 +188,23 @@ func (q *uploadQueue) wait(it *upItem) {
 // retryAll makes every key waiting for its retry time due now, before
 // newer keys, soonest retry first.
 func (q *uploadQueue) retryAll() {
-	var due []*upItem
-	for len(q.waiting) > 0 {
+	q.readyFront(func(*upItem) bool { return true }, true)
+}
+
+// readyFront moves the waiting items, soonest retry first, while due says
+// so, to the front of ready in that order; with reset, their retry times
+// are cleared (they are due now).
+func (q *uploadQueue) readyFront(due func(*upItem) bool, reset bool) {
+	var moved []*upItem
+	for len(q.waiting) > 0 && due(q.waiting[0]) {
 		it := heap.Pop(&q.waiting).(*upItem)
-		it.next = time.Time{}
-		due = append(due, it)
+		if reset {
+			it.next = time.Time{}
+		}
+		moved = append(moved, it)
 	}
-	for i := len(due) - 1; i >= 0; i-- {
-		due[i].readyAt = q.ready.PushFront(due[i])
+	for i := len(moved) - 1; i >= 0; i-- {
+		moved[i].readyAt = q.ready.PushFront(moved[i])
 	}
 }
 

@@ -62,18 +62,12 @@ func benchFetchRanges(b *testing.B, s *s3test.Server, endpoint string) {
 			opt := options(s)
 			opt.Prefix = "bench/"
 			opt.Ranges = ranges
-			direct, err := Open(opt)
-			if err != nil {
-				b.Fatal(err)
-			}
+			direct := mustOpen(b, opt)
 			if _, err := direct.Stat(context.Background(), k); err != nil {
 				tiertest.Put(b, direct, k, tiertest.Data(7, benchFetchSize))
 			}
 			opt.Endpoint = endpoint
-			tr, err := Open(opt)
-			if err != nil {
-				b.Fatal(err)
-			}
+			tr := mustOpen(b, opt)
 			benchFetch(b, tr, k)
 		})
 	}
@@ -102,10 +96,7 @@ func BenchmarkPutSmall(b *testing.B) {
 	v := tiertest.Data(8, 16<<10)
 	for _, inflight := range []int{8, 32} {
 		b.Run(fmt.Sprintf("inflight=%d", inflight), func(b *testing.B) {
-			tr, err := Open(options(s))
-			if err != nil {
-				b.Fatal(err)
-			}
+			tr := mustOpen(b, options(s))
 			var n atomic.Int64
 			b.SetParallelism(max(1, inflight/runtime.GOMAXPROCS(0)))
 			b.SetBytes(int64(len(v)))

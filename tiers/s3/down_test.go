@@ -27,10 +27,7 @@ func testStoreDown(t *testing.T, s *s3test.Server) {
 	bound := timeout + 3*time.Second // slack for -race on 2 loaded cores
 	o := options(s)
 	o.Timeout = timeout
-	tr, err := Open(o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr := mustOpen(t, o)
 	ctx := context.Background()
 	k := tiertest.Key("store down")
 	v := tiertest.Data(3, 8<<20)

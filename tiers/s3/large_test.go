@@ -25,16 +25,13 @@ import (
 func TestFirstWriterWinsLarge(t *testing.T) { eachStore(t, testFirstWriterWinsLarge) }
 
 func testFirstWriterWinsLarge(t *testing.T, s *s3test.Server) {
-	tr, err := Open(options(s))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr := mustOpen(t, options(s))
 	k := tiertest.Key("large first writer")
 	a, b := tiertest.Data(1, 48<<20+5), tiertest.Data(2, 48<<20+5)
 	if _, err := tr.Put(context.Background(), k, bytes.NewReader(a), tiers.Meta{Size: int64(len(a)), Sum: digest.Of(a)}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = tr.Put(context.Background(), k, bytes.NewReader(b), tiers.Meta{Size: int64(len(b)), Sum: digest.Of(b)})
+	_, err := tr.Put(context.Background(), k, bytes.NewReader(b), tiers.Meta{Size: int64(len(b)), Sum: digest.Of(b)})
 	if !errors.Is(err, tiers.ErrExist) {
 		t.Fatalf("second large put: %v; want ErrExist", err)
 	}
@@ -53,10 +50,7 @@ func TestFetchLargeInRanges(t *testing.T) { eachStore(t, testFetchLargeInRanges)
 func testFetchLargeInRanges(t *testing.T, s *s3test.Server) {
 	opt := options(s)
 	opt.Ranges, opt.RangeSize = 4, 2<<20
-	tr, err := Open(opt)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr := mustOpen(t, opt)
 	data := tiertest.Data(3, 64<<20+12345)
 	k := tiertest.Key("large in ranges")
 	tiertest.Put(t, tr, k, data)
@@ -133,10 +127,7 @@ func (w *checkWriter) Write(p []byte) (int, error) {
 func TestReadReplacedObject(t *testing.T) { eachStore(t, testReadReplacedObject) }
 
 func testReadReplacedObject(t *testing.T, s *s3test.Server) {
-	tr, err := Open(options(s))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr := mustOpen(t, options(s))
 	k := tiertest.Key("replaced")
 	a, b := tiertest.Data(4, 3<<20), tiertest.Data(5, 3<<20)
 	tiertest.Put(t, tr, k, a)
@@ -170,10 +161,7 @@ func testReadReplacedObject(t *testing.T, s *s3test.Server) {
 func TestMultipart(t *testing.T) { eachStore(t, testMultipart) }
 
 func testMultipart(t *testing.T, s *s3test.Server) {
-	tr, err := Open(options(s))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr := mustOpen(t, options(s))
 	tr.putLimit = 1 << 20
 	ctx := context.Background()
 	k := tiertest.Key("multipart")

@@ -22,7 +22,10 @@ func (t *Tier) quarantinePrefix() string { return t.opt.Prefix + ".flechefs/quar
 // The copy is made only from the object that was judged (its source must
 // still have the ETag read first), and the original is removed only if it
 // still has that ETag just before: a value put in its place meanwhile (by
-// another mount's repair) is left alone. An object without flechefs's
+// another mount's repair) is left alone. S3 has no conditional delete
+// that every store honours, so a repair put in the moment between that
+// check and the removal is removed: the key is then absent until its next
+// upload, never another value. An object without flechefs's
 // metadata is never moved (ErrForeign). The quarantine holds at most
 // tiers.QuarantineMax objects (ErrQuarantineFull).
 func (t *Tier) Quarantine(ctx context.Context, k digest.Key) error {

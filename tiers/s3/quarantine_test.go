@@ -22,11 +22,7 @@ func TestQuarantine(t *testing.T) { eachStore(t, testQuarantine) }
 
 func testQuarantine(t *testing.T, s *s3test.Server) {
 	opt := options(s)
-	tr, err := Open(opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	tr := mustOpen(t, opt)
 	ctx := context.Background()
 	raw := func(name string, data []byte, meta map[string]string) {
 		t.Helper()

@@ -26,11 +26,7 @@ func testPrune(t *testing.T, s *s3test.Server) {
 	opt := options(s)
 	// S3 times are whole seconds: a second between the uploads orders them.
 	opt.Retention = tiers.Bound{MaxBytes: 3500, Grace: time.Nanosecond}
-	tr, err := Open(opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	tr := mustOpen(t, opt)
 	ctx := context.Background()
 	raw := func(name string, data []byte) {
 		t.Helper()

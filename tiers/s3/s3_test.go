@@ -35,20 +35,11 @@ func TestConformance(t *testing.T) { eachStore(t, testConformance) }
 
 func testConformance(t *testing.T, s *s3test.Server) {
 	tiertest.Run(t, func(t *testing.T) tiers.Tier {
-		tr, err := Open(options(s))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tr
+		return mustOpen(t, options(s))
 	}, tiertest.Options{
 		MaxSize: 40 << 20,
 		Reopen: func(t *testing.T, tr tiers.Tier) tiers.Tier {
-			old := tr.(*Tier)
-			again, err := Open(old.opt)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return again
+			return mustOpen(t, tr.(*Tier).opt)
 		},
 	})
 }
@@ -58,11 +49,7 @@ func testConformance(t *testing.T, s *s3test.Server) {
 func TestChecksumHeader(t *testing.T) { eachStore(t, testChecksumHeader) }
 
 func testChecksumHeader(t *testing.T, s *s3test.Server) {
-	tr, err := Open(options(s))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	tr := mustOpen(t, options(s))
 	k, data := tiertest.Key("checksum"), tiertest.Data(1, 300<<10)
 	tiertest.Put(t, tr, k, data)
 	o, err := tr.c.StatObject(context.Background(), tr.opt.Bucket, tr.object(k), minio.StatObjectOptions{Checksum: true})
@@ -77,4 +64,15 @@ func testChecksumHeader(t *testing.T, s *s3test.Server) {
 func eachStore(t *testing.T, f func(t *testing.T, s *s3test.Server)) {
 	t.Run("seaweedfs", func(t *testing.T) { f(t, s3test.Start(t)) })
 	t.Run("versitygw", func(t *testing.T) { f(t, s3test.StartWith(t, s3test.Options{Gateway: "versitygw"})) })
+}
+
+// mustOpen opens a tier of opt, closed at the end of the test.
+func mustOpen(tb testing.TB, opt Options) *Tier {
+	tb.Helper()
+	tr, err := Open(opt)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { tr.Close() })
+	return tr
 }

@@ -180,29 +180,14 @@ func (b *bench) oneS3Client(c client, st *s3Store, repeat int) error {
 	return nil
 }
 
-// wait waits until every name is an object of size bytes, looking at the
-// first one missing only (as waitRemote does).
+// wait waits until every name is an object of size bytes (waitFor).
 func (st *s3Store) wait(names []string, size int64, timeout time.Duration) error {
-	left := names
-	deadline := time.Now().Add(timeout)
-	for {
-		for len(left) > 0 {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			o, err := st.c.StatObject(ctx, st.srv.Bucket, left[0], minio.StatObjectOptions{})
-			cancel()
-			if err != nil || o.Size != size {
-				break
-			}
-			left = left[1:]
-		}
-		if len(left) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%d of %d objects not in the bucket after %v", len(left), len(names), timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return waitFor(names, "objects not in the bucket", timeout, func(name string) bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		o, err := st.c.StatObject(ctx, st.srv.Bucket, name, minio.StatObjectOptions{})
+		return err == nil && o.Size == size
+	})
 }
 
 // remove deletes the named objects.

@@ -158,18 +158,26 @@ func writeFile(path string, data []byte) error {
 // checks the names in order and stops at the first one missing: looking at
 // all 2000 every 10 ms took a quarter of a core from the clients measured.
 func (b *bench) waitRemote(names []string, size int64, timeout time.Duration) error {
+	var st syscall.Stat_t
+	return waitFor(names, "files not on the remote", timeout, func(name string) bool {
+		return syscall.Lstat(filepath.Join(b.ds.remote, name), &st) == nil && st.Size == size
+	})
+}
+
+// waitFor polls every 10 ms until there says every name is there, asking
+// only about the first one missing, at most timeout.
+func waitFor(names []string, missing string, timeout time.Duration, there func(name string) bool) error {
 	left := names
 	deadline := time.Now().Add(timeout)
-	var st syscall.Stat_t
 	for {
-		for len(left) > 0 && syscall.Lstat(filepath.Join(b.ds.remote, left[0]), &st) == nil && st.Size == size {
+		for len(left) > 0 && there(left[0]) {
 			left = left[1:]
 		}
 		if len(left) == 0 {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%d of %d files not on the remote after %v", len(left), len(names), timeout)
+			return fmt.Errorf("%d of %d %s after %v", len(left), len(names), missing, timeout)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
