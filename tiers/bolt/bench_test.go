@@ -227,3 +227,26 @@ func dropPageCache(path string) error {
 	defer f.Close()
 	return unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
 }
+
+// BenchmarkReadAtAligned reads 1 MiB at a time at whole-chunk offsets, as
+// the kernel's FUSE reads of a file read in order arrive.
+func BenchmarkReadAtAligned(b *testing.B) {
+	const size, read = 64 << 20, 1 << 20
+	tr := benchTier(b, Options{})
+	k := tiertest.Key("readat")
+	mustPut(b, tr, k, tiertest.Data(1, size), false)
+	r, err := tr.Open(ctx, k)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	buf := make([]byte, read)
+	b.SetBytes(read)
+	var off int64
+	for b.Loop() {
+		if _, err := r.ReadAt(buf, off); err != nil {
+			b.Fatal(err)
+		}
+		off = (off + read) % size
+	}
+}

@@ -115,10 +115,19 @@ func checkChunk(v []byte, want int, id uint64, idx int64) ([]byte, error) {
 	if len(v) != want {
 		return nil, fmt.Errorf("%w: chunk %d of entry %d has %d bytes, want %d", tiers.ErrCorrupt, idx, id, len(v), want)
 	}
-	if got, stored := crc32.Checksum(v[crcLen:], castagnoli), binary.BigEndian.Uint32(v); got != stored {
-		return nil, fmt.Errorf("%w: chunk %d of entry %d: crc32c %08x, stored %08x", tiers.ErrCorrupt, idx, id, got, stored)
+	if err := checkCRC(v[crcLen:], v, id, idx); err != nil {
+		return nil, err
 	}
 	return v[crcLen:], nil
+}
+
+// checkCRC verifies a chunk's data against the CRC32C at the start of its
+// stored value v.
+func checkCRC(data, v []byte, id uint64, idx int64) error {
+	if got, stored := crc32.Checksum(data, castagnoli), binary.BigEndian.Uint32(v); got != stored {
+		return fmt.Errorf("%w: chunk %d of entry %d: crc32c %08x, stored %08x", tiers.ErrCorrupt, idx, id, got, stored)
+	}
+	return nil
 }
 
 // u64 is a big-endian uint64 key: entry ids in staging, sequence numbers in queue.

@@ -111,3 +111,29 @@ func madvise(start, end uintptr, advice int) {
 		syscall.Syscall(syscall.SYS_MADVISE, start, end-start, uintptr(advice))
 	}
 }
+
+// preadChunk reads the data of chunk v (a value of read transaction tx,
+// want bytes long with its CRC) into dst, exactly its data's length, with
+// pread(2) from the database file, and checks the CRC of what it read. The
+// map and the file are one page cache, and the pages of tx do not change
+// while it is open; but a copy out of the map costs a page fault every few
+// pages and, after the CRC has read every byte, a second pass, and
+// dropping the pages (drop) a walk of the page tables. pread copies each
+// byte once and the CRC reads it from the cache. ok is false, with no
+// error, when pread cannot read the chunk (not inside the map of tx; a
+// short read, as of a truncated file): the caller reads it from the map,
+// where a truncated file is found damaged (fault.go).
+func (t *Tier) preadChunk(tx *bolt.Tx, v, dst []byte, want int, id uint64, idx int64) (ok bool, err error) {
+	if t.file == nil || len(v) != want || len(dst) != want-crcLen || tx.Writable() {
+		return false, nil
+	}
+	base := tx.DB().Info().Data
+	start := uintptr(unsafe.Pointer(unsafe.SliceData(v)))
+	if start < base || start+uintptr(len(v)) > base+uintptr(tx.Size()) {
+		return false, nil
+	}
+	if n, err := t.file.ReadAt(dst, int64(start-base)+crcLen); err != nil || n != len(dst) {
+		return false, nil
+	}
+	return true, checkCRC(dst, v, id, idx)
+}

@@ -115,12 +115,24 @@ func (r *reader) readAt(p []byte, off int64) (int, error) {
 			if v == nil {
 				return r.missing(tx, idx)
 			}
-			data, err := checkChunk(v, chunkLen(size, cs, idx), r.rec.id, idx)
+			mapped.add(v)
+			want := chunkLen(size, cs, idx)
+			// A whole chunk is read into p with pread, part of one
+			// out of the map.
+			if pos == idx*cs && len(p)-n >= want-crcLen {
+				if ok, err := t.preadChunk(tx, v, p[n:n+want-crcLen], want, r.rec.id, idx); ok || err != nil {
+					if err != nil {
+						return err
+					}
+					n += want - crcLen
+					continue
+				}
+			}
+			data, err := checkChunk(v, want, r.rec.id, idx)
 			if err != nil {
 				return err
 			}
 			n += copy(p[n:], data[pos-idx*cs:])
-			mapped.add(v)
 		}
 		return nil
 	})

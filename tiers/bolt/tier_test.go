@@ -348,47 +348,55 @@ func TestCorruptChunk(t *testing.T) {
 		{"flipped crc", func(b []byte) []byte { b[0] ^= 1; return b }},
 		{"truncated", func(b []byte) []byte { return b[:len(b)-1] }},
 	} {
-		t.Run(c.name, func(t *testing.T) {
-			tr := newTier(t, Options{ChunkSize: cs})
-			k := tiertest.Key("corrupt")
-			b := tiertest.Data(1, 3*cs+100)
-			mustPut(t, tr, k, b, false)
-			rec, err := tr.lookup(ctx, k)
-			if err != nil {
-				t.Fatal(err)
-			}
-			path := tr.Path()
-			tr.Close()
-			corruptChunk(t, path, rec.id, 1, c.fn)
+		// A read of part of a chunk checks it in the map, one of whole
+		// chunks in what pread read (preadChunk): both find the damage.
+		for _, whole := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/whole=%v", c.name, whole), func(t *testing.T) {
+				tr := newTier(t, Options{ChunkSize: cs})
+				k := tiertest.Key("corrupt")
+				b := tiertest.Data(1, 3*cs+100)
+				mustPut(t, tr, k, b, false)
+				rec, err := tr.lookup(ctx, k)
+				if err != nil {
+					t.Fatal(err)
+				}
+				path := tr.Path()
+				tr.Close()
+				corruptChunk(t, path, rec.id, 1, c.fn)
 
-			tr, err = Open(path, Options{ChunkSize: cs})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tr.Close()
-			r, err := tr.Open(ctx, k)
-			if err != nil {
-				t.Fatal(err)
-			}
-			buf := make([]byte, 100)
-			if _, err := r.ReadAt(buf, 10); err != nil || !bytes.Equal(buf, b[10:110]) {
-				t.Fatalf("read of a good chunk: %v", err)
-			}
-			if _, err := r.ReadAt(buf, cs+cs/2); !errors.Is(err, tiers.ErrCorrupt) {
-				t.Fatalf("read of a corrupt chunk: %v, want ErrCorrupt", err)
-			}
-			// A range that spans into the bad chunk fails too.
-			if _, err := tiers.ReadAll(r); !errors.Is(err, tiers.ErrCorrupt) && !errors.Is(err, tiers.ErrNotFound) {
-				t.Fatalf("ReadAll: %v", err)
-			}
-			// The bad copy is not served again.
-			if _, err := tr.Stat(ctx, k); !errors.Is(err, tiers.ErrNotFound) {
-				t.Fatalf("stat after corruption: %v", err)
-			}
-			if err := tr.Check(); err != nil {
-				t.Fatal(err)
-			}
-		})
+				tr, err = Open(path, Options{ChunkSize: cs})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer tr.Close()
+				r, err := tr.Open(ctx, k)
+				if err != nil {
+					t.Fatal(err)
+				}
+				buf := make([]byte, 100)
+				if _, err := r.ReadAt(buf, 10); err != nil || !bytes.Equal(buf, b[10:110]) {
+					t.Fatalf("read of a good chunk: %v", err)
+				}
+				bad, at := buf, int64(cs+cs/2)
+				if whole {
+					bad, at = make([]byte, 2*cs), 0
+				}
+				if _, err := r.ReadAt(bad, at); !errors.Is(err, tiers.ErrCorrupt) {
+					t.Fatalf("read of a corrupt chunk: %v, want ErrCorrupt", err)
+				}
+				// A range that spans into the bad chunk fails too.
+				if _, err := tiers.ReadAll(r); !errors.Is(err, tiers.ErrCorrupt) && !errors.Is(err, tiers.ErrNotFound) {
+					t.Fatalf("ReadAll: %v", err)
+				}
+				// The bad copy is not served again.
+				if _, err := tr.Stat(ctx, k); !errors.Is(err, tiers.ErrNotFound) {
+					t.Fatalf("stat after corruption: %v", err)
+				}
+				if err := tr.Check(); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
 	}
 }
 
