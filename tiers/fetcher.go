@@ -301,14 +301,7 @@ func (f *fetch) Write(p []byte) (int, error) {
 	if off+int64(len(p)) > f.info.Size {
 		return 0, fmt.Errorf("%w: remote sent more than the %d bytes announced", ErrCorrupt, f.info.Size)
 	}
-	var n int
-	var err error
-	if f.mem != nil {
-		n = copy(f.mem[off:], p)
-	} else {
-		n, err = f.f.WriteAt(p, off)
-	}
-	f.hasher.Write(p[:n])
+	n, err := f.f.WriteAt(p, off) // hashed behind, by hashSpool
 	f.l.bytesOut.Add(int64(n))
 	f.mu.Lock()
 	f.written += int64(n)
@@ -323,13 +316,23 @@ func (f *fetch) run(r Reader) {
 	k := f.info.Key
 	start := time.Now()
 	var err error
-	if wt, ok := r.(io.WriterTo); f.mem != nil {
+	if f.mem != nil {
 		err = f.fetchSmall(r)
-	} else if ok {
-		_, err = wt.WriteTo(f)
 	} else {
-		buf := make([]byte, 1<<20)
-		_, err = io.CopyBuffer(f, io.NewSectionReader(r, 0, f.info.Size), buf)
+		fin, hashed := make(chan int64, 1), make(chan error, 1)
+		go f.hashSpool(fin, hashed)
+		if wt, ok := r.(io.WriterTo); ok {
+			_, err = wt.WriteTo(f)
+		} else {
+			buf := make([]byte, 1<<20)
+			_, err = io.CopyBuffer(f, io.NewSectionReader(r, 0, f.info.Size), buf)
+		}
+		f.mu.Lock()
+		fin <- f.written
+		f.mu.Unlock()
+		if herr := <-hashed; err == nil && herr != nil {
+			err = fmt.Errorf("reading back the spool %s to hash it: %w", f.s.opt.SpoolDir, herr)
+		}
 	}
 	if err == nil && f.hasher.Size() != f.info.Size {
 		err = fmt.Errorf("%w: got %d bytes, the remote announced %d", ErrCorrupt, f.hasher.Size(), f.info.Size)
@@ -393,6 +396,47 @@ func (f *fetch) run(r Reader) {
 	f.s.mu.Unlock()
 	f.unref()
 }
+
+// hashSpool hashes what the fetch writes into the spool, reading it back
+// from there (the page cache) on its own goroutine, so that the fetch's
+// writer, which receives and stores the bytes, does not also hash them: on
+// two cores the hash (1.8 GB/s with SHA instructions) ran in series with
+// the transfer while the other core idled. It follows f.written until it
+// has hashed the end sent on fin (the bytes written when the transfer
+// ended), then sends nil on res, or the error of a read of the spool.
+func (f *fetch) hashSpool(fin <-chan int64, res chan<- error) {
+	bp := spoolHashBufs.Get().(*[]byte)
+	defer spoolHashBufs.Put(bp)
+	buf := *bp
+	var off int64
+	end := int64(-1)
+	for {
+		f.mu.Lock()
+		avail, ch := f.written, f.changed
+		f.mu.Unlock()
+		for off < avail {
+			n, err := f.f.ReadAt(buf[:min(int64(len(buf)), avail-off)], off)
+			f.hasher.Write(buf[:n])
+			off += int64(n)
+			if err != nil && off < avail {
+				res <- err
+				return
+			}
+		}
+		if end >= 0 && off >= end {
+			res <- nil
+			return
+		}
+		select {
+		case <-ch:
+		case end = <-fin:
+			fin = nil
+		}
+	}
+}
+
+// spoolHashBufs are hashSpool's buffers.
+var spoolHashBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 // fetchSmall reads a value that fits in memory with one ReadAt: one round
 // trip, where a remote WriterTo asks for the size first.
