@@ -47,8 +47,10 @@
 //
 // A remote hit streams: one fetch per key (concurrent readers share it)
 // writes into an unlinked spool file in SpoolDir (into memory for a value
-// of at most 1 MiB, fetched with one read request), readers read what has
-// arrived, and the last byte is held back until the whole value matched the
+// of at most 1 MiB, fetched with one read request, and for one tier 0
+// takes at once when tier 0 keeps values in memory, fetcher.holdMem),
+// readers read what has arrived, the bytes are hashed behind the transfer,
+// and the last byte is held back until the whole value matched the
 // checksum the remote keeps beside it. A lookup (Stat) that finds a value
 // only on a remote opens it there: a value of at most 1 MiB is fetched at
 // once, and the reader of a larger one is kept for a second (at most 64
@@ -58,7 +60,8 @@
 // corrupt by Stat (sizes that disagree, a garbled checksum record) is
 // counted likewise. Only a verified spool is promoted, and its copies
 // into the faster tiers are Meta.Verified: its bytes were hashed as they
-// arrived, so the tiers do not hash them again.
+// arrived, so the tiers do not hash them again; a RAM tier keeps a spool in
+// memory as it is (BytesPutter), with no copy.
 //
 // The timings and sizes of this background work (how long a copy, a
 // persistence or an upload waits for the foreground to pause, how much each

@@ -71,3 +71,7 @@ func (s *Stack) SettleCopies(k digest.Key) {
 		<-busy
 	}
 }
+
+// FetchMemHeld is the bytes fetches hold in memory beyond memFetch
+// (fetcher.holdMem).
+func (s *Stack) FetchMemHeld() int64 { return s.fetcher.memHeld.Load() }

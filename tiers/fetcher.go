@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flechefs/flechefs/digest"
@@ -16,10 +17,16 @@ import (
 // time (keyState.fetch), which readers join, verified as it arrives and
 // handed to the promoter once whole; and the remote readers lookups open,
 // parked for the Open that follows (keyState.parked).
-type fetcher struct{ s *Stack }
+type fetcher struct {
+	s *Stack
+	// memHeld is the bytes held by fetches in memory of values over
+	// memFetch (holdMem).
+	memHeld atomic.Int64
+}
 
 // A fetch is one value being read from a remote tier into an unlinked spool
-// file, or into memory when it is at most memFetch bytes. Readers join it and read
+// file, or into memory when it is at most memFetch bytes or one the RAM
+// tier takes at once (holdMem). Readers join it and read
 // what has arrived; the last byte is released only after the whole value
 // matched its hash. On success the spool is copied into the faster tiers;
 // either way it is removed when the last reader and the fetch are done.
@@ -28,7 +35,8 @@ type fetch struct {
 	l    *layer
 	info Info
 	f    *os.File // the spool file, or nil
-	mem  []byte   // the spool of a small value, or nil
+	mem  []byte   // the spool of a value fetched into memory, or nil
+	held bool     // mem is counted in fetcher.memHeld
 
 	mu      sync.Mutex
 	written int64
@@ -175,9 +183,9 @@ func (fe *fetcher) startFetch(ctx context.Context, f *fetch, k digest.Key, want 
 		return nil, Wrap(l.name, "open", k, ErrNotFound)
 	}
 	s.foundRemote(k, info.Sum)
-	if info.Size <= memFetch {
+	if info.Size <= memFetch || fe.holdMem(l, info.Size) {
 		l.hits.Add(1)
-		f.info, f.mem = info, make([]byte, info.Size)
+		f.info, f.mem, f.held = info, make([]byte, info.Size), info.Size > memFetch
 		return r, nil
 	}
 	sp, err := os.CreateTemp(s.opt.SpoolDir, "fetch-*")
@@ -244,6 +252,35 @@ func (fe *fetcher) endFetchLocked(k digest.Key, f *fetch) {
 	})
 }
 
+// holdMem reports whether a value of size bytes fetched from l is fetched
+// into memory rather than into a spool file, and counts it. It is for the
+// values whose copy into tier 0 is made as soon as they are fetched
+// (promoter.deferrable): fetched into memory, that copy is the fetch's own
+// buffer (BytesPutter) where it was a second allocation filled from the
+// spool file, and the spool's writes and reads are copies in memory. Such
+// fetches hold at most the deferred copies' bound at once (a quarter of
+// tier 0, at most 64 MiB); over it, a value goes to a spool file.
+func (fe *fetcher) holdMem(l *layer, size int64) bool {
+	pm := &fe.s.promoter
+	limit := pm.deferq.limit
+	targets := pm.promoteTargets(l.idx)
+	if !pm.deferrable(size, targets) {
+		return false
+	}
+	if _, ok := targets[0].Tier.(BytesPutter); !ok {
+		return false
+	}
+	for {
+		held := fe.memHeld.Load()
+		if held+size > limit {
+			return false
+		}
+		if fe.memHeld.CompareAndSwap(held, held+size) {
+			return true
+		}
+	}
+}
+
 // spoolError is a fetch that failed in the local spool directory: the
 // reader is told that, not that the remote tier is unavailable.
 type spoolError struct{ err error }
@@ -301,7 +338,14 @@ func (f *fetch) Write(p []byte) (int, error) {
 	if off+int64(len(p)) > f.info.Size {
 		return 0, fmt.Errorf("%w: remote sent more than the %d bytes announced", ErrCorrupt, f.info.Size)
 	}
-	n, err := f.f.WriteAt(p, off) // hashed behind, by hashSpool
+	// Hashed behind, by hashSpool.
+	var n int
+	var err error
+	if f.mem != nil {
+		n = copy(f.mem[off:], p)
+	} else {
+		n, err = f.f.WriteAt(p, off)
+	}
 	f.l.bytesOut.Add(int64(n))
 	f.mu.Lock()
 	f.written += int64(n)
@@ -316,7 +360,7 @@ func (f *fetch) run(r Reader) {
 	k := f.info.Key
 	start := time.Now()
 	var err error
-	if f.mem != nil {
+	if f.mem != nil && f.info.Size <= memFetch {
 		err = f.fetchSmall(r)
 	} else {
 		fin, hashed := make(chan int64, 1), make(chan error, 1)
@@ -398,22 +442,29 @@ func (f *fetch) run(r Reader) {
 }
 
 // hashSpool hashes what the fetch writes into the spool, reading it back
-// from there (the page cache) on its own goroutine, so that the fetch's
+// from there (memory, or the spool file's page cache) on its own goroutine, so that the fetch's
 // writer, which receives and stores the bytes, does not also hash them: on
 // two cores the hash (1.8 GB/s with SHA instructions) ran in series with
 // the transfer while the other core idled. It follows f.written until it
 // has hashed the end sent on fin (the bytes written when the transfer
 // ended), then sends nil on res, or the error of a read of the spool.
 func (f *fetch) hashSpool(fin <-chan int64, res chan<- error) {
-	bp := spoolHashBufs.Get().(*[]byte)
-	defer spoolHashBufs.Put(bp)
-	buf := *bp
+	var buf []byte
+	if f.mem == nil {
+		bp := spoolHashBufs.Get().(*[]byte)
+		defer spoolHashBufs.Put(bp)
+		buf = *bp
+	}
 	var off int64
 	end := int64(-1)
 	for {
 		f.mu.Lock()
 		avail, ch := f.written, f.changed
 		f.mu.Unlock()
+		if f.mem != nil {
+			f.hasher.Write(f.mem[off:avail])
+			off = avail
+		}
 		for off < avail {
 			n, err := f.f.ReadAt(buf[:min(int64(len(buf)), avail-off)], off)
 			f.hasher.Write(buf[:n])
@@ -462,6 +513,9 @@ func (f *fetch) unref() {
 	f.mu.Unlock()
 	if last && f.f != nil {
 		f.f.Close()
+	}
+	if last && f.held {
+		f.s.fetcher.memHeld.Add(-f.info.Size)
 	}
 }
 
@@ -530,6 +584,10 @@ func (r *spoolReader) Info() Info { return r.f.info }
 func (r *spoolReader) ReadAt(p []byte, off int64) (int, error) { return r.f.readSpool(p, off) }
 
 func (r *spoolReader) Close() error { return nil }
+
+// Bytes is the verified value when it was fetched into memory, else nil:
+// it never changes, so a BytesPutter may keep it.
+func (r *spoolReader) Bytes() []byte { return r.f.mem }
 
 // readSpool reads the spool like io.ReaderAt.
 func (f *fetch) readSpool(p []byte, off int64) (int, error) {

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
+
+	"github.com/flechefs/flechefs/tiers/memory"
 
 	"github.com/flechefs/flechefs/digest"
 	"github.com/flechefs/flechefs/tiers"
@@ -99,4 +102,72 @@ func TestParkedReaderNotLive(t *testing.T) {
 		t.Fatalf("remote opens = %d, want 2 (the lookup's reader was dead)", n)
 	}
 	tiertest.Eventually(t, "the dead reader closed", func() bool { return remote.closes.Load() >= 1 })
+}
+
+// A fetched value that tier 0 takes as soon as it is fetched (a RAM tier,
+// a value small beside it) is fetched into memory, and the RAM tier keeps
+// that buffer. Such fetches hold at most the deferred copies' bound (a
+// quarter of the RAM tier) at once; over it, a value goes to a spool file.
+// A damaged one is served to no one, kept by no tier, and what it held is
+// given back.
+func TestFetchIntoMemory(t *testing.T) {
+	const size, n = 4 << 20, 6
+	ram, err := memory.New(memory.Options{Name: "ram", Limit: 64 << 20, MaxEntry: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote := mem(t, "remote", 256<<20)
+	s := newStack(t, tiers.StackOptions{}, tiers.Layer{Tier: ram}, tiers.Layer{Tier: remote, Remote: true})
+	var keys []digest.Key
+	var vals [][]byte
+	for i := range n {
+		k, v := tiertest.Key(fmt.Sprint("in memory ", i)), tiertest.Data(uint64(100+i), size)
+		tiertest.Put(t, remote, k, v)
+		keys, vals = append(keys, k), append(vals, v)
+	}
+	remote.gate = make(chan struct{}) // every fetch waits in its first read
+	var readers []tiers.Reader
+	for _, k := range keys {
+		r, err := s.Open(context.Background(), k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		readers = append(readers, r)
+	}
+	if got, want := s.FetchMemHeld(), int64(16<<20); got != want {
+		t.Fatalf("%d fetches of %d bytes hold %d bytes in memory, want %d (a quarter of the RAM tier; the rest in spool files)", n, size, got, want)
+	}
+	close(remote.gate)
+	for i, r := range readers {
+		got, err := tiers.ReadAll(r)
+		if err != nil || !bytes.Equal(got, vals[i]) {
+			t.Fatalf("read %d: %v (equal %v)", i, err, bytes.Equal(got, vals[i]))
+		}
+		r.Close()
+	}
+	tiertest.Eventually(t, "the fetches ended", func() bool { return s.FetchMemHeld() == 0 })
+	for i, k := range keys {
+		tiertest.Eventually(t, "the RAM tier holds the fetched value", func() bool { return has(ram, k) })
+		r, err := ram.Open(context.Background(), k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := tiers.ReadAll(r)
+		r.Close()
+		if err != nil || !bytes.Equal(got, vals[i]) {
+			t.Fatalf("RAM copy %d: %v (equal %v)", i, err, bytes.Equal(got, vals[i]))
+		}
+	}
+
+	// Damaged on the remote: fetched into memory, failed, kept nowhere.
+	bad := tiertest.Key("damaged in memory")
+	tiertest.Put(t, remote, bad, tiertest.Data(200, size))
+	remote.flip.Store(true)
+	if _, err := read(t, s, bad); !errors.Is(err, tiers.ErrCorrupt) {
+		t.Fatalf("read of a damaged value: %v, want ErrCorrupt", err)
+	}
+	tiertest.Eventually(t, "the failed fetch gave its memory back", func() bool { return s.FetchMemHeld() == 0 })
+	if has(ram, bad) {
+		t.Fatal("the RAM tier holds a damaged value")
+	}
 }

@@ -169,7 +169,14 @@ func (pm *promoter) copyTo(src *layer, r Reader, targets []*layer) bool {
 		// arrived and matched the remote's sum: the tier need not hash
 		// them again. From a tier, they are checked.
 		m := Meta{Size: info.Size, Sum: info.Sum, Created: info.Created, Verified: src == nil}
-		_, err := t.Tier.Put(s.ctx, info.Key, &countingReader{r: copyReader(r, info.Size), n: &t.bytesIn}, m)
+		var err error
+		if b, bp := memBytes(r, t); b != nil {
+			// Fetched into memory (holdMem): tier 0 keeps that buffer.
+			_, err = bp.PutBytes(s.ctx, info.Key, b, m)
+			t.bytesIn.Add(int64(len(b)))
+		} else {
+			_, err = t.Tier.Put(s.ctx, info.Key, &countingReader{r: copyReader(r, info.Size), n: &t.bytesIn}, m)
+		}
 		switch {
 		case err == nil:
 			t.promotions.Add(1)
@@ -185,6 +192,20 @@ func (pm *promoter) copyTo(src *layer, r Reader, targets []*layer) bool {
 		}
 	}
 	return all
+}
+
+// memBytes returns the bytes of a value fetched into memory, and t's
+// BytesPutter, when t keeps values in memory; else nil.
+func memBytes(r Reader, t *layer) ([]byte, BytesPutter) {
+	sr, ok := r.(*spoolReader)
+	if !ok {
+		return nil, nil
+	}
+	bp, ok := t.Tier.(BytesPutter)
+	if b := sr.Bytes(); ok && b != nil {
+		return b, bp
+	}
+	return nil, nil
 }
 
 // promoteGate returns at the end of the current Policy.PromoteDelay window,
