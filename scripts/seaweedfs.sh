@@ -6,12 +6,8 @@
 # and 230 MB; the binary is cached where internal/s3test looks for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-version=$(sed -n 's/^const Version = "\(.*\)"$/\1/p' internal/s3test/s3test.go)
-cache="${XDG_CACHE_HOME:-$HOME/.cache}/flechefs-test"
-bin="$cache/weed-$version"
-if [ -x "$bin" ]; then
-  exit 0
-fi
+. scripts/testbin.sh
+testbin Version weed
 echo "seaweedfs: building weed $version into $bin (a few minutes, once)" >&2
 dir=$(go mod download -json "github.com/seaweedfs/seaweedfs@$version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
 [ -n "$dir" ] || { echo "seaweedfs: go mod download gave no directory" >&2; exit 1; }
@@ -19,7 +15,6 @@ work=$(mktemp -d)
 trap 'chmod -R u+w "$work"; rm -rf "$work"' EXIT
 cp -r "$dir" "$work/src"
 chmod -R u+w "$work/src"
-mkdir -p "$cache"
 (cd "$work/src" && go build -o "$bin.tmp" ./weed)
 mv "$bin.tmp" "$bin"
 echo "seaweedfs: $bin" >&2

@@ -5,16 +5,11 @@
 # cached where internal/s3test looks for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-version=$(sed -n 's/^const VersityVersion = "\(.*\)"$/\1/p' internal/s3test/s3test.go)
-cache="${XDG_CACHE_HOME:-$HOME/.cache}/flechefs-test"
-bin="$cache/versitygw-$version"
-if [ -x "$bin" ]; then
-  exit 0
-fi
+. scripts/testbin.sh
+testbin VersityVersion versitygw
 echo "versitygw: installing versitygw $version into $bin (a minute or two, once)" >&2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$cache"
 GOBIN="$work" go install "github.com/versity/versitygw/cmd/versitygw@$version"
 mv "$work/versitygw" "$bin"
 echo "versitygw: $bin" >&2

@@ -36,7 +36,6 @@ type fetch struct {
 	info Info
 	f    *os.File // the spool file, or nil
 	mem  []byte   // the spool of a value fetched into memory, or nil
-	held bool     // mem is counted in fetcher.memHeld
 
 	mu      sync.Mutex
 	written int64
@@ -185,7 +184,7 @@ func (fe *fetcher) startFetch(ctx context.Context, f *fetch, k digest.Key, want 
 	s.foundRemote(k, info.Sum)
 	if info.Size <= memFetch || fe.holdMem(l, info.Size) {
 		l.hits.Add(1)
-		f.info, f.mem, f.held = info, make([]byte, info.Size), info.Size > memFetch
+		f.info, f.mem = info, make([]byte, info.Size)
 		return r, nil
 	}
 	sp, err := os.CreateTemp(s.opt.SpoolDir, "fetch-*")
@@ -360,7 +359,7 @@ func (f *fetch) run(r Reader) {
 	k := f.info.Key
 	start := time.Now()
 	var err error
-	if f.mem != nil && f.info.Size <= memFetch {
+	if f.mem != nil && !f.held() {
 		err = f.fetchSmall(r)
 	} else {
 		var fin chan int64
@@ -447,13 +446,12 @@ func (f *fetch) run(r Reader) {
 
 // hashBehind hashes what the fetch writes into memory, on its own
 // goroutine, so that the fetch's writer, which receives and stores the
-// bytes, does not also hash them: the hash (SHA-256, 1.2-1.8 GB/s on one
-// core) ran in series with the transfer while the other core idled. It
-// follows f.written until it has hashed the end sent on fin (the bytes
-// written when the transfer ended), then closes done. A fetch into a spool
-// file hashes as it writes: reading the file back to hash it cost more
-// than it saved (a cold read of 256 MiB, 5 rounds alternating: 322 against
-// 293 MiB/s).
+// bytes, does not also hash them: in series, the hash held up the transfer
+// while another core idled. It follows f.written until it has hashed the
+// end sent on fin (the bytes written when the transfer ended), then closes
+// done. A fetch into a spool file hashes as it writes: reading the file
+// back to hash it costs a copy of every byte more than it saves
+// (docs/performance.md).
 func (f *fetch) hashBehind(fin <-chan int64, done chan<- struct{}) {
 	defer close(done)
 	var off int64
@@ -500,10 +498,14 @@ func (f *fetch) unref() {
 	if last && f.f != nil {
 		f.f.Close()
 	}
-	if last && f.held {
+	if last && f.held() {
 		f.s.fetcher.memHeld.Add(-f.info.Size)
 	}
 }
+
+// held reports whether f holds a value over memFetch in memory, counted in
+// fetcher.memHeld (holdMem): smaller ones are fetched into memory always.
+func (f *fetch) held() bool { return f.mem != nil && f.info.Size > memFetch }
 
 // readAt serves p at off once the bytes are there (and, for the last byte,
 // verified), or fails with the fetch's error.

@@ -385,6 +385,28 @@ type verifier struct {
 	err  error
 }
 
+// atEnd checks a value read up to its announced size (err is the last
+// read's): its hash, or when not hashed, that nothing follows, since the
+// client stops at the announced size and a longer value would otherwise
+// pass for the first bytes of it.
+func (v *verifier) atEnd(err error) error {
+	if v.h != nil {
+		var sum digest.Sum
+		copy(sum[:], v.h.Sum(nil))
+		if sum != v.want {
+			return fmt.Errorf("%w: sha256 %s, announced %s", tiers.ErrCorrupt, sum, v.want)
+		}
+		return nil
+	}
+	if !errors.Is(err, io.EOF) {
+		var one [1]byte
+		if m, _ := io.ReadAtLeast(v.r, one[:], 1); m > 0 {
+			return fmt.Errorf("%w: longer than the announced %d bytes", tiers.ErrCorrupt, v.size)
+		}
+	}
+	return nil
+}
+
 func (v *verifier) Read(p []byte) (int, error) {
 	if v.err != nil {
 		return 0, v.err
@@ -397,23 +419,10 @@ func (v *verifier) Read(p []byte) (int, error) {
 	switch {
 	case v.n > v.size:
 		v.err = fmt.Errorf("%w: longer than the announced %d bytes", tiers.ErrCorrupt, v.size)
-	case v.n == v.size && v.h != nil:
+	case v.n == v.size:
 		// Checked at the last byte: the client may not read again to see
 		// the end.
-		var sum digest.Sum
-		copy(sum[:], v.h.Sum(nil))
-		if sum != v.want {
-			v.err = fmt.Errorf("%w: sha256 %s, announced %s", tiers.ErrCorrupt, sum, v.want)
-		}
-	case v.n == v.size:
-		// Not hashed: a longer value is found by reading on, since the
-		// client stops at the announced size.
-		if !errors.Is(err, io.EOF) {
-			var one [1]byte
-			if m, _ := io.ReadAtLeast(v.r, one[:], 1); m > 0 {
-				v.err = fmt.Errorf("%w: longer than the announced %d bytes", tiers.ErrCorrupt, v.size)
-			}
-		}
+		v.err = v.atEnd(err)
 	case errors.Is(err, io.EOF):
 		v.err = fmt.Errorf("%w: %d bytes, announced %d", tiers.ErrCorrupt, v.n, v.size)
 	case err != nil:
