@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/flechefs/flechefs/digest"
+	"github.com/flechefs/flechefs/internal/pagemem"
 	"github.com/flechefs/flechefs/tiers"
 )
 
@@ -54,7 +55,7 @@ func (s *spool) grow(n int) {
 	}
 	c := max(2*cap(s.mem), n, 4096)
 	c = min(c, max(s.limit, n))
-	m := make([]byte, n, c)
+	m := pagemem.Make(n, c)
 	copy(m, s.mem)
 	s.mem = m
 }

@@ -12,6 +12,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/flechefs/flechefs/digest"
+	"github.com/flechefs/flechefs/internal/pagemem"
 	"github.com/flechefs/flechefs/tiers"
 )
 
@@ -204,7 +205,8 @@ func (t *Tier) dropCorrupt(k digest.Key, id uint64, cause error) {
 func (r *reader) WriteTo(w io.Writer) (int64, error) {
 	size := r.rec.size
 	cs := int64(r.rec.chunk)
-	buf := make([]byte, min(max(1, (4<<20)/cs)*cs, size))
+	bufLen := int(min(max(1, (4<<20)/cs)*cs, size))
+	buf := pagemem.Make(bufLen, bufLen)
 	var off int64
 	for off < size {
 		n, err := r.ReadAt(buf, off)

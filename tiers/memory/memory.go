@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/flechefs/flechefs/digest"
+	"github.com/flechefs/flechefs/internal/pagemem"
 	"github.com/flechefs/flechefs/tiers"
 )
 
@@ -125,7 +126,7 @@ func (t *Tier) put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 	if m.Size >= 0 {
 		// Announced: one allocation, one read, and one more byte to see
 		// a longer value.
-		data = make([]byte, m.Size+1)
+		data = pagemem.Make(int(m.Size+1), int(m.Size+1))
 		k, err := io.ReadFull(r, data)
 		switch {
 		case err == nil:

@@ -15,6 +15,7 @@ import (
 	"github.com/minio/minio-go/v7"
 
 	"github.com/flechefs/flechefs/digest"
+	"github.com/flechefs/flechefs/internal/pagemem"
 	"github.com/flechefs/flechefs/tiers"
 )
 
@@ -93,7 +94,7 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 	if err != nil {
 		return nil, t.wrap("open", k, err)
 	}
-	head := make([]byte, min(size, headSize))
+	head := pagemem.Make(int(min(size, headSize)), int(min(size, headSize)))
 	if _, err := io.ReadFull(body, head); err != nil {
 		return nil, t.wrap("open", k, fmt.Errorf("reading the first %d bytes: %w", len(head), err))
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/cenkalti/backoff/v5"
 	"github.com/flechefs/flechefs/digest"
+	"github.com/flechefs/flechefs/internal/pagemem"
 	"github.com/flechefs/flechefs/tiers"
 	xsftp "github.com/pkg/sftp"
 )
@@ -466,7 +467,7 @@ func (r *reader) readHead(sf sumResult, setInfo bool) error {
 		fi, err := f.Stat()
 		statc <- statResult{fi, err}
 	}()
-	b := make([]byte, headLen)
+	b := pagemem.Make(int(headLen), int(headLen))
 	n, err := f.ReadAt(b, 0)
 	st := <-statc
 	if err != nil && err != io.EOF {
