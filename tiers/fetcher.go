@@ -142,7 +142,7 @@ func (fe *fetcher) lookupByOpen(ctx context.Context, l *layer, k digest.Key) (In
 	}
 	ready := make(chan struct{})
 	close(ready)
-	f := &fetch{s: s, l: l, info: info, mem: pagemem.Make(int(info.Size), int(info.Size)), changed: make(chan struct{}),
+	f := &fetch{s: s, l: l, info: info, mem: pagemem.Bytes(int(info.Size)), changed: make(chan struct{}),
 		ready: ready, refs: 1, hasher: digest.NewHasher(), prefetch: true}
 	s.keys.edit(k, func(ks *keyState) { ks.fetch = f })
 	s.wg.Add(1)
@@ -185,7 +185,7 @@ func (fe *fetcher) startFetch(ctx context.Context, f *fetch, k digest.Key, want 
 	s.foundRemote(k, info.Sum)
 	if info.Size <= memFetch || fe.holdMem(l, info.Size) {
 		l.hits.Add(1)
-		f.info, f.mem = info, pagemem.Make(int(info.Size), int(info.Size))
+		f.info, f.mem = info, pagemem.Bytes(int(info.Size))
 		return r, nil
 	}
 	sp, err := os.CreateTemp(s.opt.SpoolDir, "fetch-*")

@@ -37,13 +37,16 @@ var unsupported atomic.Bool
 // exactly make's.
 func Make(n, c int) []byte {
 	b := make([]byte, n, c)
-	Populate(b[:c])
+	populate(b[:c])
 	return b
 }
 
-// Populate maps the whole pages of b writable, if they are not yet. It
+// Bytes is Make(n, n): a buffer of exactly n bytes.
+func Bytes(n int) []byte { return Make(n, n) }
+
+// populate maps the whole pages of b writable, if they are not yet. It
 // never changes b's contents.
-func Populate(b []byte) {
+func populate(b []byte) {
 	if cap(b) < minPopulate || unsupported.Load() {
 		return
 	}

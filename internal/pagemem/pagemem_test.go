@@ -20,7 +20,7 @@ func TestMakeIsZeroed(t *testing.T) {
 	}
 }
 
-// Populate maps pages; it must not change what they hold, including memory
+// populate maps pages; it must not change what they hold, including memory
 // the heap reuses.
 func TestPopulateKeepsContents(t *testing.T) {
 	b := make([]byte, 1<<20+123)
@@ -28,13 +28,13 @@ func TestPopulateKeepsContents(t *testing.T) {
 		b[i] = byte(i*7 + 1)
 	}
 	want := bytes.Clone(b)
-	Populate(b)
-	Populate(b[3:])
+	populate(b)
+	populate(b[3:])
 	if !bytes.Equal(b, want) {
-		t.Fatal("Populate changed the buffer")
+		t.Fatal("populate changed the buffer")
 	}
 	if unsupported.Load() {
-		t.Log("MADV_POPULATE_WRITE is not supported by this kernel: Populate does nothing")
+		t.Log("MADV_POPULATE_WRITE is not supported by this kernel: populate does nothing")
 	}
 }
 
@@ -49,7 +49,7 @@ func BenchmarkFill(b *testing.B) {
 		for _, alloc := range []struct {
 			name string
 			f    func(int) []byte
-		}{{"make", func(n int) []byte { return make([]byte, n) }}, {"Make", func(n int) []byte { return Make(n, n) }}} {
+		}{{"make", func(n int) []byte { return make([]byte, n) }}, {"Make", func(n int) []byte { return Bytes(n) }}} {
 			b.Run(fmt.Sprintf("%s/%dKiB", alloc.name, size>>10), func(b *testing.B) {
 				b.SetBytes(int64(size))
 				var kept [][]byte
@@ -71,7 +71,7 @@ func BenchmarkFill(b *testing.B) {
 
 // BenchmarkMapPage is the cost of mapping one 4 KiB page of fresh
 // anonymous memory: by a fault at its first write, or in one call for the
-// whole range (what Populate does). ns/op is per page.
+// whole range (what populate does). ns/op is per page.
 func BenchmarkMapPage(b *testing.B) {
 	const span = 64 << 20
 	for _, how := range []string{"fault", "populate"} {
@@ -86,7 +86,7 @@ func BenchmarkMapPage(b *testing.B) {
 				n := min(span/pageSize, b.N-pages)
 				b.StartTimer()
 				if how == "populate" {
-					Populate(m[:n*pageSize])
+					populate(m[:n*pageSize])
 				}
 				for i := 0; i < n; i++ {
 					m[i*pageSize] = 1

@@ -205,8 +205,7 @@ func (t *Tier) dropCorrupt(k digest.Key, id uint64, cause error) {
 func (r *reader) WriteTo(w io.Writer) (int64, error) {
 	size := r.rec.size
 	cs := int64(r.rec.chunk)
-	bufLen := int(min(max(1, (4<<20)/cs)*cs, size))
-	buf := pagemem.Make(bufLen, bufLen)
+	buf := pagemem.Bytes(int(min(max(1, (4<<20)/cs)*cs, size)))
 	var off int64
 	for off < size {
 		n, err := r.ReadAt(buf, off)

@@ -126,7 +126,7 @@ func (t *Tier) put(ctx context.Context, k digest.Key, r io.Reader, m tiers.Meta)
 	if m.Size >= 0 {
 		// Announced: one allocation, one read, and one more byte to see
 		// a longer value.
-		data = pagemem.Make(int(m.Size+1), int(m.Size+1))
+		data = pagemem.Bytes(int(m.Size + 1))
 		k, err := io.ReadFull(r, data)
 		switch {
 		case err == nil:

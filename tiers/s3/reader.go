@@ -94,7 +94,7 @@ func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {
 	if err != nil {
 		return nil, t.wrap("open", k, err)
 	}
-	head := pagemem.Make(int(min(size, headSize)), int(min(size, headSize)))
+	head := pagemem.Bytes(int(min(size, headSize)))
 	if _, err := io.ReadFull(body, head); err != nil {
 		return nil, t.wrap("open", k, fmt.Errorf("reading the first %d bytes: %w", len(head), err))
 	}

@@ -467,7 +467,7 @@ func (r *reader) readHead(sf sumResult, setInfo bool) error {
 		fi, err := f.Stat()
 		statc <- statResult{fi, err}
 	}()
-	b := pagemem.Make(int(headLen), int(headLen))
+	b := pagemem.Bytes(int(headLen))
 	n, err := f.ReadAt(b, 0)
 	st := <-statc
 	if err != nil && err != io.EOF {
