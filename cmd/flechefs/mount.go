@@ -18,6 +18,7 @@ import (
 	"github.com/flechefs/flechefs/fs"
 	"github.com/flechefs/flechefs/internal/config"
 	"github.com/flechefs/flechefs/internal/mountinfo"
+	"github.com/flechefs/flechefs/internal/pagemem"
 	"github.com/flechefs/flechefs/tiers"
 	"github.com/flechefs/flechefs/tiers/bolt"
 	"github.com/flechefs/flechefs/tiers/memory"
@@ -182,6 +183,7 @@ func (m *mounter) run(dir string) int {
 	}
 
 	m.limitMemory()
+	m.adviseHeap()
 	if m.cfg.Metrics != "" {
 		mt, err := newMetrics(m.cfg.Metrics)
 		if err != nil {
@@ -264,17 +266,32 @@ func (m *mounter) limitMemory() {
 	if os.Getenv("GOMEMLIMIT") != "" {
 		return
 	}
-	var ram int64
+	if heap := m.heapBytes(); heap < math.MaxInt64 {
+		debug.SetMemoryLimit(heap)
+		m.log.Debug("flechefs: soft memory limit", "bytes", heap)
+	}
+}
+
+// heapBytes is what the heap may hold: the memory tiers' sizes plus
+// memoryHeadroom (math.MaxInt64 when that overflows).
+func (m *mounter) heapBytes() int64 {
+	heap := int64(memoryHeadroom)
 	for _, t := range m.cfg.Tiers {
 		if t.Kind == config.Memory {
-			ram += t.Size
+			if t.Size > math.MaxInt64-heap {
+				return math.MaxInt64
+			}
+			heap += t.Size
 		}
 	}
-	if ram > math.MaxInt64-memoryHeadroom {
-		return
-	}
-	debug.SetMemoryLimit(ram + memoryHeadroom)
-	m.log.Debug("flechefs: soft memory limit", "bytes", ram+memoryHeadroom)
+	return heap
+}
+
+// adviseHeap asks for huge pages over as much heap address space as the
+// memory tiers and the headroom fill (internal/pagemem: the heap's growth
+// then takes one fault per 2 MiB instead of one per 4 KiB).
+func (m *mounter) adviseHeap() {
+	m.log.Debug("flechefs: huge pages advised for the heap", "bytes", pagemem.AdviseHeap(m.heapBytes()))
 }
 
 // checkMountpoint fails early, with a clear message, on a mount point that

@@ -1,5 +1,5 @@
 // Package pagemem allocates byte buffers whose pages are mapped before
-// they are first written.
+// they are first written, and has the heap's growth mapped with huge pages.
 //
 // A buffer that holds a value (the spool of a small write, a fetch into
 // memory, a copy into the RAM tier) is usually memory the process has not
@@ -13,6 +13,10 @@
 // are in docs/performance.md. Make asks for that mapping right after the
 // allocation. Memory the heap reuses without giving it back is mapped
 // already, and the call then costs one system call.
+//
+// The heap's growth that Make cannot reach, the buffers other libraries
+// allocate, is what AdviseHeap (heap.go) is for: it has that growth mapped
+// with huge pages, one fault per 2 MiB.
 package pagemem
 
 import (
@@ -45,7 +49,10 @@ func Make(n, c int) []byte {
 func Bytes(n int) []byte { return Make(n, n) }
 
 // populate maps the whole pages of b writable, if they are not yet. It
-// never changes b's contents.
+// never changes b's contents. In the range AdviseHeap advised it does
+// nothing: there the first write maps 2 MiB at once, and mapping ahead
+// would only move that cost into the caller (an Open waiting for its fetch
+// buffer).
 func populate(b []byte) {
 	if cap(b) < minPopulate || unsupported.Load() {
 		return
@@ -54,7 +61,7 @@ func populate(b []byte) {
 	end := start + uintptr(cap(b))
 	start = (start + pageSize - 1) &^ (pageSize - 1)
 	end &^= pageSize - 1
-	if end <= start {
+	if end <= start || inHugeRange(start, end) {
 		return
 	}
 	_, _, errno := syscall.Syscall(syscall.SYS_MADVISE, start, end-start, madvPopulateWrite)
