@@ -45,7 +45,7 @@ const maxAdvise = 1 << 30
 // huge pages or accounts every mapping in full (vm.overcommit_memory = 2),
 // when the process's address space is limited (ulimit -v), or on a small
 // machine: there the allocation could fail, and a failed allocation ends a
-// Go program. It runs a garbage collection; call it once, at
+// Go program. A build with the race detector advises nothing (race.go). It runs a garbage collection; call it once, at
 // start.
 func AdviseHeap(n int64) int64 {
 	if n = adviseSize(n); n == 0 {
@@ -69,7 +69,7 @@ func inHugeRange(start, end uintptr) bool {
 // adviseSize is the range AdviseHeap(n) allocates, or 0 for none.
 func adviseSize(n int64) int64 {
 	n = min(n, maxAdvise, memTotal()/4)
-	if n < 2*hugeSize || unsafe.Sizeof(uintptr(0)) < 8 || strictOvercommit() || limitedAddressSpace() {
+	if raceEnabled || n < 2*hugeSize || unsafe.Sizeof(uintptr(0)) < 8 || strictOvercommit() || limitedAddressSpace() {
 		return 0
 	}
 	return n

@@ -54,10 +54,13 @@ func TestAdviseHeapBounds(t *testing.T) {
 		t.Fatalf("MemTotal not read from /proc/meminfo: %d", memTotal())
 	}
 	got := adviseSize(1 << 50)
+	if raceEnabled && got != 0 {
+		t.Fatalf("a race build would allocate %d bytes for the advice", got)
+	}
 	if got > maxAdvise || got > memTotal()/4 {
 		t.Fatalf("AdviseHeap(1 PiB) would allocate %d bytes: more than %d or a quarter of the machine's memory", got, maxAdvise)
 	}
-	if got == 0 && !strictOvercommit() && !limitedAddressSpace() {
+	if got == 0 && !raceEnabled && !strictOvercommit() && !limitedAddressSpace() {
 		t.Fatal("AdviseHeap(1 PiB) would allocate nothing, with neither strict accounting nor a bounded address space")
 	}
 }
