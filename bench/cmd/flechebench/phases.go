@@ -45,6 +45,7 @@ func (b *bench) mainPhase() error {
 			if d := quiesce(); d > 4*time.Second {
 				b.logf("repeat %d: the machine was still busy after %v; measuring %s anyway", r+1, d.Round(time.Millisecond), c.name())
 			}
+			b.probeHost(c.name())
 			t, sm := time.Now(), startSteal()
 			if err := b.oneClient(c, r); err != nil {
 				c.stop()
