@@ -1,11 +1,9 @@
 package pagemem
 
 import (
-	"bufio"
 	"bytes"
 	"os"
 	"runtime"
-	"strconv"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
@@ -45,8 +43,8 @@ const maxAdvise = 1 << 30
 // huge pages or accounts every mapping in full (vm.overcommit_memory = 2),
 // when the process's address space is limited (ulimit -v), or on a small
 // machine: there the allocation could fail, and a failed allocation ends a
-// Go program. A build with the race detector advises nothing (race.go). It runs a garbage collection; call it once, at
-// start.
+// Go program. A build with the race detector advises nothing (race.go).
+// It runs a garbage collection; call it once, at start.
 func AdviseHeap(n int64) int64 {
 	if n = adviseSize(n); n == 0 {
 		return 0
@@ -88,33 +86,21 @@ func adviseRange(n int) (start, end uintptr) {
 	if end <= start {
 		return 0, 0
 	}
-	if _, _, errno := syscall.Syscall(syscall.SYS_MADVISE, start, end-start, syscall.MADV_HUGEPAGE); errno != 0 {
+	_, _, errno := syscall.Syscall(syscall.SYS_MADVISE, start, end-start, syscall.MADV_HUGEPAGE)
+	runtime.KeepAlive(b) // mapped until the advice is given
+	if errno != 0 {
 		return 0, 0
 	}
-	runtime.KeepAlive(b)
 	return start, end
 }
 
-// memTotal is the machine's memory in bytes, or 0 when unknown.
+// memTotal is the machine's memory in bytes (MemTotal), or 0 when unknown.
 func memTotal() int64 {
-	f, err := os.Open("/proc/meminfo")
-	if err != nil {
+	var si syscall.Sysinfo_t
+	if syscall.Sysinfo(&si) != nil {
 		return 0
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		rest, ok := bytes.CutPrefix(sc.Bytes(), []byte("MemTotal:"))
-		if !ok {
-			continue
-		}
-		kb, err := strconv.ParseInt(string(bytes.TrimSuffix(bytes.TrimSpace(rest), []byte(" kB"))), 10, 64)
-		if err != nil {
-			return 0
-		}
-		return kb << 10
-	}
-	return 0
+	return int64(si.Totalram) * int64(si.Unit)
 }
 
 // strictOvercommit reports whether the kernel charges every private
