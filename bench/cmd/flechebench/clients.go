@@ -197,6 +197,7 @@ channels = %d
 	}
 	cfg := fmt.Sprintf(`# written by flechebench: RAM, bbolt, a remote
 spool_dir = %q
+upload_workers = %d
 
 [[tier]]
 kind = "memory"
@@ -208,7 +209,7 @@ path = %q
 size = "8GiB"
 
 [[tier]]
-%s`, c.spool, c.ramSize, c.db, remote)
+%s`, c.spool, c.b.opt.uploadWorkers, c.ramSize, c.db, remote)
 	if err := os.MkdirAll(filepath.Dir(c.cfgPath), 0o755); err != nil {
 		return err
 	}

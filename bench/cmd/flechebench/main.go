@@ -48,6 +48,7 @@ type options struct {
 	keep            bool
 	cpuprofile      bool
 	channels        int
+	uploadWorkers   int
 	debug           bool
 	largeSize       int64
 }
@@ -81,6 +82,7 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
 	flag.BoolVar(&o.debug, "debug", false, "run flechefs with --debug (logs in the work directory)")
 	flag.IntVar(&o.channels, "channels", config.DefaultChannels, "SFTP sessions one large flechefs fetch reads through (the sftp tier's channels)")
+	flag.IntVar(&o.uploadWorkers, "upload-workers", config.DefaultUploadWorkers, "uploads flechefs runs at once (upload_workers)")
 	flag.BoolVar(&o.cpuprofile, "cpuprofile", false, "write CPU profiles of flechefs to OUT/flechefs-*.pprof")
 	flag.Parse()
 	if err := run(o); err != nil {
