@@ -255,9 +255,8 @@
 //   - BeginUpload returns nil, and nothing changes, unless there is exactly
 //     one writable remote tier, it implements StreamPutter (the SFTP tier
 //     does), it is not known to be down, and fewer than
-//     UploadWorkers early uploads run. Early uploads are counted apart from
-//     the UploadWorkers that upload the queue: at most 2×UploadWorkers
-//     transfers at once.
+//     min(UploadWorkers, LargeUploads) early uploads run. Early uploads are
+//     counted apart from the UploadWorkers that upload the queue.
 //   - The remote's PutGrowing sends the bytes of src below what Written
 //     reported, as they arrive, to a temp file. Written and Abort never
 //     block; the upload reads src (the writer's spool file) itself, one

@@ -47,7 +47,7 @@ type StackOptions struct {
 	ListingMaxNames int
 	// SpoolDir holds values being fetched from a remote tier (default os.TempDir()).
 	SpoolDir string
-	// UploadWorkers is the number of concurrent uploads (default 8; values over 1 MiB
+	// UploadWorkers is the number of concurrent uploads (default 32; values over 1 MiB
 	// go two at a time).
 	UploadWorkers int
 	Logger        *slog.Logger

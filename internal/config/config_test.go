@@ -37,7 +37,7 @@ func TestDefault(t *testing.T) {
 	want := &Config{
 		File: DefaultName, Promote: "all", NegativeTTL: time.Second, RemoteTimeout: 10 * time.Second,
 		ListTTL: 30 * time.Second, DeleteRemote: true, SpoolDir: "/home/u/.cache/flechefs/spool",
-		UploadWorkers: 8,
+		UploadWorkers: DefaultUploadWorkers,
 		Tiers: []Tier{
 			{Kind: Memory, Name: "ram", Size: 256 << 20},
 			{Kind: Bolt, Name: "bolt", Size: 10 << 30, Path: "/home/u/.cache/flechefs/cache.db"},
@@ -147,7 +147,7 @@ identity = "key"
 		}},
 		{"inline tables", inline, &Config{
 			Promote: "all", NegativeTTL: time.Second, RemoteTimeout: 10 * time.Second, ListTTL: 30 * time.Second,
-			DeleteRemote: true, SpoolDir: "/home/u/.cache/flechefs/spool", UploadWorkers: 8,
+			DeleteRemote: true, SpoolDir: "/home/u/.cache/flechefs/spool", UploadWorkers: DefaultUploadWorkers,
 			Tiers: []Tier{
 				{Kind: Memory, Name: "ram", Size: 1 << 30},
 				{Kind: SFTP, Name: "sftp", Timeout: 10 * time.Second, SFTPKeys: SFTPKeys{URL: "sftp://h/p", Identity: []string{}, Agent: true,
@@ -156,7 +156,7 @@ identity = "key"
 		}},
 		{"bounded s3", "[[tier]]\nkind = \"memory\"\nsize = \"1G\"\n[[tier]]\nkind = \"s3\"\nendpoint = \"https://s3.example.org\"\nbucket = \"bkt\"\nprefix = \"c/\"\nmax_size = \"2TiB\"\nmax_age = \"720h\"\n", &Config{
 			Promote: "all", NegativeTTL: time.Second, RemoteTimeout: 10 * time.Second, ListTTL: 30 * time.Second,
-			DeleteRemote: true, SpoolDir: "/home/u/.cache/flechefs/spool", UploadWorkers: 8,
+			DeleteRemote: true, SpoolDir: "/home/u/.cache/flechefs/spool", UploadWorkers: DefaultUploadWorkers,
 			Tiers: []Tier{
 				{Kind: Memory, Name: "ram", Size: 1 << 30},
 				{Kind: S3, Name: "s3", Timeout: 10 * time.Second, S3Keys: S3Keys{Endpoint: "https://s3.example.org", Bucket: "bkt", Prefix: "c/"},

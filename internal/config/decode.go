@@ -24,7 +24,7 @@ const (
 	DefaultNegativeTTL   = time.Second
 	DefaultRemoteTimeout = 10 * time.Second
 	DefaultListTTL       = 30 * time.Second
-	DefaultUploadWorkers = 8
+	DefaultUploadWorkers = 32
 	DefaultConcurrency   = 64
 	DefaultChannels      = 3
 	// DefaultMode is the permission of the values an sftp tier uploads:

@@ -164,9 +164,12 @@ func Open(opt Options) (*Tier, error) {
 		lookup = minio.BucketLookupPath
 	}
 	tr := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialIdle(&net.Dialer{Timeout: opt.Timeout, KeepAlive: 15 * time.Second}, opt.Timeout/2+idleMargin),
-		MaxIdleConnsPerHost:   32,
+		Proxy:       http.ProxyFromEnvironment,
+		DialContext: dialIdle(&net.Dialer{Timeout: opt.Timeout, KeepAlive: 15 * time.Second}, opt.Timeout/2+idleMargin),
+		// Room for every upload_workers upload (at most 64) and the
+		// ranged GETs of several fetches, so that a busy mount reuses its
+		// connections instead of dialing and closing them.
+		MaxIdleConnsPerHost:   128,
 		IdleConnTimeout:       time.Minute,
 		TLSHandshakeTimeout:   opt.Timeout,
 		ResponseHeaderTimeout: opt.Timeout / 2, // two tries within Timeout (reach.go)
