@@ -98,7 +98,9 @@
 // or size, a garbled record, a name that is not its content's SHA-256
 // under foreign = "verify") is never served: it is counted (Corruptions)
 // and logged, and the stack asks the tier to move it into its quarantine
-// (Quarantiner; TierStats.Quarantined). When the quarantine is full or the
+// (Quarantiner; TierStats.Quarantined): the copy judged, when the error
+// names it (Judged: an S3 ETag, an SFTP file's size and mtime), not one
+// another mount put under the key since. When the quarantine is full or the
 // move fails, the copy stays in place, unserved (TierStats.Unquarantined,
 // logged). An upload that finds a damaged copy under its key does the same
 // and then puts the verified local value, which repairs the remote once

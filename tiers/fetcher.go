@@ -410,6 +410,9 @@ func (f *fetch) run(r Reader) {
 	}
 	if err != nil {
 		if errors.Is(err, ErrCorrupt) {
+			// The quarantine takes this copy only, not one another mount
+			// may have put in its place while it was read.
+			err = judgedBy(r, err)
 			if f.prefetch {
 				// For the Open that follows the lookup; before the
 				// quarantine, which makes the copy absent.

@@ -397,7 +397,8 @@ func (s *Stack) openFrom(ctx context.Context, k digest.Key, from int, want diges
 // corrupt counts and logs a bad copy in l and removes it from a local tier
 // (which only holds what this stack wrote). A remote copy is never
 // deleted: it may be a file flechefs did not write, or the evidence of a
-// failing disk. It is moved into the tier's quarantine (Quarantiner); when
+// failing disk. It is moved into the tier's quarantine (Quarantiner; only
+// the copy err judged, when it names one: Judged); when
 // that is full, or the move fails, it stays in place, unserved (it fails
 // verification again at every read), and is logged. An upload that finds
 // it in the way tries again (uploadExisting), which repairs the remote
@@ -413,7 +414,7 @@ func (s *Stack) corrupt(l *layer, k digest.Key, err error) {
 		}
 		ctx, cancel := context.WithTimeout(s.ctx, s.opt.RemoteTimeout)
 		defer cancel()
-		switch qerr := q.Quarantine(ctx, k); {
+		switch qerr := q.Quarantine(ctx, k, JudgedCopy(err)); {
 		case qerr == nil:
 			l.quarantined.Add(1)
 		case errors.Is(qerr, ErrNotFound):

@@ -37,12 +37,18 @@ type faultTier struct {
 	// makes Quarantine fail with ErrQuarantineFull.
 	quarantined sync.Map
 	qFull       atomic.Bool
+	// gen is the generation of the tier's copies, their CopyID: a test
+	// raises it to stand for another mount's copy put in their place.
+	gen atomic.Int64
 }
 
 // Quarantine moves k aside, as a remote tier does (tiers.Quarantiner).
-func (f *faultTier) Quarantine(ctx context.Context, k digest.Key) error {
+func (f *faultTier) Quarantine(ctx context.Context, k digest.Key, copyID string) error {
 	if f.qFull.Load() {
 		return tiers.Wrap(f.name, "quarantine", k, tiers.ErrQuarantineFull)
+	}
+	if copyID != "" && copyID != f.copyID() {
+		return tiers.Wrap(f.name, "quarantine", k, tiers.ErrNotFound)
 	}
 	r, err := f.Tier.Open(ctx, k)
 	if err != nil {
@@ -83,9 +89,9 @@ func (f *faultTier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error
 		return nil, err
 	}
 	if f.adopt != nil {
-		return &adoptReader{faultReader{Reader: r, f: f}}, nil
+		return &adoptReader{faultReader{Reader: r, f: f, copy: f.copyID()}}, nil
 	}
-	return &faultReader{Reader: r, f: f}, nil
+	return &faultReader{Reader: r, f: f, copy: f.copyID()}, nil
 }
 
 // adoptReader is a faultReader that is a tiers.Adopter.
@@ -131,8 +137,13 @@ func (f *faultTier) List(ctx context.Context, fn func(tiers.Info) error) error {
 
 type faultReader struct {
 	tiers.Reader
-	f *faultTier
+	f    *faultTier
+	copy string // the tier's copyID when it was opened
 }
+
+func (f *faultTier) copyID() string { return fmt.Sprint("gen-", f.gen.Load()) }
+
+func (r *faultReader) CopyID() string { return r.copy }
 
 func (r *faultReader) Live() bool { return !r.f.dead.Load() }
 
@@ -307,6 +318,36 @@ func TestRemoteCorruptionNeverServed(t *testing.T) {
 	}
 	if q := s.Stats().Tiers[1].Quarantined; q != 1 {
 		t.Fatalf("quarantined = %d, want 1", q)
+	}
+}
+
+// TestRemoteCorruptionQuarantinesTheJudgedCopy: a copy put under the key
+// while the damaged one was read (another mount's repair) is not the one
+// moved to the quarantine: it stays, and nothing counts as quarantined.
+func TestRemoteCorruptionQuarantinesTheJudgedCopy(t *testing.T) {
+	_, remote, s := ramOverRemote(t)
+	k, v := tiertest.Key("bad, then repaired"), tiertest.Data(4, 5<<20)
+	tiertest.Put(t, remote, k, v)
+	remote.flip.Store(true)
+	r, err := s.Open(context.Background(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote.gen.Add(1) // the copy under k is another one from now on
+	_, err = io.ReadAll(io.NewSectionReader(r, 0, int64(len(v))))
+	r.Close()
+	if !errors.Is(err, tiers.ErrCorrupt) {
+		t.Fatalf("read of a corrupt remote value: %v, want ErrCorrupt", err)
+	}
+	if !has(remote, k) {
+		t.Fatal("the copy put in place of the damaged one was moved away")
+	}
+	if _, ok := remote.quarantined.Load(k); ok {
+		t.Fatal("the copy put in place of the damaged one is in the quarantine")
+	}
+	st := s.Stats().Tiers[1]
+	if st.Corruptions != 1 || st.Quarantined != 0 || st.Unquarantined != 0 {
+		t.Fatalf("stats %+v: want corruptions 1, quarantined 0, unquarantined 0", st)
 	}
 }
 

@@ -211,8 +211,52 @@ type Adopter interface {
 // that failed verification: Quarantine moves k's data file (and its record)
 // aside, out of every lookup and listing, and keeps it. ErrQuarantineFull
 // when the quarantine holds its maximum; ErrNotFound when k is not there.
+//
+// copyID is the copy found damaged, as the tier identifies copies
+// (CopyIdentifier, Judged): a copy under k that is not that one (put there
+// by another mount's repair since) is left in place and the answer is
+// ErrNotFound, since the damaged one is gone. An empty copyID moves
+// whatever copy k has.
 type Quarantiner interface {
-	Quarantine(ctx context.Context, k digest.Key) error
+	Quarantine(ctx context.Context, k digest.Key, copyID string) error
+}
+
+// CopyIdentifier is implemented by the Readers of a remote tier that can
+// tell one copy of a key from another put under the same name later (an
+// S3 object's ETag, an SFTP file's size and modification time): CopyID
+// names the copy the Reader reads, or is empty when it is not known.
+type CopyIdentifier interface {
+	CopyID() string
+}
+
+// Judged marks an error that found a copy damaged (ErrCorrupt) with the
+// copy's CopyID, so that only that copy is moved to the quarantine.
+type Judged struct {
+	Copy string
+	Err  error
+}
+
+func (e *Judged) Error() string { return e.Err.Error() }
+func (e *Judged) Unwrap() error { return e.Err }
+
+// JudgedCopy returns the copy err judged (Judged), or "".
+func JudgedCopy(err error) string {
+	if j, ok := errors.AsType[*Judged](err); ok {
+		return j.Copy
+	}
+	return ""
+}
+
+// judgedBy marks err, when it finds a copy damaged, with the copy r reads.
+func judgedBy(r Reader, err error) error {
+	id, ok := r.(CopyIdentifier)
+	if !ok || !errors.Is(err, ErrCorrupt) || JudgedCopy(err) != "" {
+		return err
+	}
+	if c := id.CopyID(); c != "" {
+		return &Judged{Copy: c, Err: err}
+	}
+	return err
 }
 
 // QuarantineMax is how many damaged copies a remote tier's quarantine

@@ -19,16 +19,17 @@ func (t *Tier) quarantinePrefix() string { return t.opt.Prefix + ".flechefs/quar
 // <prefix>.flechefs/quarantine/<key>.<time>, where flechefs keeps it (it
 // is evidence of a failing store, and may be the only trace of a value):
 // a server-side copy with its metadata, then the removal of the original.
-// The copy is made only from the object that was judged (its source must
-// still have the ETag read first), and the original is removed only if it
-// still has that ETag just before: a value put in its place meanwhile (by
-// another mount's repair) is left alone. S3 has no conditional delete
+// Only the object that was judged is moved: the one with the ETag copyID
+// names (when it names one: an object with another ETag was put in its
+// place by another mount's repair, and is left alone: ErrNotFound); the
+// copy is made only from the object with the ETag read first, and the
+// original is removed only if it still has that ETag just before. S3 has no conditional delete
 // that every store honours, so a repair put in the moment between that
 // check and the removal is removed: the key is then absent until its next
 // upload, never another value. An object without flechefs's
 // metadata is never moved (ErrForeign). The quarantine holds at most
 // tiers.QuarantineMax objects (ErrQuarantineFull).
-func (t *Tier) Quarantine(ctx context.Context, k digest.Key) error {
+func (t *Tier) Quarantine(ctx context.Context, k digest.Key, copyID string) error {
 	if err := t.unavailable("quarantine", k); err != nil {
 		return err
 	}
@@ -41,6 +42,9 @@ func (t *Tier) Quarantine(ctx context.Context, k digest.Key) error {
 	}
 	if _, err := t.info(k, o); errors.Is(err, tiers.ErrForeign) {
 		return tiers.Wrap(t.opt.Name, "quarantine", k, err)
+	}
+	if copyID != "" && o.ETag != copyID {
+		return tiers.Wrap(t.opt.Name, "quarantine", k, fmt.Errorf("%w: the damaged object (ETag %s) was replaced by another (%s), left in place", tiers.ErrNotFound, copyID, o.ETag))
 	}
 	n := 0
 	if err := t.list(ctx, t.quarantinePrefix(), func(minio.ObjectInfo, string) { n++ }); err != nil {

@@ -17,7 +17,8 @@ import (
 
 // TestQuarantine: a damaged object of flechefs's is moved aside whole,
 // with its metadata, and its key becomes free for a good upload; an object
-// flechefs did not write is never moved; a full quarantine moves nothing.
+// put in place of the one judged damaged, an object flechefs did not
+// write, and any object when the quarantine is full are never moved.
 func TestQuarantine(t *testing.T) { eachStore(t, testQuarantine) }
 
 func testQuarantine(t *testing.T, s *s3test.Server) {
@@ -61,7 +62,19 @@ func testQuarantine(t *testing.T, s *s3test.Server) {
 	bad := bytes.Clone(good)
 	bad[7] ^= 1
 	raw(k.String(), bad, o.UserMetadata) // the bytes changed under the metadata
-	if err := tr.Quarantine(ctx, k); err != nil {
+	_, ob, err := get(tr.object(k))
+	if err != nil || ob.ETag == o.ETag {
+		t.Fatalf("the damaged object's ETag %q (the good one's %q), %v", ob.ETag, o.ETag, err)
+	}
+	// Judged on another object than the one now under the key (as when
+	// another mount repaired it meanwhile): nothing moves.
+	if err := tr.Quarantine(ctx, k, o.ETag); !errors.Is(err, tiers.ErrNotFound) {
+		t.Fatalf("Quarantine of a copy since replaced: %v, want ErrNotFound", err)
+	}
+	if b, _, err := get(tr.object(k)); err != nil || !bytes.Equal(b, bad) || len(quarantined()) != 0 {
+		t.Fatalf("after the quarantine of a replaced copy: %d bytes under the key (%v), quarantine %q", len(b), err, quarantined())
+	}
+	if err := tr.Quarantine(ctx, k, ob.ETag); err != nil {
 		t.Fatalf("Quarantine: %v", err)
 	}
 	if _, err := tr.Stat(ctx, k); !errors.Is(err, tiers.ErrNotFound) {
@@ -79,13 +92,13 @@ func testQuarantine(t *testing.T, s *s3test.Server) {
 	if got := tiertest.Get(t, tr, k); !bytes.Equal(got, good) {
 		t.Error("the repaired key reads other bytes")
 	}
-	if err := tr.Quarantine(ctx, tiertest.Key("absent")); !errors.Is(err, tiers.ErrNotFound) {
+	if err := tr.Quarantine(ctx, tiertest.Key("absent"), ""); !errors.Is(err, tiers.ErrNotFound) {
 		t.Errorf("Quarantine of an absent key: %v, want ErrNotFound", err)
 	}
 
 	foreign := tiertest.Key("foreign")
 	raw(foreign.String(), []byte("not ours"), nil)
-	if err := tr.Quarantine(ctx, foreign); !errors.Is(err, tiers.ErrForeign) {
+	if err := tr.Quarantine(ctx, foreign, ""); !errors.Is(err, tiers.ErrForeign) {
 		t.Errorf("Quarantine of a foreign object: %v, want ErrForeign", err)
 	}
 	if b, _, err := get(tr.object(foreign)); err != nil || string(b) != "not ours" {
@@ -100,7 +113,7 @@ func testQuarantine(t *testing.T, s *s3test.Server) {
 	tiertest.Put(t, tr, k2, good)
 	_, o2, _ := get(tr.object(k2))
 	raw(k2.String(), bad, o2.UserMetadata)
-	if err := tr.Quarantine(ctx, k2); !errors.Is(err, tiers.ErrQuarantineFull) {
+	if err := tr.Quarantine(ctx, k2, ""); !errors.Is(err, tiers.ErrQuarantineFull) {
 		t.Errorf("Quarantine with the quarantine full: %v, want ErrQuarantineFull", err)
 	}
 	if b, _, err := get(tr.object(k2)); err != nil || !bytes.Equal(b, bad) {

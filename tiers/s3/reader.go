@@ -63,9 +63,14 @@ type reader struct {
 }
 
 var (
-	_ tiers.Reader = (*reader)(nil)
-	_ io.WriterTo  = (*reader)(nil)
+	_ tiers.Reader         = (*reader)(nil)
+	_ io.WriterTo          = (*reader)(nil)
+	_ tiers.CopyIdentifier = (*reader)(nil)
 )
+
+// CopyID is the ETag of the object opened: another object put under the
+// key later has another.
+func (r *reader) CopyID() string { return r.etag }
 
 // Open opens the object: one GET of its head, whose headers give its Info.
 func (t *Tier) Open(ctx context.Context, k digest.Key) (tiers.Reader, error) {

@@ -234,7 +234,8 @@ func (t *Tier) wrap(op string, k digest.Key, err error) error {
 }
 
 // info is the Info of object o of key k, or ErrNotFound when it carries no
-// checksum (not written by flechefs).
+// checksum (not written by flechefs). An object its own metadata shows
+// damaged is ErrCorrupt, judged by its ETag (tiers.Judged).
 func (t *Tier) info(k digest.Key, o minio.ObjectInfo) (tiers.Info, error) {
 	sum, err := digest.ParseSum(o.UserMetadata[metaSum])
 	if err != nil || sum.IsZero() {
@@ -250,10 +251,10 @@ func (t *Tier) info(k digest.Key, o minio.ObjectInfo) (tiers.Info, error) {
 	// reader of 0 bytes reads nothing).
 	if v, ok := o.UserMetadata[metaSize]; ok {
 		if n, err := strconv.ParseInt(v, 10, 64); err != nil || n != o.Size {
-			return info, fmt.Errorf("%w: %s is %d bytes, its metadata says %q", tiers.ErrCorrupt, o.Key, o.Size, v)
+			return info, &tiers.Judged{Copy: o.ETag, Err: fmt.Errorf("%w: %s is %d bytes, its metadata says %q", tiers.ErrCorrupt, o.Key, o.Size, v)}
 		}
 	} else if o.Size == 0 && sum != digest.Of(nil) {
-		return info, fmt.Errorf("%w: %s is empty, its checksum is of another value", tiers.ErrCorrupt, o.Key)
+		return info, &tiers.Judged{Copy: o.ETag, Err: fmt.Errorf("%w: %s is empty, its checksum is of another value", tiers.ErrCorrupt, o.Key)}
 	}
 	return info, nil
 }

@@ -208,7 +208,9 @@ func (r *reader) Adopt(ctx context.Context, sum digest.Sum) error {
 // wants to look. Data first: an interrupted Quarantine leaves a record
 // without data (a stale record, never served), never damaged data without
 // its record (which a lookup would take for a foreign file and serve).
-func (t *Tier) Quarantine(ctx context.Context, k digest.Key) error {
+// With judged set (the copyID of the file found damaged), a data file
+// that is not that one is left in place: ErrNotFound.
+func (t *Tier) Quarantine(ctx context.Context, k digest.Key, judged string) error {
 	if t.opt.ReadOnly {
 		return t.wrap("quarantine", k, tiers.ErrReadOnly)
 	}
@@ -233,6 +235,18 @@ func (t *Tier) Quarantine(ctx context.Context, k digest.Key) error {
 	}
 	if n >= maxQuarantine {
 		return t.wrap("quarantine", k, fmt.Errorf("%w: %s holds %d files", tiers.ErrQuarantineFull, dir, n))
+	}
+	if judged != "" {
+		fi, err := c.sftp.Lstat(t.dataPath(k))
+		if errors.Is(err, os.ErrNotExist) {
+			err = tiers.ErrNotFound
+		}
+		if err != nil {
+			return t.wrap("quarantine", k, t.failure(c, err))
+		}
+		if now := copyID(fi.Size(), fi.ModTime()); now != judged {
+			return t.wrap("quarantine", k, fmt.Errorf("%w: the damaged file (%s) was replaced by another (%s), left in place", tiers.ErrNotFound, judged, now))
+		}
 	}
 	dst := path.Join(dir, k.String()+"."+time.Now().UTC().Format("20060102T150405.000000000Z"))
 	if err := c.sftp.Rename(t.dataPath(k), dst); err != nil {

@@ -245,15 +245,44 @@ func TestForeignVerifyAndIgnore(t *testing.T) {
 }
 
 // TestQuarantine: Quarantine moves the data file, then its record, into
-// .flechefs/quarantine, out of lookups and listings; a full quarantine
-// leaves the copy where it is.
+// .flechefs/quarantine, out of lookups and listings; a data file other than
+// the one judged damaged, and any when the quarantine is full, stays where
+// it is.
 func TestQuarantine(t *testing.T) {
 	s := sshdtest.Start(t)
 	tr := open(t, options(s))
 	ctx := context.Background()
 	k, b := tiertest.Key("damaged"), tiertest.Data(3, 5000)
 	tiertest.Put(t, tr, k, b)
-	if err := tr.Quarantine(ctx, k); err != nil {
+	judged := func() string {
+		t.Helper()
+		r, err := tr.Open(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		if _, err := r.ReadAt(make([]byte, 1), 0); err != nil {
+			t.Fatal(err)
+		}
+		id := r.(tiers.CopyIdentifier).CopyID()
+		if id == "" {
+			t.Fatal("a reader that has read names no copy")
+		}
+		return id
+	}
+	first := judged()
+	// Another file under the name since (its mtime differs): left alone.
+	later := time.Now().Add(time.Hour)
+	if err := os.Chtimes(localPath(tr, k.String()), later, later); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Quarantine(ctx, k, first); !errors.Is(err, tiers.ErrNotFound) {
+		t.Fatalf("quarantine of a file since replaced: %v, want ErrNotFound", err)
+	}
+	if _, err := tr.Stat(ctx, k); err != nil {
+		t.Fatalf("the file put in place of the judged one: %v", err)
+	}
+	if err := tr.Quarantine(ctx, k, judged()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := tr.Stat(ctx, k); !errors.Is(err, tiers.ErrNotFound) || listed(t, tr)[k] {
@@ -274,7 +303,7 @@ func TestQuarantine(t *testing.T) {
 			}
 		}
 	}
-	if err := tr.Quarantine(ctx, k); !errors.Is(err, tiers.ErrNotFound) {
+	if err := tr.Quarantine(ctx, k, ""); !errors.Is(err, tiers.ErrNotFound) {
 		t.Fatalf("quarantine of a key not there: %v", err)
 	}
 
@@ -284,7 +313,7 @@ func TestQuarantine(t *testing.T) {
 	}
 	k2 := tiertest.Key("damaged, no room")
 	tiertest.Put(t, tr, k2, b)
-	if err := tr.Quarantine(ctx, k2); !errors.Is(err, tiers.ErrQuarantineFull) {
+	if err := tr.Quarantine(ctx, k2, ""); !errors.Is(err, tiers.ErrQuarantineFull) {
 		t.Fatalf("quarantine when full: %v", err)
 	}
 	if _, err := tr.Stat(ctx, k2); err != nil {

@@ -47,10 +47,31 @@ func (r *reader) waitHead() error {
 }
 
 var (
-	_ tiers.Reader     = (*reader)(nil)
-	_ io.WriterTo      = (*reader)(nil)
-	_ tiers.LiveReader = (*reader)(nil)
+	_ tiers.Reader         = (*reader)(nil)
+	_ io.WriterTo          = (*reader)(nil)
+	_ tiers.LiveReader     = (*reader)(nil)
+	_ tiers.CopyIdentifier = (*reader)(nil)
 )
+
+// CopyID names the data file read by its size and modification time
+// (copyIDOf), once the head's fstat has given them; else "".
+func (r *reader) CopyID() string {
+	select {
+	case <-r.headReady:
+	default:
+		return ""
+	}
+	if r.mtime.IsZero() {
+		return ""
+	}
+	return copyID(r.info.Size, r.mtime)
+}
+
+// copyID names a data file by its size and modification time: a value is
+// never rewritten in place, so another file under the name (removed and
+// uploaded again) differs in one of them, unless it has the same size and
+// was written in the same second (SFTP version 3 gives whole seconds).
+func copyID(size int64, mtime time.Time) string { return fmt.Sprintf("%d@%d", size, mtime.Unix()) }
 
 func (r *reader) Info() tiers.Info { return r.info }
 
