@@ -54,8 +54,13 @@ func TestTruncatedRemoteFile(t *testing.T) {
 
 	// Stat sees the size differ from the sum file, and so does a new
 	// reader, at Open or at its first read.
-	if _, err := tr.Stat(ctx, k); !errors.Is(err, tiers.ErrCorrupt) {
+	_, err = tr.Stat(ctx, k)
+	if !errors.Is(err, tiers.ErrCorrupt) {
 		t.Fatalf("stat of truncated file: %v", err)
+	}
+	// ... judged on the file as it is now, for the quarantine.
+	if fi, serr := os.Stat(localPath(tr, k.String())); serr != nil || tiers.JudgedCopy(err) != copyID(fi.Size(), fi.ModTime()) {
+		t.Fatalf("stat of truncated file judged %q, the file is %v (%v)", tiers.JudgedCopy(err), fi, serr)
 	}
 	if err := openAndRead(tr, k); !errors.Is(err, tiers.ErrCorrupt) {
 		t.Fatalf("open and read of truncated file: %v", err)

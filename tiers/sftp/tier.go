@@ -329,8 +329,11 @@ func (t *Tier) info(c *conn, k digest.Key, fi os.FileInfo, sf sumResult) (tiers.
 	if sf.err != nil {
 		return tiers.Info{}, t.failure(c, sf.err)
 	}
+	// Damage found here is judged on this data file (tiers.Judged): the
+	// quarantine then moves it, not one put under the name since.
+	judged := func(err error) error { return &tiers.Judged{Copy: copyID(fi.Size(), fi.ModTime()), Err: err} }
 	if !fi.Mode().IsRegular() {
-		return tiers.Info{}, fmt.Errorf("%w: %s is not a regular file (%v)", tiers.ErrCorrupt, t.dataPath(k), fi.Mode().Type())
+		return tiers.Info{}, judged(fmt.Errorf("%w: %s is not a regular file (%v)", tiers.ErrCorrupt, t.dataPath(k), fi.Mode().Type()))
 	}
 	info := tiers.Info{Key: k, Size: fi.Size(), Created: fi.ModTime()}
 	if !sf.found {
@@ -338,7 +341,7 @@ func (t *Tier) info(c *conn, k digest.Key, fi os.FileInfo, sf sumResult) (tiers.
 	}
 	if sf.s.size != fi.Size() {
 		t.log.Warn("sftp entry has the wrong size", "tier", t.opt.Name, "key", k, "size", fi.Size(), "recorded", sf.s.size)
-		return tiers.Info{}, fmt.Errorf("%w: remote file has %d bytes, its sum record says %d", tiers.ErrCorrupt, fi.Size(), sf.s.size)
+		return tiers.Info{}, judged(fmt.Errorf("%w: remote file has %d bytes, its sum record says %d", tiers.ErrCorrupt, fi.Size(), sf.s.size))
 	}
 	info.Sum = sf.s.sum
 	if !sf.s.created.IsZero() {
