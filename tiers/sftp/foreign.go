@@ -237,7 +237,9 @@ func (t *Tier) Quarantine(ctx context.Context, k digest.Key, judged string) erro
 		return t.wrap("quarantine", k, fmt.Errorf("%w: %s holds %d files", tiers.ErrQuarantineFull, dir, n))
 	}
 	if judged != "" {
-		fi, err := c.sftp.Lstat(t.dataPath(k))
+		// Stat, as lookups and the readers' fstat judge what the name
+		// leads to.
+		fi, err := c.sftp.Stat(t.dataPath(k))
 		if errors.Is(err, os.ErrNotExist) {
 			err = tiers.ErrNotFound
 		}
