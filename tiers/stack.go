@@ -73,7 +73,7 @@ func NewStack(layers []Layer, opt StackOptions) (*Stack, error) {
 		opt.SpoolDir = os.TempDir()
 	}
 	if opt.UploadWorkers <= 0 {
-		opt.UploadWorkers = 32
+		opt.UploadWorkers = DefaultUploadWorkers
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)

@@ -25,6 +25,10 @@ const (
 )
 
 // StackOptions configure a Stack. The zero value is usable.
+// DefaultUploadWorkers is StackOptions.UploadWorkers when unset: an
+// object store takes small uploads faster the more are in flight.
+const DefaultUploadWorkers = 32
+
 type StackOptions struct {
 	Promote Promote
 	// WriteThrough: Publish returns only once the value is on every remote
@@ -47,8 +51,8 @@ type StackOptions struct {
 	ListingMaxNames int
 	// SpoolDir holds values being fetched from a remote tier (default os.TempDir()).
 	SpoolDir string
-	// UploadWorkers is the number of concurrent uploads (default 32; values over 1 MiB
-	// go two at a time).
+	// UploadWorkers is the number of concurrent uploads (default
+	// DefaultUploadWorkers; values over 1 MiB go two at a time).
 	UploadWorkers int
 	Logger        *slog.Logger
 	// Policy: the timings and sizes of the background work (policy.go);

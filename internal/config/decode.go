@@ -16,6 +16,8 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/minio/minio-go/v7/pkg/s3utils"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/flechefs/flechefs/tiers"
 )
 
 // Defaults of the settings a file leaves out.
@@ -24,7 +26,7 @@ const (
 	DefaultNegativeTTL   = time.Second
 	DefaultRemoteTimeout = 10 * time.Second
 	DefaultListTTL       = 30 * time.Second
-	DefaultUploadWorkers = 32
+	DefaultUploadWorkers = tiers.DefaultUploadWorkers
 	DefaultConcurrency   = 64
 	DefaultChannels      = 3
 	// DefaultMode is the permission of the values an sftp tier uploads:

@@ -23,10 +23,10 @@ func (t *Tier) quarantinePrefix() string { return t.opt.Prefix + ".flechefs/quar
 // names (when it names one: an object with another ETag was put in its
 // place by another mount's repair, and is left alone: ErrNotFound); the
 // copy is made only from the object with the ETag read first, and the
-// original is removed only if it still has that ETag just before. S3 has no conditional delete
-// that every store honours, so a repair put in the moment between that
-// check and the removal is removed: the key is then absent until its next
-// upload, never another value. An object without flechefs's
+// original is removed only if it still has that ETag just before. S3 has
+// no conditional delete that every store honours, so a repair put in the
+// moment between that check and the removal is removed: the key is then
+// absent until its next upload, never another value. An object without flechefs's
 // metadata is never moved (ErrForeign). The quarantine holds at most
 // tiers.QuarantineMax objects (ErrQuarantineFull).
 func (t *Tier) Quarantine(ctx context.Context, k digest.Key, copyID string) error {

@@ -54,7 +54,7 @@ var (
 )
 
 // CopyID names the data file read by its size and modification time
-// (copyIDOf), once the head's fstat has given them; else "".
+// (copyID), once the head's fstat has given them; else "".
 func (r *reader) CopyID() string {
 	select {
 	case <-r.headReady:
