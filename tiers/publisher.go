@@ -299,7 +299,16 @@ func (pb *publisher) collect(p *pub) []*pub {
 		case <-timer.C:
 		case <-pb.persistFull:
 		case <-hurried:
-			stop = true
+			// Some entry is waited for: stop only if it is one of this
+			// batch's (or still queued: the drain takes it). Other
+			// persisters keep holding theirs, so an fsync during a burst
+			// shares its commits with no other batch.
+			s.mu.Lock()
+			hurried = pb.hurried
+			s.mu.Unlock()
+			for _, q := range batch {
+				stop = stop || isClosed(q.hurry)
+			}
 		case <-s.closing:
 			stop = true // Close persists what is held at once
 		case <-s.ctx.Done():
