@@ -149,8 +149,14 @@ func TestForeignFiles(t *testing.T) {
 	// So does a garbled record.
 	os.Remove(localPath(tr, ".flechefs", "sums", garbled.String()))
 	os.Symlink("nonsense", localPath(tr, ".flechefs", "sums", garbled.String()))
-	if _, err := tr.Stat(ctx, garbled); !errors.Is(err, tiers.ErrCorrupt) {
+	_, err = tr.Stat(ctx, garbled)
+	if !errors.Is(err, tiers.ErrCorrupt) {
 		t.Fatalf("stat with garbled sum record: %v", err)
+	}
+	// Judged on the data file it was found with, so that a quarantine
+	// leaves a repair put in its place since.
+	if fi, serr := os.Stat(localPath(tr, garbled.String())); serr != nil || tiers.JudgedCopy(err) != copyID(fi.Size(), fi.ModTime()) {
+		t.Fatalf("stat with a garbled record judged %q, the file is %v (%v)", tiers.JudgedCopy(err), fi, serr)
 	}
 
 	// Junk in the root is never listed.

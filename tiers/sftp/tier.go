@@ -326,12 +326,16 @@ func (t *Tier) readSumFile(c *conn, k digest.Key) sumResult {
 
 // info combines the data file's attributes and the sum record.
 func (t *Tier) info(c *conn, k digest.Key, fi os.FileInfo, sf sumResult) (tiers.Info, error) {
+	// Damage found here is judged on this data file (tiers.Judged): the
+	// quarantine then moves it, not one put under the name since. A
+	// garbled record is damage of the entry this data file is part of.
+	judged := func(err error) error { return &tiers.Judged{Copy: copyID(fi.Size(), fi.ModTime()), Err: err} }
 	if sf.err != nil {
+		if errors.Is(sf.err, tiers.ErrCorrupt) {
+			return tiers.Info{}, judged(sf.err)
+		}
 		return tiers.Info{}, t.failure(c, sf.err)
 	}
-	// Damage found here is judged on this data file (tiers.Judged): the
-	// quarantine then moves it, not one put under the name since.
-	judged := func(err error) error { return &tiers.Judged{Copy: copyID(fi.Size(), fi.ModTime()), Err: err} }
 	if !fi.Mode().IsRegular() {
 		return tiers.Info{}, judged(fmt.Errorf("%w: %s is not a regular file (%v)", tiers.ErrCorrupt, t.dataPath(k), fi.Mode().Type()))
 	}
