@@ -24,11 +24,11 @@ const (
 	PromoteBase Promote = "base" // tier 0 only, as fleche's CacheStack does
 )
 
-// StackOptions configure a Stack. The zero value is usable.
 // DefaultUploadWorkers is StackOptions.UploadWorkers when unset: an
 // object store takes small uploads faster the more are in flight.
 const DefaultUploadWorkers = 32
 
+// StackOptions configure a Stack. The zero value is usable.
 type StackOptions struct {
 	Promote Promote
 	// WriteThrough: Publish returns only once the value is on every remote
