@@ -19,11 +19,11 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -293,9 +293,14 @@ func (p *proc) start(bin string) error {
 	return nil
 }
 
-// ready waits until the gateway makes the bucket (the filer and a volume
-// must be up for that) and stores an object (as many volume servers as
-// the replication asks for must be), at most a minute.
+// ready waits until the gateway makes the bucket (the filer must be up for
+// that) and stores an object of one byte, at most a minute. The byte is
+// what proves the volume servers up: SeaweedFS keeps an empty object in the
+// filer alone, while any byte goes to a volume that takes writes only when
+// as many volume servers as the replication asks for have registered with
+// the master. A volume server restarted after KillVolume takes seconds to
+// register on a busy host; an empty object let a test kill the other one
+// before it had, and its reads then had no replica to go to.
 func (s *Server) ready() error {
 	c, err := s.Client()
 	if err != nil {
@@ -313,7 +318,7 @@ func (s *Server) ready() error {
 			last = nil
 		}
 		if last == nil {
-			_, last = c.PutObject(ctx, s.Bucket, ".ready", http.NoBody, 0, minio.PutObjectOptions{})
+			_, last = c.PutObject(ctx, s.Bucket, ".ready", strings.NewReader("r"), 1, minio.PutObjectOptions{})
 			if last == nil {
 				c.RemoveObject(ctx, s.Bucket, ".ready", minio.RemoveObjectOptions{})
 				cancel()
