@@ -20,10 +20,12 @@ import (
 // times Timeout for one ReadAt, which no context bounds. So:
 //
 //   - A try waits Timeout/2 for response headers, so that a request has two
-//     tries within Timeout: a store that stalls one request (SeaweedFS,
-//     when the volume server it reads from dies under it, stalled the
-//     request in flight for more than 5 s and answered the next at once
-//     from the replica) is asked again in time.
+//     tries within Timeout: a store that stalls one request is asked
+//     again in time. SeaweedFS stalls a read whose volume server died
+//     while no other server holding the chunk is registered with its
+//     master: the gateway tries the dead one again and again, with a
+//     backoff, within the response (with a replica registered it reads
+//     from the replica at once).
 //   - reach remembers that the store could not be reached (a failed dial,
 //     or two tries in a row without response headers) and then fails
 //     requests at once, for a backoff of minBackoff doubling to

@@ -221,8 +221,9 @@ func (b *rangeBuf) notify() {
 // fill runs the GET of b until it is whole or fails. A GET that hears
 // nothing for the tier's Timeout is abandoned (ErrUnavailable). A GET that
 // fails while the store answers others is made once more for the bytes
-// still missing: SeaweedFS stalls a response whose volume server dies under
-// it, and serves the next request from the replica (reach.go).
+// still missing: a store may stall one response and answer the next
+// (SeaweedFS, when a volume server dies while the chunk's other copies are
+// not registered, until one is: reach.go).
 func (r *reader) fill(b *rangeBuf) {
 	t := r.t
 	if h := t.rangeHook; h != nil {
@@ -294,7 +295,7 @@ func (r *reader) get(b *rangeBuf) error {
 		// A body stopped by its connection's deadline counts as a try
 		// without an answer. The GET's own watchdog does not: the ranges
 		// in flight stall together when a volume server dies under them,
-		// and each must be tried again from the replica (fill).
+		// and each must be tried again (fill).
 		t.reach.stalled(err)
 	}
 	if err != nil && stalled.Load() {
