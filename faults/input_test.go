@@ -513,11 +513,12 @@ func TestRemoteHostKeys(t *testing.T) {
 			if err := writeEntry(n.Path(k), []byte(tc.what), true); err != nil {
 				t.Fatal(err)
 			}
-			// The mount saw the server go away: an attempt in that window
-			// (refused while no sshd listened, reset by the one killed as
-			// it accepted) is not the case under test. The case is an
-			// attempt that reached the restarted server's key exchange,
-			// and its error names the known_hosts file.
+			// The mount saw the server go away, and an attempt that fails
+			// before the key exchange (refused while no sshd listened, or
+			// reset in the handshake, as on a loaded machine) is not the
+			// case under test. The case is an attempt that reached the
+			// restarted server's host key, and its error names the
+			// known_hosts file.
 			mounttest.Eventually(t, "an upload attempt to reach the restarted server's host key", 15*time.Second, func() bool {
 				st := n.Stats()
 				return st.UploadErrors > 0 && strings.Contains(st.LastUploadError, kh)
