@@ -298,9 +298,9 @@ func (p *proc) start(bin string) error {
 // what proves the volume servers up: SeaweedFS keeps an empty object in the
 // filer alone, while any byte goes to a volume that takes writes only when
 // as many volume servers as the replication asks for have registered with
-// the master. A volume server restarted after KillVolume takes seconds to
-// register on a busy host; an empty object let a test kill the other one
-// before it had, and its reads then had no replica to go to.
+// the master. A volume server restarted after KillVolume may take seconds
+// to register, and a test that kills another before then leaves its reads
+// no replica.
 func (s *Server) ready() error {
 	c, err := s.Client()
 	if err != nil {

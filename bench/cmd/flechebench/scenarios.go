@@ -62,25 +62,24 @@ func readSet(dir string, names []string, size int64) (time.Duration, error) {
 // readAll runs the three read scenarios of one state (cold, warm,
 // remount) and records files/s and MiB/s.
 //
-// A warm pass (the client's caches hold everything, nothing changes
-// between passes) is a copy out of the kernel's page cache, and its speed
-// follows where the kernel put those pages more than anything the client
-// does: the same file read at speeds far apart depending on the read that
-// had filled its cache. So every client's warm files are filled the same
-// way before they are timed: their cache is dropped (posix_fadvise
-// DONTNEED) and filled by one untimed read, warmFills times, with
-// warmPasses timed passes after each fill; the fastest pass counts (a
-// warm pass is short, and this machine's noise slows some).
+// A warm pass (the client's caches hold everything) is a copy out of the
+// kernel's page cache, whose speed depends on where the kernel put the
+// pages, so the read that filled them must be the same for every client:
+// each warm measurement drops the files' cache (posix_fadvise DONTNEED)
+// and fills it with one untimed read, warmFills times, and times
+// warmPasses passes after each fill. The fastest pass counts: a pass is
+// short, and a shared machine slows some.
 func (b *bench) readAll(c client, state string) error {
 	ds := b.ds
+	warm := state == "warm"
 	fills, passes := 1, 1
-	if state == "warm" {
+	if warm {
 		fills, passes = warmFills, warmPasses
 	}
 	best := func(names []string, size int64) (time.Duration, error) {
 		var min time.Duration
-		for f := range fills {
-			if state == "warm" {
+		for range fills {
+			if warm {
 				if err := dropFileCache(c.root(), names); err != nil {
 					return 0, fmt.Errorf("dropping the page cache: %w", err)
 				}
@@ -88,12 +87,12 @@ func (b *bench) readAll(c client, state string) error {
 					return 0, err
 				}
 			}
-			for i := range passes {
+			for range passes {
 				d, err := readSet(c.root(), names, size)
 				if err != nil {
 					return 0, err
 				}
-				if f+i == 0 || d < min {
+				if min == 0 || d < min {
 					min = d
 				}
 			}
